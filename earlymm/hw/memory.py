@@ -1,0 +1,239 @@
+"""Simulated physical memory: sparse 4 KiB frames over the whole 52-bit physical space.
+
+Everything that holds physical memory — the simulated machine, a QEMU core, a raw image — offers the
+same read interface, ``FrameSource.frame(pfn)``: a 4096-byte buffer, or ``None`` for a hole. The walker
+reads page-table entries straight out of those buffers, so memory use grows with pages touched and
+never with address magnitude.
+
+``PhysMem`` layers copy-on-write frames over an optional read-only backing (an image), so A/D updates
+made while translating against a dump stay in memory and the file is never modified.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol, Union
+
+from earlymm.arch.addr import PAGE_SHIFT, PAGE_SIZE
+
+MAX_PHYS_BITS = 52
+MAX_PA = 1 << MAX_PHYS_BITS
+
+Buffer = Union[bytes, bytearray, memoryview]
+
+_U8 = struct.Struct("<B")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_FMT = {1: _U8, 2: _U16, 4: _U32, 8: _U64}
+ZERO_FRAME = bytes(PAGE_SIZE)
+
+
+class MemoryHole(Exception):
+    """A read touched physical memory that the backing store does not hold."""
+
+    def __init__(self, pa: int) -> None:
+        super().__init__(f"physical address {pa:#x} is not in the memory image")
+        self.pa = pa
+
+
+class FrameSource(Protocol):
+    """Anything that can hand out 4 KiB physical frames: simulated RAM, a QEMU core, a raw image."""
+
+    def frame(self, pfn: int) -> Buffer | None:
+        """The 4096 bytes of frame ``pfn``, or ``None`` if the source does not hold it (a hole)."""
+        ...
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """Sorted, merged ``[start, end)`` physical ranges the source holds."""
+        ...
+
+
+class RegionType(enum.Enum):
+    """e820-style classification of a physical range."""
+
+    RAM = "ram"
+    RESERVED = "reserved"
+    ACPI = "acpi"
+    NVS = "nvs"
+    UNUSABLE = "unusable"
+    ABSENT = "absent"
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    start: int
+    end: int  # exclusive
+    kind: RegionType
+
+
+class RegionMap:
+    """An e820-like map; ranges not listed are ``ABSENT``. Overlaps are rejected."""
+
+    def __init__(self, regions: Iterable[Region] = ()) -> None:
+        self._regions: list[Region] = []
+        for r in sorted(regions, key=lambda r: r.start):
+            self.add(r)
+
+    def add(self, region: Region) -> None:
+        if not 0 <= region.start < region.end <= MAX_PA:
+            raise ValueError(f"bad region [{region.start:#x}, {region.end:#x})")
+        for r in self._regions:
+            if region.start < r.end and r.start < region.end:
+                raise ValueError(
+                    f"region [{region.start:#x}, {region.end:#x}) overlaps [{r.start:#x}, {r.end:#x})"
+                )
+        self._regions.append(region)
+        self._regions.sort(key=lambda r: r.start)
+
+    def __iter__(self) -> Iterator[Region]:
+        return iter(self._regions)
+
+    def __len__(self) -> int:
+        return len(self._regions)
+
+    def kind(self, pa: int) -> RegionType:
+        for r in self._regions:
+            if r.start <= pa < r.end:
+                return r.kind
+        return RegionType.ABSENT
+
+    def ram(self) -> list[Region]:
+        return [r for r in self._regions if r.kind is RegionType.RAM]
+
+    def top_of_ram(self) -> int:
+        return max((r.end for r in self.ram()), default=0)
+
+
+class PhysMem:
+    """Sparse physical memory with typed little-endian accessors.
+
+    Frames never written read from ``backing`` if there is one; frames neither written nor backed read
+    as zeros when ``absent_zero`` (what QEMU and Unicorn do for unassigned memory), else as holes.
+    """
+
+    def __init__(self, backing: FrameSource | None = None, *, absent_zero: bool = True,
+                 regions: RegionMap | None = None) -> None:
+        self.backing = backing
+        self.absent_zero = absent_zero
+        self.regions = regions if regions is not None else RegionMap()
+        self.frames: dict[int, bytearray] = {}
+        self.writes = 0
+
+    # -- frame level -------------------------------------------------------------------------------
+    def frame(self, pfn: int) -> Buffer | None:
+        f = self.frames.get(pfn)
+        if f is not None:
+            return f
+        if self.backing is not None:
+            b = self.backing.frame(pfn)
+            if b is not None:
+                return b
+        return ZERO_FRAME if self.absent_zero else None
+
+    def ranges(self) -> list[tuple[int, int]]:
+        spans = [(p << PAGE_SHIFT, (p + 1) << PAGE_SHIFT) for p in self.frames]
+        if self.backing is not None:
+            spans.extend(self.backing.ranges())
+        spans.sort()
+        merged: list[tuple[int, int]] = []
+        for s, e in spans:
+            if merged and s <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(e, merged[-1][1]))
+            else:
+                merged.append((s, e))
+        return merged
+
+    def writable_frame(self, pfn: int) -> bytearray:
+        f = self.frames.get(pfn)
+        if f is None:
+            if not 0 <= pfn < MAX_PA >> PAGE_SHIFT:
+                raise ValueError(f"pfn {pfn:#x} beyond the 52-bit physical space")
+            src = self.backing.frame(pfn) if self.backing is not None else None
+            if src is None and self.backing is not None and not self.absent_zero:
+                raise MemoryHole(pfn << PAGE_SHIFT)
+            f = bytearray(src) if src is not None else bytearray(PAGE_SIZE)
+            self.frames[pfn] = f
+        return f
+
+    def written_pfns(self) -> list[int]:
+        return sorted(self.frames)
+
+    def is_hole(self, pa: int) -> bool:
+        return self.frame(pa >> PAGE_SHIFT) is None
+
+    # -- byte level --------------------------------------------------------------------------------
+    def read(self, pa: int, size: int) -> bytes:
+        out = bytearray()
+        while size > 0:
+            off = pa & (PAGE_SIZE - 1)
+            n = min(size, PAGE_SIZE - off)
+            f = self.frame(pa >> PAGE_SHIFT)
+            if f is None:
+                raise MemoryHole(pa)
+            out += f[off:off + n]
+            pa += n
+            size -= n
+        return bytes(out)
+
+    def write(self, pa: int, data: Buffer) -> None:
+        data = memoryview(data).cast("B")
+        pos = 0
+        while pos < len(data):
+            off = pa & (PAGE_SIZE - 1)
+            n = min(len(data) - pos, PAGE_SIZE - off)
+            self.writable_frame(pa >> PAGE_SHIFT)[off:off + n] = data[pos:pos + n]
+            pa += n
+            pos += n
+        self.writes += 1
+
+    def read_int(self, pa: int, size: int) -> int:
+        fmt = _FMT[size]
+        off = pa & (PAGE_SIZE - 1)
+        if off + size <= PAGE_SIZE:
+            f = self.frame(pa >> PAGE_SHIFT)
+            if f is None:
+                raise MemoryHole(pa)
+            return int(fmt.unpack_from(f, off)[0])
+        return int.from_bytes(self.read(pa, size), "little")
+
+    def write_int(self, pa: int, size: int, value: int) -> None:
+        fmt = _FMT[size]
+        value &= (1 << (8 * size)) - 1
+        off = pa & (PAGE_SIZE - 1)
+        if off + size <= PAGE_SIZE:
+            fmt.pack_into(self.writable_frame(pa >> PAGE_SHIFT), off, value)
+            self.writes += 1
+        else:
+            self.write(pa, value.to_bytes(size, "little"))
+
+    def read_u8(self, pa: int) -> int:
+        return self.read_int(pa, 1)
+
+    def read_u16(self, pa: int) -> int:
+        return self.read_int(pa, 2)
+
+    def read_u32(self, pa: int) -> int:
+        return self.read_int(pa, 4)
+
+    def read_u64(self, pa: int) -> int:
+        return self.read_int(pa, 8)
+
+    def write_u8(self, pa: int, v: int) -> None:
+        self.write_int(pa, 1, v)
+
+    def write_u16(self, pa: int, v: int) -> None:
+        self.write_int(pa, 2, v)
+
+    def write_u32(self, pa: int, v: int) -> None:
+        self.write_int(pa, 4, v)
+
+    def write_u64(self, pa: int, v: int) -> None:
+        self.write_int(pa, 8, v)
+
+    def fill(self, pa: int, size: int, byte: int = 0) -> None:
+        """Fill ``size`` bytes; zero-filling frames that were never written still materialises them."""
+        self.write(pa, bytes([byte]) * size)
