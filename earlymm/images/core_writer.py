@@ -1,0 +1,127 @@
+"""Write memory and CPU state as a core in the layout QEMU's ``dump-guest-memory`` uses.
+
+The output reads back with ``open_image`` and with other tools that understand QEMU cores (crash, gdb,
+volatility): ELF64 header, program headers (``PT_NOTE`` first, then one ``PT_LOAD`` per run of
+consecutive pfns, ``p_paddr`` = guest-physical, ``p_vaddr`` = 0), the notes (all ``NT_PRSTATUS``
+notes, then all ``QEMU`` notes, as QEMU orders them), then the memory. A path ending in ``.gz`` is
+gzip-compressed. The file appears atomically: it is written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+from earlymm.arch.addr import PAGE_SHIFT, PAGE_SIZE
+from earlymm.hw.memory import Buffer
+from earlymm.images.cpustate import CpuState, pack_prstatus, pack_qemu_cpustate
+from earlymm.images.qemu_core import (
+    EHDR,
+    ELF_MAGIC,
+    ELFCLASS64,
+    ELFDATA2LSB,
+    EM_X86_64,
+    ET_CORE,
+    NHDR,
+    NT_PRSTATUS,
+    PHDR,
+    PN_XNUM,
+    PT_LOAD,
+    PT_NOTE,
+    SHDR,
+)
+
+EV_CURRENT = 1
+
+
+def _note(name: bytes, ntype: int, desc: bytes) -> bytes:
+    namez = name + b"\0"
+    pad_name = b"\0" * (-len(namez) % 4)
+    pad_desc = b"\0" * (-len(desc) % 4)
+    return NHDR.pack(len(namez), len(desc), ntype) + namez + pad_name + desc + pad_desc
+
+
+def build_notes(cpus: list[CpuState]) -> bytes:
+    prstatus = [_note(b"CORE", NT_PRSTATUS, pack_prstatus(c, i + 1)) for i, c in enumerate(cpus)]
+    qemu = [_note(b"QEMU", 0, pack_qemu_cpustate(c)) for c in cpus]
+    return b"".join(prstatus + qemu)
+
+
+def _runs(frames: Iterable[tuple[int, Buffer]]) -> list[tuple[int, list[Buffer]]]:
+    """Group frames into runs of consecutive pfns: ``[(first_pfn, [frame, ...]), ...]``."""
+    items: list[tuple[int, Buffer]] = []
+    for pfn, data in frames:
+        if not 0 <= pfn < 1 << (52 - PAGE_SHIFT):
+            raise ValueError(f"pfn {pfn:#x} is outside the 52-bit physical address space")
+        if len(data) != PAGE_SIZE:
+            raise ValueError(f"frame {pfn:#x} is {len(data)} bytes, not {PAGE_SIZE}")
+        items.append((pfn, data))
+    items.sort(key=lambda t: t[0])
+    runs: list[tuple[int, list[Buffer]]] = []
+    prev = -2
+    for pfn, data in items:
+        if pfn == prev:
+            raise ValueError(f"frame {pfn:#x} given twice")
+        if pfn == prev + 1:
+            runs[-1][1].append(data)
+        else:
+            runs.append((pfn, [data]))
+        prev = pfn
+    return runs
+
+
+def _write(out: BinaryIO, runs: list[tuple[int, list[Buffer]]], notes: bytes) -> None:
+    phnum = 1 + len(runs)
+    use_xnum = phnum >= PN_XNUM
+    phoff = EHDR.size
+    note_off = phoff + phnum * PHDR.size
+    data_off = note_off + len(notes)
+    data_end = data_off + PAGE_SIZE * sum(len(r[1]) for r in runs)
+    shoff, shnum = (data_end, 1) if use_xnum else (0, 0)
+    ident = ELF_MAGIC + bytes([ELFCLASS64, ELFDATA2LSB, EV_CURRENT]) + bytes(9)
+    out.write(EHDR.pack(ident, ET_CORE, EM_X86_64, EV_CURRENT, 0, phoff, shoff, 0, EHDR.size,
+                        PHDR.size, PN_XNUM if use_xnum else phnum, SHDR.size if use_xnum else 0,
+                        shnum, 0))
+    out.write(PHDR.pack(PT_NOTE, 0, note_off, 0, 0, len(notes), len(notes), 0))
+    off = data_off
+    for pfn, frames in runs:
+        size = PAGE_SIZE * len(frames)
+        out.write(PHDR.pack(PT_LOAD, 0, off, 0, pfn << PAGE_SHIFT, size, size, 0))
+        off += size
+    out.write(notes)
+    for _pfn, frames in runs:
+        for f in frames:
+            out.write(f)
+    if use_xnum:
+        out.write(SHDR.pack(0, 0, 0, 0, 0, 0, 0, phnum, 0, 0))
+
+
+def write_qemu_core(path: str | Path, frames: Iterable[tuple[int, Buffer]], cpus: list[CpuState]) -> None:
+    """Write ``frames`` (``(pfn, 4096 bytes)``, any order, no duplicates) and ``cpus`` as a QEMU core.
+
+    Raises ``ValueError`` for a bad frame; on any error nothing is left at ``path`` or beside it.
+    """
+    path = Path(path)
+    runs = _runs(frames)
+    notes = build_notes(cpus)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".core.tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            if path.name.endswith(".gz"):
+                # mtime=0 and no file name keep the output byte-identical for identical input.
+                with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
+                    _write(gz, runs, notes)  # type: ignore[arg-type]
+            else:
+                _write(raw, runs, notes)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
