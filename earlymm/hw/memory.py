@@ -121,18 +121,47 @@ class PhysMem:
         self.absent_zero = absent_zero
         self.regions = regions if regions is not None else RegionMap()
         self.frames: dict[int, bytearray] = {}
+        # Every frame handed out so far (written, backed or zero), keyed by pfn: lets the walker read a
+        # table with one dict lookup. Backed frames are read-only, so this never goes stale; a write
+        # replaces the entry with the writable copy.
+        self.view: dict[int, Buffer] = {}
+        # The same frames seen as arrays of 8-byte and 4-byte little-endian entries, for the walker.
+        self.view8: dict[int, memoryview] = {}
+        self.view4: dict[int, memoryview] = {}
         self.writes = 0
 
     # -- frame level -------------------------------------------------------------------------------
     def frame(self, pfn: int) -> Buffer | None:
-        f = self.frames.get(pfn)
-        if f is not None:
-            return f
-        if self.backing is not None:
-            b = self.backing.frame(pfn)
-            if b is not None:
-                return b
-        return ZERO_FRAME if self.absent_zero else None
+        v = self.view.get(pfn)
+        if v is not None:
+            return v
+        b = self.backing.frame(pfn) if self.backing is not None else None
+        if b is None:
+            if not self.absent_zero:
+                return None
+            b = ZERO_FRAME
+        self.view[pfn] = b
+        return b
+
+    def entries8(self, pfn: int) -> memoryview | None:
+        """Frame ``pfn`` as 512 little-endian u64 entries (None for a hole)."""
+        v = self.view8.get(pfn)
+        if v is None:
+            f = self.frame(pfn)
+            if f is None:
+                return None
+            v = self.view8[pfn] = memoryview(f).cast("B").cast("Q")
+        return v
+
+    def entries4(self, pfn: int) -> memoryview | None:
+        """Frame ``pfn`` as 1024 little-endian u32 entries (None for a hole)."""
+        v = self.view4.get(pfn)
+        if v is None:
+            f = self.frame(pfn)
+            if f is None:
+                return None
+            v = self.view4[pfn] = memoryview(f).cast("B").cast("I")
+        return v
 
     def ranges(self) -> list[tuple[int, int]]:
         spans = [(p << PAGE_SHIFT, (p + 1) << PAGE_SHIFT) for p in self.frames]
@@ -157,6 +186,9 @@ class PhysMem:
                 raise MemoryHole(pfn << PAGE_SHIFT)
             f = bytearray(src) if src is not None else bytearray(PAGE_SIZE)
             self.frames[pfn] = f
+            self.view[pfn] = f
+            self.view8.pop(pfn, None)
+            self.view4.pop(pfn, None)
         return f
 
     def written_pfns(self) -> list[int]:

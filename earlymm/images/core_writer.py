@@ -37,6 +37,8 @@ from earlymm.images.qemu_core import (
 )
 
 EV_CURRENT = 1
+SHT_STRTAB = 3
+SHSTRTAB = b"\0.shstrtab\0"
 
 
 def _note(name: bytes, ntype: int, desc: bytes) -> bytes:
@@ -76,17 +78,20 @@ def _runs(frames: Iterable[tuple[int, Buffer]]) -> list[tuple[int, list[Buffer]]
 
 
 def _write(out: BinaryIO, runs: list[tuple[int, list[Buffer]]], notes: bytes) -> None:
+    # QEMU 7.2's order: ELF header, section headers (a NULL one, whose sh_info carries the real
+    # program-header count when e_phnum is PN_XNUM, and .shstrtab), program headers, notes, memory,
+    # and the .shstrtab bytes last.
     phnum = 1 + len(runs)
-    use_xnum = phnum >= PN_XNUM
-    phoff = EHDR.size
+    shoff = EHDR.size
+    phoff = shoff + 2 * SHDR.size
     note_off = phoff + phnum * PHDR.size
     data_off = note_off + len(notes)
-    data_end = data_off + PAGE_SIZE * sum(len(r[1]) for r in runs)
-    shoff, shnum = (data_end, 1) if use_xnum else (0, 0)
+    strtab_off = data_off + PAGE_SIZE * sum(len(r[1]) for r in runs)
     ident = ELF_MAGIC + bytes([ELFCLASS64, ELFDATA2LSB, EV_CURRENT]) + bytes(9)
     out.write(EHDR.pack(ident, ET_CORE, EM_X86_64, EV_CURRENT, 0, phoff, shoff, 0, EHDR.size,
-                        PHDR.size, PN_XNUM if use_xnum else phnum, SHDR.size if use_xnum else 0,
-                        shnum, 0))
+                        PHDR.size, min(phnum, PN_XNUM), SHDR.size, 2, 1))
+    out.write(SHDR.pack(0, 0, 0, 0, 0, 0, 0, phnum if phnum >= PN_XNUM else 0, 0, 0))
+    out.write(SHDR.pack(1, SHT_STRTAB, 0, 0, strtab_off, len(SHSTRTAB), 0, 0, 0, 0))
     out.write(PHDR.pack(PT_NOTE, 0, note_off, 0, 0, len(notes), len(notes), 0))
     off = data_off
     for pfn, frames in runs:
@@ -97,8 +102,7 @@ def _write(out: BinaryIO, runs: list[tuple[int, list[Buffer]]], notes: bytes) ->
     for _pfn, frames in runs:
         for f in frames:
             out.write(f)
-    if use_xnum:
-        out.write(SHDR.pack(0, 0, 0, 0, 0, 0, 0, phnum, 0, 0))
+    out.write(SHSTRTAB)
 
 
 def write_qemu_core(path: str | Path, frames: Iterable[tuple[int, Buffer]], cpus: list[CpuState]) -> None:

@@ -1,0 +1,372 @@
+"""The CPU: control-register rules, operating modes, memory accesses through the MMU, and exception
+delivery to handlers the guest installs (spec §1.8; SDM Vol. 3A §2.5, §4.10.4, §6).
+
+Guest code is Python; it reaches memory only through ``load``/``store``/``fetch`` here. A fault is
+delivered through the guest's IDT, read from simulated memory like every other implicit access; the
+exception frame is pushed on the guest stack; the handler registered at the gate's address runs; when it
+returns the frame is popped (IRET) and the faulting access is retried. A fault while delivering becomes
+#DF, one while delivering #DF a triple fault. A guard ends runs that make no progress (``Livelock``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from earlymm.arch.entry import mask, pdpte_reserved
+from earlymm.arch.flags import CR0_RESERVED, CR4_RESERVED, EFER_RESERVED, Cr0, Cr4, Efer
+from earlymm.arch.modes import Features, PagingMode
+from earlymm.hw.events import CrWrite, DoubleFault, FaultDelivered, FaultRaised, Iret, ListTrace, TlbFlush
+from earlymm.hw.faults import (
+    DF_VECTOR,
+    ERRCODE_VECTORS,
+    CpuException,
+    Exception_,
+    Fault,
+    GeneralProtection,
+    Livelock,
+    PageFault,
+    Reason,
+    TripleFault,
+)
+from earlymm.hw.memory import PhysMem
+from earlymm.hw.mmu import Mmu
+from earlymm.hw.regs import ControlRegs, CpuMode
+from earlymm.hw.tlb import Tlb
+from earlymm.hw.walk import GP, HOLE, OK, WalkResult
+
+KERNEL_CS = 0x10
+MAX_NESTING = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionFrame:
+    """What a handler sees: the vector, the error code and where the pushed frame lives."""
+
+    vector: int
+    error_code: int
+    rip: int
+    cs: int
+    frame_addr: int  # address of the saved RIP on the stack (the frame a handler may edit)
+    depth: int
+
+
+Handler = Callable[["Cpu", ExceptionFrame], None]
+
+
+class _DeliveryFault(Exception):
+    def __init__(self, fault: Fault) -> None:
+        super().__init__(repr(fault))
+        self.fault = fault
+
+
+class Cpu:
+    def __init__(self, mem: PhysMem, features: Features | None = None, *, trace: ListTrace | None = None,
+                 tlb: Tlb | None = None, progress_limit: int = 200_000, fault_limit: int = 5_000) -> None:
+        self.mem = mem
+        self.features = features or Features()
+        self.regs = ControlRegs()
+        self.trace = trace if trace is not None else ListTrace(enabled=False)
+        self.mmu = Mmu(mem, self.regs, self.features, tlb)
+        self.code: dict[int, tuple[str, Handler]] = {}  # code address -> guest handler
+        self.depth = 0
+        self.progress_limit = progress_limit
+        self.fault_limit = fault_limit
+        self._ops_since_progress = 0
+        self._faults_since_progress = 0
+
+    # -- modes ---------------------------------------------------------------------------------------
+    @property
+    def mode(self) -> CpuMode:
+        r = self.regs
+        if not r.cr0 & Cr0.PE:
+            return CpuMode.REAL
+        if not r.efer & Efer.LMA:
+            return CpuMode.PROTECTED
+        return CpuMode.LONG64 if r.cs_l else CpuMode.COMPAT
+
+    @property
+    def paging(self) -> PagingMode:
+        return self.mmu.mode
+
+    def far_jump(self, rip: int, *, long_mode_code: bool, cs: int = KERNEL_CS) -> None:
+        """Load CS (L bit) and RIP, as a far jump/return does; a 64-bit target must be canonical."""
+        self.regs.cs_l = long_mode_code
+        self.jump(rip)
+
+    def jump(self, rip: int) -> None:
+        """Transfer control to ``rip``: fetches there, so an unmapped target faults as on hardware."""
+        if self.mode is not CpuMode.LONG64:
+            rip &= 0xFFFF_FFFF
+        self.fetch(rip)
+        self.regs.rip = rip
+
+    # -- memory ----------------------------------------------------------------------------------------
+    def _pa(self, va: int, kind: int, implicit: bool = False) -> int:
+        r = self.regs
+        if self.mode is not CpuMode.LONG64:
+            va &= 0xFFFF_FFFF
+        user = r.cpl == 3 and not implicit
+        while True:
+            res = self.mmu.translate(va, kind, user, implicit)
+            if res.outcome == OK:
+                if self.depth == 0:
+                    self._ops_since_progress = 0
+                    self._faults_since_progress = 0
+                else:
+                    self._ops_since_progress += 1
+                    if self._ops_since_progress > self.progress_limit:
+                        self._livelock(f"{self._ops_since_progress} accesses inside exception handlers "
+                                       "without the interrupted access completing")
+                return res.pa
+            self._raise(self._fault_of(res))
+
+    def _fault_of(self, res: WalkResult) -> Fault:
+        if res.outcome == GP:
+            return GeneralProtection(Reason.NONCANONICAL, f"va {res.va:#x}")
+        if res.outcome == HOLE:
+            # Unassigned physical memory under a page-table read: the model cannot guess its contents.
+            return Exception_(18, 0, f"machine check: page-table read at {res.path[-1]:#x} hit absent memory")
+        assert res.reason is not None
+        return PageFault(res.error_code, res.va, res.reason)
+
+    def load(self, va: int, size: int = 8, *, implicit: bool = False) -> int:
+        if (va & 0xFFF) + size <= 0x1000:
+            return self.mem.read_int(self._pa(va, 0, implicit), size)
+        return int.from_bytes(self.read(va, size, implicit=implicit), "little")
+
+    def store(self, va: int, size: int, value: int, *, implicit: bool = False) -> None:
+        if (va & 0xFFF) + size <= 0x1000:
+            self.mem.write_int(self._pa(va, 1, implicit), size, value)
+        else:
+            self.write(va, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"), implicit=implicit)
+
+    def fetch(self, va: int) -> int:
+        return self._pa(va, 2)
+
+    def read(self, va: int, size: int, *, implicit: bool = False) -> bytes:
+        out = bytearray()
+        while size > 0:
+            n = min(size, 0x1000 - (va & 0xFFF))
+            out += self.mem.read(self._pa(va, 0, implicit), n)
+            va, size = va + n, size - n
+        return bytes(out)
+
+    def write(self, va: int, data: bytes, *, implicit: bool = False) -> None:
+        pos = 0
+        while pos < len(data):
+            n = min(len(data) - pos, 0x1000 - (va & 0xFFF))
+            self.mem.write(self._pa(va, 1, implicit), data[pos:pos + n])
+            va, pos = va + n, pos + n
+
+    # -- control registers (spec §1.8; SDM Vol. 3A §2.5, Vol. 2 MOV CR) ------------------------------
+    def _gp(self, detail: str) -> None:
+        self._raise(GeneralProtection(Reason.REGISTER, detail))
+
+    def write_cr0(self, value: int) -> None:
+        r, old = self.regs, self.regs.cr0
+        value |= Cr0.ET
+        if value & CR0_RESERVED:
+            return self._gp(f"CR0 reserved bits {value & CR0_RESERVED:#x}")
+        if value & Cr0.PG and not value & Cr0.PE:
+            return self._gp("CR0.PG=1 with CR0.PE=0")
+        if value & Cr0.NW and not value & Cr0.CD:
+            return self._gp("CR0.NW=1 with CR0.CD=0")
+        turning_off = old & Cr0.PG and not value & Cr0.PG
+        turning_on = value & Cr0.PG and not old & Cr0.PG
+        if turning_off and self.mode is CpuMode.LONG64:
+            return self._gp("clearing CR0.PG in 64-bit mode")
+        if turning_off and r.cr4 & Cr4.PCIDE:
+            return self._gp("clearing CR0.PG with CR4.PCIDE=1")
+        if turning_on and r.efer & Efer.LME:
+            if not r.cr4 & Cr4.PAE:
+                return self._gp("enabling IA-32e paging with CR4.PAE=0")
+            if r.cs_l:
+                return self._gp("activating IA-32e mode from a 64-bit code segment")
+        if turning_on and not r.efer & Efer.LME and r.cr4 & Cr4.PAE:
+            self._load_pdptes(r.cr3)
+        r.cr0 = value
+        if turning_on and r.efer & Efer.LME:
+            r.efer |= Efer.LMA
+        if turning_off:
+            r.efer &= ~Efer.LMA
+        self._cr_changed("cr0", old, value)
+        if turning_on or turning_off:
+            self._flush(include_global=True)
+
+    def write_cr3(self, value: int) -> None:
+        r, old = self.regs, self.regs.cr3
+        no_flush = False
+        if self.mode is not CpuMode.LONG64:
+            value &= 0xFFFF_FFFF  # MOV CR3 outside 64-bit mode is 32-bit (spec §1.8)
+        elif r.cr4 & Cr4.PCIDE and value >> 63:
+            no_flush = True
+            value &= ~(1 << 63)
+        if self.mode is CpuMode.LONG64 and value & mask(63, self.features.maxphyaddr):
+            return self._gp(f"CR3 reserved bits {value & mask(63, self.features.maxphyaddr):#x}")
+        if r.cr0 & Cr0.PG and r.cr4 & Cr4.PAE and not r.efer & Efer.LMA:
+            self._load_pdptes(value)
+        r.cr3 = value
+        self._cr_changed("cr3", old, value)
+        if not no_flush:
+            self._flush(include_global=False, pcid=self.mmu.pcid if r.cr4 & Cr4.PCIDE else None)
+
+    def write_cr4(self, value: int) -> None:
+        r, f, old = self.regs, self.features, self.regs.cr4
+        if value & CR4_RESERVED:
+            return self._gp(f"CR4 reserved bits {value & CR4_RESERVED:#x}")
+        unsupported = [(Cr4.LA57, f.la57), (Cr4.PGE, f.pge), (Cr4.SMEP, f.smep), (Cr4.SMAP, f.smap),
+                       (Cr4.PKE, f.pku), (Cr4.PKS, f.pks), (Cr4.PCIDE, f.pcid), (Cr4.PSE, f.pse)]
+        for bit, ok in unsupported:
+            if value & bit and not ok:
+                return self._gp(f"CR4.{bit.name} not supported by this CPU")
+        lma = r.efer & Efer.LMA
+        if lma and (value ^ old) & Cr4.LA57:
+            return self._gp("changing CR4.LA57 while IA-32e mode is active")
+        if lma and not value & Cr4.PAE:
+            return self._gp("clearing CR4.PAE while IA-32e mode is active")
+        if value & Cr4.PCIDE and not old & Cr4.PCIDE and (not lma or r.cr3 & 0xFFF):
+            return self._gp("setting CR4.PCIDE needs IA-32e mode and CR3[11:0]=0")
+        changed = value ^ old
+        if r.cr0 & Cr0.PG and not lma and value & Cr4.PAE and changed & (Cr4.PAE | Cr4.PGE | Cr4.PSE | Cr4.SMEP):
+            self._load_pdptes(r.cr3)
+        r.cr4 = value
+        self._cr_changed("cr4", old, value)
+        if changed & Cr4.PGE or (old & Cr4.PCIDE and not value & Cr4.PCIDE):
+            self._flush(include_global=True)
+        elif changed & (Cr4.PAE | Cr4.PSE) or (value & ~old & Cr4.SMEP):
+            self._flush(include_global=False)
+
+    def write_efer(self, value: int) -> None:
+        r, old = self.regs, self.regs.efer
+        if value & EFER_RESERVED:
+            return self._gp(f"EFER reserved bits {value & EFER_RESERVED:#x}")
+        if value & Efer.NXE and not self.features.nx:
+            return self._gp("EFER.NXE on a CPU without NX")
+        if (value ^ old) & Efer.LME and r.cr0 & Cr0.PG:
+            return self._gp("changing EFER.LME with paging enabled")
+        value = (value & ~Efer.LMA) | (old & Efer.LMA)  # LMA is read-only
+        r.efer = value
+        self._cr_changed("efer", old, value)
+
+    def _load_pdptes(self, cr3: int) -> None:
+        base = cr3 & mask(31, 5)
+        ptes = tuple(self.mem.read_u64(base + 8 * i) for i in range(4))
+        bad = pdpte_reserved(self.features.maxphyaddr)
+        for i, e in enumerate(ptes):
+            if e & 1 and e & bad:
+                return self._gp(f"PDPTE{i} {e:#x} has reserved bits {e & bad:#x}")
+        self.regs.pdptes = (ptes[0], ptes[1], ptes[2], ptes[3])
+
+    def _cr_changed(self, reg: str, old: int, new: int) -> None:
+        self.mmu.reload()
+        self.trace.emit(CrWrite(reg, old, new))
+
+    def _flush(self, *, include_global: bool, pcid: int | None = None) -> None:
+        self.mmu.tlb.flush(include_global=include_global, pcid=pcid)
+        self.trace.emit(TlbFlush("all" if include_global else "non-global", 0, pcid or 0))
+
+    def invlpg(self, va: int) -> None:
+        if self.paging.is_ia32e and va >> (self.paging.va_bits - 1) not in (0, (1 << (65 - self.paging.va_bits)) - 1):
+            return  # INVLPG of a non-canonical address is a no-op
+        self.mmu.tlb.invlpg(va, self.mmu.pcid)
+        self.trace.emit(TlbFlush("page", va, self.mmu.pcid))
+
+    def flush_tlb(self, include_global: bool = False) -> None:
+        self._flush(include_global=include_global)
+
+    # -- exceptions ------------------------------------------------------------------------------------
+    def register_code(self, addr: int, name: str, handler: Handler) -> None:
+        """Declare that the guest function ``handler`` lives at code address ``addr``."""
+        self.code[addr] = (name, handler)
+
+    def lidt(self, base: int, limit: int) -> None:
+        self.regs.idt_base, self.regs.idt_limit = base, limit
+
+    def raise_exception(self, vector: int, error_code: int = 0, detail: str = "") -> None:
+        """For guest code that executes a faulting instruction (``ud2``, ``int3`` …)."""
+        self._raise(Exception_(vector, error_code, detail))
+
+    def _raise(self, fault: Fault) -> None:
+        vec = fault.vector
+        code = fault.error_code if vec in ERRCODE_VECTORS else 0
+        cr2 = fault.cr2 if isinstance(fault, PageFault) else self.regs.cr2
+        reason = fault.reason.value if isinstance(fault, PageFault | GeneralProtection) else fault.detail
+        self.trace.emit(FaultRaised(vec, code, cr2, reason, self.depth))
+        if self.regs.idt_limit < 0:
+            raise CpuException(fault)  # no IDT: the caller gets the fault as a value
+        if self.depth >= MAX_NESTING:
+            self._livelock(f"exceptions nested {self.depth} deep")
+        self._faults_since_progress += 1
+        if self._faults_since_progress > self.fault_limit:
+            self._livelock(f"{self._faults_since_progress} faults without the faulting access completing; "
+                           f"last: vector {vec} cr2 {cr2:#x} ({reason})")
+        if isinstance(fault, PageFault):
+            self.regs.cr2 = fault.cr2
+        self._deliver(vec, code)
+
+    def _deliver(self, vector: int, code: int, first: int | None = None) -> None:
+        r = self.regs
+        try:
+            name, handler, frame = self._enter(vector, code)
+        except _DeliveryFault as inner:
+            if vector == DF_VECTOR:
+                raise TripleFault(f"fault while delivering #DF ({inner.fault}): triple fault, machine reset",
+                                  list(self.trace.recent)) from None
+            self.trace.emit(DoubleFault(vector, inner.fault.vector, str(inner.fault)))
+            return self._deliver(DF_VECTOR, 0, vector)
+        self.depth += 1
+        self.trace.emit(FaultDelivered(vector, name, self.depth))
+        try:
+            handler(self, frame)
+        finally:
+            self.depth -= 1
+        if vector == DF_VECTOR:
+            raise TripleFault("#DF handler returned: a double fault is an abort", list(self.trace.recent))
+        # IRET: pop RIP, CS, RFLAGS, RSP, SS from the frame (the handler may have edited RIP).
+        r.rip = self.load(frame.frame_addr, 8, implicit=True)
+        r.rflags = self.load(frame.frame_addr + 16, 8, implicit=True)
+        r.rsp = self.load(frame.frame_addr + 24, 8, implicit=True)
+        self.trace.emit(Iret(vector, self.depth))
+
+    def _enter(self, vector: int, code: int) -> tuple[str, Handler, ExceptionFrame]:
+        """Read the gate and push the frame; any fault here is a fault *while delivering*."""
+        r = self.regs
+        if 16 * vector + 15 > r.idt_limit:
+            raise _DeliveryFault(GeneralProtection(Reason.REGISTER, f"vector {vector} beyond the IDT limit"))
+        try:
+            lo = self._implicit_load(r.idt_base + 16 * vector)
+            hi = self._implicit_load(r.idt_base + 16 * vector + 8)
+        except CpuException as e:
+            raise _DeliveryFault(e.fault) from None
+        if not lo >> 47 & 1:
+            raise _DeliveryFault(Exception_(11, 8 * vector + 2, f"IDT gate {vector} not present"))
+        target = (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF_0000) | ((hi & 0xFFFF_FFFF) << 32)
+        entry = self.code.get(target)
+        if entry is None:
+            raise _DeliveryFault(Exception_(6, 0, f"IDT gate {vector} points at {target:#x}, where no "
+                                                  "handler code was installed"))
+        rsp = (r.rsp & ~0xF) - 8 * 6  # SS, RSP, RFLAGS, CS, RIP, error code (SDM §6.14.2)
+        frame_vals = [code, r.rip, KERNEL_CS, r.rflags, r.rsp, 0x18]
+        try:
+            for i, v in enumerate(frame_vals):
+                self._implicit_store(rsp + 8 * i, v)
+        except CpuException as e:
+            raise _DeliveryFault(e.fault) from None
+        r.rsp = rsp
+        return entry[0], entry[1], ExceptionFrame(vector, code, r.rip, KERNEL_CS, rsp + 8, self.depth + 1)
+
+    def _implicit_load(self, va: int) -> int:
+        res = self.mmu.translate(va, 0, False, True)
+        if res.outcome != OK:
+            raise CpuException(self._fault_of(res))
+        return self.mem.read_u64(res.pa)
+
+    def _implicit_store(self, va: int, value: int) -> None:
+        res = self.mmu.translate(va, 1, False, True)
+        if res.outcome != OK:
+            raise CpuException(self._fault_of(res))
+        self.mem.write_u64(res.pa, value)
+
+    def _livelock(self, why: str) -> None:
+        raise Livelock(why, list(self.trace.recent))

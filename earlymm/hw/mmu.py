@@ -1,0 +1,88 @@
+"""The MMU: ``probe`` (no side effects) and ``translate`` (commits A/D, fills the TLB) (design §7.4).
+
+Both run the same walk (``walk.py``). ``translate`` first consults the TLB, sets the accessed/dirty
+bits the walk asked for with a locked read-modify-write (SDM §4.8), and drops the faulting page's TLB
+entries on a #PF (SDM §4.10.4.1: a #PF invalidates the translations for the faulting address).
+"""
+
+from __future__ import annotations
+
+from earlymm.arch.entry import mask
+from earlymm.arch.flags import Cr4
+from earlymm.arch.modes import Features, PagingMode
+from earlymm.hw.memory import PhysMem
+from earlymm.hw.regs import ControlRegs
+from earlymm.hw.tlb import Tlb, TlbEntry
+from earlymm.hw.walk import OK, PF, WalkPlan, WalkResult, check_rights, compile_plan, walk
+
+
+class Mmu:
+    def __init__(self, mem: PhysMem, regs: ControlRegs, features: Features, tlb: Tlb | None = None) -> None:
+        self.mem = mem
+        self.regs = regs
+        self.features = features
+        self.tlb = tlb if tlb is not None else Tlb()
+        self.plan: WalkPlan = compile_plan(regs.cr0, regs.cr4, regs.efer, features)
+        self.root = 0
+        self.pcid = 0
+        self.pge = False
+        self.reload()
+
+    def reload(self) -> None:
+        """Recompile after any CR0/CR3/CR4/EFER change (the CPU calls this; nothing is cached beyond it)."""
+        r = self.regs
+        self.plan = compile_plan(r.cr0, r.cr4, r.efer, self.features)
+        mode = self.plan.mode
+        if mode is PagingMode.LEGACY32:
+            self.root = r.cr3 & mask(31, 12)
+        elif mode is PagingMode.PAE:
+            self.root = r.cr3 & mask(31, 5)
+        else:
+            self.root = r.cr3 & mask(self.features.maxphyaddr - 1, 12)
+        self.pcid = r.cr3 & 0xFFF if r.cr4 & Cr4.PCIDE else 0
+        self.pge = bool(r.cr4 & Cr4.PGE)
+
+    @property
+    def mode(self) -> PagingMode:
+        return self.plan.mode
+
+    def probe(self, va: int, kind: int = 0, user: bool = False, implicit: bool = False,
+              ac: bool | None = None) -> WalkResult:
+        """Walk the tables for this access; change nothing (no A/D, no TLB)."""
+        r = self.regs
+        return walk(self.mem, self.plan, self.root, va, kind, user, implicit,
+                    r.ac if ac is None else ac, r.pkru, r.pkrs, r.pdptes)
+
+    def translate(self, va: int, kind: int = 0, user: bool = False, implicit: bool = False,
+                  ac: bool | None = None) -> WalkResult:
+        """Translate as the CPU does: TLB first, else walk, commit A/D, fill the TLB on success."""
+        r = self.regs
+        acf = r.ac if ac is None else ac
+        tlb = self.tlb
+        plan = self.plan
+        if tlb.enabled and plan.mode is not PagingMode.DISABLED:
+            e = tlb.lookup(va, self.pcid, self.pge)
+            if e is not None and (kind != 1 or e.dirty):
+                why = check_rights(plan, kind, user, implicit, acf, e.user_page, e.writable, e.xd, e.pkey,
+                                   r.pkru, r.pkrs)
+                if why is None:
+                    return WalkResult(va, kind, user, OK, [], e.pa | (va & (e.size - 1)), e.size,
+                                      user_page=e.user_page, writable=e.writable, xd=e.xd, pkey=e.pkey)
+                # A cached entry that forbids the access is re-walked, as QEMU's softmmu does.
+                tlb.invlpg(va, self.pcid)
+        res = walk(self.mem, plan, self.root, va, kind, user, implicit, acf, r.pkru, r.pkrs, r.pdptes)
+        if res.ad_updates:
+            mem = self.mem
+            for u in res.ad_updates:
+                cur = mem.read_int(u.addr, u.size)
+                mem.write_int(u.addr, u.size, cur | (u.new & ~u.old))
+        if res.outcome == OK:
+            if tlb.enabled and plan.mode is not PagingMode.DISABLED:
+                leaf = res.path[-1] | (0x60 if kind == 1 else 0x20)
+                size = res.page_size
+                tlb.fill(TlbEntry(va & -size & ((1 << 64) - 1), res.pa & -size, size, res.user_page,
+                                  res.writable, res.xd, res.pkey, bool(leaf & 0x40),
+                                  bool(leaf & 0x100) and self.pge, self.pcid))
+        elif res.outcome == PF:
+            tlb.invlpg(va, self.pcid)
+        return res

@@ -1,0 +1,303 @@
+"""The page walk: one data-driven loop for every paging mode (spec §1.4–§1.7; SDM Vol. 3A §4.3–§4.7).
+
+``compile_plan`` turns the control registers and CPU features into per-level masks once; ``walk`` then
+loops over those levels. It is pure: it reads memory, never writes it, and returns everything as a
+``WalkResult`` value — the entries used, the outcome (translation, #PF, #GP or an unreadable table) and
+the A/D writes a committing translation must make. QEMU's ``mmu_translate`` has the same shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from earlymm.arch.entry import addr_mask, reserved_mask
+from earlymm.arch.flags import Cr0, Cr4, Efer, PteFlag
+from earlymm.arch.modes import Features, Level, PagingMode, level_specs, paging_mode
+from earlymm.hw.faults import Reason
+from earlymm.hw.memory import PhysMem
+
+TABLE_ONLY, PS_SELECTS, ALWAYS_LEAF = 0, 1, 2
+OK, PF, GP, HOLE = 0, 1, 2, 3
+OUTCOME_NAMES = ("ok", "page-fault", "general-protection", "hole")
+
+
+@dataclass(frozen=True, slots=True)
+class LevelPlan:
+    level: Level
+    shift: int
+    index_mask: int
+    entry_size: int
+    kind: int  # TABLE_ONLY / PS_SELECTS / ALWAYS_LEAF
+    table_addr: int
+    table_rsvd: int
+    leaf_size: int
+    leaf_addr: int
+    leaf_rsvd: int
+    rights: bool  # False for PAE PDPTEs, which carry no RW/US/XD
+    from_regs: bool  # PAE PDPTEs come from the PDPTE registers, not memory
+    pse36: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WalkPlan:
+    """Everything the walk needs from CR0/CR4/EFER and CPUID, precomputed."""
+
+    mode: PagingMode
+    levels: tuple[LevelPlan, ...]
+    va_bits: int  # 48/57 for the canonical check, 0 for none
+    nxe: bool
+    wp: bool
+    smep: bool
+    smap: bool
+    pke: bool
+    pks: bool
+    id_reported: bool
+    maxphyaddr: int
+    # The hot loop's view of ``levels`` (PAE's register-held PDPT level excluded): plain tuples,
+    # because unpacking a tuple is several times cheaper than reading dataclass slots.
+    rows: tuple[tuple[int, int, int, int, int, int, int, int], ...] = ()
+    entry8: bool = True
+    pae: bool = False
+    pse36: bool = False
+    canon_ones: int = 0
+    simple: bool = True  # no SMAP/PK: a supervisor data access needs only the RW/WP test
+
+
+def compile_plan(cr0: int, cr4: int, efer: int, features: Features) -> WalkPlan:
+    mode = paging_mode(cr0, cr4, efer)
+    nxe = bool(efer & Efer.NXE) and mode not in (PagingMode.LEGACY32, PagingMode.DISABLED)
+    pse = bool(cr4 & Cr4.PSE) or mode is not PagingMode.LEGACY32
+    levels = []
+    for spec in level_specs(mode, gbpages=features.gbpages, pse=pse and features.pse):
+        if spec.level is Level.PT:
+            kind = ALWAYS_LEAF
+        elif spec.leaf_size:
+            kind = PS_SELECTS
+        else:
+            kind = TABLE_ONLY
+        from_regs = mode is PagingMode.PAE and spec.level is Level.PDPT
+        table_rsvd = 0 if from_regs else reserved_mask(mode, spec.level, False, features, nxe)
+        if kind == TABLE_ONLY and mode.is_ia32e and spec.level is Level.PDPT:
+            table_rsvd |= int(PteFlag.PS)  # PS=1 with no 1 GiB-page support is reserved (spec §1.3)
+        levels.append(LevelPlan(
+            level=spec.level, shift=spec.shift, index_mask=spec.index_mask, entry_size=spec.entry_size,
+            kind=kind, table_addr=addr_mask(mode, spec.level, False, features.maxphyaddr),
+            table_rsvd=table_rsvd, leaf_size=spec.leaf_size or 0,
+            leaf_addr=addr_mask(mode, spec.level, True, features.maxphyaddr),
+            leaf_rsvd=reserved_mask(mode, spec.level, True, features, nxe) if kind != TABLE_ONLY else 0,
+            rights=not from_regs, from_regs=from_regs,
+            pse36=mode is PagingMode.LEGACY32 and spec.level is Level.PD and features.pse36,
+        ))
+    smep = bool(cr4 & Cr4.SMEP)
+    # Per level, "is this entry a leaf" = entry & leafsel (PS for PDE/PDPTE, P — known set — for a PTE, 0 above).
+    rows = tuple((lp.shift, lp.index_mask,
+                  {ALWAYS_LEAF: 1, PS_SELECTS: 0x80, TABLE_ONLY: 0}[lp.kind],
+                  lp.table_addr, lp.table_rsvd, lp.leaf_size, lp.leaf_addr, lp.leaf_rsvd)
+                 for lp in levels if not lp.from_regs)
+    va_bits = mode.va_bits if mode.is_ia32e else 0
+    pke = bool(cr4 & Cr4.PKE) and mode.is_ia32e
+    pks = bool(cr4 & Cr4.PKS) and mode.is_ia32e
+    return WalkPlan(rows=rows, entry8=mode is not PagingMode.LEGACY32, pae=mode is PagingMode.PAE, pse36=any(lp.pse36 for lp in levels),
+                    canon_ones=(1 << (65 - va_bits)) - 1 if va_bits else 0,
+                    simple=not (cr4 & Cr4.SMAP or pke or pks),
+        mode=mode, levels=tuple(levels), va_bits=va_bits, nxe=nxe,
+        wp=bool(cr0 & Cr0.WP), smep=smep, smap=bool(cr4 & Cr4.SMAP), pke=pke, pks=pks,
+        id_reported=smep or nxe, maxphyaddr=features.maxphyaddr,
+    )
+
+
+@dataclass(slots=True)
+class AdUpdate:
+    """An accessed/dirty write the CPU makes to an entry (``size`` 4 or 8 bytes)."""
+
+    addr: int
+    old: int
+    new: int
+    size: int
+
+
+@dataclass(slots=True)
+class WalkResult:
+    """The walk of one access. ``path`` is flat: table address, entry value, … from the root down
+    (``entry_addr(plan, i)`` gives the address of entry i).
+
+    Not frozen for speed (this is built once per walk on the hot path); treat it as a value.
+    """
+
+    va: int
+    kind: int
+    user: bool
+    outcome: int
+    path: list[int]
+    pa: int = 0
+    page_size: int = 0
+    error_code: int = 0
+    reason: Reason | None = None
+    user_page: bool = False
+    writable: bool = False
+    xd: bool = False
+    pkey: int = 0
+    ad_updates: list[AdUpdate] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == OK
+
+    def entry_addr(self, plan: WalkPlan, i: int) -> int:
+        lp = plan.levels[i]
+        return self.path[2 * i] + ((self.va >> lp.shift) & lp.index_mask) * lp.entry_size
+
+
+def check_rights(plan: WalkPlan, kind: int, user: bool, implicit: bool, ac: bool,
+                 user_page: bool, writable: bool, xd: bool, pkey: int, pkru: int, pkrs: int
+                 ) -> Reason | None:
+    """SDM Vol. 3A §4.6 access rights, then §4.6.2 protection keys (spec §1.5). ``None``: allowed."""
+    if kind == 2:
+        if xd:
+            return Reason.NX
+        if user:
+            return None if user_page else Reason.USER_SUPERVISOR
+        return Reason.SMEP if user_page and plan.smep else None
+    if user:
+        if not user_page:
+            return Reason.USER_SUPERVISOR
+        if kind == 1 and not writable:
+            return Reason.READ_ONLY
+    else:
+        if user_page and plan.smap and (implicit or not ac):
+            return Reason.SMAP
+        if kind == 1 and not writable and plan.wp:
+            return Reason.READ_ONLY
+    if user_page and plan.pke:
+        bits = pkru >> (2 * pkey)
+    elif not user_page and plan.pks:
+        bits = pkrs >> (2 * pkey)
+    else:
+        return None
+    if bits & 1:
+        return Reason.PK_ACCESS
+    if kind == 1 and bits & 2 and (user or plan.wp):
+        return Reason.PK_WRITE
+    return None
+
+
+def walk(mem: PhysMem, plan: WalkPlan, root: int, va: int, kind: int = 0, user: bool = False,
+         implicit: bool = False, ac: bool = False, pkru: int = 0, pkrs: int = 0,
+         pdptes: tuple[int, ...] = ()) -> WalkResult:
+    """Translate ``va`` for an access of ``kind`` (``AccessKind``) without side effects.
+
+    ``root`` is the top table's physical address (CR3's address bits); PAE uses ``pdptes``.
+    """
+    path: list[int] = []
+    va_bits = plan.va_bits
+    if va_bits:
+        top = va >> (va_bits - 1)
+        if top and top != plan.canon_ones:
+            return WalkResult(va, kind, user, GP, path, reason=Reason.NONCANONICAL)
+    elif plan.mode is PagingMode.DISABLED:
+        return WalkResult(va, kind, user, OK, path, pa=va & 0xFFFF_FFFF, page_size=1 << 12,
+                          user_page=True, writable=True)
+    else:
+        va &= 0xFFFF_FFFF
+    # Tables are page-aligned below the PAE PDPT, so an entry is frame[pfn][index].
+    view = (mem.view8 if plan.entry8 else mem.view4).get
+    load = mem.entries8 if plan.entry8 else mem.entries4
+    table = root
+    acc = 0x66  # RW, US, A, D survive only if set in every entry
+    xdacc = 0
+    if plan.pae:
+        # PAE's PDPTEs live in registers loaded at the CR3 write; they carry no rights (spec §1.3).
+        e = pdptes[(va >> 30) & 3]
+        path.append(root)
+        path.append(e)
+        if not e & 1:
+            return _fault(plan, va, kind, user, path, Reason.NOT_PRESENT)
+        table = e & plan.levels[0].table_addr
+    for shift, imask, leafsel, taddr, trsvd, lsize, laddr, lrsvd in plan.rows:
+        idx = (va >> shift) & imask
+        pfn = table >> 12
+        q = view(pfn) or load(pfn)
+        if q is None:
+            path.append(table)
+            return WalkResult(va, kind, user, HOLE, path, reason=Reason.HOLE)
+        e = q[idx]
+        path.append(table)
+        path.append(e)
+        if not e & 1:
+            return _fault(plan, va, kind, user, path, Reason.NOT_PRESENT)
+        if e & leafsel:
+            if e & lrsvd:
+                return _fault(plan, va, kind, user, path, Reason.RESERVED)
+            acc &= e
+            pa = (e & laddr) | (va & (lsize - 1))
+            if plan.pse36 and lsize == 1 << 22:
+                pa |= ((e >> 13) & 0xFF) << 32
+            user_page = acc & 4 != 0
+            writable = acc & 2 != 0
+            xd = plan.nxe and (xdacc | e) >> 63 != 0
+            pkey = (e >> 59) & 15 if va_bits else 0
+            if user or kind == 2 or not plan.simple or (kind == 1 and not writable and plan.wp):
+                why = check_rights(plan, kind, user, implicit, ac, user_page, writable, xd, pkey, pkru, pkrs)
+                if why is not None:
+                    r = _fault(plan, va, kind, user, path, why)
+                    r.user_page, r.writable, r.xd, r.pkey = user_page, writable, xd, pkey
+                    return r
+            # All A (and, for a write, the leaf's D) already set: the common case in kernel tables.
+            ups = None if acc & 0x20 and (kind != 1 or e & 0x40) else _ad_updates(plan, va, path, kind == 1)
+            return WalkResult(va, kind, user, OK, path, pa, lsize, 0, None, user_page, writable, xd, pkey, ups)
+        if e & trsvd:
+            return _fault(plan, va, kind, user, path, Reason.RESERVED)
+        acc &= e
+        xdacc |= e
+        table = e & taddr
+    raise AssertionError("walk fell off the last level")
+
+
+def error_code_for(plan: WalkPlan, kind: int, user: bool, why: Reason) -> int:
+    """The #PF error code (spec §1.7) for a walk that failed for ``why``."""
+    code = (2 if kind == 1 else 0) | (4 if user else 0) | (16 if kind == 2 and plan.id_reported else 0)
+    if why is Reason.NOT_PRESENT:
+        return code
+    if why is Reason.RESERVED:
+        return code | 9
+    if why is Reason.PK_ACCESS or why is Reason.PK_WRITE:
+        return code | 0x21
+    return code | 1
+
+
+def _fault(plan: WalkPlan, va: int, kind: int, user: bool, path: list[int], why: Reason) -> WalkResult:
+    # Entries above the failing one were used, so they get A (SDM §4.8; QEMU does the same).
+    ups = _ad_updates(plan, va, path[:-2], False) if why in (Reason.NOT_PRESENT, Reason.RESERVED) \
+        else _ad_updates(plan, va, path, False, leaf=False)
+    return WalkResult(va, kind, user, PF, path, error_code=error_code_for(plan, kind, user, why), reason=why,
+                      ad_updates=ups)
+
+
+def _ad_updates(plan: WalkPlan, va: int, path: list[int], write: bool, leaf: bool = True) -> list[AdUpdate]:
+    ups: list[AdUpdate] = []
+    n = len(path) // 2
+    for i in range(n):
+        lp = plan.levels[i]
+        if lp.from_regs:
+            continue
+        e = path[2 * i + 1]
+        is_leaf = i == n - 1 and leaf
+        if i == n - 1 and not leaf:
+            continue
+        want = e | 0x20 | (0x40 if is_leaf and write else 0)
+        if want != e:
+            ups.append(AdUpdate(path[2 * i] + ((va >> lp.shift) & lp.index_mask) * lp.entry_size,
+                                e, want, lp.entry_size))
+    return ups
+
+
+def describe_levels(plan: WalkPlan, r: WalkResult) -> list[tuple[LevelPlan, int, int, int, int | None]]:
+    """(level plan, table address, index, entry address, entry or None if unreadable) per entry read."""
+    out: list[tuple[LevelPlan, int, int, int, int | None]] = []
+    for i in range((len(r.path) + 1) // 2):
+        lp = plan.levels[i]
+        table = r.path[2 * i]
+        idx = (r.va >> lp.shift) & lp.index_mask
+        e = r.path[2 * i + 1] if 2 * i + 1 < len(r.path) else None
+        out.append((lp, table, idx, table + idx * lp.entry_size, e))
+    return out

@@ -1,0 +1,130 @@
+"""Parsing QEMU monitor output (``info tlb``, ``info mem``, ``gva2gpa``) and choosing VAs to probe.
+
+Formats (QEMU 7.2, target/i386/monitor.c), lines ending in ``\\r\\n`` over the monitor:
+
+* ``info tlb``: ``%016x: %016x XGPDACTUW`` — VA, the leaf entry masked to its address bits, then the
+  leaf's flags with ``-`` for clear bits. One line per present leaf; page size is not printed.
+* ``info mem``: ``%016x-%016x %016x urw`` — start, end, size, effective user/read/write.
+* ``gva2gpa ADDR``: ``gpa: 0x…`` (page offset included; ``gpa: 0`` for zero) or ``Unmapped``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+TLB_RE = re.compile(r"^([0-9a-f]{16}): ([0-9a-f]{16}) ([-XGPDACTUW]{9})$")
+MEM_RE = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16}) ([0-9a-f]{16}) ([-u][-r][-w])$")
+
+
+@dataclass(frozen=True, slots=True)
+class TlbLine:
+    va: int
+    pa: int
+    flags: str  # e.g. "XG-DA---W"
+
+
+@dataclass(frozen=True, slots=True)
+class MemLine:
+    start: int
+    end: int
+    perms: str
+
+
+def lines(text: str) -> list[str]:
+    return [ln.rstrip("\r") for ln in text.split("\n") if ln.strip()]
+
+
+def parse_info_tlb(text: str) -> list[TlbLine]:
+    out = []
+    for ln in lines(text):
+        m = TLB_RE.match(ln)
+        if m:
+            out.append(TlbLine(int(m[1], 16), int(m[2], 16), m[3]))
+    return out
+
+
+def parse_info_mem(text: str) -> list[MemLine]:
+    out = []
+    for ln in lines(text):
+        m = MEM_RE.match(ln)
+        if m:
+            out.append(MemLine(int(m[1], 16), int(m[2], 16), m[4]))
+    return out
+
+
+def parse_gva2gpa_reply(reply: str) -> int | None:
+    """Physical address from a ``gva2gpa`` reply, ``None`` for ``Unmapped``."""
+    r = reply.strip()
+    if r == "Unmapped":
+        return None
+    if not r.startswith("gpa: "):
+        raise ValueError(f"unexpected gva2gpa reply {reply!r}")
+    return int(r[5:], 0)
+
+
+def parse_gva2gpa_file(text: str) -> list[tuple[int, int | None]]:
+    """``gva2gpa.txt`` as the capture tool writes it: ``VA<TAB>reply`` per line."""
+    out = []
+    for ln in lines(text):
+        va, _, reply = ln.partition("\t")
+        out.append((int(va, 16), parse_gva2gpa_reply(reply)))
+    return out
+
+
+def _runs(tlb: list[TlbLine]) -> list[tuple[TlbLine, TlbLine, int]]:
+    """Group lines mapping consecutive VAs to consecutive PAs with equal flags: (first, last, count)."""
+    runs: list[tuple[TlbLine, TlbLine, int]] = []
+    for t in tlb:
+        if runs:
+            first, last, n = runs[-1]
+            step = t.va - last.va
+            if 0 < step <= 1 << 30 and t.pa - last.pa == step and t.flags == last.flags:
+                runs[-1] = (first, t, n + 1)
+                continue
+        runs.append((t, t, 1))
+    return runs
+
+
+def _offset(va: int) -> int:
+    # A fixed, address-dependent page offset, so samples exercise offsets other than 0 reproducibly.
+    return (va * 0x9E3779B97F4A7C15 >> 40) & 0xFF8
+
+
+def fixed_probes(la57: bool, mem_bytes: int) -> list[int]:
+    """Addresses worth probing in any Linux x86-64 guest (default, non-KASLR region bases), plus
+    non-canonical and user addresses. With KASLR most land in holes, which is a useful answer too."""
+    if la57:
+        direct, vmalloc, vmemmap = 0xFF11000000000000, 0xFFA0000000000000, 0xFFD4000000000000
+        noncanon = [0x0100000000000000, 0x8000000000000000, 0xFEFFFFFFFFFFF000]
+    else:
+        direct, vmalloc, vmemmap = 0xFFFF888000000000, 0xFFFFC90000000000, 0xFFFFEA0000000000
+        noncanon = [0x0000800000000000, 0x8000000000000000, 0xFFFF7FFFFFFFF000, 0xFF11000000000000]
+    probes = [0, 0x1000, 0x400000, 0x7FFFFFFFF000, 0x00FFFFFFFFFFF000, *noncanon]
+    step = max(mem_bytes // 48, 1 << 21)
+    probes += [direct + k * step + _offset(k) for k in range(48)]
+    probes += [direct + mem_bytes + 0x1000, direct - 0x1000]
+    probes += [0xFFFFFFFF81000000 + k * 0x80000 + 0x123 for k in range(24)]  # kernel text/data
+    probes += [0xFFFFFFFFA0000000, 0xFFFFFFFFC0000000]  # modules
+    probes += [vmalloc + k * 0x1000 for k in range(8)] + [vmemmap, vmemmap + 0x1000 * 64]
+    probes += [0xFFFFFE0000000000, 0xFFFFFE0000001000, 0xFFFFFF0000000000]  # cpu_entry_area, espfix
+    probes += [0xFFFFFFFFFF5FF000 - k * 0x1000 for k in range(16)]  # fixmap
+    probes += [0xFFFFFFFFFF600000, 0xFFFFFFFFFFFFF000]  # vsyscall page, top page
+    return probes
+
+
+def choose_samples(tlb: list[TlbLine], la57: bool, mem_bytes: int, limit: int = 400) -> list[int]:
+    """VAs to ask ``gva2gpa`` about: up to ``limit`` picked from the present leaf runs (first, last and
+    middle page of each run, and the page just past it), then the fixed probes. Sorted, unique."""
+    picks: list[int] = []
+    for first, last, n in _runs(tlb):
+        mid_va = first.va + (last.va - first.va) // 2 & ~0xFFF
+        cand = [first.va, last.va]
+        if n > 2:
+            cand.append(mid_va)
+        cand.append(last.va + 0x1000)
+        picks.extend(c + _offset(c) for c in cand)
+    if len(picks) > limit:
+        # Evenly spaced so aliased regions (espfix prints 65,536 lines) do not crowd out the rest.
+        picks = [picks[i * len(picks) // limit] for i in range(limit)]
+    return sorted({va for va in picks + fixed_probes(la57, mem_bytes) if 0 <= va < 1 << 64})
