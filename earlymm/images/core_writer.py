@@ -1,10 +1,11 @@
 """Write memory and CPU state as a core in the layout QEMU's ``dump-guest-memory`` uses.
 
 The output reads back with ``open_image`` and with other tools that understand QEMU cores (crash, gdb,
-volatility): ELF64 header, program headers (``PT_NOTE`` first, then one ``PT_LOAD`` per run of
-consecutive pfns, ``p_paddr`` = guest-physical, ``p_vaddr`` = 0), the notes (all ``NT_PRSTATUS``
-notes, then all ``QEMU`` notes, as QEMU orders them), then the memory. A path ending in ``.gz`` is
-gzip-compressed. The file appears atomically: it is written to a temporary name and renamed.
+volatility), byte-identical to QEMU 7.2's own output for the same memory except that ``e_ehsize`` is
+the correct 64 (QEMU 7.2 writes 8, the size of a pointer): ELF64 header, section headers, program
+headers (``PT_NOTE``, then one ``PT_LOAD`` per run of consecutive pfns with ``p_paddr`` = ``p_vaddr``
+= guest-physical), the notes (all ``NT_PRSTATUS``, then all ``QEMU`` notes), the memory. A path
+ending in ``.gz`` is gzip-compressed. The file appears atomically: written to a temporary name, renamed.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def _write(out: BinaryIO, runs: list[tuple[int, list[Buffer]]], notes: bytes) ->
     off = data_off
     for pfn, frames in runs:
         size = PAGE_SIZE * len(frames)
-        out.write(PHDR.pack(PT_LOAD, 0, off, 0, pfn << PAGE_SHIFT, size, size, 0))
+        out.write(PHDR.pack(PT_LOAD, 0, off, pfn << PAGE_SHIFT, pfn << PAGE_SHIFT, size, size, 0))
         off += size
     out.write(notes)
     for _pfn, frames in runs:
@@ -124,6 +125,8 @@ def write_qemu_core(path: str | Path, frames: Iterable[tuple[int, Buffer]], cpus
                 _write(raw, runs, notes)
             raw.flush()
             os.fsync(raw.fileno())
+            # mkstemp makes the file owner-only; a core is an ordinary data file.
+            os.fchmod(raw.fileno(), 0o644)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

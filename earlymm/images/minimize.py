@@ -112,7 +112,7 @@ def minimize(capture: Path, fixture: Path) -> dict[str, object]:
         else:
             shutil.copyfile(src, fixture / src.name)
     summary: dict[str, object] = {
-        "source": str(capture),
+        "source": capture.name,
         "table_pages": len(tables),
         "data_pages": len(data - holes),
         "samples": len(samples),

@@ -2,8 +2,8 @@
 
 Layout QEMU writes for a 64-bit guest: an ELF64 ``ET_CORE``/``EM_X86_64`` header, one ``PT_NOTE`` with
 per CPU an ``NT_PRSTATUS`` note and a ``QEMU`` note (``QEMUCPUState``), then one ``PT_LOAD`` per guest
-RAM block whose ``p_paddr`` is the guest-physical address (``p_vaddr`` is 0 without paging). When there
-are 65535 or more program headers, ``e_phnum`` is ``PN_XNUM`` and section header 0's ``sh_info``
+RAM block whose ``p_paddr`` is the guest-physical address (``p_vaddr``, equal here, is ignored). When
+there are 65535 or more program headers, ``e_phnum`` is ``PN_XNUM`` and section header 0's ``sh_info``
 holds the real count. Bytes past ``p_filesz`` were not dumped, so they are a hole, not zeros.
 """
 

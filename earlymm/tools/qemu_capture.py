@@ -164,7 +164,8 @@ def capture(args: argparse.Namespace) -> Path:
     banner = next((ln.strip() for ln in console.read_text(errors="replace").splitlines()
                    if "Linux version" in ln), "")
     meta = {
-        "qemu_version": "{major}.{minor}.{micro}".format(**version["qemu"]) + version.get("package", ""),
+        "qemu_version": "{major}.{minor}.{micro}".format(**version["qemu"]),
+        "qemu_package": version.get("package", "").strip(),
         "cpu": cpu, "mem": args.mem, "smp": 1, "machine": "pc", "accel": "tcg", "append": append,
         "kaslr": args.kaslr, "la57": la57, "kernel_file": kernel.name, "kernel_version": release,
         "kernel_banner": banner[banner.find("Linux version"):], "boot_seconds": round(boot_s, 1),
