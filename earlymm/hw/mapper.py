@@ -1,0 +1,118 @@
+"""A page-table builder in the spirit of the Rust ``x86_64`` crate's ``Mapper``: map and unmap ranges
+with a chosen page size and flags, in any paging mode, taking table pages from a frame allocator.
+
+It writes physical memory directly (it is a test and scenario tool, not guest code): the simulated
+kernel builds its own tables through the MMU instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from earlymm.arch.entry import addr_mask
+from earlymm.arch.flags import PteFlag
+from earlymm.arch.modes import Level, PagingMode, level_specs
+from earlymm.hw.memory import PhysMem
+
+P, RW, US, PS = int(PteFlag.P), int(PteFlag.RW), int(PteFlag.US), int(PteFlag.PS)
+
+
+@dataclass
+class FrameAllocator:
+    """Hands out zeroed 4 KiB frames from ``[next, end)``."""
+
+    mem: PhysMem
+    next: int
+    end: int
+
+    def alloc(self) -> int:
+        if self.next + 4096 > self.end:
+            raise MemoryError(f"frame allocator exhausted at {self.next:#x}")
+        pa = self.next
+        self.next += 4096
+        self.mem.fill(pa, 4096, 0)
+        return pa
+
+
+class Mapper:
+    """Maps ``va → pa`` in the table tree rooted at ``root`` (allocated if not given).
+
+    ``table_flags`` are written into every non-leaf entry it creates (default P|RW|US, so that the
+    leaf alone decides the rights); PAE PDPTEs get P only, since their bits 2:1 are reserved.
+    """
+
+    def __init__(self, mem: PhysMem, mode: PagingMode, alloc: FrameAllocator, root: int | None = None,
+                 *, table_flags: int = P | RW | US, maxphyaddr: int = 52) -> None:
+        if mode is PagingMode.DISABLED:
+            raise ValueError("no page tables without paging")
+        self.mem, self.mode, self.alloc = mem, mode, alloc
+        self.specs = level_specs(mode, gbpages=True, pse=True)
+        self.table_flags = table_flags
+        self.maxphyaddr = maxphyaddr
+        self.root = root if root is not None else alloc.alloc()
+
+    def _read(self, addr: int, size: int) -> int:
+        return self.mem.read_int(addr, size)
+
+    def _write(self, addr: int, size: int, value: int) -> None:
+        self.mem.write_int(addr, size, value)
+
+    def entry_addr(self, va: int, level: Level, *, create: bool = False) -> int | None:
+        """Address of the entry for ``va`` at ``level``, creating missing tables above it if asked."""
+        table = self.root
+        for spec in self.specs:
+            ea = table + ((va >> spec.shift) & spec.index_mask) * spec.entry_size
+            if spec.level is level:
+                return ea
+            e = self._read(ea, spec.entry_size)
+            if not e & P:
+                if not create:
+                    return None
+                new = self.alloc.alloc()
+                flags = P if self.mode is PagingMode.PAE and spec.level is Level.PDPT else self.table_flags
+                self._write(ea, spec.entry_size, new | flags)
+                e = new | flags
+            elif spec.level is not Level.PML4 and spec.level is not Level.PML5 and e & PS and not (
+                    self.mode is PagingMode.PAE and spec.level is Level.PDPT):
+                raise ValueError(f"{va:#x}: a large page at {spec.level.entry_name} is in the way")
+            table = e & addr_mask(self.mode, spec.level, False, self.maxphyaddr)
+        raise ValueError(f"level {level.name} does not exist in {self.mode.value} paging")
+
+    def map_page(self, va: int, pa: int, page_size: int = 4096, flags: int = RW) -> int:
+        """Map one page; returns the address of the leaf entry written."""
+        spec = next((s for s in self.specs if s.leaf_size == page_size), None)
+        if spec is None:
+            raise ValueError(f"{self.mode.value} paging has no {page_size:#x}-byte pages")
+        if va % page_size or pa % page_size:
+            raise ValueError(f"va {va:#x} / pa {pa:#x} not aligned to {page_size:#x}")
+        ea = self.entry_addr(va, spec.level, create=True)
+        assert ea is not None
+        value = pa | flags | P
+        if spec.level is not Level.PT:
+            value |= PS
+            if self.mode is PagingMode.LEGACY32:
+                value = (pa & 0xFFC0_0000) | ((pa >> 32) & 0xFF) << 13 | flags | P | PS
+        self._write(ea, spec.entry_size, value)
+        return ea
+
+    def map(self, va: int, pa: int, size: int, flags: int = RW, page_size: int = 4096) -> None:
+        for off in range(0, size, page_size):
+            self.map_page(va + off, pa + off, page_size, flags)
+
+    def unmap_page(self, va: int, page_size: int = 4096) -> None:
+        spec = next(s for s in self.specs if s.leaf_size == page_size)
+        ea = self.entry_addr(va, spec.level)
+        if ea is not None:
+            self._write(ea, spec.entry_size, 0)
+
+    def set_entry(self, va: int, level: Level, value: int) -> int:
+        """Write a raw entry value (tests use it for reserved bits, aliasing, cycles)."""
+        ea = self.entry_addr(va, level, create=True)
+        assert ea is not None
+        size = 4 if self.mode is PagingMode.LEGACY32 else 8
+        self._write(ea, size, value)
+        return ea
+
+    def get_entry(self, va: int, level: Level) -> int | None:
+        ea = self.entry_addr(va, level)
+        return None if ea is None else self._read(ea, 4 if self.mode is PagingMode.LEGACY32 else 8)

@@ -1,0 +1,76 @@
+"""A CPU set up from an image's CPU note and/or explicit register values, for the inspection tools.
+
+Registers are programmed in architectural order (EFER, CR4, CR3, CR0) through the CPU's own checks, so a
+value that real hardware would refuse is refused here too, with the SDM's reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from earlymm.arch.flags import Cr0, Cr4, Efer
+from earlymm.arch.modes import Features
+from earlymm.hw.cpu import Cpu
+from earlymm.hw.faults import CpuException
+from earlymm.hw.memory import FrameSource, PhysMem
+from earlymm.hw.tlb import Tlb
+from earlymm.images import CpuState
+
+DEFAULT_LONG_CR0 = Cr0.PE | Cr0.MP | Cr0.ET | Cr0.NE | Cr0.WP | Cr0.AM | Cr0.PG
+
+
+class SetupError(ValueError):
+    """Register values or options that cannot describe a machine."""
+
+
+@dataclass
+class RegOverrides:
+    cr0: int | None = None
+    cr3: int | None = None
+    cr4: int | None = None
+    efer: int | None = None
+    pkru: int | None = None
+    pkrs: int | None = None
+
+
+def infer_registers(cpu: CpuState | None, ov: RegOverrides) -> tuple[int, int, int, int]:
+    """(cr0, cr3, cr4, efer): explicit values win, then the CPU note; EFER is inferred (QEMU omits it)."""
+    if cpu is None and ov.cr3 is None:
+        raise SetupError("the image has no CPU state: give --cr3 (and --cr4/--cr0/--efer if not 4-level)")
+    cr0 = ov.cr0 if ov.cr0 is not None else (cpu.cr0 if cpu else int(DEFAULT_LONG_CR0))
+    cr3 = ov.cr3 if ov.cr3 is not None else (cpu.cr3 if cpu else 0)
+    cr4 = ov.cr4 if ov.cr4 is not None else (cpu.cr4 if cpu else int(Cr4.PAE | Cr4.PGE))
+    if ov.efer is not None:
+        efer = ov.efer
+    else:
+        # Long mode is active when paging with PAE runs 64-bit code (or, without a note, by default);
+        # Linux enables NXE on every CPU that has NX, so default it on in long mode.
+        long_mode = bool(cr0 & Cr0.PG and cr4 & Cr4.PAE and (cpu is None or cpu.is_64bit_code
+                                                              or cpu.rip >> 63))
+        efer = int(Efer.LME | Efer.LMA | Efer.NXE | Efer.SCE) if long_mode else 0
+    return cr0, cr3, cr4, efer
+
+
+def make_cpu(source: FrameSource, regs: tuple[int, int, int, int], features: Features, *,
+             absent_zero: bool, tlb: bool = False, pkru: int = 0, pkrs: int = 0) -> Cpu:
+    """A CPU over copy-on-write memory backed by ``source`` with the given (cr0, cr3, cr4, efer)."""
+    cr0, cr3, cr4, efer = regs
+    mem = PhysMem(source, absent_zero=absent_zero)
+    cpu = Cpu(mem, features, tlb=Tlb(enabled=tlb))
+    try:
+        lme = efer & (Efer.LME | Efer.LMA)
+        cpu.write_efer((efer & ~Efer.LMA) | (Efer.LME if lme else 0))
+        # PCIDE can only be set once IA-32e mode is active, with CR3[11:0] = 0 (spec §1.8).
+        cpu.write_cr4(cr4 & ~Cr4.PCIDE)
+        cpu.write_cr3(cr3 & 0xFFFF_FFFF if not (lme and cr0 & Cr0.PG) else 0)
+        cpu.write_cr0(cr0 & ~Cr0.PG if lme else cr0)
+        if lme and cr0 & Cr0.PG:
+            cpu.write_cr0(cr0)
+            cpu.regs.cs_l = True
+            if cr4 & Cr4.PCIDE:
+                cpu.write_cr4(cr4)
+            cpu.write_cr3(cr3)
+    except CpuException as e:
+        raise SetupError(f"register values rejected by the CPU: {getattr(e.fault, 'detail', e.fault)}") from None
+    cpu.regs.pkru, cpu.regs.pkrs = pkru, pkrs
+    return cpu
