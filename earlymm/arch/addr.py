@@ -47,6 +47,9 @@ def pfn_of(pa: int) -> Pfn:
 def parse_int(text: str) -> int:
     """Parse ``0x…`` hex, or decimal; underscores and a leading ``-`` are not accepted for addresses."""
     t = text.strip().replace("_", "").replace("'", "")
-    if not t or t.startswith("-"):
-        raise ValueError(f"not an address: {text!r}")
-    return int(t, 16) if t.lower().startswith("0x") else int(t, 10)
+    try:
+        if not t or t.startswith("-"):
+            raise ValueError
+        return int(t, 16) if t.lower().startswith("0x") else int(t, 10)
+    except ValueError:
+        raise ValueError(f"not an address: {text!r}") from None

@@ -79,7 +79,7 @@ class Efer(enum.IntFlag):
     NXE = 1 << 11  #: execute-disable bit enable
 
 
-EFER_RESERVED = ((1 << 64) - 1) & ~(Efer.SCE | Efer.LME | Efer.LMA | Efer.NXE | (1 << 12) | (1 << 14) | (1 << 15))
+EFER_RESERVED = ((1 << 64) - 1) & ~(0x1 | 0x100 | 0x400 | 0x800 | (1 << 12) | (1 << 14) | (1 << 15))  # SCE LME LMA NXE SVME LMSLE FFXSR
 MSR_EFER = 0xC000_0080
 
 

@@ -187,9 +187,9 @@ class Cpu:
             self._load_pdptes(r.cr3)
         r.cr0 = value
         if turning_on and r.efer & Efer.LME:
-            r.efer |= Efer.LMA
+            r.efer |= int(Efer.LMA)
         if turning_off:
-            r.efer &= ~Efer.LMA
+            r.efer &= ~int(Efer.LMA)
         self._cr_changed("cr0", old, value)
         if turning_on or turning_off:
             self._flush(include_global=True)
@@ -245,7 +245,7 @@ class Cpu:
             return self._gp("EFER.NXE on a CPU without NX")
         if (value ^ old) & Efer.LME and r.cr0 & Cr0.PG:
             return self._gp("changing EFER.LME with paging enabled")
-        value = (value & ~Efer.LMA) | (old & Efer.LMA)  # LMA is read-only
+        value = (value & ~int(Efer.LMA)) | (old & Efer.LMA)  # LMA is read-only
         r.efer = value
         self._cr_changed("efer", old, value)
 

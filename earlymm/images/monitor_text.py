@@ -3,7 +3,8 @@
 Formats (QEMU 7.2, target/i386/monitor.c), lines ending in ``\\r\\n`` over the monitor:
 
 * ``info tlb``: ``%016x: %016x XGPDACTUW`` — VA, the leaf entry masked to its address bits, then the
-  leaf's flags with ``-`` for clear bits. One line per present leaf; page size is not printed.
+  leaf's flags with ``-`` for clear bits: X = NX, G, P = PS (a 2 MiB or 1 GiB page; bit 7 of a 4 KiB
+  PTE is PAT and QEMU clears it before printing), D, A, C = PCD, T = PWT, U, W. Present leaves only.
 * ``info mem``: ``%016x-%016x %016x urw`` — start, end, size, effective user/read/write.
 * ``gva2gpa ADDR``: ``gpa: 0x…`` (page offset included; ``gpa: 0`` for zero) or ``Unmapped``.
 """
@@ -115,14 +116,16 @@ def fixed_probes(la57: bool, mem_bytes: int) -> list[int]:
 
 def choose_samples(tlb: list[TlbLine], la57: bool, mem_bytes: int, limit: int = 400) -> list[int]:
     """VAs to ask ``gva2gpa`` about: up to ``limit`` picked from the present leaf runs (first, last and
-    middle page of each run, and the page just past it), then the fixed probes. Sorted, unique."""
+    middle page of each run, the far end of a large page, and the address just past the run), then
+    the fixed probes. Sorted, unique."""
     picks: list[int] = []
     for first, last, n in _runs(tlb):
-        mid_va = first.va + (last.va - first.va) // 2 & ~0xFFF
-        cand = [first.va, last.va]
+        size = 0x200000 if last.flags[2] == "P" else 0x1000
+        cand = [first.va, last.va, last.va + size]
         if n > 2:
-            cand.append(mid_va)
-        cand.append(last.va + 0x1000)
+            cand.append(first.va + (last.va - first.va) // 2 & ~0xFFF)
+        if size > 0x1000:
+            cand.append(last.va + size - 0x1000)
         picks.extend(c + _offset(c) for c in cand)
     if len(picks) > limit:
         # Evenly spaced so aliased regions (espfix prints 65,536 lines) do not crowd out the rest.

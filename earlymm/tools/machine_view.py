@@ -59,11 +59,11 @@ def make_cpu(source: FrameSource, regs: tuple[int, int, int, int], features: Fea
     cpu = Cpu(mem, features, tlb=Tlb(enabled=tlb))
     try:
         lme = efer & (Efer.LME | Efer.LMA)
-        cpu.write_efer((efer & ~Efer.LMA) | (Efer.LME if lme else 0))
+        cpu.write_efer((efer & ~int(Efer.LMA)) | (Efer.LME if lme else 0))
         # PCIDE can only be set once IA-32e mode is active, with CR3[11:0] = 0 (spec §1.8).
-        cpu.write_cr4(cr4 & ~Cr4.PCIDE)
+        cpu.write_cr4(cr4 & ~int(Cr4.PCIDE))
         cpu.write_cr3(cr3 & 0xFFFF_FFFF if not (lme and cr0 & Cr0.PG) else 0)
-        cpu.write_cr0(cr0 & ~Cr0.PG if lme else cr0)
+        cpu.write_cr0(cr0 & ~int(Cr0.PG) if lme else cr0)
         if lme and cr0 & Cr0.PG:
             cpu.write_cr0(cr0)
             cpu.regs.cs_l = True
