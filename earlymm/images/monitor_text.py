@@ -114,11 +114,24 @@ def fixed_probes(la57: bool, mem_bytes: int) -> list[int]:
     return probes
 
 
+def _spread(buckets: list[list[int]], limit: int) -> list[int]:
+    """At most ``limit`` items, shared fairly between buckets, evenly spaced within each bucket."""
+    quota = [0] * len(buckets)
+    left = limit
+    while left > 0 and any(q < len(b) for q, b in zip(quota, buckets, strict=True)):
+        for i, b in enumerate(buckets):
+            if left > 0 and quota[i] < len(b):
+                quota[i] += 1
+                left -= 1
+    return [b[j * len(b) // q] for q, b in zip(quota, buckets, strict=True) for j in range(q)]
+
+
 def choose_samples(tlb: list[TlbLine], la57: bool, mem_bytes: int, limit: int = 400) -> list[int]:
     """VAs to ask ``gva2gpa`` about: up to ``limit`` picked from the present leaf runs (first, last and
-    middle page of each run, the far end of a large page, and the address just past the run), then
-    the fixed probes. Sorted, unique."""
-    picks: list[int] = []
+    middle page of each run, the far end of a large page, and the address just past the run), shared
+    fairly between 512 GiB regions so one huge aliased area (espfix prints 65,536 lines) does not
+    crowd out the rest; then the fixed probes. Sorted, unique."""
+    buckets: dict[int, list[int]] = {}
     for first, last, n in _runs(tlb):
         size = 0x200000 if last.flags[2] == "P" else 0x1000
         cand = [first.va, last.va, last.va + size]
@@ -126,8 +139,6 @@ def choose_samples(tlb: list[TlbLine], la57: bool, mem_bytes: int, limit: int = 
             cand.append(first.va + (last.va - first.va) // 2 & ~0xFFF)
         if size > 0x1000:
             cand.append(last.va + size - 0x1000)
-        picks.extend(c + _offset(c) for c in cand)
-    if len(picks) > limit:
-        # Evenly spaced so aliased regions (espfix prints 65,536 lines) do not crowd out the rest.
-        picks = [picks[i * len(picks) // limit] for i in range(limit)]
+        buckets.setdefault(first.va >> 39, []).extend(c + _offset(c) for c in cand)
+    picks = _spread([sorted(set(b)) for _k, b in sorted(buckets.items())], limit)
     return sorted({va for va in picks + fixed_probes(la57, mem_bytes) if 0 <= va < 1 << 64})
