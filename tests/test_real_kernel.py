@@ -2,8 +2,9 @@
 
 For each fixture under tests/fixtures/qemu-*, ``earlymm translate`` runs over every VA QEMU was asked
 about with ``gva2gpa``; the physical addresses must agree, and QEMU's ``Unmapped`` must be a fault
-(#PF, or #GP for a non-canonical address). ``gva2gpa`` ignores permissions, so the probes are
-supervisor reads, which a kernel's own mappings always allow.
+(#PF, or #GP for a non-canonical address). ``gva2gpa`` ignores permissions, so each probe is a read
+the mapping allows: CPL 3 in the lower half (user pages; a CPL 0 read there faults under SMAP), CPL 0
+in the upper half (kernel pages).
 
 The slow test reruns the whole pipeline (boot, capture, minimize) when QEMU and a kernel are present.
 """
@@ -35,8 +36,8 @@ def translate_all(capture: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
 
     samples = parse_gva2gpa_file(read_capture_text(capture, "gva2gpa.txt"))
     batch = tmp_path / "batch.jsonl"
-    batch.write_text("".join(json.dumps({"va": f"{va:#x}", "access": "read", "cpl": 0}) + "\n"
-                             for va, _ in samples))
+    batch.write_text("".join(json.dumps({"va": f"{va:#x}", "access": "read", "cpl": 0 if va >> 63 else 3})
+                             + "\n" for va, _ in samples))
     capsys.readouterr()
     main(["translate", str(capture / "core.elf.gz"), "--absent", "zero", "--json", "--batch", str(batch)])
     results = json.loads(capsys.readouterr().out)
