@@ -520,3 +520,52 @@ class TlbMachine(RuleBasedStateMachine):
 
 TlbMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 test_tlb_state_machine = TlbMachine.TestCase
+
+
+# -- more invalidation cases ------------------------------------------------------------------------
+
+
+def test_global_translation_is_shared_across_pcids() -> None:
+    m = Machine(pcid=True)
+    root = m.t.root
+    m.set_pte(0, m.pa(0, 0), RW | US | G)
+    m.cpu.write_cr3(root | 1)
+    assert m.read_pa(0) == m.pa(0, 0)  # global entry filled under PCID 1
+    m.set_pte(0, m.pa(0, 1), RW | US | G)
+    m.cpu.write_cr3(root | 2)
+    assert m.read_pa(0) == m.pa(0, 0), "a global translation is used whatever the current PCID"
+
+
+def test_setting_smep_flushes_global_translations() -> None:
+    """Spec §1.9 / SDM §4.10.4.1: a MOV to CR4 that sets SMEP invalidates all TLB entries for the
+    current PCID; with CR4.PCIDE=0 every entry, global ones included, belongs to PCID 000H (the spec:
+    "treat as full flush in a simulator"). A global translation must not survive."""
+    m = Machine(pge=True)
+    m.set_pte(0, m.pa(0, 0), RW | G)  # a supervisor page, so SMEP does not matter to a read
+    m.read_pa(0)
+    m.set_pte(0, m.pa(0, 1), RW | G)
+    m.cpu.write_cr4(m.cpu.regs.cr4 | ref.CR4_SMEP)
+    assert m.read_pa(0) == m.pa(0, 1), "global translation survived CR4.SMEP 0→1"
+
+
+def test_changing_pae_flushes_global_translations() -> None:
+    """32-bit → PAE paging with CR0.PG=1 (legacy mode): the MOV to CR4 that sets PAE invalidates all TLB
+    entries (spec §1.9: "treat as full flush"); a global 32-bit translation must not be used under PAE."""
+    mem = PhysMem()
+    # 32-bit tables: PD at 0x1000, PT at 0x2000, VA 0x0040_0000 -> 0x0077_7000 (global).
+    mem.write_u32(0x1000 + 1 * 4, 0x2000 | P | RW)
+    mem.write_u32(0x2000, 0x0077_7000 | P | RW | G)
+    # PAE tables at the same CR3: PDPT at 0x1000 (PDPTE0 -> PD 0x3000), PDE[2] -> PT 0x4000, PTE[0] -> 0x99000.
+    cpu = Cpu(mem, Features())
+    cpu.write_cr4(PGE | ref.CR4_PSE)
+    cpu.write_cr3(0x1000)
+    cpu.write_cr0(cpu.regs.cr0 | ref.CR0_PE | ref.CR0_PG)
+    assert cpu.mmu.translate(0x0040_0000).pa == 0x0077_7000
+    mem.write_u64(0x1000, 0x3000 | P)  # rewrite the PD page as a PDPT (its PDE[1] is in PDPTE0's high half)
+    mem.write_u64(0x1008, 0)
+    mem.write_u64(0x3000 + 2 * 8, 0x4000 | P | RW)
+    mem.write_u64(0x4000, 0x9_9000 | P | RW | G)
+    cpu.write_cr4(cpu.regs.cr4 | ref.CR4_PAE)
+    assert cpu.paging.value == "pae"
+    r = cpu.mmu.translate(0x0040_0000)
+    assert r.outcome == OK and r.pa == 0x9_9000, f"stale 32-bit global translation used under PAE: {r.pa:#x}"
