@@ -74,6 +74,7 @@ class Cpu:
         self.fault_limit = fault_limit
         self._ops_since_progress = 0
         self._faults_since_progress = 0
+        self.fault_counts: dict[int, int] = {}
 
     # -- modes ---------------------------------------------------------------------------------------
     @property
@@ -293,6 +294,7 @@ class Cpu:
         cr2 = fault.cr2 if isinstance(fault, PageFault) else self.regs.cr2
         reason = fault.reason.value if isinstance(fault, PageFault | GeneralProtection) else fault.detail
         self.trace.emit(FaultRaised(vec, code, cr2, reason, self.depth))
+        self.fault_counts[vec] = self.fault_counts.get(vec, 0) + 1
         if self.regs.idt_limit < 0:
             raise CpuException(fault)  # no IDT: the caller gets the fault as a value
         if self.depth >= MAX_NESTING:
@@ -324,9 +326,13 @@ class Cpu:
         if vector == DF_VECTOR:
             raise TripleFault("#DF handler returned: a double fault is an abort", list(self.trace.recent))
         # IRET: pop RIP, CS, RFLAGS, RSP, SS from the frame (the handler may have edited RIP).
-        r.rip = self.load(frame.frame_addr, 8, implicit=True)
-        r.rflags = self.load(frame.frame_addr + 16, 8, implicit=True)
-        r.rsp = self.load(frame.frame_addr + 24, 8, implicit=True)
+        # IRET's pops are the CPU's own accesses, not progress of the interrupted code.
+        try:
+            r.rip = self._implicit_load(frame.frame_addr)
+            r.rflags = self._implicit_load(frame.frame_addr + 16)
+            r.rsp = self._implicit_load(frame.frame_addr + 24)
+        except CpuException as e:
+            self._raise(e.fault)
         self.trace.emit(Iret(vector, self.depth))
 
     def _enter(self, vector: int, code: int) -> tuple[str, Handler, ExceptionFrame]:

@@ -1,0 +1,87 @@
+"""Linux x86-64 constants per kernel profile (spec §2.1–§2.4).
+
+Two profiles: ``v3.9`` (the seeds' kernel, Linux v3.9 / early 2013) and ``current`` (6.x, 4-level).
+Kernel code reads everything era-dependent from a ``Profile``; nothing here is mutable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+PMD_SHIFT = 21
+PMD_SIZE = 1 << PMD_SHIFT
+PUD_SHIFT = 30
+PUD_SIZE = 1 << PUD_SHIFT
+PGDIR_SHIFT = 39
+PGDIR_SIZE = 1 << PGDIR_SHIFT
+PTRS_PER_PGD = PTRS_PER_PUD = PTRS_PER_PMD = PTRS_PER_PTE = 512
+ISA_END_ADDRESS = 0x10_0000
+START_KERNEL_MAP = 0xFFFF_FFFF_8000_0000
+EARLY_DYNAMIC_PAGE_TABLES = 64
+COMMAND_LINE_SIZE = 2048
+THREAD_SIZE = 8 << 10
+NUM_EXCEPTION_VECTORS = 32
+KERNEL_CS = 0x10
+
+# pgtable_types.h bit values (spec §1.3 "Linux bit names", §2.4)
+_PAGE_PRESENT = 1 << 0
+_PAGE_RW = 1 << 1
+_PAGE_USER = 1 << 2
+_PAGE_PWT = 1 << 3
+_PAGE_PCD = 1 << 4
+_PAGE_ACCESSED = 1 << 5
+_PAGE_DIRTY = 1 << 6
+_PAGE_PSE = 1 << 7
+_PAGE_GLOBAL = 1 << 8
+_PAGE_NX = 1 << 63
+_KERNPG_TABLE = 0x063
+_PAGE_TABLE = 0x067
+__PAGE_KERNEL_EXEC = 0x163
+__PAGE_KERNEL = __PAGE_KERNEL_EXEC | _PAGE_NX
+__PAGE_KERNEL_LARGE_EXEC = 0x1E3
+__PAGE_KERNEL_LARGE = __PAGE_KERNEL_LARGE_EXEC | _PAGE_NX
+__PAGE_KERNEL_IDENT_LARGE_EXEC = __PAGE_KERNEL_LARGE_EXEC
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """What differs between the modelled kernel versions."""
+
+    name: str
+    source_ref: str
+    page_offset: int
+    physical_mask_shift: int  # PTE_PFN_MASK covers bits (shift-1):12
+    max_physmem_bits: int  # MAXMEM = 1 << this
+    top_pgt: str  # "early_level4_pgt" or "early_top_pgt"
+    init_pgt: str  # "init_level4_pgt" or "init_top_pgt"
+    next_early_pgt_initial: int  # 2 in v3.9 (head_64.S used pages 0, 1); 0 in 6.x (__startup_64 allocates)
+    trim_kernel_pmds: bool  # ~v5.3: level2_kernel_pgt entries outside _text.._end made not present
+    global_flush_in_start_kernel: bool  # 6.x: __native_tlb_flush_global() for decompressor leftovers
+    step_shift: int  # init_mem_mapping step growth: <<5 (v3.9) or <<8 (get_new_step_size, 6.x)
+    fixmap_pmds: tuple[int, ...]  # level2_fixmap_pgt entries pointing at level1_fixmap_pgt pages
+    init_pgt_buf_pages: int  # INIT_PGT_BUF_SIZE / PAGE_SIZE (BRK page-table buffer)
+
+    @property
+    def maxmem(self) -> int:
+        return 1 << self.max_physmem_bits
+
+    @property
+    def pte_pfn_mask(self) -> int:
+        return ((1 << self.physical_mask_shift) - 1) & ~(PAGE_SIZE - 1)
+
+
+V39 = Profile(
+    name="v3.9", source_ref="linux v3.9", page_offset=0xFFFF_8800_0000_0000, physical_mask_shift=46,
+    max_physmem_bits=46, top_pgt="early_level4_pgt", init_pgt="init_level4_pgt", next_early_pgt_initial=2,
+    trim_kernel_pmds=False, global_flush_in_start_kernel=False, step_shift=5, fixmap_pmds=(506,),
+    init_pgt_buf_pages=5,
+)
+CURRENT = Profile(
+    name="current", source_ref="linux v6.12", page_offset=0xFFFF_8880_0000_0000, physical_mask_shift=52,
+    max_physmem_bits=46, top_pgt="early_top_pgt", init_pgt="init_top_pgt", next_early_pgt_initial=0,
+    trim_kernel_pmds=True, global_flush_in_start_kernel=True, step_shift=8, fixmap_pmds=(507, 506),
+    init_pgt_buf_pages=6,
+)
+PROFILES = {p.name: p for p in (V39, CURRENT)}

@@ -1,0 +1,206 @@
+"""The early #PF path: ``early_idt_handler`` (head_64.S) → ``early_make_pgtable`` (head64.c), and the
+pool of ``early_dynamic_pgts`` with ``reset_early_page_tables`` (spec §3.5–§3.7).
+
+The handler reaches pool pages through the kernel high mapping (``__START_KERNEL_map − phys_base``),
+which ``level2_kernel_pgt`` always maps; the ``page-offset`` what-if uses ``__va`` instead and so faults
+inside the handler, recursing until ``early_recursion_flag`` stops it — as seed 001 warns.
+"""
+
+from __future__ import annotations
+
+from earlymm.hw.cpu import Cpu, ExceptionFrame
+from earlymm.hw.faults import ERRCODE_VECTORS, PF_VECTOR, Halt
+from earlymm.kernel.consts import (_KERNPG_TABLE, _PAGE_GLOBAL, PMD_SHIFT, PMD_SIZE, PUD_SHIFT, START_KERNEL_MAP,
+                                   __PAGE_KERNEL_LARGE)
+from earlymm.kernel.context import KernelContext, PoolAccess, Variant
+from earlymm.kernel.events import EarlyMapping, HandlerOutcome, PoolAlloc, PoolReset
+
+PGDIR_SHIFT = 39
+
+
+def reset_early_page_tables(ctx: KernelContext) -> None:
+    """Zero ``early_level4_pgt[0..510]``, empty the pool, reload CR3 (spec §3.5)."""
+    top = ctx.layout.top_pgt
+    ctx.memset(top, 0, 511 * 8)
+    used = ctx.rd(ctx.sym("next_early_pgt"))
+    ctx.wr(ctx.sym("next_early_pgt"), 0)
+    ctx.stats.pool_resets += 1
+    ctx.emit(PoolReset(ctx.stats.pool_resets, used))
+    if ctx.config.variant is Variant.RFC:
+        ctx.cpu.write_cr3(ctx.cpu.regs.cr3)  # __native_flush_tlb(): reload CR3
+    else:
+        ctx.cpu.write_cr3(ctx.pa_symbol("early_top_pgt"))
+    if ctx.observer is not None:
+        ctx.observer.after_reset(ctx)
+
+
+def _pool_va(ctx: KernelContext, entry_or_phys: int) -> int:
+    """Where the handler reaches a pool page whose physical address is in an entry (or given)."""
+    phys = entry_or_phys & ctx.profile.pte_pfn_mask
+    if ctx.config.pool_access is PoolAccess.PAGE_OFFSET:
+        return ctx.va(phys)
+    return phys + START_KERNEL_MAP - ctx.phys_base
+
+
+def _alloc(ctx: KernelContext, level: str, address: int) -> int | None:
+    """Take ``early_dynamic_pgts[next_early_pgt++]``; None if the pool is full (caller resets)."""
+    nxt = ctx.sym("next_early_pgt")
+    n = ctx.rd(nxt)
+    if n >= ctx.config.pool_pages:
+        return None
+    ctx.wr(nxt, n + 1)
+    page_va = ctx.sym("early_dynamic_pgts") + 4096 * n
+    ctx.stats.pool_allocs += 1
+    ctx.stats.pool_high_water = max(ctx.stats.pool_high_water, n + 1)
+    ctx.emit(PoolAlloc(n, level, address, page_va - START_KERNEL_MAP + ctx.phys_base))
+    return page_va
+
+
+def early_make_pgtable(ctx: KernelContext, address: int) -> int:
+    """Model of ``early_make_pgtable()`` (arch/x86/kernel/head64.c @ v3.9; 6.x ``__early_make_pgtable``,
+    4-level). Returns 0 when it created a mapping, -1 when it declines."""
+    if ctx.config.variant is Variant.RFC:
+        return early_make_pgtable_rfc(ctx, address)
+    prof, cpu = ctx.profile, ctx.cpu
+    physaddr = (address - prof.page_offset) & ((1 << 64) - 1)
+    if physaddr >= prof.maxmem or cpu.regs.cr3 & prof.pte_pfn_mask != ctx.pa_symbol("early_top_pgt"):
+        return -1
+    pmd = (physaddr & ~(PMD_SIZE - 1)) + ctx.rd(ctx.sym("early_pmd_flags"))
+    top = ctx.layout.top_pgt
+    while True:  # "again:" — restarted after a reset
+        pgd_p = top + 8 * ((address >> PGDIR_SHIFT) & 511)
+        pgd = ctx.rd(pgd_p)
+        if pgd:
+            pud_page = _pool_va(ctx, pgd)
+        else:
+            page = _alloc(ctx, "pud", address)
+            if page is None:
+                reset_early_page_tables(ctx)
+                continue
+            pud_page = _pool_va(ctx, page - START_KERNEL_MAP + ctx.phys_base)
+            ctx.memset(pud_page, 0, 4096)
+            ctx.wr(pgd_p, page - START_KERNEL_MAP + ctx.phys_base + _KERNPG_TABLE)
+        pud_p = pud_page + 8 * ((address >> PUD_SHIFT) & 511)
+        pud = ctx.rd(pud_p)
+        if pud:
+            pmd_page = _pool_va(ctx, pud)
+        else:
+            page = _alloc(ctx, "pmd", address)
+            if page is None:
+                reset_early_page_tables(ctx)
+                continue
+            pmd_page = _pool_va(ctx, page - START_KERNEL_MAP + ctx.phys_base)
+            ctx.memset(pmd_page, 0, 4096)
+            ctx.wr(pud_p, page - START_KERNEL_MAP + ctx.phys_base + _KERNPG_TABLE)
+        ctx.wr(pmd_page + 8 * ((address >> PMD_SHIFT) & 511), pmd)
+        ctx.emit(EarlyMapping(address, pmd, 1))
+        if ctx.observer is not None:
+            ctx.observer.after_mapping(ctx, address)
+        return 0
+
+
+def early_make_pgtable_rfc(ctx: KernelContext, address: int) -> int:
+    """Seed 001's patch as posted: no phys_base, a whole PMD page per fault, reset at 63, no CR3 test."""
+    prof = ctx.profile
+    n_pool = ctx.config.pool_pages
+    physaddr = (address - prof.page_offset) & ((1 << 64) - 1)
+    if physaddr >= prof.maxmem:
+        return -1
+    nxt = ctx.sym("next_early_pgt")
+    pgd_p = ctx.layout.top_pgt + 8 * ((address >> PGDIR_SHIFT) & 511)
+    pgd = ctx.rd(pgd_p)
+    if pgd and ctx.rd(nxt) < n_pool:
+        pud_p = (pgd & prof.pte_pfn_mask) + START_KERNEL_MAP
+    else:
+        if ctx.rd(nxt) >= n_pool - 1:
+            reset_early_page_tables(ctx)
+        page = _alloc(ctx, "pud", address)
+        assert page is not None
+        pud_p = page
+        ctx.memset(pud_p, 0, 4096)
+        ctx.wr(pgd_p, pud_p - START_KERNEL_MAP + _KERNPG_TABLE)
+    pud_p += 8 * ((address >> PUD_SHIFT) & 511)
+    pmd_p = _alloc(ctx, "pmd", address)
+    if pmd_p is None:  # next_early_pgt == EARLY_DYNAMIC_PAGE_TABLES: the RFC indexes past the pool
+        pmd_p = ctx.sym("early_dynamic_pgts") + 4096 * ctx.rd(nxt)
+        ctx.wr(nxt, ctx.rd(nxt) + 1)
+    pmd = (physaddr & ~((1 << PUD_SHIFT) - 1)) + (__PAGE_KERNEL_LARGE & ~_PAGE_GLOBAL)
+    ctx.cpu.write(pmd_p, b"".join(((pmd + i * PMD_SIZE) & ((1 << 64) - 1)).to_bytes(8, "little")
+                                  for i in range(512)))
+    ctx.wr(pud_p, pmd_p - START_KERNEL_MAP + _KERNPG_TABLE)
+    ctx.emit(EarlyMapping(address, pmd, 512))
+    if ctx.observer is not None:
+        ctx.observer.after_mapping(ctx, address)
+    return 0
+
+
+def early_fixup_exception(ctx: KernelContext, frame: ExceptionFrame) -> bool:
+    """``early_fixup_exception()`` (arch/x86/mm/extable.c): the model's kernel has no exception-table
+    entries for the code that runs this early, so nothing is ever fixed up."""
+    return False
+
+
+def install_early_idt(ctx: KernelContext) -> None:
+    """Gates for vectors 0..31 → ``early_idt_handlers[i]``, then ``load_idt`` (spec §3.4 step 4)."""
+    cpu, lay = ctx.cpu, ctx.layout
+    base = lay["idt_table"]
+    for vec in range(32):
+        stub = lay["early_idt_handlers"] + 10 * vec
+        write_gate(ctx, base, vec, stub)
+        cpu.register_code(stub, f"early_idt_handlers[{vec}]",
+                          lambda c, f, v=vec: early_idt_handler(ctx, c, f, v))
+    cpu.lidt(base, 256 * 16 - 1)
+
+
+def write_gate(ctx: KernelContext, idt: int, vec: int, target: int) -> None:
+    """A 64-bit interrupt gate (type 0xE, P=1, DPL 0) to ``target`` in ``__KERNEL_CS``."""
+    lo = (target & 0xFFFF) | (0x10 << 16) | (0x8E << 40) | (((target >> 16) & 0xFFFF) << 48)
+    ctx.wr(idt + 16 * vec, lo)
+    ctx.wr(idt + 16 * vec + 8, target >> 32)
+
+
+def early_idt_handler(ctx: KernelContext, cpu: Cpu, frame: ExceptionFrame, vector: int) -> None:
+    """``early_idt_handlers[i]`` + ``early_idt_handler`` (head_64.S @ v3.9, spec §3.7)."""
+    regs, lay = cpu.regs, ctx.layout
+    if vector not in ERRCODE_VECTORS:
+        regs.rsp -= 8
+        ctx.wr(regs.rsp, 0)
+    regs.rsp -= 8
+    ctx.wr(regs.rsp, vector)
+    flag_va = lay["early_recursion_flag"]
+    flag = ctx.rd(flag_va, 4)
+    current = ctx.profile.name != "v3.9"
+    if (flag == 2 and not current) or (current and flag > 2):
+        ctx.emit(HandlerOutcome(vector, regs.cr2, "halt"))
+        raise Halt(f"early exception handler entered a third time (early_recursion_flag={flag}): "
+                   f"vector {vector}, cr2 {regs.cr2:#x} — hlt loop", outcome="halt",
+                   console="\n".join(ctx.console))
+    ctx.wr(flag_va, flag + 1, 4)
+    saved = regs.rsp
+    regs.rsp -= 72  # rax, rcx, rdx, rsi, rdi, r8-r11
+    cpu.write(regs.rsp, bytes(72))
+    ctx.stats.handler_calls += 1
+    handled = False
+    if vector == PF_VECTOR:
+        cr2 = regs.cr2  # GET_CR2_INTO: native_read_cr2
+        if early_make_pgtable(ctx, cr2) == 0:
+            handled = True
+            ctx.stats.handler_mapped += 1
+            ctx.emit(HandlerOutcome(vector, cr2, "mapped"))
+        else:
+            ctx.stats.handler_declined += 1
+    if not handled and early_fixup_exception(ctx, frame):
+        handled = True
+        ctx.emit(HandlerOutcome(vector, regs.cr2, "fixup"))
+    if not handled:
+        msg = (f"PANIC: early exception {vector:02x} rip {frame.cs:x}:{frame.rip:x} error {frame.error_code:x} "
+               f"cr2 {regs.cr2:x}")
+        if current:
+            msg = (f"PANIC: early exception 0x{vector:02x} IP {frame.cs:x}:{frame.rip:x} "
+                   f"error {frame.error_code:x} cr2 0x{regs.cr2:x}")
+        ctx.print(msg)
+        ctx.emit(HandlerOutcome(vector, regs.cr2, "panic"))
+        raise Halt(msg, outcome="panic", console="\n".join(ctx.console))
+    regs.rsp = saved
+    ctx.wr(flag_va, ctx.rd(flag_va, 4) - 1, 4)
+    regs.rsp += 16 if vector not in ERRCODE_VECTORS else 8

@@ -1,0 +1,46 @@
+"""The kernel image as the build produced it: the static page tables of head_64.S (spec §3.2), linked
+for physical address 16 MiB, copied by the boot loader to wherever it loads the kernel.
+
+Pointer entries hold compile-time physical addresses (symbol − ``__START_KERNEL_map`` + flags); they are
+wrong by ``load_delta`` until ``startup_64`` fixes them up — which is the point.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from earlymm.hw.memory import PhysMem
+from earlymm.kernel.consts import (_KERNPG_TABLE, _PAGE_TABLE, __PAGE_KERNEL_LARGE_EXEC, PAGE_SIZE, PMD_SIZE,
+                                   START_KERNEL_MAP)
+from earlymm.kernel.layout import KernelLayout
+
+KERNEL_IMAGE_PMDS = 256  # level2_kernel_pgt maps KERNEL_IMAGE_SIZE = 512 MiB
+EARLY_PMD_FLAGS = 0x0E3  # __PAGE_KERNEL_LARGE & ~(_PAGE_GLOBAL | _PAGE_NX)
+
+
+def _page(entries: dict[int, int]) -> bytes:
+    buf = bytearray(PAGE_SIZE)
+    for i, v in entries.items():
+        struct.pack_into("<Q", buf, 8 * i, v)
+    return bytes(buf)
+
+
+def install_image(mem: PhysMem, layout: KernelLayout, load_at: int) -> None:
+    """Copy the image's initialised data to physical ``load_at`` (only the pages that are not zero)."""
+    lp = layout.link_phys
+    at = lambda name: load_at + layout[name] - layout.text  # noqa: E731
+
+    mem.write(at("early_top_pgt"), _page({511: lp("level3_kernel_pgt") + _PAGE_TABLE}))
+    mem.write(at("level3_kernel_pgt"), _page({510: lp("level2_kernel_pgt") + _KERNPG_TABLE,
+                                              511: lp("level2_fixmap_pgt") + _PAGE_TABLE}))
+    mem.write(at("level2_kernel_pgt"),
+              _page({i: i * PMD_SIZE + __PAGE_KERNEL_LARGE_EXEC for i in range(KERNEL_IMAGE_PMDS)}))
+    fix = layout.profile.fixmap_pmds
+    l1 = ("level1_fixmap_pgt", "level1_fixmap_pgt_2")
+    mem.write(at("level2_fixmap_pgt"), _page({idx: lp(l1[k]) + _PAGE_TABLE for k, idx in enumerate(fix)}))
+    kv = bytearray(PAGE_SIZE)
+    struct.pack_into("<QQQQQ", kv, 0, 0, EARLY_PMD_FLAGS, layout.profile.next_early_pgt_initial, 0,
+                     (1 << 64) - 1)
+    mem.write(at("kernel_vars"), bytes(kv))
+    assert layout["kernel_vars"] + 0x28 == layout["max_pfn_mapped"]
+    assert layout.text - START_KERNEL_MAP == lp("_text")

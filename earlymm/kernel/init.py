@@ -1,0 +1,198 @@
+"""``init_mem_mapping`` and its helpers (arch/x86/mm/init.c @ v3.9; 6.x ``memory_map_top_down``):
+build the final direct map into ``init_level4_pgt`` top-down, then ``load_cr3`` it (spec §3.8)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from earlymm.arch.flags import Cr4
+from earlymm.hw.faults import Halt
+from earlymm.kernel.consts import (_PAGE_GLOBAL, _PAGE_NX, ISA_END_ADDRESS, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE,
+                                   PUD_SIZE)
+from earlymm.kernel.context import KernelContext
+from earlymm.kernel.events import DirectMapRange, LowPageAlloc, Note
+from earlymm.kernel.init_64 import PG_LEVEL_1G, PG_LEVEL_2M, kernel_physical_mapping_init
+from earlymm.kernel.memblock import Memblock
+
+
+@dataclass
+class MmState:
+    """The mm globals of init.c/init_64.c (``max_pfn_mapped``, ``pgt_buf_*``, ``page_size_mask`` …)."""
+
+    memblock: Memblock
+    max_pfn: int = 0
+    max_pfn_mapped: int = 0
+    min_pfn_mapped: int = 0
+    pgt_buf_start: int = 0
+    pgt_buf_end: int = 0
+    pgt_buf_top: int = 0
+    can_use_brk_pgt: bool = True
+    page_size_mask: int = 0
+    supported_pte_mask: int = (1 << 64) - 1
+    brk_end: int = 0
+    pfn_mapped: list[tuple[int, int]] = field(default_factory=list)
+    pages_4k: int = 0
+    pages_2m: int = 0
+    pages_1g: int = 0
+    table_pages: dict[str, int] = field(default_factory=dict)
+
+    def alloc_low_page(self, ctx: KernelContext, level: str) -> int:
+        """``alloc_low_pages(1)``: BRK buffer first, else memblock within the already-mapped range;
+        the page is cleared through ``__va`` and its ``__va`` address returned."""
+        if self.pgt_buf_end + 1 > self.pgt_buf_top or not self.can_use_brk_pgt:
+            if self.min_pfn_mapped >= self.max_pfn_mapped:
+                raise Halt("Kernel panic - not syncing: alloc_low_page: ran out of memory", outcome="panic")
+            ret = self.memblock.find_in_range(self.min_pfn_mapped << PAGE_SHIFT, self.max_pfn_mapped << PAGE_SHIFT,
+                                              PAGE_SIZE, PAGE_SIZE)
+            if not ret:
+                raise Halt("Kernel panic - not syncing: alloc_low_page: can not alloc memory", outcome="panic")
+            self.memblock.reserve(ret, PAGE_SIZE)
+            pfn, source = ret >> PAGE_SHIFT, "memblock"
+            ctx.stats.low_pages_memblock += 1
+        else:
+            pfn, source = self.pgt_buf_end, "brk"
+            self.pgt_buf_end += 1
+            ctx.stats.low_pages_brk += 1
+        ctx.emit(LowPageAlloc(pfn << PAGE_SHIFT, source))
+        self.table_pages[level] = self.table_pages.get(level, 0) + 1
+        va = ctx.va(pfn << PAGE_SHIFT)
+        ctx.memset(va, 0, PAGE_SIZE)  # clear_page(__va(pfn << PAGE_SHIFT))
+        return va
+
+
+def probe_page_size_mask(ctx: KernelContext, st: MmState) -> None:
+    cpu = ctx.cpu
+    if cpu.features.pse:
+        st.page_size_mask |= PG_LEVEL_2M
+    if cpu.features.gbpages:
+        st.page_size_mask |= PG_LEVEL_1G
+    if cpu.features.pse:
+        cpu.write_cr4(cpu.regs.cr4 | int(Cr4.PSE))
+    if cpu.features.pge:
+        cpu.write_cr4(cpu.regs.cr4 | int(Cr4.PGE))
+        st.supported_pte_mask |= _PAGE_GLOBAL
+    else:
+        st.supported_pte_mask &= ~_PAGE_GLOBAL
+    if not cpu.features.nx:
+        st.supported_pte_mask &= ~_PAGE_NX
+
+
+@dataclass(frozen=True, slots=True)
+class MapRange:
+    start: int
+    end: int
+    mask: int
+
+    @property
+    def page_size(self) -> str:
+        return "1G" if self.mask & PG_LEVEL_1G else "2M" if self.mask & PG_LEVEL_2M else "4K"
+
+
+def split_mem_range(st: MmState, start: int, end: int) -> list[MapRange]:
+    """Up to five ranges: 4K head, 2M to the first 1G boundary, 1G, 2M tail, 4K tail; then upgraded
+    where the enclosing block is all RAM, and merged (spec §3.8)."""
+    mask = st.page_size_mask
+    mr: list[MapRange] = []
+
+    def save(s: int, e: int, m: int) -> None:
+        if s < e:
+            mr.append(MapRange(s << PAGE_SHIFT, e << PAGE_SHIFT, m))
+
+    limit = end >> PAGE_SHIFT
+    pmd_pfns, pud_pfns = PMD_SIZE >> PAGE_SHIFT, PUD_SIZE >> PAGE_SHIFT
+    rup = lambda v, a: (v + a - 1) // a * a  # noqa: E731
+    rdown = lambda v, a: v // a * a  # noqa: E731
+    pos = start
+    s, e = start >> PAGE_SHIFT, min(rup(pos, PMD_SIZE) >> PAGE_SHIFT, limit)
+    if s < e:
+        save(s, e, 0)
+        pos = e << PAGE_SHIFT
+    s, e = rup(pos, PMD_SIZE) >> PAGE_SHIFT, min(rup(pos, PUD_SIZE) >> PAGE_SHIFT, rdown(limit, pmd_pfns))
+    if s < e:
+        save(s, e, mask & PG_LEVEL_2M)
+        pos = e << PAGE_SHIFT
+    s, e = rup(pos, PUD_SIZE) >> PAGE_SHIFT, rdown(limit, pud_pfns)
+    if s < e:
+        save(s, e, mask & (PG_LEVEL_2M | PG_LEVEL_1G))
+        pos = e << PAGE_SHIFT
+    s, e = rup(pos, PMD_SIZE) >> PAGE_SHIFT, rdown(limit, pmd_pfns)
+    if s < e:
+        save(s, e, mask & PG_LEVEL_2M)
+        pos = e << PAGE_SHIFT
+    save(pos >> PAGE_SHIFT, limit, 0)
+
+    for i, r in enumerate(mr):  # adjust_range_page_size_mask
+        m = r.mask
+        if mask & PG_LEVEL_2M and not m & PG_LEVEL_2M:
+            lo, hi = rdown(r.start, PMD_SIZE), rup(r.end, PMD_SIZE)
+            if st.memblock.is_region_memory(lo, hi - lo):
+                m |= PG_LEVEL_2M
+        if mask & PG_LEVEL_1G and not m & PG_LEVEL_1G:
+            lo, hi = rdown(r.start, PUD_SIZE), rup(r.end, PUD_SIZE)
+            if st.memblock.is_region_memory(lo, hi - lo):
+                m |= PG_LEVEL_1G
+        mr[i] = MapRange(r.start, r.end, m)
+    merged: list[MapRange] = []
+    for r in mr:
+        if merged and merged[-1].end == r.start and merged[-1].mask == r.mask:
+            merged[-1] = MapRange(merged[-1].start, r.end, r.mask)
+        else:
+            merged.append(r)
+    return merged
+
+
+def init_memory_mapping(ctx: KernelContext, st: MmState, start: int, end: int) -> int:
+    ret = 0
+    for r in split_mem_range(st, start, end):
+        ctx.emit(DirectMapRange(r.start, r.end, r.page_size))
+        ret = kernel_physical_mapping_init(ctx, st, r.start, r.end, r.mask)
+    st.pfn_mapped.append((start >> PAGE_SHIFT, ret >> PAGE_SHIFT))  # add_pfn_range_mapped
+    st.max_pfn_mapped = max(st.max_pfn_mapped, ret >> PAGE_SHIFT)
+    return ret >> PAGE_SHIFT
+
+
+def init_range_memory_mapping(ctx: KernelContext, st: MmState, r_start: int, r_end: int) -> int:
+    mapped = 0
+    for ms, me in st.memblock.mem_ranges():
+        start, end = min(max(ms, r_start), r_end), min(max(me, r_start), r_end)
+        if start >= end:
+            continue
+        # A range overlapping the BRK buffer must take its tables from memblock instead.
+        st.can_use_brk_pgt = max(start, st.pgt_buf_end << PAGE_SHIFT) >= min(end, st.pgt_buf_top << PAGE_SHIFT)
+        init_memory_mapping(ctx, st, start, end)
+        mapped += end - start
+        st.can_use_brk_pgt = True
+    return mapped
+
+
+def init_mem_mapping(ctx: KernelContext, st: MmState) -> None:
+    probe_page_size_mask(ctx, st)
+    end = st.max_pfn << PAGE_SHIFT
+    init_memory_mapping(ctx, st, 0, ISA_END_ADDRESS)  # the ISA range, regardless of holes
+    v39 = ctx.profile.name == "v3.9"
+    addr = st.memblock.find_in_range(ISA_END_ADDRESS, end, PMD_SIZE, PAGE_SIZE if v39 else PMD_SIZE)
+    real_end = addr + PMD_SIZE
+    step = PMD_SIZE
+    st.max_pfn_mapped = 0
+    st.min_pfn_mapped = real_end >> PAGE_SHIFT
+    last_start = real_end
+    mapped_total = 0
+    while last_start > ISA_END_ADDRESS:
+        start = max((last_start - 1) // step * step, ISA_END_ADDRESS) if last_start > step else ISA_END_ADDRESS
+        new = init_range_memory_mapping(ctx, st, start, last_start)
+        last_start = start
+        st.min_pfn_mapped = last_start >> PAGE_SHIFT
+        if v39:
+            if new > mapped_total:
+                step <<= ctx.profile.step_shift
+            mapped_total += new
+        else:
+            mapped_total += new
+            if mapped_total >= step:
+                step <<= ctx.profile.step_shift
+    if real_end < end:
+        init_range_memory_mapping(ctx, st, real_end, end)
+    lay = ctx.layout
+    ctx.cpu.write_cr3(ctx.pa_symbol("init_top_pgt"))  # load_cr3(swapper_pg_dir)
+    ctx.cpu.flush_tlb(include_global=True)  # __flush_tlb_all()
+    ctx.emit(Note(f"load_cr3({ctx.profile.init_pgt}) at {ctx.pa(lay.init_pgt):#x}: the early tables are retired"))

@@ -1,0 +1,177 @@
+"""The invariants of spec §3.11, checked by an observer of the machine (physical reads and MMU probes,
+which change nothing), at the points the spec names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from earlymm.hw.walk import OK
+from earlymm.kernel.consts import _PAGE_GLOBAL, _PAGE_PRESENT, _PAGE_PSE, PMD_SIZE, START_KERNEL_MAP
+from earlymm.kernel.context import KernelContext
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+def _phys_read(ctx: KernelContext, va: int) -> int:
+    res = ctx.cpu.mmu.probe(va)
+    return ctx.machine.mem.read_u64(res.pa) if res.outcome == OK else 0
+
+
+def after_startup_64(ctx: KernelContext) -> list[Check]:
+    lay, cfg = ctx.layout, ctx.machine.config
+    mem = ctx.machine.mem
+    phys_base = mem.read_u64(lay["phys_base"] - START_KERNEL_MAP + cfg.kernel_at - (lay.text - START_KERNEL_MAP))
+    top_pa = lay.top_pgt - START_KERNEL_MAP + phys_base
+    l3 = lay["level3_kernel_pgt"] - START_KERNEL_MAP + phys_base
+    e511 = mem.read_u64(top_pa + 511 * 8)
+    out = [Check("startup_64: early_top_pgt[511] → level3_kernel_pgt", e511 & ctx.profile.pte_pfn_mask == l3,
+                 f"entry {e511:#x}, level3_kernel_pgt at {l3:#x}")]
+    bad_high, bad_ident, glob = [], [], []
+    for off in range(0, lay.image_size, PMD_SIZE):
+        r = ctx.cpu.mmu.probe(lay.text + off)
+        if r.outcome != OK or r.pa != cfg.kernel_at + off:
+            bad_high.append(lay.text + off)
+        p = cfg.kernel_at + off
+        r = ctx.cpu.mmu.probe(p)
+        if r.outcome != OK or r.pa != p:
+            bad_ident.append(p)
+        elif r.path[-1] & _PAGE_GLOBAL:
+            glob.append(p)
+    out.append(Check("startup_64: __START_KERNEL_map+x → phys_base+x over the image", not bad_high,
+                     f"wrong at {[hex(a) for a in bad_high[:4]]}" if bad_high else ""))
+    out.append(Check("startup_64: identity map VA == PA over the whole image", not bad_ident,
+                     f"wrong at {[hex(a) for a in bad_ident[:4]]}" if bad_ident else ""))
+    out.append(Check("startup_64: no identity entry has G", not glob, f"global at {glob[:4]}" if glob else ""))
+    return out
+
+
+def after_reset(ctx: KernelContext) -> list[Check]:
+    """Invariant 2, right after ``reset_early_page_tables``."""
+    lay, mem = ctx.layout, ctx.machine.mem
+    top = ctx.pa_symbol("early_top_pgt")
+    nonzero = [i for i in range(511) if mem.read_u64(top + 8 * i)]
+    stale = [e for e in ctx.cpu.mmu.tlb.entries() if not e.global_]
+    return [Check("reset: early_top_pgt[0..510] = 0, next_early_pgt = 0, CR3 reloaded",
+                  not nonzero and _phys_read(ctx, lay["next_early_pgt"]) == 0
+                  and ctx.cpu.regs.cr3 & ctx.profile.pte_pfn_mask == top, f"nonzero slots {nonzero[:4]}"),
+            Check("reset: only global translations survive in the TLB", not stale,
+                  f"{len(stale)} non-global entries" if stale else "")]
+
+
+def early_mapping(ctx: KernelContext, address: int) -> list[str]:
+    """Invariant 3 for one ``early_make_pgtable`` result: violations (empty when all is well)."""
+    mem, prof, lay = ctx.machine.mem, ctx.profile, ctx.layout
+    phys_base = _phys_read(ctx, lay["phys_base"])
+    pool0 = lay["early_dynamic_pgts"] - START_KERNEL_MAP + phys_base
+    pool1 = pool0 + 4096 * ctx.config.pool_pages
+    table = ctx.cpu.regs.cr3 & prof.pte_pfn_mask
+    out = []
+    for level, shift in (("pgd", 39), ("pud", 30)):
+        e = mem.read_u64(table + 8 * ((address >> shift) & 511))
+        nxt = e & prof.pte_pfn_mask
+        if not pool0 <= nxt < pool1:
+            out.append(f"{level} entry {e:#x} for {address:#x} points outside early_dynamic_pgts "
+                       f"[{pool0:#x}, {pool1:#x})")
+            return out
+        table = nxt
+    pmd = mem.read_u64(table + 8 * ((address >> 21) & 511))
+    want = (((address - prof.page_offset) & ~(PMD_SIZE - 1)) & ((1 << 64) - 1)) | 0xE3
+    if ctx.cpu.features.nx or ctx.config.force_nx:
+        want |= 1 << 63
+    if pmd != want:
+        out.append(f"pmd entry for {address:#x} is {pmd:#x}, expected {want:#x}")
+    return out
+
+
+def after_init_mem_mapping(ctx: KernelContext) -> list[Check]:
+    lay, mem, prof = ctx.layout, ctx.machine.mem, ctx.profile
+    init_pa = ctx.pa_symbol("init_top_pgt")
+    ok_cr3 = ctx.cpu.regs.cr3 & prof.pte_pfn_mask == init_pa
+    same511 = mem.read_u64(init_pa + 511 * 8) == mem.read_u64(ctx.pa_symbol("early_top_pgt") + 511 * 8)
+    missing = []
+    maxmem = prof.maxmem
+    ranges = [(0, 0x100000)] + [(r.start, min(r.end, maxmem)) for r in ctx.machine.config.ram() if r.start < maxmem]
+    for s, e in ranges:
+        step = max((e - s) // 64, 4096) & ~0xFFF
+        for pa in sorted({s, e - 1, *range(s, e, step)}):
+            r = ctx.cpu.mmu.probe(ctx.va(pa))
+            if r.outcome != OK or r.pa != pa or r.path[-1] & _PAGE_PRESENT == 0:
+                missing.append(pa)
+    return [Check(f"init_mem_mapping: CR3 = {prof.init_pgt}", ok_cr3, f"cr3 {ctx.cpu.regs.cr3:#x}"),
+            Check(f"init_mem_mapping: {prof.init_pgt}[511] equals the early [511]", same511),
+            Check("init_mem_mapping: the direct map covers all RAM and the ISA range", not missing,
+                  f"unmapped: {[hex(a) for a in missing[:4]]}" if missing else ""),
+            Check("init_mem_mapping: no leaf maps a 1 GiB/2 MiB block that is not all RAM",
+                  not _large_over_holes(ctx), "; ".join(_large_over_holes(ctx)[:3]))]
+
+
+def _large_over_holes(ctx: KernelContext) -> list[str]:
+    """Large pages are used only where ``memblock_is_region_memory`` allowed them (split_mem_range)."""
+    ram = [(r.start, r.end) for r in ctx.machine.config.ram()]
+    bad = []
+    for va_pa, size in table_leaves(ctx):
+        if size > 4096 and not any(s <= va_pa and va_pa + size <= e for s, e in ram):
+            bad.append(f"{size >> 20} MiB page at pa {va_pa:#x}")
+    return bad
+
+
+def table_leaves(ctx: KernelContext) -> list[tuple[int, int]]:
+    """(pa, size) of every large leaf in the direct-map slots of the current top table."""
+    mem, prof = ctx.machine.mem, ctx.profile
+    top = ctx.cpu.regs.cr3 & prof.pte_pfn_mask
+    out = []
+    first = (prof.page_offset >> 39) & 511
+    for i in range(first, min(first + (prof.maxmem >> 39), 511)):
+        pgd = mem.read_u64(top + 8 * i)
+        if not pgd & 1:
+            continue
+        pud_t = pgd & prof.pte_pfn_mask
+        for j in range(512):
+            pud = mem.read_u64(pud_t + 8 * j)
+            if not pud & 1:
+                continue
+            if pud & _PAGE_PSE:
+                out.append((pud & prof.pte_pfn_mask & ~((1 << 30) - 1), 1 << 30))
+                continue
+            pmd_t = pud & prof.pte_pfn_mask
+            frame = mem.entries8(pmd_t >> 12)
+            if frame is None:
+                continue
+            for k in range(512):
+                pmd = frame[k]
+                if pmd & 1 and pmd & _PAGE_PSE:
+                    out.append((pmd & prof.pte_pfn_mask & ~(PMD_SIZE - 1), PMD_SIZE))
+    return out
+
+
+def table_pages_by_level(ctx: KernelContext) -> dict[str, int]:
+    """Distinct page-table pages reachable from CR3, by level (the final map's cost)."""
+    mem, prof = ctx.machine.mem, ctx.profile
+    counts = {"pgd": 1, "pud": 0, "pmd": 0, "pte": 0}
+    top = ctx.cpu.regs.cr3 & prof.pte_pfn_mask
+    seen: set[int] = set()
+    frontier = [(top, 0)]
+    names = ("pgd", "pud", "pmd", "pte")
+    while frontier:
+        table, lvl = frontier.pop()
+        if lvl == 3:
+            continue
+        frame = mem.entries8(table >> 12)
+        if frame is None:
+            continue
+        for k in range(512):
+            e = frame[k]
+            if not e & 1 or (lvl > 0 and e & _PAGE_PSE):
+                continue
+            nxt = e & prof.pte_pfn_mask
+            if nxt in seen:
+                continue
+            seen.add(nxt)
+            counts[names[lvl + 1]] += 1
+            frontier.append((nxt, lvl + 1))
+    return counts

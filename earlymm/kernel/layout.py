@@ -1,0 +1,95 @@
+"""A consistent kernel image layout: the symbol addresses the early-boot code uses (spec §3.2, §3.10).
+
+Real values depend on the build; these are chosen consistently for a kernel linked at
+``__START_KERNEL_map + 16 MiB`` (CONFIG_PHYSICAL_START), with page-aligned tables. Changing the pool size
+(``EARLY_DYNAMIC_PAGE_TABLES``) is a rebuild, so it moves the symbols after the pool, as it would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from earlymm.kernel.consts import (NUM_EXCEPTION_VECTORS, PAGE_SIZE, PMD_SIZE, START_KERNEL_MAP, THREAD_SIZE,
+                                   Profile)
+
+LINK_PHYS = 0x100_0000  # CONFIG_PHYSICAL_START
+TEXT_VA = START_KERNEL_MAP + LINK_PHYS
+IDT_STUB_SIZE = 10  # pushq $0; pushq $vector; jmp early_idt_handler (v3.9 head_64.S)
+BRK_SIZE = 64 << 10  # RESERVE_BRK area at the end of the image
+
+
+@dataclass(frozen=True, slots=True)
+class KernelLayout:
+    """Link-time virtual addresses of the symbols the model uses (``__START_KERNEL_map`` + link phys)."""
+
+    profile: Profile
+    pool_pages: int
+    image_size: int
+    symbols: dict[str, int]
+
+    def __getitem__(self, name: str) -> int:
+        return self.symbols[name]
+
+    @property
+    def text(self) -> int:
+        return self.symbols["_text"]
+
+    @property
+    def end(self) -> int:
+        return self.symbols["_end"]
+
+    @property
+    def top_pgt(self) -> int:
+        """``early_level4_pgt`` (v3.9) / ``early_top_pgt`` (6.x)."""
+        return self.symbols["early_top_pgt"]
+
+    @property
+    def init_pgt(self) -> int:
+        """``init_level4_pgt`` = ``swapper_pg_dir`` (v3.9) / ``init_top_pgt`` (6.x)."""
+        return self.symbols["init_top_pgt"]
+
+    def link_phys(self, name: str) -> int:
+        """Compile-time physical address: what the assembler stored in the static tables."""
+        return self.symbols[name] - START_KERNEL_MAP
+
+    def name_of(self, va: int) -> str | None:
+        for name, addr in self.symbols.items():
+            if addr == va:
+                return name
+        return None
+
+
+def build_layout(profile: Profile, pool_pages: int = 64, image_size: int = 24 << 20) -> KernelLayout:
+    if pool_pages < 1:
+        raise ValueError("the early page-table pool needs at least one page")
+    text = TEXT_VA
+    s: dict[str, int] = {"_text": text, "startup_64": text, "secondary_startup_64": text + 0x80,
+                         "early_idt_handlers": text + 0x100, "early_idt_handler": text + 0x400,
+                         "bad_address": text + 0x500, "x86_64_start_kernel": text + 0x1000,
+                         "page_fault": text + 0x2000, "halt_loop": text + 0x2100}
+    data = text + 0x10_0000
+    for i, name in enumerate(("init_top_pgt", "level3_kernel_pgt", "level2_kernel_pgt", "level2_fixmap_pgt",
+                              "level1_fixmap_pgt", "level1_fixmap_pgt_2", "kernel_vars", "idt_table",
+                              "boot_params", "boot_command_line")):
+        s[name] = data + i * PAGE_SIZE
+    v = s["kernel_vars"]
+    for i, name in enumerate(("phys_base", "early_pmd_flags", "next_early_pgt", "early_recursion_flag",
+                              "__supported_pte_mask", "max_pfn_mapped")):
+        s[name] = v + 8 * i
+    s["init_thread_union"] = data + 0xC000  # THREAD_SIZE-aligned
+    s["empty_zero_page"] = s["init_thread_union"] + THREAD_SIZE
+    s["early_top_pgt"] = s["empty_zero_page"] + PAGE_SIZE
+    s["early_dynamic_pgts"] = s["early_top_pgt"] + PAGE_SIZE
+    s["__bss_start"] = s["early_dynamic_pgts"] + pool_pages * PAGE_SIZE
+    minimum = s["__bss_start"] - text + BRK_SIZE
+    size = max(image_size, minimum)
+    size = (size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    s["_end"] = text + size
+    s["__brk_base"] = s["_end"] - BRK_SIZE
+    s["__bss_stop"] = s["__brk_base"]
+    s["__brk_limit"] = s["_end"]
+    if s["_end"] - text > 512 << 20:
+        raise ValueError("kernel image larger than KERNEL_IMAGE_SIZE (512 MiB)")
+    assert s["early_idt_handlers"] + NUM_EXCEPTION_VECTORS * IDT_STUB_SIZE <= s["early_idt_handler"]
+    assert PMD_SIZE > 0
+    return KernelLayout(profile, pool_pages, size, s)

@@ -1,0 +1,142 @@
+"""The PC under the kernel: RAM per an e820 map, and a 64-bit boot loader that hands over to the
+kernel as Linux's boot protocol says (spec §3.1): boot_params, command line, ramdisk, and identity page
+tables covering the kernel, with the CPU in 64-bit mode at the kernel's physical entry point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from earlymm.arch.flags import Cr0, Cr4, Efer
+from earlymm.arch.modes import Features, PagingMode
+from earlymm.hw.cpu import Cpu
+from earlymm.hw.events import ListTrace
+from earlymm.hw.mapper import FrameAllocator, Mapper
+from earlymm.hw.memory import PhysMem, Region, RegionMap, RegionType
+from earlymm.hw.tlb import Tlb
+from earlymm.platform import bootparams as bp
+
+GiB = 1 << 30
+MiB = 1 << 20
+E820_TYPES = {RegionType.RAM: 1, RegionType.RESERVED: 2, RegionType.ACPI: 3, RegionType.NVS: 4,
+              RegionType.UNUSABLE: 5}
+
+
+def pc_e820(mem_size: int) -> list[Region]:
+    """A QEMU-like PC: 639 KiB low RAM, the VGA/BIOS hole, RAM from 1 MiB to the PCI hole at 3 GiB,
+    the rest of RAM above 4 GiB, and the BIOS ROM just below 4 GiB."""
+    if mem_size < 2 * MiB:
+        raise ValueError("a PC needs at least 2 MiB of RAM")
+    low = min(mem_size, 3 * GiB)
+    regions = [Region(0, 0x9FC00, RegionType.RAM), Region(0x9FC00, 0xA0000, RegionType.RESERVED),
+               Region(0xF0000, 0x10_0000, RegionType.RESERVED), Region(0x10_0000, low, RegionType.RAM),
+               Region(0xFFFC_0000, 0x1_0000_0000, RegionType.RESERVED)]
+    if mem_size > low:
+        regions.append(Region(4 * GiB, 4 * GiB + mem_size - low, RegionType.RAM))
+    return regions
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """Everything about the machine and the boot loader's choices (issue 3 §1)."""
+
+    e820: tuple[Region, ...] = field(default_factory=lambda: tuple(pc_e820(4 * GiB)))
+    kernel_at: int = 16 * MiB
+    boot_params_at: int = 0x1_4000
+    cmdline: str = "root=/dev/sda1 ro console=ttyS0 earlyprintk=serial"
+    cmdline_at: int = 0x2_0000
+    ramdisk_at: int | None = None  # None: near the top of RAM below 2 GiB, as boot loaders place it
+    ramdisk_size: int = 16 * MiB
+    features: Features = field(default_factory=lambda: Features(la57=False, pks=False))
+    pgtables_at: int | None = None  # where the loader's identity tables go (default: after the kernel)
+
+    def ram(self) -> list[Region]:
+        return [r for r in self.e820 if r.kind is RegionType.RAM]
+
+    def in_ram(self, start: int, end: int) -> bool:
+        return any(r.start <= start and end <= r.end for r in self.ram())
+
+    def default_ramdisk_at(self, image_end: int) -> int:
+        limit = 0x8000_0000  # initrd_addr_max of a v3.9 kernel
+        for r in sorted(self.ram(), key=lambda r: -r.end):
+            top = min(r.end, limit) & ~0xFFFFF
+            start = (top - self.ramdisk_size) & ~0xFFF
+            if start >= max(r.start, image_end):
+                return start
+        raise ValueError("no room for the ramdisk below 2 GiB: give --ramdisk ADDR:SIZE")
+
+
+@dataclass
+class LoadedMachine:
+    mem: PhysMem
+    cpu: Cpu
+    trace: ListTrace
+    config: MachineConfig
+    ramdisk_at: int
+    loader_tables: tuple[int, int]  # [start, end) of the loader's identity page tables
+
+
+def validate(cfg: MachineConfig, image_size: int) -> None:
+    """Reject machines a boot loader could not set up; each message is one line for the CLI."""
+    rm = RegionMap()
+    for r in cfg.e820:
+        rm.add(r)  # raises on overlaps
+    if not cfg.ram():
+        raise ValueError("the e820 map has no RAM")
+    k0, k1 = cfg.kernel_at, cfg.kernel_at + image_size
+    if not cfg.in_ram(k0, k1):
+        raise ValueError(f"the kernel image [{k0:#x}, {k1:#x}) is not inside RAM")
+    if cfg.ramdisk_at is not None:
+        r0, r1 = cfg.ramdisk_at, cfg.ramdisk_at + cfg.ramdisk_size
+        if r0 % 4096:
+            raise ValueError(f"ramdisk address {r0:#x} is not page aligned")
+        if r0 < k1 and k0 < r1:
+            raise ValueError(f"ramdisk [{r0:#x}, {r1:#x}) overlaps the kernel [{k0:#x}, {k1:#x})")
+        if not cfg.in_ram(r0, r1):
+            raise ValueError(f"ramdisk [{r0:#x}, {r1:#x}) is not inside RAM")
+    for name, at, size in (("boot_params", cfg.boot_params_at, 4096),
+                           ("command line", cfg.cmdline_at, len(cfg.cmdline) + 1)):
+        if not cfg.in_ram(at, at + size):
+            raise ValueError(f"{name} at {at:#x} is not inside RAM")
+        if at < k1 and k0 < at + size:
+            raise ValueError(f"{name} at {at:#x} overlaps the kernel")
+    if len(cfg.cmdline) >= 2048:
+        raise ValueError("command line longer than COMMAND_LINE_SIZE (2048)")
+
+
+def load(cfg: MachineConfig, image_size: int, *, trace: ListTrace | None = None) -> LoadedMachine:
+    """Set up memory and CPU as a 64-bit boot loader leaves them at ``startup_64`` (spec §3.1)."""
+    validate(cfg, image_size)
+    regions = RegionMap(cfg.e820)
+    mem = PhysMem(absent_zero=True, regions=regions)
+    trace = trace or ListTrace(enabled=False)
+    cpu = Cpu(mem, cfg.features, trace=trace, tlb=Tlb())
+    ramdisk_at = cfg.ramdisk_at if cfg.ramdisk_at is not None else cfg.default_ramdisk_at(cfg.kernel_at + image_size)
+    bp.write_boot_params(mem, cfg.boot_params_at, cfg.e820, E820_TYPES, cmdline_at=cfg.cmdline_at,
+                         ramdisk_at=ramdisk_at, ramdisk_size=cfg.ramdisk_size)
+    mem.write(cfg.cmdline_at, cfg.cmdline.encode() + b"\0")
+    bp.write_ramdisk(mem, ramdisk_at, cfg.ramdisk_size)
+
+    # The decompressor's (or a 64-bit loader's) identity map: 0–4 GiB in 2 MiB pages with flags
+    # 0x183 (P RW PS G, no A/D), upper levels 0x7 — plus, when the kernel or boot data lie above
+    # 4 GiB, the 1 GiB regions holding them (a 64-bit loader must map what it hands over).
+    pt = cfg.pgtables_at if cfg.pgtables_at is not None else (cfg.kernel_at + image_size + 0xFFFFF) & ~0xFFFFF
+    alloc = FrameAllocator(mem, pt, pt + 64 * 4096)
+    mapper = Mapper(mem, PagingMode.LONG4, alloc, table_flags=0x7)
+    covered = set(range(4))
+    for addr in (cfg.kernel_at, cfg.kernel_at + image_size - 1, cfg.boot_params_at, cfg.cmdline_at):
+        covered.add(addr >> 30)
+    for g in sorted(covered):
+        for i in range(512):
+            mapper.map_page((g << 30) + (i << 21), (g << 30) + (i << 21), 1 << 21, 0x102)  # + P|PS = 0x183
+    stack = alloc.alloc()
+
+    cpu.write_cr4(int(Cr4.PAE))
+    cpu.write_cr3(mapper.root)
+    cpu.write_efer(int(Efer.LME))
+    cpu.write_cr0(int(Cr0.PE | Cr0.ET | Cr0.PG))
+    cpu.regs.cs_l = True
+    cpu.lidt(0, 0)  # no usable IDT yet: any exception now ends in a triple fault, as on hardware
+    cpu.regs.rsp = stack + 4096 - 8
+    cpu.regs.rip = cfg.kernel_at
+    return LoadedMachine(mem, cpu, trace, cfg, ramdisk_at, (pt, alloc.next))
