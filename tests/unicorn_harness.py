@@ -97,7 +97,7 @@ INSN_LEN = {OFF_WRPKRU: 3, OFF_READ: 2, OFF_WRITE: 2, OFF_FETCH: 2, OFF_IRET: 2}
 KIND_OFFSET = (OFF_READ, OFF_WRITE, OFF_FETCH)
 
 P, RW, US, A, D = 1, 2, 4, 0x20, 0x40
-TABLE = P | RW | US | A
+TABLE = P | RW | US | A | D  # D too: a table entry reached as a leaf through an alias must not change
 
 USER_CS, USER_SS = 0x18 | 3, 0x20 | 3
 GDT_ENTRIES = (

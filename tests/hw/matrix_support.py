@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from earlymm.arch.modes import Features
+from earlymm.arch.modes import Features, PagingMode
+from earlymm.hw.cpu import Cpu
 from earlymm.hw.memory import PhysMem
 from earlymm.hw.mmu import Mmu
 from earlymm.hw.regs import ControlRegs
@@ -25,6 +26,7 @@ MODES: dict[str, tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...], int]] 
     "4": (("pml4e", "pdpte", "pde", "pte"), (39, 30, 21, 12), (9, 9, 9, 9), 8),
     "5": (("pml5e", "pml4e", "pdpte", "pde", "pte"), (48, 39, 30, 21, 12), (9, 9, 9, 9, 9), 8),
 }
+PMODE = {"32": PagingMode.LEGACY32, "pae": PagingMode.PAE, "4": PagingMode.LONG4, "5": PagingMode.LONG5}
 MODE_WORDS = {"32": "32-bit", "pae": "PAE", "4": "4-level", "5": "5-level"}
 LEAF_SIZE = {"pte": 1 << 12, "pde": 1 << 21, "pdpte": 1 << 30}
 
@@ -257,3 +259,17 @@ def report(failures: list[str], total: int, limit: int = 25) -> str:
     head = f"{len(failures)} of {total} cases disagree with the reference:\n  "
     more = f"\n  … and {len(failures) - limit} more" if len(failures) > limit else ""
     return head + "\n  ".join(failures[:limit]) + more
+
+
+def boot_cpu(mem: PhysMem, mode: str, root: int, features: Features | None = None, **controls: bool) -> Cpu:
+    """A Cpu brought into ``mode`` by the architectural sequence of CR writes (spec §1.8)."""
+    cpu = Cpu(mem, features or Features())
+    cr0, cr4, efer = cr_values(mode, **controls)
+    cpu.write_cr4(cr4)
+    cpu.write_cr3(root)
+    cpu.write_efer(efer & ~ref.EFER_LMA)
+    cpu.write_cr0(cr0 | (cpu.regs.cr0 & 0x10))
+    if mode in ("4", "5"):
+        cpu.regs.cs_l = True  # the far jump to a 64-bit code segment
+    assert cpu.paging is PMODE[mode]
+    return cpu

@@ -18,8 +18,7 @@ from earlymm.hw.faults import CpuException, GeneralProtection, PageFault
 from earlymm.hw.memory import PhysMem
 from earlymm.hw.walk import OK, PF
 from tests import reference as ref
-from tests.hw.matrix_support import RW, US, G, P, Tables, leaf_value
-from tests.hw.test_walk_props import boot_cpu
+from tests.hw.matrix_support import RW, US, G, P, Tables, boot_cpu, leaf_value
 
 PCIDE = ref.CR4_PCIDE
 PGE = ref.CR4_PGE

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from earlymm.arch.modes import Features, PagingMode
-from earlymm.hw.cpu import Cpu
+from earlymm.arch.modes import Features
 from earlymm.hw.faults import CpuException, GeneralProtection
 from earlymm.hw.mapper import FrameAllocator, Mapper
 from earlymm.hw.memory import PhysMem
@@ -20,28 +19,13 @@ from earlymm.hw.tlb import Tlb
 from earlymm.hw.walk import GP, OK
 from tests import reference as ref
 from tests.hw.forest import Forest, make_forest, noncanonical
-from tests.hw.matrix_support import cr_values, outcome_diff
+from tests.hw.matrix_support import PMODE, boot_cpu, cr_values, outcome_diff
 
-PMODE = {"32": PagingMode.LEGACY32, "pae": PagingMode.PAE, "4": PagingMode.LONG4, "5": PagingMode.LONG5}
 SIZES = {"32": (1 << 12, 1 << 22), "pae": (1 << 12, 1 << 21), "4": (1 << 12, 1 << 21, 1 << 30),
          "5": (1 << 12, 1 << 21, 1 << 30)}
 VA_BITS = {"32": 32, "pae": 32, "4": 48, "5": 57}
 
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def boot_cpu(mem: PhysMem, mode: str, root: int, features: Features | None = None, **controls: bool) -> Cpu:
-    """A Cpu brought into ``mode`` by the architectural sequence of CR writes (spec §1.8)."""
-    cpu = Cpu(mem, features or Features())
-    cr0, cr4, efer = cr_values(mode, **controls)
-    cpu.write_cr4(cr4)
-    cpu.write_cr3(root)
-    cpu.write_efer(efer & ~ref.EFER_LMA)
-    cpu.write_cr0(cr0 | (cpu.regs.cr0 & 0x10))
-    if mode in ("4", "5"):
-        cpu.regs.cs_l = True  # the far jump to a 64-bit code segment
-    assert cpu.paging is PMODE[mode]
-    return cpu
 
 
 def canonical(va: int, mode: str) -> int:
