@@ -60,6 +60,7 @@ from unicorn.x86_const import (
     UC_X86_REG_RCX,
     UC_X86_REG_RDI,
     UC_X86_REG_RDX,
+    UC_X86_REG_RIP,
     UC_X86_REG_RSP,
 )
 
@@ -159,6 +160,7 @@ class UcOutcome:
     pa: int | None  # physical address of the access (hooks), None if it faulted
     status: str  # "ok" or Unicorn's error text
     events: list[tuple[str, int]]
+    fault_rip: int = 0  # RIP when the exception was raised
 
     def describe(self) -> str:
         if self.vector == 14:
@@ -171,11 +173,12 @@ class UcOutcome:
 class UnicornMmu:
     """One Unicorn instance set up as described in the module docstring."""
 
-    def __init__(self, pool_base: int = 0x10_0000, pool_frames: int = 16) -> None:
+    def __init__(self, pool_base: int = 0x10_0000, pool_frames: int = 16,
+                 cpu_model: int = UC_CPU_X86_ICELAKE_SERVER) -> None:
         self.pool_base = pool_base
         self.pool_size = pool_frames * 0x1000
         uc = self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
-        uc.ctl_set_cpu_model(UC_CPU_X86_ICELAKE_SERVER)
+        uc.ctl_set_cpu_model(cpu_model)
         uc.mem_map(HARNESS_PA + CODE, 0x1000, UC_PROT_ALL)
         uc.mem_map(HARNESS_PA + 0x1000, HARNESS_SIZE - 0x1000, UC_PROT_READ | UC_PROT_WRITE)
         uc.mem_map(pool_base, self.pool_size, UC_PROT_READ | UC_PROT_WRITE)  # no exec: fetches are caught
@@ -183,6 +186,7 @@ class UnicornMmu:
             uc.mem_write(pa, data)
         self._events: list[tuple[str, int]] = []
         self._vector: int | None = None
+        self._fault_rip = 0
         self._write_byte: int | None = None
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_mem)
@@ -192,6 +196,7 @@ class UnicornMmu:
     # -- hooks --------------------------------------------------------------------------------------
     def _on_intr(self, uc: Uc, intno: int, _ud: object) -> None:
         self._vector = intno
+        self._fault_rip = uc.reg_read(UC_X86_REG_RIP)
         uc.emu_stop()
 
     def _on_mem(self, uc: Uc, access: int, address: int, size: int, value: int, _ud: object) -> None:
@@ -296,7 +301,7 @@ class UnicornMmu:
         if self._vector is not None:
             err = struct.unpack_from("<i", bytes(uc.context_save()), self.error_code_offset)[0] & 0xFFFF_FFFF
         pa = None if self._vector is not None or not self._events else self._events[0][1]
-        return UcOutcome(self._vector, cr2, err, pa, status, list(self._events))
+        return UcOutcome(self._vector, cr2, err, pa, status, list(self._events), self._fault_rip)
 
     @property
     def written_byte_before_store(self) -> int | None:

@@ -15,6 +15,11 @@ Known QEMU behaviour that is not architectural, each handled by name and nowhere
 * ``QEMU_NONCANONICAL_JUMP_RETIRES``: ``jmp`` to a non-canonical address raises #GP on the fetch at
   the target, after the jump retired (hardware faults on the jump). Only RIP differs, and RIP is not
   compared.
+* ``QEMU64_SMAP_IGNORED``: the qemu64 model does not enforce SMAP (CR4.SMAP reads back set), and
+  ``QEMU_GBPAGES_ALWAYS``: QEMU maps PDPTE.PS=1 as 1 GiB even on models without pdpe1gb. Both are
+  avoided by using Icelake-Server (SMAP enforced, 1 GiB pages advertised, earlymm Features(gbpages=True)).
+
+Each quirk has a test below that shows it directly, so a Unicorn upgrade that changes it is noticed.
 
 Not compared (no way to provoke them in this harness): implicit supervisor accesses, CR4.PKS (QEMU 5.0
 has no PKS), 32-bit and PAE paging (PAE in QEMU 5.0 re-reads PDPTEs from memory on every walk instead of
@@ -332,3 +337,42 @@ def test_unicorn_icelake_enforces_smap(unicorn: UnicornMmu) -> None:
     assert (u.vector, u.error_code) == (14, 0x1)
     u = unicorn.access(cr0=cr0, cr4=cr4, efer=efer, cr3=root, va=0x10, kind=0, user=False, ac=True)
     assert u.vector is None and u.pa == 0x4000_0010
+
+
+def test_quirk_noncanonical_jump_faults_at_the_target(unicorn: UnicornMmu) -> None:
+    """QEMU_NONCANONICAL_JUMP_RETIRES: ``jmp rdi`` with a non-canonical RDI raises #GP(0) with RIP
+    already at the target (hardware: RIP of the jmp). Vector, error code and CR2 agree; RIP is not
+    compared anywhere."""
+    root = _one_forest(unicorn, "4", {})
+    cr0, cr4, efer = control_registers("4", wp=False, nxe=True, smep=False, smap=False, pke=False)
+    target = 0x8000_0000_1000
+    u = unicorn.access(cr0=cr0, cr4=cr4, efer=efer, cr3=root, va=target, kind=2, user=False)
+    assert (u.vector, u.error_code, u.cr2) == (13, 0, CR2_SENTINEL)
+    assert u.fault_rip == target, "quirk gone: the jump now faults on itself"
+
+
+@pytest.fixture(scope="module")
+def unicorn_qemu64() -> UnicornMmu:
+    from unicorn.x86_const import UC_CPU_X86_QEMU64
+
+    return UnicornMmu(POOL_BASE, POOL_FRAMES, cpu_model=UC_CPU_X86_QEMU64)
+
+
+def test_quirk_qemu64_does_not_enforce_smap(unicorn_qemu64: UnicornMmu) -> None:
+    """QEMU64_SMAP_IGNORED: on the qemu64 model a supervisor read of a user page with CR4.SMAP=1 and
+    EFLAGS.AC=0 succeeds, which is why the differential tests use Icelake-Server."""
+    pdpt = POOL_BASE + 0x1000
+    root = _one_forest(unicorn_qemu64, "4", {POOL_BASE: pdpt | 0x7, pdpt: 0x4000_0000 | 0xA7})
+    cr0, cr4, efer = control_registers("4", wp=False, nxe=True, smep=False, smap=True, pke=False)
+    u = unicorn_qemu64.access(cr0=cr0, cr4=cr4, efer=efer, cr3=root, va=0x10, kind=0, user=False, ac=False)
+    assert u.vector is None and u.pa == 0x4000_0010, "quirk gone: qemu64 now enforces SMAP"
+
+
+def test_quirk_gbpages_accepted_without_cpuid(unicorn_qemu64: UnicornMmu) -> None:
+    """QEMU_GBPAGES_ALWAYS: qemu64 does not advertise 1 GiB pages, yet QEMU maps a PDPTE with PS=1 as a
+    1 GiB page instead of raising a reserved-bit #PF (earlymm with Features(gbpages=False) faults)."""
+    pdpt = POOL_BASE + 0x1000
+    root = _one_forest(unicorn_qemu64, "4", {POOL_BASE: pdpt | 0x7, pdpt: 0x4000_0000 | 0xA3})
+    cr0, cr4, efer = control_registers("4", wp=False, nxe=True, smep=False, smap=False, pke=False)
+    u = unicorn_qemu64.access(cr0=cr0, cr4=cr4, efer=efer, cr3=root, va=0x1234_5678, kind=0, user=False)
+    assert u.vector is None and u.pa == 0x4000_0000 + 0x1234_5678, "quirk gone: QEMU now checks pdpe1gb"
