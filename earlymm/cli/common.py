@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from earlymm.arch.addr import parse_int
 
-EXIT_OK, EXIT_CRASH, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 class UsageError(Exception):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from earlymm import __version__
 from earlymm.cli import boot_cmd, translate_cmd
-from earlymm.cli.common import EXIT_USAGE, Parser, UsageError
+from earlymm.cli.common import EXIT_INTERNAL, EXIT_USAGE, Parser, UsageError
 
 
 def build_parser() -> Parser:
@@ -20,7 +21,13 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling a '*' positional at the first option; addresses given after options
+    # (``translate core --absent zero 0x…``) arrive here and belong to it.
+    if extra and getattr(args, "command", None) == "translate" and not any(e.startswith("-") for e in extra):
+        args.va = list(args.va) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -34,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("earlymm: interrupted\n")
         return 130
+    except Exception as e:  # a bug in earlymm, not bad input: one line, unless debugging
+        if os.environ.get("EARLYMM_DEBUG"):
+            raise
+        sys.stderr.write(f"earlymm {args.command}: internal error: {type(e).__name__}: {e} "
+                         "(set EARLYMM_DEBUG=1 for a traceback)\n")
+        return EXIT_INTERNAL
     return code
 
 

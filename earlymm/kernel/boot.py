@@ -84,7 +84,9 @@ class BootResult:
 def make_context(machine: MachineConfig, kernel: KernelConfig, *, trace: bool = False,
                  image_size: int = 24 << 20) -> KernelContext:
     layout = build_layout(kernel.profile, kernel.pool_pages, image_size)
-    lm = load(machine, layout.image_size, trace=ListTrace(enabled=trace, keep=64))
+    events = ListTrace(enabled=trace, keep=64)
+    events.emit(PhaseEntered("boot loader"))
+    lm = load(machine, layout.image_size, trace=events)
     install_image(lm.mem, layout, machine.kernel_at)
     return KernelContext(lm, layout, kernel)
 

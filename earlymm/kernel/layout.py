@@ -16,6 +16,7 @@ LINK_PHYS = 0x100_0000  # CONFIG_PHYSICAL_START
 TEXT_VA = START_KERNEL_MAP + LINK_PHYS
 IDT_STUB_SIZE = 10  # pushq $0; pushq $vector; jmp early_idt_handler (v3.9 head_64.S)
 BRK_SIZE = 64 << 10  # RESERVE_BRK area at the end of the image
+BSS_SIZE = 256 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,11 @@ def build_layout(profile: Profile, pool_pages: int = 64, image_size: int = 24 <<
                          "early_idt_handlers": text + 0x100, "early_idt_handler": text + 0x400,
                          "bad_address": text + 0x500, "x86_64_start_kernel": text + 0x1000,
                          "page_fault": text + 0x2000, "halt_loop": text + 0x2100}
-    data = text + 0x10_0000
+    # Text and read-only data fill the image; the tables, .init.data (the pool), a small .bss and the
+    # BRK area sit in its last megabyte or so, so clearing .bss touches only that much memory.
+    tail = 0x1_0000 + pool_pages * PAGE_SIZE + BSS_SIZE + BRK_SIZE
+    size = (max(image_size, 0x10_0000 + tail) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+    data = text + size - tail
     for i, name in enumerate(("init_top_pgt", "level3_kernel_pgt", "level2_kernel_pgt", "level2_fixmap_pgt",
                               "level1_fixmap_pgt", "level1_fixmap_pgt_2", "kernel_vars", "idt_table",
                               "boot_params", "boot_command_line")):
@@ -81,13 +86,10 @@ def build_layout(profile: Profile, pool_pages: int = 64, image_size: int = 24 <<
     s["early_top_pgt"] = s["empty_zero_page"] + PAGE_SIZE
     s["early_dynamic_pgts"] = s["early_top_pgt"] + PAGE_SIZE
     s["__bss_start"] = s["early_dynamic_pgts"] + pool_pages * PAGE_SIZE
-    minimum = s["__bss_start"] - text + BRK_SIZE
-    size = max(image_size, minimum)
-    size = (size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-    s["_end"] = text + size
-    s["__brk_base"] = s["_end"] - BRK_SIZE
-    s["__bss_stop"] = s["__brk_base"]
-    s["__brk_limit"] = s["_end"]
+    s["__bss_stop"] = s["__bss_start"] + BSS_SIZE
+    s["__brk_base"] = s["__bss_stop"]
+    s["_end"] = s["__brk_limit"] = s["__brk_base"] + BRK_SIZE
+    assert s["_end"] == text + size
     if s["_end"] - text > 512 << 20:
         raise ValueError("kernel image larger than KERNEL_IMAGE_SIZE (512 MiB)")
     assert s["early_idt_handlers"] + NUM_EXCEPTION_VECTORS * IDT_STUB_SIZE <= s["early_idt_handler"]

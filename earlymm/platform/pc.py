@@ -48,7 +48,7 @@ class MachineConfig:
     ramdisk_at: int | None = None  # None: near the top of RAM below 2 GiB, as boot loaders place it
     ramdisk_size: int = 16 * MiB
     features: Features = field(default_factory=lambda: Features(la57=False, pks=False))
-    pgtables_at: int | None = None  # where the loader's identity tables go (default: after the kernel)
+    pgtables_at: int = 0x6_0000  # the loader's identity tables: below 4 GiB, since its CR3 load is 32-bit
 
     def ram(self) -> list[Region]:
         return [r for r in self.e820 if r.kind is RegionType.RAM]
@@ -56,12 +56,19 @@ class MachineConfig:
     def in_ram(self, start: int, end: int) -> bool:
         return any(r.start <= start and end <= r.end for r in self.ram())
 
-    def default_ramdisk_at(self, image_end: int) -> int:
-        limit = 0x8000_0000  # initrd_addr_max of a v3.9 kernel
+    def default_ramdisk_at(self, image_size: int) -> int:
+        """The highest 1 MiB-aligned spot below initrd_addr_max (2 GiB for v3.9) clear of the kernel."""
+        limit = 0x8000_0000
+        k0, k1 = self.kernel_at, self.kernel_at + image_size
         for r in sorted(self.ram(), key=lambda r: -r.end):
             top = min(r.end, limit) & ~0xFFFFF
-            start = (top - self.ramdisk_size) & ~0xFFF
-            if start >= max(r.start, image_end):
+            while top - self.ramdisk_size >= r.start:
+                start = (top - self.ramdisk_size) & ~0xFFFFF
+                if start < r.start:
+                    break
+                if start < k1 and k0 < start + self.ramdisk_size:
+                    top = k0 & ~0xFFFFF
+                    continue
                 return start
         raise ValueError("no room for the ramdisk below 2 GiB: give --ramdisk ADDR:SIZE")
 
@@ -111,7 +118,7 @@ def load(cfg: MachineConfig, image_size: int, *, trace: ListTrace | None = None)
     mem = PhysMem(absent_zero=True, regions=regions)
     trace = trace or ListTrace(enabled=False)
     cpu = Cpu(mem, cfg.features, trace=trace, tlb=Tlb())
-    ramdisk_at = cfg.ramdisk_at if cfg.ramdisk_at is not None else cfg.default_ramdisk_at(cfg.kernel_at + image_size)
+    ramdisk_at = cfg.ramdisk_at if cfg.ramdisk_at is not None else cfg.default_ramdisk_at(image_size)
     bp.write_boot_params(mem, cfg.boot_params_at, cfg.e820, E820_TYPES, cmdline_at=cfg.cmdline_at,
                          ramdisk_at=ramdisk_at, ramdisk_size=cfg.ramdisk_size)
     mem.write(cfg.cmdline_at, cfg.cmdline.encode() + b"\0")
@@ -120,8 +127,8 @@ def load(cfg: MachineConfig, image_size: int, *, trace: ListTrace | None = None)
     # The decompressor's (or a 64-bit loader's) identity map: 0–4 GiB in 2 MiB pages with flags
     # 0x183 (P RW PS G, no A/D), upper levels 0x7 — plus, when the kernel or boot data lie above
     # 4 GiB, the 1 GiB regions holding them (a 64-bit loader must map what it hands over).
-    pt = cfg.pgtables_at if cfg.pgtables_at is not None else (cfg.kernel_at + image_size + 0xFFFFF) & ~0xFFFFF
-    alloc = FrameAllocator(mem, pt, pt + 64 * 4096)
+    pt = cfg.pgtables_at
+    alloc = FrameAllocator(mem, pt, pt + 32 * 4096)
     mapper = Mapper(mem, PagingMode.LONG4, alloc, table_flags=0x7)
     covered = set(range(4))
     for addr in (cfg.kernel_at, cfg.kernel_at + image_size - 1, cfg.boot_params_at, cfg.cmdline_at):
