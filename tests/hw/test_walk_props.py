@@ -84,11 +84,13 @@ def test_large_page_offsets(mode: str, data: st.DataObject) -> None:
 # -- probe is pure --------------------------------------------------------------------------------
 
 
-def snapshot(mmu: Mmu) -> tuple[dict[int, bytes], list[object]]:
+def snapshot(mmu: Mmu) -> tuple[dict[int, bytes], list[tuple[object, ...]]]:
     frames = {pfn: bytes(f) for pfn, f in mmu.mem.frames.items()}
-    tlb = [(e.va, e.pa, e.size, e.user_page, e.writable, e.xd, e.pkey, e.dirty, e.global_, e.pcid)
-           for e in mmu.tlb.entries()]
-    return frames, sorted(tlb)
+    tlb: list[tuple[object, ...]] = [
+        (e.va, e.pa, e.size, e.user_page, e.writable, e.xd, e.pkey, e.dirty, e.global_, e.pcid)
+        for e in mmu.tlb.entries()
+    ]
+    return frames, sorted(tlb, key=repr)
 
 
 @PROPS
