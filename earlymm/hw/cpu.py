@@ -233,10 +233,15 @@ class Cpu:
             self._load_pdptes(r.cr3)
         r.cr4 = value
         self._cr_changed("cr4", old, value)
+        # PGE changes and clearing PCIDE flush everything; changing PAE/PSE or setting SMEP flushes the
+        # current PCID's entries, which with PCIDE=0 means everything too (spec §1.9).
         if changed & Cr4.PGE or (old & Cr4.PCIDE and not value & Cr4.PCIDE):
             self._flush(include_global=True)
         elif changed & (Cr4.PAE | Cr4.PSE) or (value & ~old & Cr4.SMEP):
-            self._flush(include_global=False)
+            if value & Cr4.PCIDE:
+                self._flush(include_global=False, pcid=self.mmu.pcid)
+            else:
+                self._flush(include_global=True)
 
     def write_efer(self, value: int) -> None:
         r, old = self.regs, self.regs.efer

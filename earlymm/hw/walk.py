@@ -168,6 +168,15 @@ def check_rights(plan: WalkPlan, kind: int, user: bool, implicit: bool, ac: bool
             return Reason.SMAP
         if kind == 1 and not writable and plan.wp:
             return Reason.READ_ONLY
+    return pk_violation(plan, kind, user, user_page, pkey, pkru, pkrs)
+
+
+def pk_violation(plan: WalkPlan, kind: int, user: bool, user_page: bool, pkey: int, pkru: int, pkrs: int
+                 ) -> Reason | None:
+    """What the page's protection key says of this data access (SDM §4.6.2). The #PF error code's PK
+    bit follows from the key alone (SDM §4.7), even when another rule refused the access first."""
+    if kind == 2:
+        return None
     if user_page and plan.pke:
         bits = pkru >> (2 * pkey)
     elif not user_page and plan.pks:
@@ -241,6 +250,8 @@ def walk(mem: PhysMem, plan: WalkPlan, root: int, va: int, kind: int = 0, user: 
                 if why is not None:
                     r = _fault(plan, va, kind, user, path, why)
                     r.user_page, r.writable, r.xd, r.pkey = user_page, writable, xd, pkey
+                    if (plan.pke or plan.pks) and pk_violation(plan, kind, user, user_page, pkey, pkru, pkrs):
+                        r.error_code |= 0x20
                     return r
             # All A (and, for a write, the leaf's D) already set: the common case in kernel tables.
             ups = None if acc & 0x20 and (kind != 1 or e & 0x40) else _ad_updates(plan, va, path, kind == 1)
