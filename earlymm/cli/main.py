@@ -21,13 +21,17 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except SystemExit as e:  # usage errors (already printed as one line), --help, --version
+        return int(e.code or 0)
     # argparse stops filling a '*' positional at the first option; addresses given after options
     # (``translate core --absent zero 0x…``) arrive here and belong to it.
     if extra and getattr(args, "command", None) == "translate" and not any(e.startswith("-") for e in extra):
         args.va = list(args.va) + extra
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        sys.stderr.write(f"earlymm: error: unrecognized arguments: {' '.join(extra)}\n")
+        return EXIT_USAGE
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
