@@ -79,7 +79,8 @@ class Efer(enum.IntFlag):
     NXE = 1 << 11  #: execute-disable bit enable
 
 
-EFER_RESERVED = ((1 << 64) - 1) & ~(0x1 | 0x100 | 0x400 | 0x800 | (1 << 12) | (1 << 14) | (1 << 15))  # SCE LME LMA NXE SVME LMSLE FFXSR
+# Defined EFER bits: SCE, LME, LMA, NXE, SVME, LMSLE, FFXSR.
+EFER_RESERVED = ((1 << 64) - 1) & ~(0x1 | 0x100 | 0x400 | 0x800 | (1 << 12) | (1 << 14) | (1 << 15))
 MSR_EFER = 0xC000_0080
 
 

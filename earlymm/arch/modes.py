@@ -131,7 +131,8 @@ class Features:
                 enabled.discard(bare)
             else:
                 enabled.add(bare)
-        return cls(maxphyaddr=maxphyaddr, **{f: f in enabled for f in ALL_FEATURES})
+        flags: dict[str, bool] = {f: f in enabled for f in ALL_FEATURES}
+        return replace(cls(maxphyaddr=maxphyaddr), **flags)  # type: ignore[arg-type]
 
     def names(self) -> list[str]:
         return [f for f in ALL_FEATURES if getattr(self, f)]

@@ -8,7 +8,7 @@ import sys
 
 from earlymm.arch.addr import parse_int
 from earlymm.arch.modes import Features
-from earlymm.cli.common import EXIT_CRASH, EXIT_OK, UsageError, hexint, parse_size, size_arg
+from earlymm.cli.common import EXIT_CRASH, EXIT_OK, Parser, UsageError, hexint, parse_size, size_arg
 from earlymm.hw.memory import Region, RegionMap, RegionType
 from earlymm.images import ImageError
 from earlymm.kernel.boot import Phase, boot
@@ -18,7 +18,7 @@ from earlymm.platform.pc import MachineConfig, pc_e820
 from earlymm.tools.boot_report import CRASH_OUTCOMES, render_text, save_core, to_json
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser("boot", help="run Linux x86-64's early boot on the simulated machine",
                        description="Run startup_64 → x86_64_start_kernel → setup_arch/init_mem_mapping on the "
                                    "CPU model and tell the story of the page tables.")

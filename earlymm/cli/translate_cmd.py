@@ -8,14 +8,14 @@ import sys
 
 from earlymm.arch.addr import parse_int
 from earlymm.arch.modes import Features
-from earlymm.cli.common import UsageError, hexint
+from earlymm.cli.common import Parser, UsageError, hexint
 from earlymm.hw.access import AccessKind
 from earlymm.images import ImageError, open_image
 from earlymm.tools.machine_view import RegOverrides, SetupError, infer_registers, make_cpu
 from earlymm.tools.translate import Request, run, to_json, to_text
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser("translate", help="walk the page tables of a memory image for given accesses",
                        description="Translate virtual addresses in a QEMU core or raw image, explaining the walk.")
     p.add_argument("image", help="QEMU dump-guest-memory ELF core, or raw image (offset = physical address)")

@@ -15,14 +15,14 @@ import enum
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol, Union
+from typing import Protocol
 
 from earlymm.arch.addr import PAGE_SHIFT, PAGE_SIZE
 
 MAX_PHYS_BITS = 52
 MAX_PA = 1 << MAX_PHYS_BITS
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 
 _U8 = struct.Struct("<B")
 _U16 = struct.Struct("<H")

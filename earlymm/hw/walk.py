@@ -97,7 +97,8 @@ def compile_plan(cr0: int, cr4: int, efer: int, features: Features) -> WalkPlan:
     va_bits = mode.va_bits if mode.is_ia32e else 0
     pke = bool(cr4 & Cr4.PKE) and mode.is_ia32e
     pks = bool(cr4 & Cr4.PKS) and mode.is_ia32e
-    return WalkPlan(rows=rows, entry8=mode is not PagingMode.LEGACY32, pae=mode is PagingMode.PAE, pse36=any(lp.pse36 for lp in levels),
+    return WalkPlan(rows=rows, entry8=mode is not PagingMode.LEGACY32, pae=mode is PagingMode.PAE,
+                    pse36=any(lp.pse36 for lp in levels),
                     canon_ones=(1 << (65 - va_bits)) - 1 if va_bits else 0,
                     simple=not (cr4 & Cr4.SMAP or pke or pks),
         mode=mode, levels=tuple(levels), va_bits=va_bits, nxe=nxe,

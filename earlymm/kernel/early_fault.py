@@ -8,10 +8,19 @@ inside the handler, recursing until ``early_recursion_flag`` stops it — as see
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from earlymm.hw.cpu import Cpu, ExceptionFrame
 from earlymm.hw.faults import ERRCODE_VECTORS, PF_VECTOR, Halt
-from earlymm.kernel.consts import (_KERNPG_TABLE, _PAGE_GLOBAL, PMD_SHIFT, PMD_SIZE, PUD_SHIFT, START_KERNEL_MAP,
-                                   __PAGE_KERNEL_LARGE)
+from earlymm.kernel.consts import (
+    __PAGE_KERNEL_LARGE,
+    _KERNPG_TABLE,
+    _PAGE_GLOBAL,
+    PMD_SHIFT,
+    PMD_SIZE,
+    PUD_SHIFT,
+    START_KERNEL_MAP,
+)
 from earlymm.kernel.context import KernelContext, PoolAccess, Variant
 from earlymm.kernel.events import EarlyMapping, HandlerOutcome, PoolAlloc, PoolReset
 
@@ -147,9 +156,14 @@ def install_early_idt(ctx: KernelContext) -> None:
     for vec in range(32):
         stub = lay["early_idt_handlers"] + 10 * vec
         write_gate(ctx, base, vec, stub)
-        cpu.register_code(stub, f"early_idt_handlers[{vec}]",
-                          lambda c, f, v=vec: early_idt_handler(ctx, c, f, v))
+        cpu.register_code(stub, f"early_idt_handlers[{vec}]", _stub(ctx, vec))
     cpu.lidt(base, 256 * 16 - 1)
+
+
+def _stub(ctx: KernelContext, vector: int) -> Callable[[Cpu, ExceptionFrame], None]:
+    def stub(cpu: Cpu, frame: ExceptionFrame) -> None:
+        early_idt_handler(ctx, cpu, frame, vector)
+    return stub
 
 
 def write_gate(ctx: KernelContext, idt: int, vec: int, target: int) -> None:

@@ -11,8 +11,19 @@ from collections.abc import Callable
 
 from earlymm.arch.flags import Cr0, Cr4, Efer
 from earlymm.hw.faults import Halt
-from earlymm.kernel.consts import (_KERNPG_TABLE, _PAGE_GLOBAL, _PAGE_NX, _PAGE_PRESENT, __PAGE_KERNEL_LARGE_EXEC,
-                                   KERNEL_CS, PMD_SHIFT, PMD_SIZE, PUD_SHIFT, START_KERNEL_MAP, THREAD_SIZE)
+from earlymm.kernel.consts import (
+    __PAGE_KERNEL_LARGE_EXEC,
+    _KERNPG_TABLE,
+    _PAGE_GLOBAL,
+    _PAGE_NX,
+    _PAGE_PRESENT,
+    KERNEL_CS,
+    PMD_SHIFT,
+    PMD_SIZE,
+    PUD_SHIFT,
+    START_KERNEL_MAP,
+    THREAD_SIZE,
+)
 from earlymm.kernel.context import KernelContext, Variant
 from earlymm.kernel.events import Note
 
@@ -25,7 +36,8 @@ def startup_64(ctx: KernelContext) -> None:
     cpu, lay, prof = ctx.cpu, ctx.layout, ctx.profile
     p = cpu.regs.rip  # physical address of _text: we were entered at startup_64
     load_delta = p - (lay.text - START_KERNEL_MAP)
-    phys = lambda name: lay[name] - START_KERNEL_MAP + load_delta  # noqa: E731  (leaq sym(%rip))
+    def phys(name: str) -> int:  # leaq sym(%rip): the symbol where it was loaded
+        return lay[name] - START_KERNEL_MAP + load_delta
 
     if load_delta & (PMD_SIZE - 1):
         raise Halt(f"bad_address: load address {p:#x} is not 2 MiB aligned (load_delta {load_delta:#x}); "

@@ -10,8 +10,14 @@ from __future__ import annotations
 import struct
 
 from earlymm.hw.memory import PhysMem
-from earlymm.kernel.consts import (_KERNPG_TABLE, _PAGE_TABLE, __PAGE_KERNEL_LARGE_EXEC, PAGE_SIZE, PMD_SIZE,
-                                   START_KERNEL_MAP)
+from earlymm.kernel.consts import (
+    __PAGE_KERNEL_LARGE_EXEC,
+    _KERNPG_TABLE,
+    _PAGE_TABLE,
+    PAGE_SIZE,
+    PMD_SIZE,
+    START_KERNEL_MAP,
+)
 from earlymm.kernel.layout import KernelLayout
 
 KERNEL_IMAGE_PMDS = 256  # level2_kernel_pgt maps KERNEL_IMAGE_SIZE = 512 MiB
@@ -28,7 +34,9 @@ def _page(entries: dict[int, int]) -> bytes:
 def install_image(mem: PhysMem, layout: KernelLayout, load_at: int) -> None:
     """Copy the image's initialised data to physical ``load_at`` (only the pages that are not zero)."""
     lp = layout.link_phys
-    at = lambda name: load_at + layout[name] - layout.text  # noqa: E731
+
+    def at(name: str) -> int:
+        return load_at + layout[name] - layout.text
 
     mem.write(at("early_top_pgt"), _page({511: lp("level3_kernel_pgt") + _PAGE_TABLE}))
     mem.write(at("level3_kernel_pgt"), _page({510: lp("level2_kernel_pgt") + _KERNPG_TABLE,

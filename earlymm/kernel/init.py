@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 
 from earlymm.arch.flags import Cr4
 from earlymm.hw.faults import Halt
-from earlymm.kernel.consts import (_PAGE_GLOBAL, _PAGE_NX, ISA_END_ADDRESS, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE,
-                                   PUD_SIZE)
+from earlymm.kernel.consts import _PAGE_GLOBAL, _PAGE_NX, ISA_END_ADDRESS, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PUD_SIZE
 from earlymm.kernel.context import KernelContext
 from earlymm.kernel.events import DirectMapRange, LowPageAlloc, Note
 from earlymm.kernel.init_64 import PG_LEVEL_1G, PG_LEVEL_2M, kernel_physical_mapping_init
@@ -100,8 +99,11 @@ def split_mem_range(st: MmState, start: int, end: int) -> list[MapRange]:
 
     limit = end >> PAGE_SHIFT
     pmd_pfns, pud_pfns = PMD_SIZE >> PAGE_SHIFT, PUD_SIZE >> PAGE_SHIFT
-    rup = lambda v, a: (v + a - 1) // a * a  # noqa: E731
-    rdown = lambda v, a: v // a * a  # noqa: E731
+    def rup(v: int, a: int) -> int:
+        return (v + a - 1) // a * a
+
+    def rdown(v: int, a: int) -> int:
+        return v // a * a
     pos = start
     s, e = start >> PAGE_SHIFT, min(rup(pos, PMD_SIZE) >> PAGE_SHIFT, limit)
     if s < e:

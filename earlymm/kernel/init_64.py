@@ -8,8 +8,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from earlymm.hw.memory import RegionType
-from earlymm.kernel.consts import (_KERNPG_TABLE, _PAGE_PSE, PAGE_SIZE, PGDIR_SIZE, PMD_SIZE, PUD_SIZE,
-                                   START_KERNEL_MAP, __PAGE_KERNEL, __PAGE_KERNEL_LARGE)
+from earlymm.kernel.consts import (
+    __PAGE_KERNEL,
+    __PAGE_KERNEL_LARGE,
+    _KERNPG_TABLE,
+    _PAGE_PSE,
+    PAGE_SIZE,
+    PGDIR_SIZE,
+    PMD_SIZE,
+    PUD_SIZE,
+    START_KERNEL_MAP,
+)
 from earlymm.kernel.context import KernelContext
 from earlymm.kernel.events import Note
 

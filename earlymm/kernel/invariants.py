@@ -89,7 +89,7 @@ def early_mapping(ctx: KernelContext, address: int) -> list[str]:
 
 
 def after_init_mem_mapping(ctx: KernelContext) -> list[Check]:
-    lay, mem, prof = ctx.layout, ctx.machine.mem, ctx.profile
+    mem, prof = ctx.machine.mem, ctx.profile
     init_pa = ctx.pa_symbol("init_top_pgt")
     ok_cr3 = ctx.cpu.regs.cr3 & prof.pte_pfn_mask == init_pa
     same511 = mem.read_u64(init_pa + 511 * 8) == mem.read_u64(ctx.pa_symbol("early_top_pgt") + 511 * 8)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from earlymm.kernel.consts import (NUM_EXCEPTION_VECTORS, PAGE_SIZE, PMD_SIZE, START_KERNEL_MAP, THREAD_SIZE,
-                                   Profile)
+from earlymm.kernel.consts import NUM_EXCEPTION_VECTORS, PAGE_SIZE, PMD_SIZE, START_KERNEL_MAP, THREAD_SIZE, Profile
 
 LINK_PHYS = 0x100_0000  # CONFIG_PHYSICAL_START
 TEXT_VA = START_KERNEL_MAP + LINK_PHYS

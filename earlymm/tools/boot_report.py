@@ -10,8 +10,17 @@ from earlymm.hw.events import CrWrite, Event, FaultRaised, TlbFlush
 from earlymm.images import CpuState, write_qemu_core
 from earlymm.images.cpustate import Segment
 from earlymm.kernel.boot import BootResult
-from earlymm.kernel.events import (ConsoleLine, DirectMapRange, EarlyMapping, HandlerOutcome, LowPageAlloc, Note,
-                                   PhaseEntered, PoolAlloc, PoolReset)
+from earlymm.kernel.events import (
+    ConsoleLine,
+    DirectMapRange,
+    EarlyMapping,
+    HandlerOutcome,
+    LowPageAlloc,
+    Note,
+    PhaseEntered,
+    PoolAlloc,
+    PoolReset,
+)
 from earlymm.kernel.invariants import table_pages_by_level
 
 CRASH_OUTCOMES = ("panic", "halt", "hang", "oops", "triple_fault", "livelock", "fault")
@@ -68,7 +77,8 @@ def describe(e: Event) -> str | None:
     if isinstance(e, PoolAlloc):
         return f"     pool page {e.index} ({e.phys:#x}) as a {e.level} table for {e.va:#x}"
     if isinstance(e, PoolReset):
-        return f"     reset_early_page_tables #{e.resets}: {e.used} pool pages reclaimed, PGD[0..510] zeroed, CR3 reloaded"
+        return (f"     reset_early_page_tables #{e.resets}: {e.used} pool pages reclaimed, PGD[0..510] zeroed, "
+                "CR3 reloaded")
     if isinstance(e, EarlyMapping):
         return f"     mapped {e.va & ~0x1FFFFF:#x} with pmd {e.entry:#x}" + (f" (+{e.entries - 1} more)"
                                                                               if e.entries > 1 else "")

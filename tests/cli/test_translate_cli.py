@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from earlymm.arch.flags import Cr0, Cr4, Efer
+from earlymm.arch.flags import Cr0, Cr4
 from earlymm.arch.modes import PagingMode
 from earlymm.cli.main import main
 from earlymm.hw.mapper import FrameAllocator, Mapper

@@ -120,7 +120,7 @@ def test_rfc_sets_nx_unconditionally_so_it_livelocks_without_nx() -> None:
 
 
 def test_access_beyond_maxmem_is_declined_and_panics() -> None:
-    e820 = pc_e820(4 * GiB) + [type(pc_e820(4 * GiB)[0])(64 << 40, (64 << 40) + GiB, pc_e820(4 * GiB)[0].kind)]
+    e820 = [*pc_e820(4 * GiB), type(pc_e820(4 * GiB)[0])(64 << 40, (64 << 40) + GiB, pc_e820(4 * GiB)[0].kind)]
     r = make_boot(e820=e820, cmdline_at=(64 << 40) + 0x1000)
     assert r.outcome == "panic"
     cr2 = 0xFFFF_8800_0000_0000 + (64 << 40) + 0x1000
@@ -133,4 +133,4 @@ def test_current_profile_boots_with_its_own_layout() -> None:
     assert r.outcome == "booted" and all(c.ok for c in r.observer.final())
     assert faults(r)[0].cr2 == 0xFFFF_8880_0001_4000  # page_offset_base of 6.x
     # 6.x's __startup_64 takes the switchover pages from the pool itself: 0 → 2
-    assert [e for e in r.ctx.trace.events if isinstance(e, PoolReset)][0].used == 2
+    assert next(e for e in r.ctx.trace.events if isinstance(e, PoolReset)).used == 2

@@ -41,7 +41,7 @@ def test_kernel_at_1g_minus_2m_image_6m() -> None:
     r = make_boot(kernel_at=p, image_size=6 * MiB, until=Phase.STARTUP_64)
     mem, lay = r.ctx.machine.mem, r.ctx.layout
     assert lay.image_size == 6 * MiB
-    pgd, pud, pmd = tables(lay, p)
+    _pgd, pud, pmd = tables(lay, p)
     assert entries(mem, pud) == {0: pmd + 0x63, 1: pmd + 0x63}
     assert entries(mem, pmd) == {511: 0x3FE0_00E3, 0: 0x4000_00E3, 1: 0x4020_00E3}
     for va in (0x3FE0_0000, 0x4000_0000, 0x403F_FFFF):
