@@ -12,8 +12,8 @@ from earlymm.arch.flags import Cr4
 from earlymm.arch.modes import Features, PagingMode
 from earlymm.hw.memory import PhysMem
 from earlymm.hw.regs import ControlRegs
-from earlymm.hw.tlb import Tlb, TlbEntry
-from earlymm.hw.walk import OK, PF, WalkPlan, WalkResult, check_rights, compile_plan, walk
+from earlymm.hw.tlb import PscEntry, Tlb, TlbEntry
+from earlymm.hw.walk import GP, OK, PF, WalkPlan, WalkResult, check_rights, compile_plan, walk
 
 
 class Mmu:
@@ -70,7 +70,11 @@ class Mmu:
                                       user_page=e.user_page, writable=e.writable, xd=e.xd, pkey=e.pkey)
                 # A cached entry that forbids the access is re-walked, as QEMU's softmmu does.
                 tlb.invlpg(va, self.pcid)
-        res = walk(self.mem, plan, self.root, va, kind, user, implicit, acf, r.pkru, r.pkrs, r.pdptes)
+        psc = tlb.enabled and tlb.psc_enabled and plan.va_bits != 0
+        if psc:
+            res = self._walk_with_psc(va, kind, user, implicit, acf)
+        else:
+            res = walk(self.mem, plan, self.root, va, kind, user, implicit, acf, r.pkru, r.pkrs, r.pdptes)
         if res.ad_updates:
             mem = self.mem
             for u in res.ad_updates:
@@ -84,5 +88,52 @@ class Mmu:
                                   res.writable, res.xd, res.pkey, bool(leaf & 0x40),
                                   bool(leaf & 0x100) and self.pge, self.pcid))
         elif res.outcome == PF:
-            tlb.invlpg(va, self.pcid)
+            self._invalidate_for_fault(va)
+        if psc and res.outcome != GP:
+            self._psc_fill(res)
         return res
+
+    def _prefixes(self, va: int) -> list[tuple[int, int]]:
+        """(level index of a table, VA prefix that selects it) for each cacheable level, deepest first."""
+        levels = self.plan.levels
+        va &= (1 << self.plan.va_bits) - 1
+        return [(li, va >> levels[li - 1].shift) for li in range(len(levels) - 1, 0, -1)]
+
+    def _walk_with_psc(self, va: int, kind: int, user: bool, implicit: bool, ac: bool) -> WalkResult:
+        r, plan = self.regs, self.plan
+        hit = self.tlb.psc_lookup(self._prefixes(va), self.pcid) if plan.va_bits and \
+            (va >> (plan.va_bits - 1)) in (0, plan.canon_ones) else None
+        if hit is None:
+            return walk(self.mem, plan, self.root, va, kind, user, implicit, ac, r.pkru, r.pkrs, r.pdptes)
+        li, e = hit
+        return walk(self.mem, plan, e.table, va, kind, user, implicit, ac, r.pkru, r.pkrs, r.pdptes,
+                    first=li, acc=e.acc, xdacc=e.xd)
+
+    def _psc_fill(self, res: WalkResult) -> None:
+        """Cache each table-pointing entry the walk used (they now have A set)."""
+        plan, path = self.plan, res.path
+        entries = path[1::2] if len(path) % 2 == 0 else path[1::2] + [None]
+        pointers = entries[:-1]
+        if not pointers:
+            return
+        acc, xd = 0x66, 0
+        if res.first:
+            hit = self.tlb.psc.get(res.first, {}).get(
+                ((res.va & ((1 << plan.va_bits) - 1)) >> plan.levels[res.first - 1].shift) << 13 | self.pcid)
+            if hit is None:
+                return
+            acc, xd = hit.acc, hit.xd
+        va = res.va & ((1 << plan.va_bits) - 1)
+        for k, ent in enumerate(pointers):
+            assert ent is not None
+            li = res.first + k
+            acc &= ent
+            xd |= ent
+            self.tlb.psc_fill(li + 1, va >> plan.levels[li].shift,
+                              PscEntry(ent & plan.levels[li].table_addr, acc, xd, self.pcid))
+
+    def _invalidate_for_fault(self, va: int) -> None:
+        self.tlb.invlpg_tlb_only(va, self.pcid)
+        if self.plan.va_bits:
+            self.tlb.psc_drop(self.pcid, self._prefixes(va))
+        return None

@@ -139,13 +139,14 @@ class WalkResult:
     xd: bool = False
     pkey: int = 0
     ad_updates: list[AdUpdate] | None = None
+    first: int = 0  # index in plan.levels of path[0]: > 0 when a paging-structure cache supplied the start
 
     @property
     def ok(self) -> bool:
         return self.outcome == OK
 
     def entry_addr(self, plan: WalkPlan, i: int) -> int:
-        lp = plan.levels[i]
+        lp = plan.levels[self.first + i]
         return self.path[2 * i] + ((self.va >> lp.shift) & lp.index_mask) * lp.entry_size
 
 
@@ -193,10 +194,12 @@ def pk_violation(plan: WalkPlan, kind: int, user: bool, user_page: bool, pkey: i
 
 def walk(mem: PhysMem, plan: WalkPlan, root: int, va: int, kind: int = 0, user: bool = False,
          implicit: bool = False, ac: bool = False, pkru: int = 0, pkrs: int = 0,
-         pdptes: tuple[int, ...] = ()) -> WalkResult:
+         pdptes: tuple[int, ...] = (), first: int = 0, acc: int = 0x66, xdacc: int = 0) -> WalkResult:
     """Translate ``va`` for an access of ``kind`` (``AccessKind``) without side effects.
 
-    ``root`` is the top table's physical address (CR3's address bits); PAE uses ``pdptes``.
+    ``root`` is the top table's physical address (CR3's address bits); PAE uses ``pdptes``. A walk that
+    a paging-structure cache shortened starts at level index ``first`` with table ``root`` and the
+    rights ``acc``/``xdacc`` combined above it.
     """
     path: list[int] = []
     va_bits = plan.va_bits
@@ -212,32 +215,30 @@ def walk(mem: PhysMem, plan: WalkPlan, root: int, va: int, kind: int = 0, user: 
     # Tables are page-aligned below the PAE PDPT, so an entry is frame[pfn][index].
     view = (mem.view8 if plan.entry8 else mem.view4).get
     load = mem.entries8 if plan.entry8 else mem.entries4
-    table = root
-    acc = 0x66  # RW, US, A, D survive only if set in every entry
-    xdacc = 0
+    table = root  # acc: RW, US, A, D survive only if set in every entry; xdacc: any XD
     if plan.pae:
         # PAE's PDPTEs live in registers loaded at the CR3 write; they carry no rights (spec §1.3).
         e = pdptes[(va >> 30) & 3]
         path.append(root)
         path.append(e)
         if not e & 1:
-            return _fault(plan, va, kind, user, path, Reason.NOT_PRESENT)
+            return _fault(plan, va, kind, user, path, Reason.NOT_PRESENT, first)
         table = e & plan.levels[0].table_addr
-    for shift, imask, leafsel, taddr, trsvd, lsize, laddr, lrsvd in plan.rows:
+    for shift, imask, leafsel, taddr, trsvd, lsize, laddr, lrsvd in (plan.rows[first:] if first else plan.rows):
         idx = (va >> shift) & imask
         pfn = table >> 12
         q = view(pfn) or load(pfn)
         if q is None:
             path.append(table)
-            return WalkResult(va, kind, user, HOLE, path, reason=Reason.HOLE)
+            return WalkResult(va, kind, user, HOLE, path, reason=Reason.HOLE, first=first)
         e = q[idx]
         path.append(table)
         path.append(e)
         if not e & 1:
-            return _fault(plan, va, kind, user, path, Reason.NOT_PRESENT)
+            return _fault(plan, va, kind, user, path, Reason.NOT_PRESENT, first)
         if e & leafsel:
             if e & lrsvd:
-                return _fault(plan, va, kind, user, path, Reason.RESERVED)
+                return _fault(plan, va, kind, user, path, Reason.RESERVED, first)
             acc &= e
             pa = (e & laddr) | (va & (lsize - 1))
             if plan.pse36 and lsize == 1 << 22:
@@ -249,16 +250,18 @@ def walk(mem: PhysMem, plan: WalkPlan, root: int, va: int, kind: int = 0, user: 
             if user or kind == 2 or not plan.simple or (kind == 1 and not writable and plan.wp):
                 why = check_rights(plan, kind, user, implicit, ac, user_page, writable, xd, pkey, pkru, pkrs)
                 if why is not None:
-                    r = _fault(plan, va, kind, user, path, why)
+                    r = _fault(plan, va, kind, user, path, why, first)
                     r.user_page, r.writable, r.xd, r.pkey = user_page, writable, xd, pkey
                     if (plan.pke or plan.pks) and pk_violation(plan, kind, user, user_page, pkey, pkru, pkrs):
                         r.error_code |= 0x20
                     return r
             # All A (and, for a write, the leaf's D) already set: the common case in kernel tables.
-            ups = None if acc & 0x20 and (kind != 1 or e & 0x40) else _ad_updates(plan, va, path, kind == 1)
-            return WalkResult(va, kind, user, OK, path, pa, lsize, 0, None, user_page, writable, xd, pkey, ups)
+            ups = None if acc & 0x20 and (kind != 1 or e & 0x40) else _ad_updates(plan, va, path, kind == 1,
+                                                                                  first=first)
+            return WalkResult(va, kind, user, OK, path, pa, lsize, 0, None, user_page, writable, xd, pkey, ups,
+                              first)
         if e & trsvd:
-            return _fault(plan, va, kind, user, path, Reason.RESERVED)
+            return _fault(plan, va, kind, user, path, Reason.RESERVED, first)
         acc &= e
         xdacc |= e
         table = e & taddr
@@ -277,19 +280,21 @@ def error_code_for(plan: WalkPlan, kind: int, user: bool, why: Reason) -> int:
     return code | 1
 
 
-def _fault(plan: WalkPlan, va: int, kind: int, user: bool, path: list[int], why: Reason) -> WalkResult:
+def _fault(plan: WalkPlan, va: int, kind: int, user: bool, path: list[int], why: Reason,
+           first: int = 0) -> WalkResult:
     # Entries above the failing one were used, so they get A (SDM §4.8; QEMU does the same).
-    ups = _ad_updates(plan, va, path[:-2], False) if why in (Reason.NOT_PRESENT, Reason.RESERVED) \
-        else _ad_updates(plan, va, path, False, leaf=False)
+    ups = _ad_updates(plan, va, path[:-2], False, first=first) if why in (Reason.NOT_PRESENT, Reason.RESERVED) \
+        else _ad_updates(plan, va, path, False, leaf=False, first=first)
     return WalkResult(va, kind, user, PF, path, error_code=error_code_for(plan, kind, user, why), reason=why,
-                      ad_updates=ups)
+                      ad_updates=ups, first=first)
 
 
-def _ad_updates(plan: WalkPlan, va: int, path: list[int], write: bool, leaf: bool = True) -> list[AdUpdate]:
+def _ad_updates(plan: WalkPlan, va: int, path: list[int], write: bool, leaf: bool = True,
+                first: int = 0) -> list[AdUpdate]:
     ups: list[AdUpdate] = []
     n = len(path) // 2
     for i in range(n):
-        lp = plan.levels[i]
+        lp = plan.levels[first + i]
         if lp.from_regs:
             continue
         e = path[2 * i + 1]
@@ -307,7 +312,7 @@ def describe_levels(plan: WalkPlan, r: WalkResult) -> list[tuple[LevelPlan, int,
     """(level plan, table address, index, entry address, entry or None if unreadable) per entry read."""
     out: list[tuple[LevelPlan, int, int, int, int | None]] = []
     for i in range((len(r.path) + 1) // 2):
-        lp = plan.levels[i]
+        lp = plan.levels[r.first + i]
         table = r.path[2 * i]
         idx = (r.va >> lp.shift) & lp.index_mask
         e = r.path[2 * i + 1] if 2 * i + 1 < len(r.path) else None
