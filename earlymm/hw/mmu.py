@@ -112,7 +112,7 @@ class Mmu:
     def _psc_fill(self, res: WalkResult) -> None:
         """Cache each table-pointing entry the walk used (they now have A set)."""
         plan, path = self.plan, res.path
-        entries = path[1::2] if len(path) % 2 == 0 else path[1::2] + [None]
+        entries = path[1::2] if len(path) % 2 == 0 else [*path[1::2], None]
         pointers = entries[:-1]
         if not pointers:
             return

@@ -4,9 +4,9 @@ pointing at a table) a walk used, so a later walk may start below the root.
 
 TLB entries are filled only by successful walks and keep the combined rights, so a hit is checked exactly
 as the walk would have been. Paging-structure-cache entries are never global; INVLPG and CR3 writes
-drop all of them for the PCID (SDM §4.10.4.1), a #PF those for the faulting address. A write through an entry whose leaf was not yet dirty misses, because the
-CPU must walk again to set D (SDM §4.8). Nothing else is cached: a stale entry after a PTE change
-without INVLPG is served, as on hardware.
+drop all of them for the PCID (SDM §4.10.4.1), a #PF those for the faulting address. A write through
+an entry whose leaf was not yet dirty misses, because the CPU must walk again to set D (SDM §4.8).
+Nothing else is cached: a stale entry after a PTE change without INVLPG is served, as on hardware.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ def machine() -> tuple[Cpu, Mapper, int, int]:
 
 
 def test_cached_pde_is_used_after_the_pde_changes() -> None:
-    cpu, mp, pde, pt2 = machine()
+    cpu, _mp, pde, pt2 = machine()
     assert cpu.mmu.translate(A).pa == 0x111_000  # fills the TLB for A and the PSC for A's PDE
     cpu.mem.write_u64(pde, pt2 | 0x63)  # retarget the PDE, no invalidation
     stale = cpu.mmu.translate(B)  # TLB miss for B, but the cached PDE still points at the old PT
@@ -41,7 +41,7 @@ def test_cached_pde_is_used_after_the_pde_changes() -> None:
 
 
 def test_invlpg_of_any_address_drops_the_cached_pde() -> None:
-    cpu, mp, pde, pt2 = machine()
+    cpu, _mp, pde, pt2 = machine()
     cpu.mmu.translate(A)
     cpu.mem.write_u64(pde, pt2 | 0x63)
     cpu.invlpg(0x7000_0000)  # an unrelated address: INVLPG flushes the PCID's paging-structure caches
@@ -49,7 +49,7 @@ def test_invlpg_of_any_address_drops_the_cached_pde() -> None:
 
 
 def test_cr3_write_drops_the_cached_pde() -> None:
-    cpu, mp, pde, pt2 = machine()
+    cpu, _mp, pde, pt2 = machine()
     cpu.mmu.translate(A)
     cpu.mem.write_u64(pde, pt2 | 0x63)
     cpu.write_cr3(cpu.regs.cr3)
@@ -57,7 +57,7 @@ def test_cr3_write_drops_the_cached_pde() -> None:
 
 
 def test_disabling_the_tlb_disables_the_psc() -> None:
-    cpu, mp, pde, pt2 = machine()
+    cpu, _mp, pde, pt2 = machine()
     cpu.mmu.tlb.enabled = False
     cpu.mmu.translate(A)
     cpu.mem.write_u64(pde, pt2 | 0x63)
