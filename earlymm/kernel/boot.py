@@ -10,12 +10,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from earlymm.hw.events import FaultRaised, ListTrace
+from earlymm.hw.events import ListTrace
 from earlymm.hw.faults import CpuException, Halt, SimulationError
 from earlymm.hw.walk import OK, describe_levels
 from earlymm.kernel import invariants as inv
 from earlymm.kernel.context import KernelConfig, KernelContext
-from earlymm.kernel.events import PhaseEntered
+from earlymm.kernel.events import PhaseEntered, RunEnded
 from earlymm.kernel.head64 import x86_64_start_kernel
 from earlymm.kernel.head_64 import startup_64
 from earlymm.kernel.image import install_image
@@ -114,6 +114,7 @@ def boot(machine: MachineConfig, kernel: KernelConfig, *, until: Phase | None = 
     except CpuException as e:
         result.outcome, result.reason = "fault", f"unhandled {e.fault}"
     result.console = "\n".join(ctx.console)
+    ctx.emit(RunEnded(result.outcome, result.reason))
     return result
 
 
@@ -135,22 +136,24 @@ def _steps(ctx: KernelContext, obs: Observer):  # type: ignore[no-untyped-def]
 
 
 def diagnose(ctx: KernelContext) -> str:
-    """For a livelock: walk the last faulting address and say where the walk goes wrong."""
-    last = next((e for e in reversed(ctx.trace.recent) if isinstance(e, FaultRaised) and e.vector == 14), None)
-    if last is None:
+    """For a livelock: say what the handler kept doing, and where the CPU's walk goes wrong."""
+    if not ctx.cpu.fault_counts.get(14):
         return ""
-    res = ctx.cpu.mmu.probe(last.cr2)
+    cr2 = ctx.cpu.regs.cr2  # the last #PF's address
+    if ctx.stats.pool_resets > 2 * ctx.stats.handler_calls and ctx.config.pool_pages < 2:
+        return (f"; early_make_pgtable reset the pool {ctx.stats.pool_resets} times while handling "
+                f"{ctx.stats.handler_calls} fault(s): mapping {cr2:#x} needs a PUD and a PMD page but the "
+                f"pool holds {ctx.config.pool_pages} — every allocation resets it and restarts ('goto again')")
+    res = ctx.cpu.mmu.probe(cr2)
     if res.outcome == OK:
-        return f"; cr2 {last.cr2:#x} now translates to {res.pa:#x}"
+        return f"; cr2 {cr2:#x} now translates to {res.pa:#x}"
     plan = ctx.cpu.mmu.plan
     steps = ", ".join(f"{lp.level.name}[{idx}]@{ea:#x}={'?' if e is None else hex(e)}"
                       for lp, _t, idx, ea, e in describe_levels(plan, res))
-    why = f"; the CPU's walk of cr2 {last.cr2:#x}: {steps} → {res.reason.value if res.reason else '?'}"
-    for level, shift in (("pgd", 39), ("pud", 30)):
-        for v in inv.early_mapping(ctx, last.cr2)[:1]:
-            if v.startswith(level):
-                why += f"; {v} (the handler edits the pool page, the CPU reads another one)"
-        del shift
+    why = f"; the CPU's walk of cr2 {cr2:#x}: {steps} → {res.reason.value if res.reason else '?'}"
+    for v in inv.early_mapping(ctx, cr2)[:1]:
+        if "points outside early_dynamic_pgts" in v:
+            why += f"; {v} (the handler edits the pool page, the CPU reads another one)"
     if res.error_code & 8:
         why += "; a reserved bit is set in an entry the handler wrote (bit 63 without EFER.NXE?)"
     return why

@@ -67,6 +67,14 @@ class DirectMapRange(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class RunEnded(Event):
+    """The last event of a run: how it ended (booted, stopped, panic, halt, livelock, triple_fault …)."""
+
+    outcome: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Note(Event):
     """A step worth showing in the timeline (``cleanup_highmap``, ``load_cr3``, IDT changes …)."""
 

@@ -20,6 +20,7 @@ from earlymm.kernel.events import (
     PhaseEntered,
     PoolAlloc,
     PoolReset,
+    RunEnded,
 )
 from earlymm.kernel.invariants import table_pages_by_level
 
@@ -88,6 +89,8 @@ def describe(e: Event) -> str | None:
         return f"   {e.reg} {e.old:#x} -> {e.new:#x}"
     if isinstance(e, Note):
         return f"   {e.what}"
+    if isinstance(e, RunEnded):
+        return f"== {e.outcome}: {e.reason}"
     if isinstance(e, DirectMapRange):
         return f"   direct map [{e.start:#x}, {e.end:#x}) with {e.page_size} pages"
     if isinstance(e, ConsoleLine):
