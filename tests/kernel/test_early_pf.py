@@ -71,6 +71,7 @@ def test_pool_of_one_page_livelocks_and_is_reported() -> None:
     r = make_boot(pool=1)
     assert r.outcome == "livelock" and r.phase == "x86_64_start_kernel"
     assert "without the interrupted access completing" in r.reason
+    assert "needs a PUD and a PMD page but the pool holds 1" in r.reason
     assert r.ctx.stats.pool_resets > 100
 
 
