@@ -76,6 +76,22 @@ def read_e820(path: str) -> list[Region]:
     return list(rm)
 
 
+STYLES = (("== ", "bold cyan"), ("  [pass]", "green"), ("  [FAIL]", "bold red"), ("outcome: booted", "bold green"),
+          ("outcome: stopped", "bold green"), ("outcome:", "bold red"), ("   #PF", "yellow"),
+          ("     reset_early", "magenta"), ("   console:", "bold"))
+
+
+def print_rich(text: str) -> None:
+    """The same text, coloured for a terminal (rich), one style per kind of line."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(highlight=False, soft_wrap=True)
+    for line in text.splitlines():
+        style = next((s for prefix, s in STYLES if line.startswith(prefix)), "")
+        console.print(Text(line, style=style))
+
+
 def machine_config(args: argparse.Namespace) -> MachineConfig:
     e820 = read_e820(args.e820) if args.e820 else pc_e820(args.mem or 4 << 30)
     rd_at, rd_size = None, 16 << 20
@@ -120,6 +136,8 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         json.dump(to_json(result, events=args.trace), sys.stdout, indent=1)
         sys.stdout.write("\n")
+    elif sys.stdout.isatty():
+        print_rich(render_text(result, trace=args.trace))
     else:
         sys.stdout.write(render_text(result, trace=args.trace) + "\n")
     return EXIT_CRASH if result.outcome in CRASH_OUTCOMES else EXIT_OK
