@@ -1,0 +1,166 @@
+"""What ``earlymm-translate`` and ``earlymm-ptdump`` do, independent of gdb itself.
+
+Each command takes its argument vector and a :class:`~earlymm.tools.gdb.target.LiveTarget` and returns
+the text to print. The order matters: gdb expressions in the arguments and the registers are read in
+the stub's normal (virtual) mode; only the page-table walk runs in physical-memory mode, because that is
+the only part that must not depend on the guest's own mappings (its direct map may not exist yet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from typing import NoReturn
+
+from earlymm.arch.addr import parse_int
+from earlymm.arch.modes import Features
+from earlymm.hw.access import AccessKind
+from earlymm.hw.cpu import Cpu
+from earlymm.tools.gdb.physmem import GdbPhysFrames
+from earlymm.tools.gdb.target import CONTROL_REGISTERS, LiveTarget, TargetError
+from earlymm.tools.machine_view import RegOverrides, SetupError, infer_registers, make_cpu
+from earlymm.tools.translate import Request, run, to_json, to_text
+
+TRANSLATE = "earlymm-translate"
+PTDUMP = "earlymm-ptdump"
+
+
+class CommandError(Exception):
+    """Bad arguments or a guest the command cannot work on: one line, shown by gdb as an error."""
+
+
+class HelpRequested(Exception):
+    """``--help`` was given; the argument is the help text to print."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting: exiting would take gdb down with it."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CommandError(f"{message} (see {self.prog} --help)")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        raise CommandError((message or f"exit status {status}").strip())
+
+    def print_help(self, file: object = None) -> None:
+        raise HelpRequested(self.format_help())
+
+
+def _hex(text: str) -> int:
+    try:
+        v = parse_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if v >= 1 << 64:
+        raise argparse.ArgumentTypeError(f"{text!r} does not fit in 64 bits")
+    return v
+
+
+def _add_machine_options(p: argparse.ArgumentParser) -> None:
+    for r in CONTROL_REGISTERS:
+        p.add_argument(f"--{r}", type=_hex, help=f"use this {r.upper()} instead of the vCPU's")
+    p.add_argument("--features", default="all",
+                   help="CPU features the walk assumes (the stub cannot report CPUID): all, none, or a list "
+                        "like nx,gbpages,-smap (default all)")
+    p.add_argument("--maxphyaddr", type=int, default=52,
+                   help="physical-address width for reserved-bit checks (qemu64 has 40; default 52)")
+
+
+def translate_parser() -> _Parser:
+    p = _Parser(prog=TRANSLATE, allow_abbrev=False,
+                description="Walk the live guest's page tables for each address, reading the tables from "
+                            "guest-physical memory (QEMU's physical-memory mode), so it works before the "
+                            "kernel has a direct map. A/D updates are shown, never written to the guest.")
+    p.add_argument("va", nargs="+", help="virtual addresses: numbers (0x… or decimal) or gdb expressions ($pc)")
+    p.add_argument("--access", default="read", help="read, write or exec (default read)")
+    p.add_argument("--cpl", type=int, choices=(0, 3), default=0, help="privilege level of the access (default 0)")
+    p.add_argument("--ac", action="store_true", help="EFLAGS.AC=1 (SMAP override for explicit accesses)")
+    p.add_argument("--pkru", type=_hex, default=None, help="PKRU (default: the vCPU's if the stub has it, else 0)")
+    p.add_argument("--json", action="store_true", help="print a JSON array, one object per address")
+    _add_machine_options(p)
+    return p
+
+
+@dataclass(frozen=True, slots=True)
+class LiveMachine:
+    """The vCPU's paging registers and what the walk assumes about the CPU."""
+
+    regs: tuple[int, int, int, int]  # cr0, cr3, cr4, efer
+    features: Features
+    notes: tuple[str, ...] = ()
+
+
+def read_machine(target: LiveTarget, args: argparse.Namespace) -> LiveMachine:
+    """CR0/CR3/CR4/EFER from the command line, else from the stub (QEMU describes all four)."""
+    try:
+        features = Features.parse(args.features, args.maxphyaddr)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    values = {}
+    for name in CONTROL_REGISTERS:
+        given = getattr(args, name)
+        values[name] = given if given is not None else target.register(name)
+    missing = [n for n in ("cr0", "cr3", "cr4") if values[n] is None]
+    if missing:
+        raise CommandError(f"the remote stub does not report {', '.join(missing)} (QEMU's x86 gdbstub does); "
+                           f"give {' '.join('--' + n for n in missing)}")
+    notes = []
+    if values["efer"] is None:
+        notes.append("the stub does not report EFER: assumed from CR0/CR4 (give --efer to be exact)")
+    try:
+        regs = infer_registers(None, RegOverrides(values["cr0"], values["cr3"], values["cr4"], values["efer"]))
+    except SetupError as e:
+        raise CommandError(str(e)) from None
+    return LiveMachine(regs, features, tuple(notes))
+
+
+def _live_cpu(frames: GdbPhysFrames, machine: LiveMachine, pkru: int) -> Cpu:
+    try:
+        # absent_zero=False: a table in a hole (MMIO, no RAM) is reported as unreadable, not as zeros.
+        return make_cpu(frames, machine.regs, machine.features, absent_zero=False, pkru=pkru)
+    except SetupError as e:
+        raise CommandError(f"{e} (CR0={machine.regs[0]:#x} CR3={machine.regs[1]:#x} "
+                           f"CR4={machine.regs[2]:#x} EFER={machine.regs[3]:#x})") from None
+
+
+def _address(target: LiveTarget, token: str) -> int:
+    try:
+        return parse_int(token)
+    except ValueError:
+        pass
+    try:
+        return target.evaluate(token)
+    except TargetError as e:
+        raise CommandError(str(e)) from None
+
+
+def translate(target: LiveTarget, argv: list[str]) -> str:
+    """``earlymm-translate``: the text (or JSON) to print. Raises CommandError or HelpRequested."""
+    args = translate_parser().parse_args(argv)
+    try:
+        kind = AccessKind.parse(args.access)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    vas = [_address(target, t) for t in args.va]
+    if any(not 0 <= va < 1 << 64 for va in vas):
+        raise CommandError("addresses must fit in 64 bits")
+    try:
+        machine = read_machine(target, args)
+        pkru = args.pkru if args.pkru is not None else (target.register("pkru") or 0)
+        ram = target.ram_ranges()
+        requests = [Request(va, kind, args.cpl, args.ac) for va in vas]
+        with target.physical_memory() as read:
+            frames = GdbPhysFrames(read, ram)
+            cpu = _live_cpu(frames, machine, pkru)
+            outcomes = run(cpu, requests)
+            if args.json:
+                return json.dumps([to_json(cpu, o) for o in outcomes], indent=1) + "\n"
+            notes = list(machine.notes)
+            if ram is None:
+                notes.append("QEMU's memory map is unavailable (monitor info mtree -f): "
+                             "unassigned physical memory reads as zeros")
+            body = "\n\n".join(to_text(cpu, o) for o in outcomes) + "\n"
+            return "".join(f"note: {n}\n" for n in notes) + body
+    except TargetError as e:
+        raise CommandError(str(e)) from None
