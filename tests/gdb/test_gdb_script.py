@@ -41,5 +41,5 @@ def test_real_gdb_sources_the_file(capsys: pytest.CaptureFixture[str]) -> None:
         assert len(err) == 2 and "cannot import" in err[0], r.stderr
     else:
         # Not attached to anything: one line, no traceback.
-        assert len(err) == 1 and err[0].startswith("earlymm-translate: no live registers ("), r.stderr
-        assert err[0].endswith("attach to QEMU first: target remote HOST:PORT")
+        assert len(err) == 1 and err[0].startswith("earlymm-translate: cannot read the vCPU's registers ("), r.stderr
+        assert err[0].endswith("(target remote HOST:PORT) with the guest stopped")

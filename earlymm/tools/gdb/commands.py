@@ -93,6 +93,8 @@ class LiveMachine:
 
 def read_machine(target: LiveTarget, args: argparse.Namespace) -> LiveMachine:
     """CR0/CR3/CR4/EFER from the command line, else from the stub (QEMU describes all four)."""
+    if not 32 <= args.maxphyaddr <= 52:  # the SDM's range (CPUID.80000008H:EAX[7:0])
+        raise CommandError(f"--maxphyaddr {args.maxphyaddr}: must be between 32 and 52")
     try:
         features = Features.parse(args.features, args.maxphyaddr)
     except ValueError as e:

@@ -71,7 +71,8 @@ class GdbTarget:
         try:
             frame = self.gdb.newest_frame()  # live values, whichever frame the user selected
         except self.gdb.error as e:
-            raise TargetError(f"no live registers ({e}); attach to QEMU first: target remote HOST:PORT") from None
+            raise TargetError(f"cannot read the vCPU's registers ({e}): attach to QEMU's gdbstub "
+                              "(target remote HOST:PORT) with the guest stopped") from None
         try:
             value = frame.read_register(name)
         except (ValueError, self.gdb.error):
