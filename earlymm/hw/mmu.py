@@ -66,8 +66,7 @@ class Mmu:
                 why = check_rights(plan, kind, user, implicit, acf, e.user_page, e.writable, e.xd, e.pkey,
                                    r.pkru, r.pkrs)
                 if why is None:
-                    return WalkResult(va, kind, user, OK, [], e.pa | (va & (e.size - 1)), e.size,
-                                      user_page=e.user_page, writable=e.writable, xd=e.xd, pkey=e.pkey)
+                    return WalkResult(va, kind, user, OK, [], e.pa | (va & (e.size - 1)), e.size, acc=e.acc)
                 # A cached entry that forbids the access is re-walked, as QEMU's softmmu does.
                 tlb.invlpg(va, self.pcid)
         psc = tlb.enabled and tlb.psc_enabled and plan.va_bits != 0
@@ -86,7 +85,7 @@ class Mmu:
                 size = res.page_size
                 tlb.fill(TlbEntry(va & -size & ((1 << 64) - 1), res.pa & -size, size, res.user_page,
                                   res.writable, res.xd, res.pkey, bool(leaf & 0x40),
-                                  bool(leaf & 0x100) and self.pge, self.pcid))
+                                  bool(leaf & 0x100) and self.pge, self.pcid, res.acc))
         elif res.outcome == PF:
             self._invalidate_for_fault(va)
         if psc and res.outcome != GP:
@@ -107,7 +106,7 @@ class Mmu:
             return walk(self.mem, plan, self.root, va, kind, user, implicit, ac, r.pkru, r.pkrs, r.pdptes)
         li, e = hit
         return walk(self.mem, plan, e.table, va, kind, user, implicit, ac, r.pkru, r.pkrs, r.pdptes,
-                    first=li, acc=e.acc, xdacc=e.xd)
+                    first=li, acc=e.acc)
 
     def _psc_fill(self, res: WalkResult) -> None:
         """Cache each table-pointing entry the walk used (they now have A set)."""
@@ -116,21 +115,20 @@ class Mmu:
         pointers = entries[:-1]
         if not pointers:
             return
-        acc, xd = 0x66, 0
+        acc = 0x8000_0000_0000_0067
         if res.first:
             hit = self.tlb.psc.get(res.first, {}).get(
                 ((res.va & ((1 << plan.va_bits) - 1)) >> plan.levels[res.first - 1].shift) << 13 | self.pcid)
             if hit is None:
                 return
-            acc, xd = hit.acc, hit.xd
+            acc = hit.acc
         va = res.va & ((1 << plan.va_bits) - 1)
         for k, ent in enumerate(pointers):
             assert ent is not None
             li = res.first + k
-            acc &= ent
-            xd |= ent
+            acc &= ent ^ (1 << 63)
             self.tlb.psc_fill(li + 1, va >> plan.levels[li].shift,
-                              PscEntry(ent & plan.levels[li].table_addr, acc, xd, self.pcid))
+                              PscEntry(ent & plan.levels[li].table_addr, acc, self.pcid))
 
     def _invalidate_for_fault(self, va: int) -> None:
         self.tlb.invlpg_tlb_only(va, self.pcid)

@@ -28,6 +28,7 @@ class TlbEntry:
     dirty: bool
     global_: bool
     pcid: int
+    acc: int = 0  # the walk's rights accumulator (WalkResult.acc), so a hit rebuilds the same result
 
 
 @dataclass(slots=True)
@@ -35,8 +36,7 @@ class PscEntry:
     """A cached upper-level entry: the table it points to and the rights combined down to it."""
 
     table: int
-    acc: int
-    xd: int
+    acc: int  # AND of the entries above with bit 63 inverted, as the walk accumulates it
     pcid: int
 
 

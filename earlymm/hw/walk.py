@@ -9,6 +9,7 @@ the A/D writes a committing translation must make. QEMU's ``mmu_translate`` has 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from earlymm.arch.entry import addr_mask, reserved_mask
 from earlymm.arch.flags import Cr0, Cr4, Efer, PteFlag
@@ -55,11 +56,12 @@ class WalkPlan:
     maxphyaddr: int
     # The hot loop's view of ``levels`` (PAE's register-held PDPT level excluded): plain tuples,
     # because unpacking a tuple is several times cheaper than reading dataclass slots.
-    rows: tuple[tuple[int, int, int, int, int, int, int, int], ...] = ()
+    rows: tuple[tuple[int, int, int, int, int, int, int, int, int], ...] = ()
     entry8: bool = True
     pae: bool = False
     pse36: bool = False
     canon_ones: int = 0
+    no_xd: int = 0  # bit 63 when EFER.NXE=0 (XD then means nothing, or is a reserved bit)
     simple: bool = True  # no SMAP/PK: a supervisor data access needs only the RW/WP test
 
 
@@ -90,7 +92,9 @@ def compile_plan(cr0: int, cr4: int, efer: int, features: Features) -> WalkPlan:
         ))
     smep = bool(cr4 & Cr4.SMEP)
     # Per level, "is this entry a leaf" = entry & leafsel (PS for PDE/PDPTE, P — known set — for a PTE, 0 above).
+    # and "present, a table pointer, no reserved bit" = (entry & fastmask) == 1: one test on the hot path.
     rows = tuple((lp.shift, lp.index_mask,
+                  0 if lp.kind == ALWAYS_LEAF else 1 | lp.table_rsvd | (0x80 if lp.kind == PS_SELECTS else 0),
                   {ALWAYS_LEAF: 1, PS_SELECTS: 0x80, TABLE_ONLY: 0}[lp.kind],
                   lp.table_addr, lp.table_rsvd, lp.leaf_size, lp.leaf_addr, lp.leaf_rsvd)
                  for lp in levels if not lp.from_regs)
@@ -100,7 +104,7 @@ def compile_plan(cr0: int, cr4: int, efer: int, features: Features) -> WalkPlan:
     return WalkPlan(rows=rows, entry8=mode is not PagingMode.LEGACY32, pae=mode is PagingMode.PAE,
                     pse36=any(lp.pse36 for lp in levels),
                     canon_ones=(1 << (65 - va_bits)) - 1 if va_bits else 0,
-                    simple=not (cr4 & Cr4.SMAP or pke or pks),
+                    simple=not (cr4 & Cr4.SMAP or pke or pks), no_xd=0 if nxe else _XD,
         mode=mode, levels=tuple(levels), va_bits=va_bits, nxe=nxe,
         wp=bool(cr0 & Cr0.WP), smep=smep, smap=bool(cr4 & Cr4.SMAP), pke=pke, pks=pks,
         id_reported=smep or nxe, maxphyaddr=features.maxphyaddr,
@@ -117,13 +121,10 @@ class AdUpdate:
     size: int
 
 
-@dataclass(slots=True)
-class WalkResult:
+class WalkResult(NamedTuple):
     """The walk of one access. ``path`` is flat: table address, entry value, … from the root down
-    (``entry_addr(plan, i)`` gives the address of entry i).
-
-    Not frozen for speed (this is built once per walk on the hot path); treat it as a value.
-    """
+    (``entry_addr(plan, i)`` gives the address of entry i). A tuple because one is built per walk on the
+    hot path, and a tuple is the cheapest value Python can build."""
 
     va: int
     kind: int
@@ -134,10 +135,9 @@ class WalkResult:
     page_size: int = 0
     error_code: int = 0
     reason: Reason | None = None
-    user_page: bool = False
-    writable: bool = False
-    xd: bool = False
-    pkey: int = 0
+    # Rights over the walk: the AND of the entries used, bit 63 inverted (and forced on when NXE=0). Bit 0
+    # (P) is set exactly when a leaf was reached, i.e. for translations and rights faults.
+    acc: int = 0
     ad_updates: list[AdUpdate] | None = None
     first: int = 0  # index in plan.levels of path[0]: > 0 when a paging-structure cache supplied the start
 
@@ -145,9 +145,33 @@ class WalkResult:
     def ok(self) -> bool:
         return self.outcome == OK
 
+    @property
+    def user_page(self) -> bool:
+        """US=1 in every entry of the walk."""
+        return self.acc & 4 != 0
+
+    @property
+    def writable(self) -> bool:
+        """RW=1 in every entry of the walk."""
+        return self.acc & 2 != 0
+
+    @property
+    def xd(self) -> bool:
+        """Execute-disabled: EFER.NXE=1 and XD=1 in some entry (False when no leaf was reached)."""
+        return self.acc & 1 != 0 and not self.acc >> 63
+
+    @property
+    def pkey(self) -> int:
+        """The leaf's protection key (bits 62:59, 0 where the mode has none; 0 without a walked leaf)."""
+        return (self.path[-1] >> 59) & 15 if self.acc & 1 and self.path else 0
+
     def entry_addr(self, plan: WalkPlan, i: int) -> int:
         lp = plan.levels[self.first + i]
         return self.path[2 * i] + ((self.va >> lp.shift) & lp.index_mask) * lp.entry_size
+
+
+_new = tuple.__new__
+_XD = 1 << 63
 
 
 def check_rights(plan: WalkPlan, kind: int, user: bool, implicit: bool, ac: bool,
@@ -194,28 +218,31 @@ def pk_violation(plan: WalkPlan, kind: int, user: bool, user_page: bool, pkey: i
 
 def walk(mem: PhysMem, plan: WalkPlan, root: int, va: int, kind: int = 0, user: bool = False,
          implicit: bool = False, ac: bool = False, pkru: int = 0, pkrs: int = 0,
-         pdptes: tuple[int, ...] = (), first: int = 0, acc: int = 0x66, xdacc: int = 0) -> WalkResult:
+         pdptes: tuple[int, ...] = (), first: int = 0, acc: int = 0x8000_0000_0000_0067) -> WalkResult:
     """Translate ``va`` for an access of ``kind`` (``AccessKind``) without side effects.
 
     ``root`` is the top table's physical address (CR3's address bits); PAE uses ``pdptes``. A walk that
     a paging-structure cache shortened starts at level index ``first`` with table ``root`` and the
-    rights ``acc``/``xdacc`` combined above it.
+    rights combined above it in ``acc``: the AND of those entries with bit 63 inverted.
     """
     path: list[int] = []
     va_bits = plan.va_bits
     if va_bits:
         top = va >> (va_bits - 1)
         if top and top != plan.canon_ones:
-            return WalkResult(va, kind, user, GP, path, reason=Reason.NONCANONICAL)
+            return _new(WalkResult, (va, kind, user, GP, path, 0, 0, 0, Reason.NONCANONICAL, 0, None, first))
     elif plan.mode is PagingMode.DISABLED:
-        return WalkResult(va, kind, user, OK, path, pa=va & 0xFFFF_FFFF, page_size=1 << 12,
-                          user_page=True, writable=True)
+        return WalkResult(va, kind, user, OK, path, pa=va & 0xFFFF_FFFF, page_size=1 << 12, acc=_XD | 0x67)
     else:
         va &= 0xFFFF_FFFF
     # Tables are page-aligned below the PAE PDPT, so an entry is frame[pfn][index].
-    view = (mem.view8 if plan.entry8 else mem.view4).get
-    load = mem.entries8 if plan.entry8 else mem.entries4
-    table = root  # acc: RW, US, A, D survive only if set in every entry; xdacc: any XD
+    if plan.entry8:
+        view, load = mem.view8.get, mem.entries8
+    else:
+        view, load = mem.view4.get, mem.entries4
+    table = root
+    # acc ANDs every entry with XD inverted (QEMU's trick): RW, US, A, D and "no XD" survive only if
+    # every entry has them. A PSC-shortened walk passes its cached accumulator in.
     if plan.pae:
         # PAE's PDPTEs live in registers loaded at the CR3 write; they carry no rights (spec §1.3).
         e = pdptes[(va >> 30) & 3]
@@ -224,48 +251,40 @@ def walk(mem: PhysMem, plan: WalkPlan, root: int, va: int, kind: int = 0, user: 
         if not e & 1:
             return _fault(plan, va, kind, user, path, Reason.NOT_PRESENT, first)
         table = e & plan.levels[0].table_addr
-    for shift, imask, leafsel, taddr, trsvd, lsize, laddr, lrsvd in (plan.rows[first:] if first else plan.rows):
-        idx = (va >> shift) & imask
-        pfn = table >> 12
-        q = view(pfn) or load(pfn)
-        if q is None:
+    try:
+        for shift, imask, fastmask, leafsel, taddr, trsvd, lsize, laddr, lrsvd in (
+                plan.rows[first:] if first else plan.rows):
+            # A hole makes load() return None, and subscripting None raises TypeError (caught below).
+            e = (view(table >> 12) or load(table >> 12))[(va >> shift) & imask]
             path.append(table)
-            return WalkResult(va, kind, user, HOLE, path, reason=Reason.HOLE, first=first)
-        e = q[idx]
+            path.append(e)
+            if e & fastmask != 1:  # not a present table pointer free of reserved bits
+                break
+            acc &= e ^ _XD
+            table = e & taddr
+    except TypeError:
         path.append(table)
-        path.append(e)
-        if not e & 1:
-            return _fault(plan, va, kind, user, path, Reason.NOT_PRESENT, first)
-        if e & leafsel:
-            if e & lrsvd:
-                return _fault(plan, va, kind, user, path, Reason.RESERVED, first)
-            acc &= e
-            pa = (e & laddr) | (va & (lsize - 1))
-            if plan.pse36 and lsize == 1 << 22:
-                pa |= ((e >> 13) & 0xFF) << 32
-            user_page = acc & 4 != 0
-            writable = acc & 2 != 0
-            xd = plan.nxe and (xdacc | e) >> 63 != 0
-            pkey = (e >> 59) & 15 if va_bits else 0
-            if user or kind == 2 or not plan.simple or (kind == 1 and not writable and plan.wp):
-                why = check_rights(plan, kind, user, implicit, ac, user_page, writable, xd, pkey, pkru, pkrs)
-                if why is not None:
-                    r = _fault(plan, va, kind, user, path, why, first)
-                    r.user_page, r.writable, r.xd, r.pkey = user_page, writable, xd, pkey
-                    if (plan.pke or plan.pks) and pk_violation(plan, kind, user, user_page, pkey, pkru, pkrs):
-                        r.error_code |= 0x20
-                    return r
-            # All A (and, for a write, the leaf's D) already set: the common case in kernel tables.
-            ups = None if acc & 0x20 and (kind != 1 or e & 0x40) else _ad_updates(plan, va, path, kind == 1,
-                                                                                  first=first)
-            return WalkResult(va, kind, user, OK, path, pa, lsize, 0, None, user_page, writable, xd, pkey, ups,
-                              first)
-        if e & trsvd:
-            return _fault(plan, va, kind, user, path, Reason.RESERVED, first)
-        acc &= e
-        xdacc |= e
-        table = e & taddr
-    raise AssertionError("walk fell off the last level")
+        return _new(WalkResult, (va, kind, user, HOLE, path, 0, 0, 0, Reason.HOLE, 0, None, first))
+    if not e & 1:
+        return _fault(plan, va, kind, user, path, Reason.NOT_PRESENT, first)
+    if not e & leafsel or e & lrsvd:
+        return _fault(plan, va, kind, user, path, Reason.RESERVED, first)
+    acc = (acc & (e ^ _XD)) | plan.no_xd
+    pa = (e & laddr) | (va & (lsize - 1))
+    if plan.pse36 and lsize == 1 << 22:
+        pa |= ((e >> 13) & 0xFF) << 32
+    if kind or user or not plan.simple:
+        user_page, writable, pkey = acc & 4 != 0, acc & 2 != 0, (e >> 59) & 15 if va_bits else 0
+        why = check_rights(plan, kind, user, implicit, ac, user_page, writable, not acc >> 63, pkey, pkru, pkrs)
+        if why is not None:
+            code = error_code_for(plan, kind, user, why)
+            if (plan.pke or plan.pks) and pk_violation(plan, kind, user, user_page, pkey, pkru, pkrs):
+                code |= 0x20
+            return _new(WalkResult, (va, kind, user, PF, path, 0, 0, code, why, acc,
+                                     _ad_updates(plan, va, path, False, leaf=False, first=first), first))
+    # All A (and, for a write, the leaf's D) already set: the common case in kernel tables.
+    ups = None if acc & 0x20 and (kind != 1 or e & 0x40) else _ad_updates(plan, va, path, kind == 1, first=first)
+    return _new(WalkResult, (va, kind, user, OK, path, pa, lsize, 0, None, acc, ups, first))
 
 
 def error_code_for(plan: WalkPlan, kind: int, user: bool, why: Reason) -> int:
@@ -282,11 +301,11 @@ def error_code_for(plan: WalkPlan, kind: int, user: bool, why: Reason) -> int:
 
 def _fault(plan: WalkPlan, va: int, kind: int, user: bool, path: list[int], why: Reason,
            first: int = 0) -> WalkResult:
+    """A not-present or reserved-bit fault at the last entry in ``path``."""
     # Entries above the failing one were used, so they get A (SDM §4.8; QEMU does the same).
-    ups = _ad_updates(plan, va, path[:-2], False, first=first) if why in (Reason.NOT_PRESENT, Reason.RESERVED) \
-        else _ad_updates(plan, va, path, False, leaf=False, first=first)
-    return WalkResult(va, kind, user, PF, path, error_code=error_code_for(plan, kind, user, why), reason=why,
-                      ad_updates=ups, first=first)
+    ups = _ad_updates(plan, va, path[:-2], False, first=first)
+    return _new(WalkResult, (va, kind, user, PF, path, 0, 0, error_code_for(plan, kind, user, why), why, 0, ups,
+                             first))
 
 
 def _ad_updates(plan: WalkPlan, va: int, path: list[int], write: bool, leaf: bool = True,
