@@ -6,7 +6,7 @@ import os
 import sys
 
 from earlymm import __version__
-from earlymm.cli import boot_cmd, gdb_cmd, translate_cmd
+from earlymm.cli import boot_cmd, gdb_cmd, ptdump_cmd, translate_cmd
 from earlymm.cli.common import EXIT_INTERNAL, EXIT_USAGE, Parser, UsageError
 
 
@@ -17,6 +17,7 @@ def build_parser() -> Parser:
     boot_cmd.add_parser(sub)
     translate_cmd.add_parser(sub)
     gdb_cmd.add_parser(sub)
+    ptdump_cmd.add_parser(sub)
     return p
 
 

@@ -119,7 +119,7 @@ def info_tlb(sem: Semantics, leaves: list[Leaf], crlf: bool = False) -> str:
     flags = FLAGS
     # Per depth: the print mask, and which bits of the entry stay (a PTE loses PS, i.e. PAT).
     per = [(r.laddr, ~0x80 if r.leafsel == 1 else -1) for r in sem.rows]
-    lines = []
+    lines: list[str] = []
     append = lines.append
     for va, e, depth, _acc, _xd in leaves:
         laddr, keep = per[depth]

@@ -93,7 +93,7 @@ def tool_semantics(reading: Reading, mode: PagingMode, cr4: int, nxe: bool) -> S
     if mode is PagingMode.LEGACY32:
         # tlb_info_32: PSE pages only with CR4.PSE; print masks ~((1 << 21) - 1) and ~0xfff on u32 values.
         pse = PS if cr4 & Cr4.PSE else 0
-        rows = (Row(L.PD, 22, 1024, 4, pse, 0xFFFF_F000, 0, 1 << 22, 0xFFE0_0000, 0, True),
+        rows: tuple[Row, ...] = (Row(L.PD, 22, 1024, 4, pse, 0xFFFF_F000, 0, 1 << 22, 0xFFE0_0000, 0, True),
                 Row(L.PT, 12, 1024, 4, 1, 0, 0, 1 << 12, 0xFFFF_F000, 0, True))
         return Semantics(reading, mode, rows, 32, False, False)
     if mode is PagingMode.PAE:

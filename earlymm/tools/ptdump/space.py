@@ -62,9 +62,11 @@ class Space:
         return Space(self.mem, self.cr0, cr3, self.cr4, self.efer, self.plan, self.features)
 
 
-def open_space(source: FrameSource, regs: tuple[int, int, int, int], features: Features) -> Space:
-    """Check the registers like the CPU would and describe the space. Raises ``SetupError``."""
-    mem = PhysMem(source, absent_zero=False)
+def open_space(source: FrameSource, regs: tuple[int, int, int, int], features: Features, *,
+               absent_zero: bool = False) -> Space:
+    """Check the registers like the CPU would and describe the space. Raises ``SetupError``.
+    ``absent_zero``: memory the image lacks reads as zeros instead of being reported unreadable."""
+    mem = PhysMem(source, absent_zero=absent_zero)
     # The CPU reads memory at the CR3 write only for PAE's PDPTE registers; reading a hole as zeros
     # there lets the dump itself report the unreadable PDPT.
     cpu = make_cpu(source, regs, features, absent_zero=True)
