@@ -56,7 +56,7 @@ class WalkPlan:
     maxphyaddr: int
     # The hot loop's view of ``levels`` (PAE's register-held PDPT level excluded): plain tuples,
     # because unpacking a tuple is several times cheaper than reading dataclass slots.
-    rows: tuple[tuple[int, int, int, int, int, int, int, int, int], ...] = ()
+    rows: tuple[tuple[int, int, int, int, int, int, int, int], ...] = ()
     entry8: bool = True
     pae: bool = False
     pse36: bool = False
@@ -96,7 +96,7 @@ def compile_plan(cr0: int, cr4: int, efer: int, features: Features) -> WalkPlan:
     rows = tuple((lp.shift, lp.index_mask,
                   0 if lp.kind == ALWAYS_LEAF else 1 | lp.table_rsvd | (0x80 if lp.kind == PS_SELECTS else 0),
                   {ALWAYS_LEAF: 1, PS_SELECTS: 0x80, TABLE_ONLY: 0}[lp.kind],
-                  lp.table_addr, lp.table_rsvd, lp.leaf_size, lp.leaf_addr, lp.leaf_rsvd)
+                  lp.table_addr, lp.leaf_size, lp.leaf_addr, lp.leaf_rsvd)
                  for lp in levels if not lp.from_regs)
     va_bits = mode.va_bits if mode.is_ia32e else 0
     pke = bool(cr4 & Cr4.PKE) and mode.is_ia32e
@@ -252,7 +252,7 @@ def walk(mem: PhysMem, plan: WalkPlan, root: int, va: int, kind: int = 0, user: 
             return _fault(plan, va, kind, user, path, Reason.NOT_PRESENT, first)
         table = e & plan.levels[0].table_addr
     try:
-        for shift, imask, fastmask, leafsel, taddr, trsvd, lsize, laddr, lrsvd in (
+        for shift, imask, fastmask, leafsel, taddr, lsize, laddr, lrsvd in (  # noqa: B007 (used after break)
                 plan.rows[first:] if first else plan.rows):
             # A hole makes load() return None, and subscripting None raises TypeError (caught below).
             e = (view(table >> 12) or load(table >> 12))[(va >> shift) & imask]
