@@ -255,7 +255,7 @@ def walk(mem: PhysMem, plan: WalkPlan, root: int, va: int, kind: int = 0, user: 
         for shift, imask, fastmask, leafsel, taddr, lsize, laddr, lrsvd in (  # noqa: B007 (used after break)
                 plan.rows[first:] if first else plan.rows):
             # A hole makes load() return None, and subscripting None raises TypeError (caught below).
-            e = (view(table >> 12) or load(table >> 12))[(va >> shift) & imask]
+            e = (view(table >> 12) or load(table >> 12))[(va >> shift) & imask]  # type: ignore[index]
             path.append(table)
             path.append(e)
             if e & fastmask != 1:  # not a present table pointer free of reserved bits
