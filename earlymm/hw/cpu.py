@@ -36,6 +36,8 @@ from earlymm.hw.tlb import Tlb
 from earlymm.hw.walk import GP, HOLE, OK, WalkResult
 
 KERNEL_CS = 0x10
+_CR0_PE = int(Cr0.PE)
+_EFER_LMA = int(Efer.LMA)
 MAX_NESTING = 64
 
 
@@ -80,9 +82,10 @@ class Cpu:
     @property
     def mode(self) -> CpuMode:
         r = self.regs
-        if not r.cr0 & Cr0.PE:
+        # Plain int masks: this runs on every access, and IntFlag arithmetic is slow.
+        if not r.cr0 & _CR0_PE:
             return CpuMode.REAL
-        if not r.efer & Efer.LMA:
+        if not r.efer & _EFER_LMA:
             return CpuMode.PROTECTED
         return CpuMode.LONG64 if r.cs_l else CpuMode.COMPAT
 

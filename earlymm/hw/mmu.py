@@ -13,7 +13,7 @@ from earlymm.arch.modes import Features, PagingMode
 from earlymm.hw.memory import PhysMem
 from earlymm.hw.regs import ControlRegs
 from earlymm.hw.tlb import PscEntry, Tlb, TlbEntry
-from earlymm.hw.walk import GP, OK, PF, WalkPlan, WalkResult, check_rights, compile_plan, walk
+from earlymm.hw.walk import OK, PF, WalkPlan, WalkResult, check_rights, compile_plan, walk
 
 
 class Mmu:
@@ -69,9 +69,9 @@ class Mmu:
                     return WalkResult(va, kind, user, OK, [], e.pa | (va & (e.size - 1)), e.size, acc=e.acc)
                 # A cached entry that forbids the access is re-walked, as QEMU's softmmu does.
                 tlb.invlpg(va, self.pcid)
-        psc = tlb.enabled and tlb.psc_enabled and plan.va_bits != 0
-        if psc:
-            res = self._walk_with_psc(va, kind, user, implicit, acf)
+        prefixes = self._prefixes(va) if tlb.enabled and tlb.psc_enabled and plan.va_bits else None
+        if prefixes is not None:
+            res = self._walk_with_psc(va, kind, user, implicit, acf, prefixes)
         else:
             res = walk(self.mem, plan, self.root, va, kind, user, implicit, acf, r.pkru, r.pkrs, r.pdptes)
         if res.ad_updates:
@@ -86,52 +86,50 @@ class Mmu:
                 tlb.fill(TlbEntry(va & -size & ((1 << 64) - 1), res.pa & -size, size, res.user_page,
                                   res.writable, res.xd, res.pkey, bool(leaf & 0x40),
                                   bool(leaf & 0x100) and self.pge, self.pcid, res.acc))
+                if prefixes is not None:
+                    self._psc_fill(res, prefixes)
         elif res.outcome == PF:
-            self._invalidate_for_fault(va)
-        if psc and res.outcome != GP:
-            self._psc_fill(res)
+            # The #PF drops the TLB and paging-structure-cache entries for this address (SDM §4.10.4.1),
+            # so nothing of the faulting walk is cached.
+            tlb.invlpg_tlb_only(va, self.pcid)
+            if prefixes is not None:
+                tlb.psc_drop(self.pcid, prefixes)
         return res
 
-    def _prefixes(self, va: int) -> list[tuple[int, int]]:
-        """(level index of a table, VA prefix that selects it) for each cacheable level, deepest first."""
-        levels = self.plan.levels
-        va &= (1 << self.plan.va_bits) - 1
+    def _prefixes(self, va: int) -> list[tuple[int, int]] | None:
+        """(level index of a table, VA prefix that selects it) for each cacheable level, deepest first;
+        None for a non-canonical address (it never reaches the caches)."""
+        plan = self.plan
+        if (va >> (plan.va_bits - 1)) not in (0, plan.canon_ones):
+            return None
+        levels = plan.levels
+        va &= (1 << plan.va_bits) - 1
         return [(li, va >> levels[li - 1].shift) for li in range(len(levels) - 1, 0, -1)]
 
-    def _walk_with_psc(self, va: int, kind: int, user: bool, implicit: bool, ac: bool) -> WalkResult:
+    def _walk_with_psc(self, va: int, kind: int, user: bool, implicit: bool, ac: bool,
+                       prefixes: list[tuple[int, int]]) -> WalkResult:
         r, plan = self.regs, self.plan
-        hit = self.tlb.psc_lookup(self._prefixes(va), self.pcid) if plan.va_bits and \
-            (va >> (plan.va_bits - 1)) in (0, plan.canon_ones) else None
+        hit = self.tlb.psc_lookup(prefixes, self.pcid)
         if hit is None:
             return walk(self.mem, plan, self.root, va, kind, user, implicit, ac, r.pkru, r.pkrs, r.pdptes)
         li, e = hit
         return walk(self.mem, plan, e.table, va, kind, user, implicit, ac, r.pkru, r.pkrs, r.pdptes,
                     first=li, acc=e.acc)
 
-    def _psc_fill(self, res: WalkResult) -> None:
-        """Cache each table-pointing entry the walk used (they now have A set)."""
-        plan, path = self.plan, res.path
-        entries = path[1::2] if len(path) % 2 == 0 else [*path[1::2], None]
-        pointers = entries[:-1]
+    def _psc_fill(self, res: WalkResult, prefixes: list[tuple[int, int]]) -> None:
+        """Cache each table-pointing entry a successful walk used (their A bits are now set)."""
+        plan = self.plan
+        pointers = res.path[1:-2:2]
         if not pointers:
             return
+        by_level = dict(prefixes)
         acc = 0x8000_0000_0000_0067
         if res.first:
-            hit = self.tlb.psc.get(res.first, {}).get(
-                ((res.va & ((1 << plan.va_bits) - 1)) >> plan.levels[res.first - 1].shift) << 13 | self.pcid)
+            hit = self.tlb.psc.get(res.first, {}).get(by_level[res.first] << 13 | self.pcid)
             if hit is None:
                 return
             acc = hit.acc
-        va = res.va & ((1 << plan.va_bits) - 1)
         for k, ent in enumerate(pointers):
-            assert ent is not None
             li = res.first + k
             acc &= ent ^ (1 << 63)
-            self.tlb.psc_fill(li + 1, va >> plan.levels[li].shift,
-                              PscEntry(ent & plan.levels[li].table_addr, acc, self.pcid))
-
-    def _invalidate_for_fault(self, va: int) -> None:
-        self.tlb.invlpg_tlb_only(va, self.pcid)
-        if self.plan.va_bits:
-            self.tlb.psc_drop(self.pcid, self._prefixes(va))
-        return None
+            self.tlb.psc_fill(li + 1, by_level[li + 1], PscEntry(ent & plan.levels[li].table_addr, acc, self.pcid))

@@ -102,12 +102,13 @@ def after_init_mem_mapping(ctx: KernelContext) -> list[Check]:
             r = ctx.cpu.mmu.probe(ctx.va(pa))
             if r.outcome != OK or r.pa != pa or r.path[-1] & _PAGE_PRESENT == 0:
                 missing.append(pa)
+    over_holes = _large_over_holes(ctx)
     return [Check(f"init_mem_mapping: CR3 = {prof.init_pgt}", ok_cr3, f"cr3 {ctx.cpu.regs.cr3:#x}"),
             Check(f"init_mem_mapping: {prof.init_pgt}[511] equals the early [511]", same511),
             Check("init_mem_mapping: the direct map covers all RAM and the ISA range", not missing,
                   f"unmapped: {[hex(a) for a in missing[:4]]}" if missing else ""),
-            Check("init_mem_mapping: no leaf maps a 1 GiB/2 MiB block that is not all RAM",
-                  not _large_over_holes(ctx), "; ".join(_large_over_holes(ctx)[:3]))]
+            Check("init_mem_mapping: no leaf maps a 1 GiB/2 MiB block that is not all RAM", not over_holes,
+                  "; ".join(over_holes[:3]))]
 
 
 def _large_over_holes(ctx: KernelContext) -> list[str]:

@@ -62,3 +62,13 @@ def test_disabling_the_tlb_disables_the_psc() -> None:
     cpu.mmu.translate(A)
     cpu.mem.write_u64(pde, pt2 | 0x63)
     assert cpu.mmu.translate(B).pa == 0x333_000
+
+
+def test_a_page_fault_leaves_nothing_of_its_walk_cached() -> None:
+    cpu, _mp, pde, _pt2 = machine()
+    miss = 0x40_5000  # same PDE as A, but its PTE is not present
+    res = cpu.mmu.translate(miss)
+    assert res.outcome == 1  # #PF
+    prefixes = cpu.mmu._prefixes(miss)
+    assert prefixes is not None and cpu.mmu.tlb.psc_lookup(prefixes, cpu.mmu.pcid) is None
+    assert cpu.mmu.translate(A).first == 0  # and so the next walk starts at the root
