@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import re
@@ -23,8 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from earlymm.images import open_image, write_qemu_core
 from earlymm.images.cpio import CpioEntry, gzip_newc
-from earlymm.images.minimize import minimize
+from earlymm.images.minimize import find_text, minimize, table_pfns
 from earlymm.images.monitor_text import choose_samples, parse_info_tlb
 from earlymm.images.qmp import Qmp, QmpError
 
@@ -35,6 +37,10 @@ INIT_SCRIPT = f"""#!/bin/busybox sh
 echo "{READY} $(/bin/busybox uname -r)"
 while :; do /bin/busybox sleep 3600; done
 """
+# With --user-cr3 /init spins in user space after reporting, so a stop usually lands at CPL 3 and
+# (with pti=on) CR3 then holds the PTI user page table: the kernel PGD's next page, bit 12 set.
+BUSY_INIT_SCRIPT = INIT_SCRIPT.replace("while :; do /bin/busybox sleep 3600; done", "while :; do :; done")
+USER_MODE_TRIES = 200
 KERNEL_PKG_RE = re.compile(r"^(linux-image-6\.1\.0-(\d+)-amd64-unsigned)\s")
 
 
@@ -68,7 +74,7 @@ def fetch_kernel(dest: Path) -> tuple[Path, Path]:
     return kernel, dest / "root" / "bin" / "busybox"
 
 
-def build_initramfs(busybox: Path) -> bytes:
+def build_initramfs(busybox: Path, busy_user: bool = False) -> bytes:
     return gzip_newc([
         CpioEntry.directory("bin"), CpioEntry.directory("dev"), CpioEntry.directory("proc"),
         CpioEntry.directory("sys"), CpioEntry.directory("tmp"),
@@ -76,7 +82,7 @@ def build_initramfs(busybox: Path) -> bytes:
         CpioEntry.symlink("bin/sh", "busybox"),
         # Without /dev/console in the initramfs the kernel starts /init with no stdout.
         CpioEntry.chardev("dev/console", 5, 1), CpioEntry.chardev("dev/null", 1, 3, 0o666),
-        CpioEntry.file("init", INIT_SCRIPT.encode(), 0o755),
+        CpioEntry.file("init", (BUSY_INIT_SCRIPT if busy_user else INIT_SCRIPT).encode(), 0o755),
     ])
 
 
@@ -110,6 +116,17 @@ def _mem_bytes(mem: str) -> int:
     return int(m[1]) << {"": 20, "K": 10, "M": 20, "G": 30, "T": 40}[m[2]]
 
 
+def _stop_in_user_mode(q: Qmp) -> int:
+    """Stop the VM at CPL 3 (resuming briefly between tries); returns the number of tries."""
+    for attempt in range(1, USER_MODE_TRIES + 1):
+        if re.search(r"\bCPL=3\b", q.hmp("info registers")):
+            return attempt
+        q.command("cont")
+        time.sleep(0.005 * (attempt % 7 + 1))  # vary the stop point against the timer tick
+        q.command("stop")
+    raise CaptureError(f"the CPU was never in user mode in {USER_MODE_TRIES} stops (is /init spinning?)")
+
+
 def _save_state(q: Qmp, out: Path, la57: bool, mem_bytes: int) -> int:
     for cmd, name in (("info registers", "registers.txt"), ("info tlb", "tlb.txt"), ("info mem", "mem.txt")):
         (out / name).write_bytes(q.hmp(cmd, timeout=300).encode())
@@ -141,7 +158,7 @@ def capture(args: argparse.Namespace) -> Path:
     console.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="earlymm-qemu-") as tmp:
         initrd = Path(tmp) / "initramfs.cpio.gz"
-        initrd.write_bytes(build_initramfs(busybox))
+        initrd.write_bytes(build_initramfs(busybox, busy_user=args.user_cr3))
         sock = str(Path(tmp) / "qmp.sock")  # unix socket paths are limited to ~107 bytes
         cmd = [qemu, "-machine", "pc", "-accel", "tcg", "-cpu", cpu, "-m", args.mem, "-smp", "1",
                "-nodefaults", "-display", "none", "-no-reboot", "-kernel", str(kernel),
@@ -154,6 +171,7 @@ def capture(args: argparse.Namespace) -> Path:
             release, boot_s = _wait_ready(console, proc, args.timeout)
             with Qmp(sock, timeout=60) as q:
                 q.command("stop")
+                user_stops = _stop_in_user_mode(q) if args.user_cr3 else 0
                 version = q.command("query-version")
                 samples = _save_state(q, out, la57, _mem_bytes(args.mem))
                 quitting = True
@@ -170,10 +188,39 @@ def capture(args: argparse.Namespace) -> Path:
         "kaslr": args.kaslr, "la57": la57, "kernel_file": kernel.name, "kernel_version": release,
         "kernel_banner": banner[banner.find("Linux version"):], "boot_seconds": round(boot_s, 1),
         "gva2gpa_samples": samples, "command": cmd[1:],
+        **({"user_mode_stops": user_stops} if args.user_cr3 else {}),
         "captured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
+
+
+PTI_USER_BIT = 1 << 12  # PTI_USER_PGTABLE_MASK
+
+
+def add_pti_kernel_tables(capture: Path, fixture: Path) -> int:
+    """A CR3 stopped in user mode under PTI names the user PGD, so ``minimize`` keeps only the user page
+    table; add the kernel PGD's tables (the page before, bit 12 clear) to the fixture's core. Returns
+    the number of pages added (0 when no CPU had a PTI user CR3)."""
+    core = find_text(capture, "core.elf")
+    if core is None:
+        raise FileNotFoundError(f"{capture}: no core.elf")
+    with open_image(core, kind="core") as img:
+        extra: set[int] = set()
+        for cpu in img.cpus:
+            if cpu.cr3 & PTI_USER_BIT:
+                extra |= table_pfns(img, dataclasses.replace(cpu, cr3=cpu.cr3 & ~PTI_USER_BIT))[0]
+        if not extra:
+            return 0
+        with open_image(fixture / "core.elf.gz", kind="core") as fix:
+            frames = {p: bytes(fix.frame(p) or b"") for lo, hi in fix.ranges() for p in range(lo >> 12, hi >> 12)}
+        added = sorted(extra - frames.keys())
+        frames.update((p, bytes(img.frame(p) or b"")) for p in added)
+        write_qemu_core(fixture / "core.elf.gz", sorted(frames.items()), list(img.cpus))
+    summary = json.loads((fixture / "minimize.json").read_text())
+    summary["pti_kernel_table_pages"] = len(added)
+    (fixture / "minimize.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return len(added)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -181,14 +228,17 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m earlymm.tools.qemu_capture",
         description="Capture a Linux guest's page tables and QEMU's view of them.",
         epilog="Subcommand: 'minimize CAPTURE_DIR FIXTURE_DIR' keeps only the page-table pages reachable "
-               "from each CPU's CR3 plus the pages gva2gpa samples land on (core.elf.gz), and copies "
-               "the text files.")
+               "from each CPU's CR3 (and, for a PTI user CR3, from the kernel PGD before it) plus the pages "
+               "gva2gpa samples land on (core.elf.gz), and copies the text files.")
     p.add_argument("--kernel", help="vmlinuz to boot (default: newest under captures/kernel/root/boot)")
     p.add_argument("--busybox", help="static busybox (default: ../bin/busybox beside the kernel's boot/)")
     p.add_argument("--la57", action="store_true", help="add +la57 to the CPU model (5-level paging)")
     p.add_argument("--cpu", default="qemu64", help="QEMU CPU model (default qemu64)")
     p.add_argument("--mem", default="512M", help="guest RAM, e.g. 512M or 5G (default 512M)")
     p.add_argument("--append", default="", help="extra kernel command line")
+    p.add_argument("--user-cr3", action="store_true",
+                   help="spin in user space after /init reports and stop at CPL 3, so CR3 is the user page "
+                        "table (the PTI user PGD with --append pti=on)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--kaslr", dest="kaslr", action="store_true", help="leave KASLR on")
     g.add_argument("--nokaslr", dest="kaslr", action="store_false", help="boot with nokaslr (default)")
@@ -208,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
             mp.add_argument("capture_dir")
             mp.add_argument("fixture_dir")
             a = mp.parse_args(argv[1:])
-            print(json.dumps(minimize(Path(a.capture_dir), Path(a.fixture_dir)), indent=2))
+            summary = minimize(Path(a.capture_dir), Path(a.fixture_dir))
+            summary["pti_kernel_table_pages"] = add_pti_kernel_tables(Path(a.capture_dir), Path(a.fixture_dir))
+            print(json.dumps(summary, indent=2))
             return 0
         args = _parser().parse_args(argv)
         if args.fetch_kernel:

@@ -129,13 +129,19 @@ def check_user_kernel(space: Space, layout: Layout | None = None) -> tuple[list[
            f"kernel CR3 {kernel_cr3:#x}, no PTI user page table found"]
     if user_cr3 is not None:
         shared = {"CPU entry Area", "ESPfix Area", "LDT remap"}
-        for s, e, r in _spans([r for r in _runs(space, user_cr3) if r.va >> 63 and not r.user]):
+        uruns = _runs(space, user_cr3)
+        # cpu_entry_area aliases per-CPU pages; PTI also maps cpu_tss_rw at its own (direct-map) address,
+        # for the SYSCALL entry's scratch word, so a page also seen there is that deliberate share.
+        cea = {r.pa + i for r in uruns if CPU_ENTRY_AREA_BASE <= r.va < ESPFIX_BASE_ADDR
+               for i in range(0, r.size, 4096)}
+        for s, e, r in _spans([r for r in uruns if r.va >> 63 and not r.user]):
             region = layout.region_of(s)
             if region in shared or CPU_ENTRY_AREA_BASE <= s < ESPFIX_BASE_ADDR + (1 << 39):
                 continue
+            why = " (global: PTI shares it on purpose)" if r.flags & 0x100 else \
+                " (also in cpu_entry_area: PTI's cpu_tss_rw share)" if r.pa in cea else ""
             what = "kernel-text-in-user-cr3" if not r.nx else "kernel-data-in-user-cr3"
             findings.append(Finding(what, s, e, f"{'executable' if not r.nx else 'data'} supervisor pages "
-                                    f"[{region}] reachable from PTI user CR3 {user_cr3:#x}"
-                                    f"{' (global: shared on purpose)' if r.flags & 0x100 else ''}"))
+                                    f"[{region}] reachable from PTI user CR3 {user_cr3:#x}{why}"))
     log.append(f"user/kernel isolation: {len(findings)} finding(s)")
     return findings, log

@@ -36,7 +36,7 @@ NX, RW_US = 1 << 63, 0x6
 AD = 0x60  # _PAGE_KNL_ERRATUM_MASK: an entry with only A/D set is "none"
 P4D_OK = 0x63 | 0x4 | NX  # _KERNPG_TABLE | _PAGE_USER | _PAGE_NX: anything else makes a pgd/p4d "bad"
 U64 = (1 << 64) - 1
-DEFAULT_MAX_RUNS = 1 << 21
+DEFAULT_MAX_RUNS = 1 << 18  # a real kernel feeds ~131k (espfix's aliases); only repeats are cut
 CACHE_RUNS = 4096  # a table's merged runs are kept when there are at most this many
 
 Run = tuple[int, int, int, int, int, int]  # (address of first call, prot, eff, level, step, calls)
@@ -139,6 +139,7 @@ def dump(tree: Tree, markers: list[Marker], *, check_wx: bool = False, text: boo
     cache: dict[tuple[int, int, int], list[Run] | None] = {}
     budget = [max_runs]
     seen: set[int] = set()
+    collapsed_at = [-1]
     tree.notes.clear()
 
     def node_runs(node: Node, acc: int, xd: int) -> list[Run] | None:
@@ -211,10 +212,17 @@ def dump(tree: Tree, markers: list[Marker], *, check_wx: bool = False, text: boo
 
     def stream(node: Node, base: int, acc: int, xd: int) -> None:
         if budget[0] <= 0 and id(node) in seen:
-            add_note(tree.notes, "collapsed", base, sem.rows[node.depth - 1].span,
+            notes = tree.notes
+            n = len(notes)
+            add_note(notes, "collapsed", base, sem.rows[node.depth - 1].span,
                      f"repeats table {node.table:#x} as {sem.rows[node.depth].level.name}")
             if out is not None:
-                out.append(f"... collapsed: 0x{base:016x} repeats table {node.table:#x} ... \n")
+                line = f"... collapsed: 0x{notes[-1].start:016x}-0x{notes[-1].end:016x} {notes[-1].detail} ... \n"
+                if len(notes) == n and collapsed_at[0] >= 0:  # it extended the previous note: one line
+                    out[collapsed_at[0]] = line
+                else:
+                    collapsed_at[0] = len(out)
+                    out.append(line)
             return
         seen.add(id(node))
         runs = node_runs(node, acc, xd)
