@@ -12,8 +12,9 @@ from earlymm.arch.flags import Cr4
 from earlymm.arch.modes import Features, PagingMode
 from earlymm.hw.memory import PhysMem
 from earlymm.hw.regs import ControlRegs
+from earlymm.hw.rights import check_rights
 from earlymm.hw.tlb import PscEntry, Tlb, TlbEntry
-from earlymm.hw.walk import OK, PF, WalkPlan, WalkResult, check_rights, compile_plan, walk
+from earlymm.hw.walk import OK, PF, WalkPlan, WalkResult, compile_plan, walk
 
 
 class Mmu:

@@ -16,6 +16,7 @@ from earlymm.arch.flags import Cr0, Cr4, Efer, PteFlag
 from earlymm.arch.modes import Features, Level, PagingMode, level_specs, paging_mode
 from earlymm.hw.faults import Reason
 from earlymm.hw.memory import PhysMem
+from earlymm.hw.rights import check_rights, error_code_for, pk_violation
 
 TABLE_ONLY, PS_SELECTS, ALWAYS_LEAF = 0, 1, 2
 OK, PF, GP, HOLE = 0, 1, 2, 3
@@ -174,48 +175,6 @@ _new = tuple.__new__
 _XD = 1 << 63
 
 
-def check_rights(plan: WalkPlan, kind: int, user: bool, implicit: bool, ac: bool,
-                 user_page: bool, writable: bool, xd: bool, pkey: int, pkru: int, pkrs: int
-                 ) -> Reason | None:
-    """SDM Vol. 3A §4.6 access rights, then §4.6.2 protection keys (spec §1.5). ``None``: allowed."""
-    if kind == 2:
-        if xd:
-            return Reason.NX
-        if user:
-            return None if user_page else Reason.USER_SUPERVISOR
-        return Reason.SMEP if user_page and plan.smep else None
-    if user:
-        if not user_page:
-            return Reason.USER_SUPERVISOR
-        if kind == 1 and not writable:
-            return Reason.READ_ONLY
-    else:
-        if user_page and plan.smap and (implicit or not ac):
-            return Reason.SMAP
-        if kind == 1 and not writable and plan.wp:
-            return Reason.READ_ONLY
-    return pk_violation(plan, kind, user, user_page, pkey, pkru, pkrs)
-
-
-def pk_violation(plan: WalkPlan, kind: int, user: bool, user_page: bool, pkey: int, pkru: int, pkrs: int
-                 ) -> Reason | None:
-    """What the page's protection key says of this data access (SDM §4.6.2). The #PF error code's PK
-    bit follows from the key alone (SDM §4.7), even when another rule refused the access first."""
-    if kind == 2:
-        return None
-    if user_page and plan.pke:
-        bits = pkru >> (2 * pkey)
-    elif not user_page and plan.pks:
-        bits = pkrs >> (2 * pkey)
-    else:
-        return None
-    if bits & 1:
-        return Reason.PK_ACCESS
-    if kind == 1 and bits & 2 and (user or plan.wp):
-        return Reason.PK_WRITE
-    return None
-
-
 def walk(mem: PhysMem, plan: WalkPlan, root: int, va: int, kind: int = 0, user: bool = False,
          implicit: bool = False, ac: bool = False, pkru: int = 0, pkrs: int = 0,
          pdptes: tuple[int, ...] = (), first: int = 0, acc: int = 0x8000_0000_0000_0067) -> WalkResult:
@@ -285,18 +244,6 @@ def walk(mem: PhysMem, plan: WalkPlan, root: int, va: int, kind: int = 0, user: 
     # All A (and, for a write, the leaf's D) already set: the common case in kernel tables.
     ups = None if acc & 0x20 and (kind != 1 or e & 0x40) else _ad_updates(plan, va, path, kind == 1, first=first)
     return _new(WalkResult, (va, kind, user, OK, path, pa, lsize, 0, None, acc, ups, first))
-
-
-def error_code_for(plan: WalkPlan, kind: int, user: bool, why: Reason) -> int:
-    """The #PF error code (spec §1.7) for a walk that failed for ``why``."""
-    code = (2 if kind == 1 else 0) | (4 if user else 0) | (16 if kind == 2 and plan.id_reported else 0)
-    if why is Reason.NOT_PRESENT:
-        return code
-    if why is Reason.RESERVED:
-        return code | 9
-    if why is Reason.PK_ACCESS or why is Reason.PK_WRITE:
-        return code | 0x21
-    return code | 1
 
 
 def _fault(plan: WalkPlan, va: int, kind: int, user: bool, path: list[int], why: Reason,
