@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -14,7 +13,7 @@ from earlymm.tools.machine_view import RegOverrides, SetupError, infer_registers
 from earlymm.tools.ptdump import audit, linux, qemu, regions
 from earlymm.tools.ptdump.engine import DEFAULT_MAX_LEAVES, DEFAULT_MAX_TABLES, Note, Tree, expand
 from earlymm.tools.ptdump.partial import open_partial
-from earlymm.tools.ptdump.runs import space_json
+from earlymm.tools.ptdump.runs import json_text, space_json
 from earlymm.tools.ptdump.space import Space, open_space
 
 FORMATS = ("linux", "qemu-tlb", "qemu-mem", "json")
@@ -112,6 +111,7 @@ def main(args: argparse.Namespace) -> int:
         if args.format == "json":
             tree = space.tree("arch", max_tables=args.max_tables)
             docs.append(space_json(tree, expand(tree, max_leaves=args.max_leaves), space.cr3))
+            _report(tree, header)
             continue
         text, tree = _text(args, space)
         if len(spaces) > 1:
@@ -119,8 +119,7 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         _report(tree, header)
     if docs:
-        json.dump({"image": args.image, "address_spaces": docs}, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        sys.stdout.write(json_text(args.image, docs))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from pathlib import Path
@@ -111,7 +112,7 @@ def test_effective_rights_combine_over_levels(mode: PagingMode) -> None:
     assert e is not None
     m.set_entry(0x1000, top, (e & ~RW) | NX)  # read-only, no-execute from above: info tlb cannot tell
     space = b.space()
-    [(va, entry, _d, acc, xd)] = expand(space.tree("arch"))
+    [(_va, entry, _d, acc, xd)] = expand(space.tree("arch"))
     assert entry & RW and not entry & NX
     assert effective(space.semantics("arch"), acc, xd) == (True, False, True)
     doc = space_json(space.tree("arch"), expand(space.tree("arch")), space.cr3)
@@ -126,7 +127,7 @@ def _hostile(kind: str) -> Built:
             b.mem.write_u64(root + 8 * i, root | P | RW | US)
     elif kind == "chain-same":  # every entry of every level points at the one next table
         tables = [root] + [b.table() for _ in range(3)]
-        for t, nxt in zip(tables, tables[1:], strict=False):
+        for t, nxt in itertools.pairwise(tables):
             for i in range(512):
                 b.mem.write_u64(t + 8 * i, nxt | P | RW)
         for i in range(0, 512, 2):  # alternate present / absent leaves: worst case for run merging

@@ -8,6 +8,7 @@ enforces and what ``info tlb`` (leaf flags only) cannot show.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,14 @@ def space_json(tree: Tree, leaves: list[Leaf], cr3: int) -> dict[str, Any]:
     sem = tree.sem
     runs = merge(sem, leaves)
     rows = sem.rows
+    names: dict[tuple[int, int], list[str]] = {}  # flag names per (flags, depth): few distinct values
+
+    def flag_names(flags: int, depth: int) -> list[str]:
+        key = (flags, depth)
+        if key not in names:
+            names[key] = Entry(flags, rows[depth].level, sem.mode).flag_names(leaf=True)
+        return names[key]
+
     return {
         "cr3": f"{cr3:#x}",
         "mode": sem.mode.value,
@@ -80,8 +89,23 @@ def space_json(tree: Tree, leaves: list[Leaf], cr3: int) -> dict[str, Any]:
         "runs": [{
             "va": f"{r.va:#x}", "pa": f"{r.pa:#x}", "size": f"{r.size:#x}", "page_size": f"{r.page_size:#x}",
             "level": rows[r.depth].level.entry_name, "leaves": r.count, "flags": f"{r.flags:#x}",
-            "flag_names": Entry(r.flags, rows[r.depth].level, sem.mode).flag_names(leaf=True),
+            "flag_names": flag_names(r.flags, r.depth),
             "user": r.user, "write": r.write, "nx": r.nx,
         } for r in runs],
         "notes": [note_json(n) for n in tree.notes],
     }
+
+
+def json_text(image: str, docs: list[dict[str, Any]]) -> str:
+    """``{"image": …, "address_spaces": [...]}`` with one run or note per line: readable, and encoded by
+    the C JSON encoder (``json.dump`` with ``indent`` falls back to pure Python: ~10 s for a small guest)."""
+    out = ["{\"image\": ", json.dumps(image), ",\n \"address_spaces\": ["]
+    for i, doc in enumerate(docs):
+        head = json.dumps({k: v for k, v in doc.items() if k not in ("runs", "notes")})[1:-1]
+        out.append(("," if i else "") + "\n  {" + head)
+        for key in ("runs", "notes"):
+            items = ",\n".join("    " + json.dumps(x) for x in doc[key])
+            out.append(f",\n   \"{key}\": [" + (f"\n{items}\n   ]" if items else "]"))
+        out.append("}")
+    out.append("\n ]\n}\n")
+    return "".join(out)
