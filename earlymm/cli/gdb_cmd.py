@@ -11,11 +11,13 @@ from earlymm.tools.gdb import script_path
 
 def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser(
-        "gdb-script", help="print the path of the gdb command file (earlymm-translate for live QEMU guests)",
+        "gdb-script",
+        help="print the path of the gdb command file (earlymm-translate, earlymm-ptdump for live QEMU guests)",
         description="Print the path of earlymm's gdb command file. In gdb attached to QEMU's gdbstub "
                     "(qemu-system-x86_64 -s, then: target remote :1234), run  source PATH  to add "
-                    "earlymm-translate, which walks the live guest's page tables through guest-physical "
-                    "memory. gdb's own Python needs Python >= 3.10.")
+                    "earlymm-translate and earlymm-ptdump, which read the live guest's page tables from "
+                    "guest-physical memory, so they work before the kernel has a direct map. gdb's own "
+                    "Python must be 3.10 or newer.")
     p.set_defaults(func=main)
 
 

@@ -176,10 +176,17 @@ def make_gdb(stub: FakeStub) -> types.ModuleType:
 
 
 def run_command(gdb: types.ModuleType, line: str) -> str:
-    """Invoke a registered command the way gdb does (``name args``) and return what it wrote."""
+    """Invoke a registered command the way gdb does (``name args``) and return what it wrote to stdout."""
+    return run_command_streams(gdb, line)[0]
+
+
+def run_command_streams(gdb: types.ModuleType, line: str) -> tuple[str, list[str]]:
+    """(stdout text, stderr lines) of one command."""
     name, _, arg = line.partition(" ")
     out: list[tuple[str, object]] = gdb.output
     start = len(out)
     invoke: Callable[[str, bool], None] = gdb.registered[name].invoke
     invoke(arg, False)
-    return "".join(t for t, _ in out[start:])
+    new = out[start:]
+    return ("".join(t for t, s in new if s != gdb.STDERR),
+            "".join(t for t, s in new if s == gdb.STDERR).splitlines())

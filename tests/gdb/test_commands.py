@@ -21,7 +21,7 @@ from earlymm.images import open_image
 from earlymm.images.minimize import read_capture_text
 from earlymm.images.monitor_text import parse_gva2gpa_file
 from earlymm.tools.gdb import earlymm_gdb, script_path
-from tests.gdb.fake_gdb import FakeStub, GdbError, make_gdb, run_command
+from tests.gdb.fake_gdb import FakeStub, GdbError, make_gdb, run_command, run_command_streams
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -45,7 +45,7 @@ def gdb_for(monkeypatch: pytest.MonkeyPatch) -> Any:
         gdb = make_gdb(stub)
         monkeypatch.setitem(sys.modules, "gdb", gdb)
         earlymm_gdb._earlymm_gdb_setup(str(script_path().parent))
-        assert "earlymm-translate" in gdb.registered
+        assert {"earlymm-translate", "earlymm-ptdump"} <= set(gdb.registered)
         return gdb
 
     return attach
@@ -143,8 +143,10 @@ def test_tables_in_mmio_are_unreadable_and_never_read(gdb_for: Any) -> None:
 def test_unknown_memory_map_is_said(gdb_for: Any) -> None:
     stub = fixture_stub("qemu-l4", mtree=None)
     gdb = gdb_for(stub)
-    text = run_command(gdb, "earlymm-translate 0xffffffff81000000")
-    assert text.startswith("note: QEMU's memory map is unavailable")
+    text, err = run_command_streams(gdb, "earlymm-translate 0xffffffff81000000")
+    assert "=> pa 0x1000000 " in text
+    assert err == ["earlymm-translate: QEMU's memory map is unavailable (monitor info mtree -f): unassigned "
+                   "physical memory reads as zeros"]
 
 
 def test_not_qemu(gdb_for: Any) -> None:
@@ -162,8 +164,8 @@ def test_registers_missing_and_overrides(gdb_for: Any) -> None:
     gdb = gdb_for(stub)
     with pytest.raises(GdbError, match=r"does not report cr3 .*give --cr3$"):
         run_command(gdb, "earlymm-translate 0x1000")
-    text = run_command(gdb, f"earlymm-translate --cr3 {cr3:#x} 0xffffffff81000000")
-    assert text.startswith("note: the stub does not report EFER")
+    text, err = run_command_streams(gdb, f"earlymm-translate --cr3 {cr3:#x} 0xffffffff81000000")
+    assert [e.split(":")[1] for e in err] == [" the stub does not report EFER"]
     assert "=> pa 0x1000000 " in text
 
 
@@ -206,8 +208,9 @@ def test_missing_dependency_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, g
     (warning,) = [t for t, stream in gdb.output if stream == gdb.STDERR]
     assert warning.startswith("earlymm: gdb's Python ") and "cannot import 'numpy'" in warning
     assert "apt-get install python3-numpy" in warning and warning.count("\n") == 1
-    with pytest.raises(GdbError, match=r"^earlymm-translate: gdb's Python .* cannot import 'numpy'"):
-        run_command(gdb, "earlymm-translate 0x1000")
+    for name in ("earlymm-translate", "earlymm-ptdump"):
+        with pytest.raises(GdbError, match=rf"^{name}: gdb's Python .* cannot import 'numpy'"):
+            run_command(gdb, name)
 
 
 def test_too_old_python_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, gdb_for: Any) -> None:

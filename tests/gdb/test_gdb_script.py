@@ -32,9 +32,10 @@ def test_real_gdb_sources_the_file(capsys: pytest.CaptureFixture[str]) -> None:
     main(["gdb-script"])
     script = capsys.readouterr().out.strip()
     r = subprocess.run(["gdb", "-batch", "-nx", "-ex", f"source {script}", "-ex", "help earlymm-translate",
-                        "-ex", "earlymm-translate 0x1000"],
+                        "-ex", "help earlymm-ptdump", "-ex", "earlymm-translate 0x1000"],
                        capture_output=True, text=True, timeout=60, check=False, cwd="/")
     assert "Translate guest virtual addresses" in r.stdout, r.stderr
+    assert "List every present mapping" in r.stdout, r.stderr
     # gdb's Python may lack a dependency: then sourcing says so in one line and nothing else breaks.
     err = [ln for ln in r.stderr.splitlines() if ln.strip()]
     if any(ln.startswith("earlymm: ") for ln in err):

@@ -1,9 +1,10 @@
-"""What ``earlymm-translate`` and ``earlymm-ptdump`` do, independent of gdb itself.
+"""What ``earlymm-translate`` does, independent of gdb itself, and what the live commands share.
 
 Each command takes its argument vector and a :class:`~earlymm.tools.gdb.target.LiveTarget` and returns
-the text to print. The order matters: gdb expressions in the arguments and the registers are read in
-the stub's normal (virtual) mode; only the page-table walk runs in physical-memory mode, because that is
-the only part that must not depend on the guest's own mappings (its direct map may not exist yet).
+an :class:`Output`: the text to print and side remarks for stderr. The order matters: gdb expressions
+in the arguments and the registers are read in the stub's normal (virtual) mode; only the page-table
+walk runs in physical-memory mode, because that is the only part that must not depend on the guest's
+own mappings (its direct map may not exist yet).
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ from earlymm.tools.machine_view import RegOverrides, SetupError, infer_registers
 from earlymm.tools.translate import Request, run, to_json, to_text
 
 TRANSLATE = "earlymm-translate"
-PTDUMP = "earlymm-ptdump"
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """What a command prints: ``text`` on gdb's stdout, each of ``messages`` as a line on its stderr
+    (notes about the guest, collapsed ranges, audit logs), so ``--json`` output stays parseable."""
+
+    text: str
+    messages: tuple[str, ...] = ()
 
 
 class CommandError(Exception):
@@ -34,7 +43,7 @@ class HelpRequested(Exception):
     """``--help`` was given; the argument is the help text to print."""
 
 
-class _Parser(argparse.ArgumentParser):
+class CommandParser(argparse.ArgumentParser):
     """argparse that raises instead of exiting: exiting would take gdb down with it."""
 
     def error(self, message: str) -> NoReturn:
@@ -47,7 +56,8 @@ class _Parser(argparse.ArgumentParser):
         raise HelpRequested(self.format_help())
 
 
-def _hex(text: str) -> int:
+def hexint(text: str) -> int:
+    """argparse type for register values: ``0x…`` or decimal, at most 64 bits."""
     try:
         v = parse_int(text)
     except ValueError:
@@ -57,9 +67,9 @@ def _hex(text: str) -> int:
     return v
 
 
-def _add_machine_options(p: argparse.ArgumentParser) -> None:
-    for r in CONTROL_REGISTERS:
-        p.add_argument(f"--{r}", type=_hex, help=f"use this {r.upper()} instead of the vCPU's")
+def add_machine_options(p: argparse.ArgumentParser, registers: tuple[str, ...] = CONTROL_REGISTERS) -> None:
+    for r in registers:
+        p.add_argument(f"--{r}", type=hexint, help=f"use this {r.upper()} instead of the vCPU's")
     p.add_argument("--features", default="all",
                    help="CPU features the walk assumes (the stub cannot report CPUID): all, none, or a list "
                         "like nx,gbpages,-smap (default all)")
@@ -67,8 +77,8 @@ def _add_machine_options(p: argparse.ArgumentParser) -> None:
                    help="physical-address width for reserved-bit checks (qemu64 has 40; default 52)")
 
 
-def translate_parser() -> _Parser:
-    p = _Parser(prog=TRANSLATE, allow_abbrev=False,
+def translate_parser() -> CommandParser:
+    p = CommandParser(prog=TRANSLATE, allow_abbrev=False,
                 description="Walk the live guest's page tables for each address, reading the tables from "
                             "guest-physical memory (QEMU's physical-memory mode), so it works before the "
                             "kernel has a direct map. A/D updates are shown, never written to the guest.")
@@ -76,9 +86,9 @@ def translate_parser() -> _Parser:
     p.add_argument("--access", default="read", help="read, write or exec (default read)")
     p.add_argument("--cpl", type=int, choices=(0, 3), default=0, help="privilege level of the access (default 0)")
     p.add_argument("--ac", action="store_true", help="EFLAGS.AC=1 (SMAP override for explicit accesses)")
-    p.add_argument("--pkru", type=_hex, default=None, help="PKRU (default: the vCPU's if the stub has it, else 0)")
+    p.add_argument("--pkru", type=hexint, default=None, help="PKRU (default: the vCPU's if the stub has it, else 0)")
     p.add_argument("--json", action="store_true", help="print a JSON array, one object per address")
-    _add_machine_options(p)
+    add_machine_options(p)
     return p
 
 
@@ -91,8 +101,8 @@ class LiveMachine:
     notes: tuple[str, ...] = ()
 
 
-def read_machine(target: LiveTarget, args: argparse.Namespace) -> LiveMachine:
-    """CR0/CR3/CR4/EFER from the command line, else from the stub (QEMU describes all four)."""
+def read_machine(target: LiveTarget, args: argparse.Namespace, cr3: int | None = None) -> LiveMachine:
+    """CR0/CR3/CR4/EFER from the command line (or ``cr3``), else from the stub (QEMU describes all four)."""
     if not 32 <= args.maxphyaddr <= 52:  # the SDM's range (CPUID.80000008H:EAX[7:0])
         raise CommandError(f"--maxphyaddr {args.maxphyaddr}: must be between 32 and 52")
     try:
@@ -101,7 +111,7 @@ def read_machine(target: LiveTarget, args: argparse.Namespace) -> LiveMachine:
         raise CommandError(str(e)) from None
     values = {}
     for name in CONTROL_REGISTERS:
-        given = getattr(args, name)
+        given = cr3 if name == "cr3" and cr3 is not None else getattr(args, name, None)
         values[name] = given if given is not None else target.register(name)
     missing = [n for n in ("cr0", "cr3", "cr4") if values[n] is None]
     if missing:
@@ -126,7 +136,8 @@ def _live_cpu(frames: GdbPhysFrames, machine: LiveMachine, pkru: int) -> Cpu:
                            f"CR4={machine.regs[2]:#x} EFER={machine.regs[3]:#x})") from None
 
 
-def _address(target: LiveTarget, token: str) -> int:
+def address(target: LiveTarget, token: str) -> int:
+    """A number, else a gdb expression (evaluated now, in the stub's normal mode)."""
     try:
         return parse_int(token)
     except ValueError:
@@ -137,14 +148,18 @@ def _address(target: LiveTarget, token: str) -> int:
         raise CommandError(str(e)) from None
 
 
-def translate(target: LiveTarget, argv: list[str]) -> str:
+MEMORY_MAP_NOTE = ("QEMU's memory map is unavailable (monitor info mtree -f): unassigned physical memory "
+                   "reads as zeros")
+
+
+def translate(target: LiveTarget, argv: list[str]) -> Output:
     """``earlymm-translate``: the text (or JSON) to print. Raises CommandError or HelpRequested."""
     args = translate_parser().parse_args(argv)
     try:
         kind = AccessKind.parse(args.access)
     except ValueError as e:
         raise CommandError(str(e)) from None
-    vas = [_address(target, t) for t in args.va]
+    vas = [address(target, t) for t in args.va]
     if any(not 0 <= va < 1 << 64 for va in vas):
         raise CommandError("addresses must fit in 64 bits")
     try:
@@ -157,12 +172,9 @@ def translate(target: LiveTarget, argv: list[str]) -> str:
             cpu = _live_cpu(frames, machine, pkru)
             outcomes = run(cpu, requests)
             if args.json:
-                return json.dumps([to_json(cpu, o) for o in outcomes], indent=1) + "\n"
-            notes = list(machine.notes)
-            if ram is None:
-                notes.append("QEMU's memory map is unavailable (monitor info mtree -f): "
-                             "unassigned physical memory reads as zeros")
-            body = "\n\n".join(to_text(cpu, o) for o in outcomes) + "\n"
-            return "".join(f"note: {n}\n" for n in notes) + body
+                text = json.dumps([to_json(cpu, o) for o in outcomes], indent=1) + "\n"
+            else:
+                text = "\n\n".join(to_text(cpu, o) for o in outcomes) + "\n"
+        return Output(text, machine.notes + (() if ram is not None else (MEMORY_MAP_NOTE,)))
     except TargetError as e:
         raise CommandError(str(e)) from None

@@ -4,12 +4,13 @@
     $ gdb -ex 'target remote :1234' -ex "source $(earlymm gdb-script)"
     (gdb) earlymm-translate 0xffffffff81000000 --access exec
     (gdb) earlymm-translate $pc --json
+    (gdb) earlymm-ptdump --format qemu-tlb --output /tmp/tlb.txt
 
 gdb runs this file as a script in its own embedded Python, which need not be the Python earlymm was
 installed into. So the file finds the package from its own location instead of relying on sys.path,
-and everything it defines lives inside one function, leaving gdb's ``__main__`` namespace as it was.
-This file must stay parseable by old Pythons: its first job is to say clearly when gdb's Python is too
-old for earlymm.
+and everything it defines lives inside functions, leaving gdb's ``__main__`` namespace nearly as it
+was. This file must stay parseable by old Pythons: its first job is to say clearly when gdb's Python is
+too old for earlymm.
 """
 
 from __future__ import annotations
@@ -21,16 +22,34 @@ from typing import Any
 
 MIN_PYTHON = (3, 10)
 
+# (gdb command, "module:function" doing the work, gdb help text: first line, then details)
+COMMANDS = (
+    ("earlymm-translate", "earlymm.tools.gdb.commands:translate",
+     "Translate guest virtual addresses by walking the live guest's page tables.\n"
+     "Usage: earlymm-translate VA... [--access read|write|exec] [--cpl 0|3] [--json]\n"
+     "Reads CR0/CR3/CR4/EFER from the vCPU and the tables from guest-physical memory\n"
+     "(QEMU's physical-memory mode), so it works before the kernel has a direct map.\n"
+     "VA may be a gdb expression ($pc). See earlymm-translate --help for all options."),
+    ("earlymm-ptdump", "earlymm.tools.gdb.dump:ptdump",
+     "List every present mapping of the live guest's address space.\n"
+     "Usage: earlymm-ptdump [--format linux|qemu-tlb|qemu-mem|json] [--check-wx] [--output FILE]\n"
+     "Reads the vCPU's registers and every page table from guest-physical memory\n"
+     "(QEMU's physical-memory mode), so it works before the kernel has a direct map.\n"
+     "See earlymm-ptdump --help for all options."),
+)
+
 
 def _earlymm_gdb_setup(here: str) -> None:
     gdb: Any = importlib.import_module("gdb")  # gdb's own module; it has no type stubs
     # .../<root>/earlymm/tools/gdb/earlymm_gdb.py: the package's parent is three levels above this dir.
     root = os.path.dirname(os.path.dirname(os.path.dirname(here)))
-    problem = _import_problem(root)
     run_command = _invoke  # bound now: the commands must not depend on names left in gdb's __main__
+    problems = []
 
-    def make(name: str, doc: str, entry: str) -> None:
-        unavailable = problem
+    def make(name: str, entry: str, doc: str) -> None:
+        unavailable = _import_problem(root, entry.partition(":")[0])
+        if unavailable and unavailable not in problems:
+            problems.append(unavailable)
 
         class Command(gdb.Command):  # type: ignore[misc]  # gdb.Command is Any to mypy
             __doc__ = doc
@@ -46,26 +65,21 @@ def _earlymm_gdb_setup(here: str) -> None:
 
         Command()
 
-    make("earlymm-translate",
-         "Translate guest virtual addresses by walking the live guest's page tables.\n"
-         "Usage: earlymm-translate VA... [--access read|write|exec] [--cpl 0|3] [--json]\n"
-         "Reads CR0/CR3/CR4/EFER from the vCPU and the tables from guest-physical memory\n"
-         "(QEMU's physical-memory mode), so it works before the kernel has a direct map.\n"
-         "See earlymm-translate --help for all options.",
-         "translate")
-    if problem:
-        gdb.write(f"earlymm: {problem}\n", gdb.STDERR)
+    for name, entry, doc in COMMANDS:
+        make(name, entry, doc)
+    for p in problems:  # one line per distinct reason, once, when the file is sourced
+        gdb.write(f"earlymm: {p}\n", gdb.STDERR)
 
 
-def _import_problem(root: str) -> str:
-    """Make the package next to this file importable; '' when it is, else one line saying why not."""
+def _import_problem(root: str, module: str) -> str:
+    """Import ``module`` from the package next to this file; '' if that works, else one line saying why."""
     if sys.version_info < MIN_PYTHON:
         return (f"gdb's Python is {sys.version.split()[0]} ({sys.executable}); earlymm needs "
                 f"{'.'.join(map(str, MIN_PYTHON))} or newer (use a gdb built against a newer Python)")
     if root not in sys.path:
         sys.path.insert(0, root)
     try:
-        importlib.import_module("earlymm.tools.gdb.commands")
+        importlib.import_module(module)
     except ImportError as e:
         missing = e.name or str(e)
         if missing.split(".")[0] == "earlymm":
@@ -83,10 +97,12 @@ def _import_problem(root: str) -> str:
 
 
 def _invoke(gdb: Any, name: str, entry: str, arg: str) -> None:
+    module_name, _, function = entry.partition(":")
     commands = importlib.import_module("earlymm.tools.gdb.commands")
     target = importlib.import_module("earlymm.tools.gdb.target").GdbTarget(gdb)
+    run = getattr(importlib.import_module(module_name), function)
     try:
-        text = getattr(commands, entry)(target, gdb.string_to_argv(arg))
+        out = run(target, gdb.string_to_argv(arg))
     except commands.HelpRequested as h:
         gdb.write(str(h))
         return
@@ -99,7 +115,9 @@ def _invoke(gdb: Any, name: str, entry: str, arg: str) -> None:
             raise
         raise gdb.GdbError(f"{name}: internal error: {type(e).__name__}: {e} "
                            "(set EARLYMM_DEBUG=1 in gdb's environment for a traceback)") from None
-    gdb.write(text)
+    gdb.write(out.text)
+    for m in out.messages:
+        gdb.write(f"{name}: {m}\n", gdb.STDERR)
 
 
 if __name__ == "__main__":
