@@ -28,8 +28,10 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("image", help="QEMU dump-guest-memory ELF core, or raw image (offset = physical address)")
     p.add_argument("--cr3", type=hexint, action="append",
                    help="top-level table (repeat to dump several address spaces; default: the CPU note's)")
-    for r in ("cr0", "cr4", "efer"):
+    for r in ("cr0", "cr4"):
         p.add_argument(f"--{r}", type=hexint, help=f"{r.upper()} (default: from the image's CPU note)")
+    p.add_argument("--efer", type=hexint, help="EFER (QEMU does not record it; default: long mode with NXE when "
+                                               "the CPU note shows 64-bit code)")
     p.add_argument("--format", choices=FORMATS, default="linux", help="output format (default linux)")
     p.add_argument("--crlf", action="store_true", help="end lines with \\r\\n, as QEMU's monitor does")
     p.add_argument("--check-wx", action="store_true",
