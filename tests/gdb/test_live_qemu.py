@@ -120,6 +120,7 @@ class Stage:
             f"earlymm-ptdump --format qemu-tlb --output {base}.tlb",
             f"earlymm-ptdump --format qemu-mem --output {base}.mem",
             "maintenance packet qqemu.PhyMemMode",
+            "earlymm-ptdump --check-wx",  # with to_string, its stderr log lands in the same text
         ]
         Path(f"{base}.cmds.tmp").write_text("\n".join(cmds) + "\n")
         Path(f"{base}.cmds.tmp").replace(f"{base}.cmds")
@@ -142,7 +143,7 @@ class Stage:
         assert 'received: "0"' in out[2]["out"], out[2]  # the stub is back in virtual mode
         # The whole address space, byte for byte as QEMU prints it (QEMU 7.2's info mem is empty for
         # 5-level guests: its inverted present test).
-        assert [r.get("error") for r in out[4:]] == [None] * 3, out[4:]
+        assert [r.get("error") for r in out[4:]] == [None] * 4, out[4:]
         assert Path(f"{base}.tlb").read_text() == tlb.replace("\r\n", "\n")
         if not self.la57:
             assert Path(f"{base}.mem").read_text() == mem.replace("\r\n", "\n")
@@ -195,6 +196,10 @@ def test_live_guest_against_qemu(cpu: str, tmp_path: Path) -> None:
             late = Stage("late", tmp_path, q, la57).run([qemu, procs[-1]], logs)
             # Booted: the direct map exists, and both sides see the tables through it.
             assert late["want"][late["direct"]] == late["cr3"] & ADDR_BITS
+            # The W+X audit of the live tables reaches the kernel's own boot-time verdict.
+            verdict = re.search(r"x86/mm: Checked W\+X mappings: .*", console.read_text(errors="replace"))
+            assert verdict is not None
+            assert f"earlymm-ptdump: {verdict[0].strip()}" in late["out"][7]["out"].splitlines(), late["out"][7]
             assert procs[-1].wait(timeout=60) == 0
             assert late["n"] > 100 and early["n"] > 20
     finally:
