@@ -2,27 +2,53 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
 from earlymm import __version__
-from earlymm.cli import boot_cmd, gdb_cmd, ptdump_cmd, translate_cmd
 from earlymm.cli.common import EXIT_INTERNAL, EXIT_USAGE, Parser, UsageError
 
+# Sub-commands and their modules: only the one asked for is imported, so `earlymm translate` does not pay
+# for loading the boot model (and the reverse).
+COMMANDS = {
+    "boot": ("earlymm.cli.boot_cmd", "run Linux x86-64's early boot on the simulated machine"),
+    "translate": ("earlymm.cli.translate_cmd", "walk the page tables of a memory image for given accesses"),
+    "ptdump": ("earlymm.cli.ptdump_cmd", "list every mapping of an address space (Linux / QEMU / JSON), or audit"),
+    "gdb-script": ("earlymm.cli.gdb_cmd", "print the path of the gdb command file for live QEMU guests"),
+}
 
-def build_parser() -> Parser:
+
+def build_parser(command: str | None = None) -> Parser:
+    """The parser for one sub-command (all of them when ``command`` is None, e.g. for docs)."""
     p = Parser(prog="earlymm", description="An executable model of x86 paging and Linux early-boot page tables.")
     p.add_argument("--version", action="version", version=f"earlymm {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    boot_cmd.add_parser(sub)
-    translate_cmd.add_parser(sub)
-    gdb_cmd.add_parser(sub)
-    ptdump_cmd.add_parser(sub)
+    for name, (module, _help) in COMMANDS.items():
+        if command is None or name == command:
+            importlib.import_module(module).add_parser(sub)
     return p
 
 
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: earlymm [--version] COMMAND [options]", "",
+             "An executable model of x86 paging and Linux early-boot page tables.", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_m, help_) in COMMANDS.items()]
+    lines += ["", "'earlymm COMMAND --help' describes a command."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if not argv or argv[0] in ("-h", "--help"):
+        (sys.stdout if argv else sys.stderr).write(_usage())
+        return 0 if argv else EXIT_USAGE
+    if first not in COMMANDS and argv[0] != "--version":
+        sys.stderr.write(f"earlymm: error: unknown command {first!r} (one of: {', '.join(COMMANDS)})\n")
+        return EXIT_USAGE
+    parser = build_parser(first)
     try:
         args, extra = parser.parse_known_args(argv)
     except SystemExit as e:  # usage errors (already printed as one line), --help, --version
@@ -35,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"earlymm: error: unrecognized arguments: {' '.join(extra)}\n")
         return EXIT_USAGE
     if not getattr(args, "func", None):
-        parser.print_help(sys.stderr)
+        sys.stderr.write(_usage())
         return EXIT_USAGE
     try:
         code: int = args.func(args)

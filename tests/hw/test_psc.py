@@ -65,7 +65,7 @@ def test_disabling_the_tlb_disables_the_psc() -> None:
 
 
 def test_a_page_fault_leaves_nothing_of_its_walk_cached() -> None:
-    cpu, _mp, pde, _pt2 = machine()
+    cpu, _mp, _pde, _pt2 = machine()
     miss = 0x40_5000  # same PDE as A, but its PTE is not present
     res = cpu.mmu.translate(miss)
     assert res.outcome == 1  # #PF
