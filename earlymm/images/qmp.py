@@ -23,7 +23,7 @@ class Qmp:
     def __init__(self, sock_path: str, timeout: float = 30.0) -> None:
         self.timeout = timeout
         self.events: list[dict[str, Any]] = []
-        self._buf = b""
+        self._buf = bytearray()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         deadline = time.monotonic() + timeout
         while True:
@@ -42,7 +42,9 @@ class Qmp:
         self.command("qmp_capabilities")
 
     def _read_message(self, deadline: float) -> dict[str, Any]:
-        while b"\n" not in self._buf:
+        # Scan only what arrived since the last look: replies such as 'info tlb' run to megabytes.
+        nl = self._buf.find(b"\n")
+        while nl < 0:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise QmpError("timed out waiting for QMP")
@@ -53,8 +55,11 @@ class Qmp:
                 raise QmpError("timed out waiting for QMP") from e
             if not chunk:
                 raise QmpError("QMP connection closed by QEMU")
+            start = len(self._buf)
             self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
+            nl = self._buf.find(b"\n", start)
+        line = bytes(self._buf[:nl])
+        del self._buf[:nl + 1]
         try:
             msg = json.loads(line)
         except json.JSONDecodeError as e:
