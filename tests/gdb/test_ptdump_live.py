@@ -65,6 +65,7 @@ def test_linux_format_and_json(attach: Any) -> None:
     linux = run_command(gdb, "earlymm-ptdump")
     assert "---[ Low Kernel Mapping ]---" in linux and "---[ High Kernel Mapping ]---" in linux
     doc = json.loads(run_command(gdb, "earlymm-ptdump --format json"))
+    assert doc["image"] == "gdb:live"
     (space,) = doc["address_spaces"]
     assert space["cr3"] == f"{stub.registers['cr3']:#x}" and space["mode"] == "4-level" and space["runs"]
 
@@ -99,6 +100,16 @@ def test_audit(attach: Any) -> None:
     assert text == ""
     assert err[-1] == "earlymm-ptdump: 0 finding(s)"
     assert any("Checked W+X mappings: passed, no W+X pages found" in e for e in err), err
+
+
+def test_pti_audit_reads_the_user_table_too(attach: Any) -> None:
+    """The PTI user PGD is the page after the kernel's: found and read physically like any table."""
+    gdb = attach(fixture_stub("qemu-pti"))
+    text, err = run_command_streams(gdb, "earlymm-ptdump --check-user-kernel")
+    assert text == ""
+    assert err[-1] == "earlymm-ptdump: 0 finding(s)"
+    assert "earlymm-ptdump: user/kernel isolation: 0 finding(s), 2 expected PTI share(s)" in err
+    assert sum(e.startswith("earlymm-ptdump: expected: kernel-") for e in err) == 2, err
 
 
 @pytest.mark.parametrize("args, message", [
