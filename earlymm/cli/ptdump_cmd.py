@@ -10,13 +10,12 @@ from earlymm.arch.modes import Features
 from earlymm.cli.common import Parser, UsageError, hexint
 from earlymm.images import ImageError, open_image
 from earlymm.tools.machine_view import RegOverrides, SetupError, infer_registers
-from earlymm.tools.ptdump import audit, linux, qemu, regions
-from earlymm.tools.ptdump.engine import DEFAULT_MAX_LEAVES, DEFAULT_MAX_TABLES, Note, Tree, expand
+from earlymm.tools.ptdump import render
+from earlymm.tools.ptdump.engine import DEFAULT_MAX_LEAVES, DEFAULT_MAX_TABLES
 from earlymm.tools.ptdump.partial import open_partial
-from earlymm.tools.ptdump.runs import json_text, space_json
+from earlymm.tools.ptdump.render import FORMATS
 from earlymm.tools.ptdump.space import Space, open_space
 
-FORMATS = ("linux", "qemu-tlb", "qemu-mem", "json")
 EXIT_FINDINGS = 1
 
 
@@ -72,16 +71,6 @@ def _warn(text: str) -> None:
     sys.stderr.write(f"earlymm ptdump: {text}\n")
 
 
-def _report(tree: Tree, prefix: str) -> None:
-    for n in tree.notes:
-        _warn(f"{prefix}{_note_text(n)}")
-
-
-def _note_text(n: Note) -> str:
-    more = f", {n.leaves} leaves not listed" if n.leaves else ""
-    return f"{n.kind} 0x{n.start:016x}-0x{n.end:016x}: {n.detail}{more}"
-
-
 def main(args: argparse.Namespace) -> int:
     for name in ("max_tables", "max_leaves"):
         if getattr(args, name) < 1:
@@ -102,58 +91,16 @@ def main(args: argparse.Namespace) -> int:
             spaces.append(open_space(image, regs, features, absent_zero=args.absent == "zero"))
         except SetupError as e:
             raise UsageError(str(e)) from None
-    if args.check_wx or args.check_user_kernel:
-        return _audit(args, spaces)
-    if args.format == "linux" and not spaces[0].mode.is_ia32e:
-        raise UsageError(f"--format linux follows the x86-64 kernel's dump: {spaces[0].mode.value} paging has "
-                         "no such layout (use qemu-tlb, qemu-mem or json)")
-    docs = []
-    for space in spaces:
-        header = f"cr3 {space.cr3:#x}: " if len(spaces) > 1 else ""
-        if args.format == "json":
-            tree = space.tree("arch", max_tables=args.max_tables)
-            docs.append(space_json(tree, expand(tree, max_leaves=args.max_leaves), space.cr3))
-            _report(tree, header)
-            continue
-        text, tree = _text(args, space)
-        if len(spaces) > 1:
-            sys.stdout.write(f"# {header.rstrip(': ')}{chr(13) if args.crlf else ''}\n")
-        sys.stdout.write(text)
-        _report(tree, header)
-    if docs:
-        sys.stdout.write(json_text(args.image, docs))
-    return 0
-
-
-def _text(args: argparse.Namespace, space: Space) -> tuple[str, Tree]:
-    if args.format == "linux":
-        tree = space.tree("linux", keep_nonpresent=True, max_tables=args.max_tables)
-        layout = regions.detect(expand(tree, max_leaves=args.max_leaves), [r.span for r in tree.sem.rows],
-                                len(tree.sem.rows) == 5)
-        text, _wx = linux.dump(tree, layout.markers())
-        return (text.replace("\n", "\r\n") if args.crlf else text), tree
-    tree = space.tree("qemu", max_tables=args.max_tables)
-    if args.format == "qemu-tlb":
-        return qemu.tlb_text(tree, args.crlf, args.max_leaves), tree
-    return qemu.mem_text(tree, args.crlf, args.max_leaves), tree
-
-
-def _audit(args: argparse.Namespace, spaces: list[Space]) -> int:
-    found = 0
-    for space in spaces:
-        if not space.mode.is_ia32e:
-            raise UsageError(f"the audits follow the x86-64 kernel: {space.mode.value} paging is not audited")
-        layout = audit.layout_of(space)
-        checks = [c for c, on in ((audit.check_wx, args.check_wx), (audit.check_user_kernel, args.check_user_kernel))
-                  if on]
-        for check in checks:
-            findings, log = check(space, layout)
-            for f in findings:
-                if f.expected:  # by design (PTI's shares): shown, not counted
-                    sys.stderr.write(f"expected: {f.line()}\n")
-                else:
-                    sys.stdout.write(f.line() + "\n")
-            for line in log:
-                sys.stderr.write(line + "\n")
-            found += sum(not f.expected for f in findings)
-    return EXIT_FINDINGS if found else 0
+    try:
+        if args.check_wx or args.check_user_kernel:
+            out = render.run_audits(spaces, check_wx=args.check_wx, check_user_kernel=args.check_user_kernel)
+        else:
+            out = render.dump(spaces, args.format, args.image, crlf=args.crlf, max_tables=args.max_tables,
+                              max_leaves=args.max_leaves)
+    except render.RenderError as e:
+        raise UsageError(str(e)) from None
+    sys.stdout.write(out.text)
+    for m in out.messages:
+        # audit logs are plain lines (as before); engine notes carry the command's prefix
+        sys.stderr.write(f"{m}\n" if args.check_wx or args.check_user_kernel else f"earlymm ptdump: {m}\n")
+    return EXIT_FINDINGS if out.findings else 0

@@ -24,13 +24,12 @@ from earlymm.tools.gdb.commands import (
 from earlymm.tools.gdb.physmem import GdbPhysFrames
 from earlymm.tools.gdb.target import LiveTarget, TargetError
 from earlymm.tools.machine_view import SetupError
-from earlymm.tools.ptdump import audit, linux, qemu, regions
-from earlymm.tools.ptdump.engine import DEFAULT_MAX_LEAVES, DEFAULT_MAX_TABLES, Note, Tree, expand
-from earlymm.tools.ptdump.runs import json_text, space_json
+from earlymm.tools.ptdump import render
+from earlymm.tools.ptdump.engine import DEFAULT_MAX_LEAVES, DEFAULT_MAX_TABLES
+from earlymm.tools.ptdump.render import FORMATS
 from earlymm.tools.ptdump.space import Space, open_space
 
 PTDUMP = "earlymm-ptdump"
-FORMATS = ("linux", "qemu-tlb", "qemu-mem", "json")
 LIVE_IMAGE = "gdb:live"  # the JSON's "image": where an image path would be, say the tables were live
 
 
@@ -57,65 +56,15 @@ def ptdump_parser() -> CommandParser:
     return p
 
 
-def _note_text(n: Note, prefix: str) -> str:
-    more = f", {n.leaves} leaves not listed" if n.leaves else ""
-    return f"{prefix}{n.kind} 0x{n.start:016x}-0x{n.end:016x}: {n.detail}{more}"
-
-
-def _text(space: Space, fmt: str, max_tables: int, max_leaves: int) -> tuple[str, Tree]:
-    """Same rendering as ``earlymm ptdump`` for the text formats."""
-    if fmt == "linux":
-        if not space.mode.is_ia32e:
-            raise CommandError(f"--format linux follows the x86-64 kernel's dump: {space.mode.value} paging has "
-                               "no such layout (use qemu-tlb, qemu-mem or json)")
-        tree = space.tree("linux", keep_nonpresent=True, max_tables=max_tables)
-        layout = regions.detect(expand(tree, max_leaves=max_leaves), [r.span for r in tree.sem.rows],
-                                len(tree.sem.rows) == 5)
-        text, _wx = linux.dump(tree, layout.markers())
-        return text, tree
-    tree = space.tree("qemu", max_tables=max_tables)
-    if fmt == "qemu-tlb":
-        return qemu.tlb_text(tree, False, max_leaves), tree
-    return qemu.mem_text(tree, False, max_leaves), tree
-
-
-def _audit(args: argparse.Namespace, spaces: list[Space]) -> tuple[list[str], list[str]]:
-    lines: list[str] = []
-    log: list[str] = []
-    for space in spaces:
-        if not space.mode.is_ia32e:
-            raise CommandError(f"the audits follow the x86-64 kernel: {space.mode.value} paging is not audited")
-        layout = audit.layout_of(space)
-        for check, on in ((audit.check_wx, args.check_wx), (audit.check_user_kernel, args.check_user_kernel)):
-            if on:
-                findings, more = check(space, layout)
-                lines += [f.line() for f in findings if not f.expected]
-                # By design (what PTI shares with user mode): shown, not counted, as earlymm ptdump does.
-                log += [f"expected: {f.line()}" for f in findings if f.expected] + more
-    return lines, log
-
-
 def _render(args: argparse.Namespace, spaces: list[Space]) -> tuple[str, list[str]]:
-    if args.check_wx or args.check_user_kernel:
-        findings, log = _audit(args, spaces)
-        return "".join(f"{ln}\n" for ln in findings), [*log, f"{len(findings)} finding(s)"]
-    out: list[str] = []
-    notes: list[str] = []
-    if args.format == "json":
-        docs = []
-        for space in spaces:
-            tree = space.tree("arch", max_tables=args.max_tables)
-            docs.append(space_json(tree, expand(tree, max_leaves=args.max_leaves), space.cr3))
-            notes += [_note_text(n, f"cr3 {space.cr3:#x}: " if len(spaces) > 1 else "") for n in tree.notes]
-        return json_text(LIVE_IMAGE, docs), notes
-    for space in spaces:
-        prefix = f"cr3 {space.cr3:#x}: " if len(spaces) > 1 else ""
-        if len(spaces) > 1:
-            out.append(f"# cr3 {space.cr3:#x}\n")
-        text, tree = _text(space, args.format, args.max_tables, args.max_leaves)
-        out.append(text)
-        notes += [_note_text(n, prefix) for n in tree.notes]
-    return "".join(out), notes
+    try:
+        if args.check_wx or args.check_user_kernel:
+            out = render.run_audits(spaces, check_wx=args.check_wx, check_user_kernel=args.check_user_kernel)
+            return out.text, [*out.messages, f"{out.findings} finding(s)"]
+        out = render.dump(spaces, args.format, LIVE_IMAGE, max_tables=args.max_tables, max_leaves=args.max_leaves)
+    except render.RenderError as e:
+        raise CommandError(str(e)) from None
+    return out.text, out.messages
 
 
 def ptdump(target: LiveTarget, argv: list[str]) -> Output:
