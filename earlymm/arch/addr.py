@@ -6,6 +6,7 @@ where a virtual one is expected, and a pfn where an mfn is (the Xen PV bug class
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NewType
 
 VirtAddr = NewType("VirtAddr", int)
@@ -42,6 +43,17 @@ def align_up(value: int, align: int) -> int:
 
 def pfn_of(pa: int) -> Pfn:
     return Pfn(pa >> PAGE_SHIFT)
+
+
+def merge_ranges(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted ``[start, end)`` ranges with overlapping and touching ones joined."""
+    merged: list[tuple[int, int]] = []
+    for s, e in sorted(spans):
+        if merged and s <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(e, merged[-1][1]))
+        else:
+            merged.append((s, e))
+    return merged
 
 
 def parse_int(text: str) -> int:

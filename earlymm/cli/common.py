@@ -7,6 +7,10 @@ import sys
 from typing import NoReturn
 
 from earlymm.arch.addr import parse_int
+from earlymm.tools.argtypes import hexint
+
+__all__ = ["EXIT_CRASH", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "Parser", "UsageError", "hexint", "parse_size",
+           "size_arg"]
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -19,16 +23,6 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(EXIT_USAGE)
-
-
-def hexint(text: str) -> int:
-    try:
-        v = parse_int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if v >= 1 << 64:
-        raise argparse.ArgumentTypeError(f"{text!r} does not fit in 64 bits")
-    return v
 
 
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}

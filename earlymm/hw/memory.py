@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from earlymm.arch.addr import PAGE_SHIFT, PAGE_SIZE
+from earlymm.arch.addr import PAGE_SHIFT, PAGE_SIZE, merge_ranges
 
 MAX_PHYS_BITS = 52
 MAX_PA = 1 << MAX_PHYS_BITS
@@ -167,14 +167,7 @@ class PhysMem:
         spans = [(p << PAGE_SHIFT, (p + 1) << PAGE_SHIFT) for p in self.frames]
         if self.backing is not None:
             spans.extend(self.backing.ranges())
-        spans.sort()
-        merged: list[tuple[int, int]] = []
-        for s, e in spans:
-            if merged and s <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(e, merged[-1][1]))
-            else:
-                merged.append((s, e))
-        return merged
+        return merge_ranges(spans)
 
     def writable_frame(self, pfn: int) -> bytearray:
         f = self.frames.get(pfn)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from earlymm.arch.addr import PAGE_SHIFT, PAGE_SIZE
+from earlymm.arch.addr import PAGE_SHIFT, PAGE_SIZE, merge_ranges
 from earlymm.hw.memory import Buffer
 from earlymm.images.cpustate import CpuState
 
@@ -138,13 +138,7 @@ class SegmentImage:
         return bytes(buf) if buf is not None else None
 
     def ranges(self) -> list[tuple[int, int]]:
-        merged: list[tuple[int, int]] = []
-        for s in self._segs:
-            if merged and s.start <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], s.end))
-            else:
-                merged.append((s.start, s.end))
-        return merged
+        return merge_ranges((s.start, s.end) for s in self._segs)
 
     def close(self) -> None:
         self._cache.clear()

@@ -65,6 +65,22 @@ def _alloc(ctx: KernelContext, level: str, address: int) -> int | None:
     return page_va
 
 
+def _table_below(ctx: KernelContext, entry_p: int, level: str, address: int) -> int | None:
+    """One level of ``__early_make_pgtable``: the table ``*entry_p`` points at, or a fresh pool page,
+    zeroed and linked with ``_KERNPG_TABLE``; None when the pool is full (the caller resets, restarts)."""
+    entry = ctx.rd(entry_p)
+    if entry:
+        return _pool_va(ctx, entry)
+    page = _alloc(ctx, level, address)
+    if page is None:
+        return None
+    phys = page - START_KERNEL_MAP + ctx.phys_base
+    table = _pool_va(ctx, phys)
+    ctx.memset(table, 0, 4096)
+    ctx.wr(entry_p, phys + _KERNPG_TABLE)
+    return table
+
+
 def early_make_pgtable(ctx: KernelContext, address: int) -> int:
     """Model of ``early_make_pgtable()`` (arch/x86/kernel/head64.c @ v3.9; 6.x ``__early_make_pgtable``,
     4-level). Returns 0 when it created a mapping, -1 when it declines."""
@@ -77,30 +93,14 @@ def early_make_pgtable(ctx: KernelContext, address: int) -> int:
     pmd = (physaddr & ~(PMD_SIZE - 1)) + ctx.rd(ctx.sym("early_pmd_flags"))
     top = ctx.layout.top_pgt
     while True:  # "again:" — restarted after a reset
-        pgd_p = top + 8 * ((address >> PGDIR_SHIFT) & 511)
-        pgd = ctx.rd(pgd_p)
-        if pgd:
-            pud_page = _pool_va(ctx, pgd)
-        else:
-            page = _alloc(ctx, "pud", address)
-            if page is None:
-                reset_early_page_tables(ctx)
-                continue
-            pud_page = _pool_va(ctx, page - START_KERNEL_MAP + ctx.phys_base)
-            ctx.memset(pud_page, 0, 4096)
-            ctx.wr(pgd_p, page - START_KERNEL_MAP + ctx.phys_base + _KERNPG_TABLE)
-        pud_p = pud_page + 8 * ((address >> PUD_SHIFT) & 511)
-        pud = ctx.rd(pud_p)
-        if pud:
-            pmd_page = _pool_va(ctx, pud)
-        else:
-            page = _alloc(ctx, "pmd", address)
-            if page is None:
-                reset_early_page_tables(ctx)
-                continue
-            pmd_page = _pool_va(ctx, page - START_KERNEL_MAP + ctx.phys_base)
-            ctx.memset(pmd_page, 0, 4096)
-            ctx.wr(pud_p, page - START_KERNEL_MAP + ctx.phys_base + _KERNPG_TABLE)
+        pud_page = _table_below(ctx, top + 8 * ((address >> PGDIR_SHIFT) & 511), "pud", address)
+        if pud_page is None:
+            reset_early_page_tables(ctx)
+            continue
+        pmd_page = _table_below(ctx, pud_page + 8 * ((address >> PUD_SHIFT) & 511), "pmd", address)
+        if pmd_page is None:
+            reset_early_page_tables(ctx)
+            continue
         ctx.wr(pmd_page + 8 * ((address >> PMD_SHIFT) & 511), pmd)
         ctx.emit(EarlyMapping(address, pmd, 1))
         if ctx.observer is not None:

@@ -9,19 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from earlymm.arch.addr import merge_ranges
+
 
 def _add(ranges: list[tuple[int, int]], start: int, end: int) -> None:
-    if start >= end:
-        return
-    ranges.append((start, end))
-    ranges.sort()
-    merged: list[tuple[int, int]] = []
-    for s, e in ranges:
-        if merged and s <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(e, merged[-1][1]))
-        else:
-            merged.append((s, e))
-    ranges[:] = merged
+    if start < end:
+        ranges[:] = merge_ranges([*ranges, (start, end)])
 
 
 @dataclass

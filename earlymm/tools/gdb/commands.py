@@ -18,6 +18,7 @@ from earlymm.arch.addr import parse_int
 from earlymm.arch.modes import Features
 from earlymm.hw.access import AccessKind
 from earlymm.hw.cpu import Cpu
+from earlymm.tools.argtypes import hexint
 from earlymm.tools.gdb.physmem import GdbPhysFrames
 from earlymm.tools.gdb.target import CONTROL_REGISTERS, LiveTarget, TargetError
 from earlymm.tools.machine_view import RegOverrides, SetupError, infer_registers, make_cpu
@@ -54,17 +55,6 @@ class CommandParser(argparse.ArgumentParser):
 
     def print_help(self, file: object = None) -> None:
         raise HelpRequested(self.format_help())
-
-
-def hexint(text: str) -> int:
-    """argparse type for register values: ``0x…`` or decimal, at most 64 bits."""
-    try:
-        v = parse_int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if v >= 1 << 64:
-        raise argparse.ArgumentTypeError(f"{text!r} does not fit in 64 bits")
-    return v
 
 
 def add_machine_options(p: argparse.ArgumentParser, registers: tuple[str, ...] = CONTROL_REGISTERS) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from earlymm.tools.argtypes import hexint
 from earlymm.tools.gdb.commands import (
     MEMORY_MAP_NOTE,
     CommandError,
@@ -18,7 +19,6 @@ from earlymm.tools.gdb.commands import (
     LiveMachine,
     Output,
     add_machine_options,
-    hexint,
     read_machine,
 )
 from earlymm.tools.gdb.physmem import GdbPhysFrames

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from earlymm.arch.addr import PAGE_SHIFT, PAGE_SIZE
+from earlymm.arch.addr import PAGE_SHIFT, PAGE_SIZE, merge_ranges
 from earlymm.hw.memory import MAX_PA, Buffer
 
 # Reads ``length`` bytes of guest-physical memory at ``pa``; ``None`` when the stub refuses.
@@ -53,14 +53,7 @@ def parse_flat_ram(text: str) -> list[tuple[int, int]]:
         m = _FLAT_RANGE.match(line)
         if m and m[3] in _READABLE_KINDS:
             spans.append((int(m[1], 16), int(m[2], 16) + 1))  # QEMU prints inclusive ends
-    spans.sort()
-    merged: list[tuple[int, int]] = []
-    for s, e in spans:
-        if merged and s <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(e, merged[-1][1]))
-        else:
-            merged.append((s, e))
-    return merged
+    return merge_ranges(spans)
 
 
 class GdbPhysFrames:
