@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchlib import git_state
+
 from earlymm.hw.memory import RegionType
 from earlymm.kernel.boot import BootResult, boot
 from earlymm.kernel.consts import V39
@@ -109,17 +111,6 @@ def run_cli(argv: list[str], runs: int) -> tuple[list[float], int, str]:
         rc = p.returncode
         last = next((ln for ln in p.stdout.splitlines() if ln.startswith("outcome:")), p.stderr.strip()[-120:])
     return times, rc, last
-
-
-def git_state() -> str:
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "earlymm"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" (earlymm/ has uncommitted changes)" if dirty else "")
 
 
 def main(argv: list[str] | None = None) -> int:

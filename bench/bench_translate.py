@@ -20,7 +20,6 @@ import io
 import pstats
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from benchlib import git_state
 
 from earlymm.arch.modes import Features
 from earlymm.hw.memory import PhysMem
@@ -525,17 +526,6 @@ def dist_version(pkg: str) -> str:
         return importlib.metadata.version(pkg)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
-
-
-def git_state() -> str:
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "earlymm"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" (earlymm/ has uncommitted changes)" if dirty else "")
 
 
 def profile_pass(label: str, fn: Callable[[Sequence[int]], Result], vas: Sequence[int], top: int = 12) -> None:
