@@ -225,9 +225,9 @@ def walk(mem: PhysMem, plan: WalkPlan, root: int, va: int, kind: int = 0, user: 
         path.append(table)
         return _new(WalkResult, (va, kind, user, HOLE, path, 0, 0, 0, Reason.HOLE, 0, None, first))
     if not e & 1:
-        return _fault(plan, va, kind, user, path, Reason.NOT_PRESENT, first)
+        return _fault(plan, va, kind, user, path, Reason.NOT_PRESENT, first, acc)
     if not e & leafsel or e & lrsvd:
-        return _fault(plan, va, kind, user, path, Reason.RESERVED, first)
+        return _fault(plan, va, kind, user, path, Reason.RESERVED, first, acc)
     acc = (acc & (e ^ _XD)) | plan.no_xd
     pa = (e & laddr) | (va & (lsize - 1))
     if plan.pse36 and lsize == 1 << 22:
@@ -247,10 +247,12 @@ def walk(mem: PhysMem, plan: WalkPlan, root: int, va: int, kind: int = 0, user: 
 
 
 def _fault(plan: WalkPlan, va: int, kind: int, user: bool, path: list[int], why: Reason,
-           first: int = 0) -> WalkResult:
-    """A not-present or reserved-bit fault at the last entry in ``path``."""
-    # Entries above the failing one were used, so they get A (SDM §4.8; QEMU does the same).
-    ups = _ad_updates(plan, va, path[:-2], False, first=first)
+           first: int = 0, acc: int = 0) -> WalkResult:
+    """A not-present or reserved-bit fault at the last entry in ``path``; ``acc`` is the AND of the
+    entries above it."""
+    # Entries above the failing one were used, so they get A (SDM §4.8; QEMU does the same) — unless
+    # they all have it already, as kernel tables do.
+    ups = [] if acc & 0x20 else _ad_updates(plan, va, path[:-2], False, first=first)
     return _new(WalkResult, (va, kind, user, PF, path, 0, 0, error_code_for(plan, kind, user, why), why, 0, ups,
                              first))
 
