@@ -65,14 +65,6 @@ def reserved_mask(mode: PagingMode, level: Level, leaf: bool, features: Features
     return hi
 
 
-def leaf_phys(mode: PagingMode, level: Level, entry: int, maxphyaddr: int) -> int:
-    """Physical base of the page a leaf entry maps (PSE-36 folds bits 20:13 into 39:32)."""
-    base = entry & addr_mask(mode, level, True, maxphyaddr)
-    if mode is PagingMode.LEGACY32 and level is Level.PD:
-        base |= field(entry, 20, 13) << 32
-    return base
-
-
 @dataclass(frozen=True, slots=True)
 class Entry:
     """A decoded entry, for explanation; the walker itself works on raw integers."""

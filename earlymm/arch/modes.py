@@ -136,6 +136,3 @@ class Features:
 
     def names(self) -> list[str]:
         return [f for f in ALL_FEATURES if getattr(self, f)]
-
-    def with_(self, **changes: object) -> Features:
-        return replace(self, **changes)  # type: ignore[arg-type]

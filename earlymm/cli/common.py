@@ -50,8 +50,3 @@ def size_arg(text: str) -> int:
         return parse_size(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def fail(prog: str, message: str, code: int = EXIT_USAGE) -> int:
-    sys.stderr.write(f"{prog}: error: {message}\n")
-    return code

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
 
 class AccessKind(enum.IntEnum):
@@ -23,19 +22,3 @@ class AccessKind(enum.IntEnum):
     @property
     def word(self) -> str:
         return ("read", "write", "exec")[self]
-
-
-@dataclass(frozen=True, slots=True)
-class Access:
-    """One linear-address access.
-
-    ``user`` is an explicit CPL-3 access. ``implicit`` marks a supervisor access the CPU makes on its
-    own (IDT/GDT/TSS reads, exception frames): supervisor even at CPL 3, and SMAP ignores AC for it.
-    """
-
-    va: int
-    kind: AccessKind = AccessKind.READ
-    user: bool = False
-    implicit: bool = False
-    ac: bool = False
-    size: int = 1

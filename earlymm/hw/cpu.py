@@ -14,7 +14,7 @@ from earlymm.arch.entry import mask, pdpte_reserved
 from earlymm.arch.flags import CR0_RESERVED, CR4_RESERVED, EFER_RESERVED, Cr0, Cr4, Efer
 from earlymm.arch.modes import Features, PagingMode
 from earlymm.hw.delivery import KERNEL_CS, ExceptionFrame, ExceptionUnit, Handler
-from earlymm.hw.events import CrWrite, ListTrace, TlbFlush
+from earlymm.hw.events import CrWrite, ListTrace, ModeChange, TlbFlush
 from earlymm.hw.faults import Exception_, Fault, GeneralProtection, PageFault, Reason
 from earlymm.hw.memory import PhysMem
 from earlymm.hw.mmu import Mmu
@@ -61,7 +61,10 @@ class Cpu(ExceptionUnit):
 
     def far_jump(self, rip: int, *, long_mode_code: bool, cs: int = KERNEL_CS) -> None:
         """Load CS (L bit) and RIP, as a far jump/return does; a 64-bit target must be canonical."""
+        before = self.mode
         self.regs.cs_l = long_mode_code
+        if self.mode is not before:
+            self.trace.emit(ModeChange(self.mode.value))
         self.jump(rip)
 
     def jump(self, rip: int) -> None:
@@ -155,11 +158,14 @@ class Cpu(ExceptionUnit):
                 return self._gp("activating IA-32e mode from a 64-bit code segment")
         if turning_on and not r.efer & Efer.LME and r.cr4 & Cr4.PAE:
             self._load_pdptes(r.cr3)
+        before = self.mode
         r.cr0 = value
         if turning_on and r.efer & Efer.LME:
             r.efer |= int(Efer.LMA)
         if turning_off:
             r.efer &= ~int(Efer.LMA)
+        if self.mode is not before:
+            self.trace.emit(ModeChange(self.mode.value))
         self._cr_changed("cr0", old, value)
         if turning_on or turning_off:
             self._flush(include_global=True)

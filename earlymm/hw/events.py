@@ -7,7 +7,7 @@ same ``Event`` base so one stream carries the whole story.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 
@@ -27,9 +27,6 @@ class Event:
             out[f.name] = f"{v:#x}" if isinstance(v, int) and not isinstance(v, bool) and f.name in HEX_FIELDS \
                 else v
         return out
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 HEX_FIELDS = frozenset({"va", "pa", "old", "new", "value", "cr2", "error_code", "addr", "entry", "table",

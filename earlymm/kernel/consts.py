@@ -60,6 +60,11 @@ class Profile:
     trim_kernel_pmds: bool  # ~v5.3: level2_kernel_pgt entries outside _text.._end made not present
     global_flush_in_start_kernel: bool  # 6.x: __native_tlb_flush_global() for decompressor leftovers
     step_shift: int  # init_mem_mapping step growth: <<5 (v3.9) or <<8 (get_new_step_size, 6.x)
+    step_grows_on_new_ram: bool  # v3.9: grow when a round mapped more than all before; 6.x: when total >= step
+    real_end_pmd_aligned: bool  # 6.x memory_map_top_down: the top block is PMD-aligned (v3.9: page-aligned)
+    clear_top_pgt_first: bool  # 6.x clears init_top_pgt before copy_bootdata; v3.9 after load_ucode_bsp
+    recursion_halt: int  # the early handler halts when early_recursion_flag reaches this (v3.9: == 2; 6.x: > 2)
+    panic_format: str  # early_printk's PANIC line
     fixmap_pmds: tuple[int, ...]  # level2_fixmap_pgt entries pointing at level1_fixmap_pgt pages
     init_pgt_buf_pages: int  # INIT_PGT_BUF_SIZE / PAGE_SIZE (BRK page-table buffer)
 
@@ -76,12 +81,15 @@ V39 = Profile(
     name="v3.9", source_ref="linux v3.9", page_offset=0xFFFF_8800_0000_0000, physical_mask_shift=46,
     max_physmem_bits=46, top_pgt="early_level4_pgt", init_pgt="init_level4_pgt", next_early_pgt_initial=2,
     trim_kernel_pmds=False, global_flush_in_start_kernel=False, step_shift=5, fixmap_pmds=(506,),
-    init_pgt_buf_pages=5,
+    init_pgt_buf_pages=5, step_grows_on_new_ram=True, real_end_pmd_aligned=False, clear_top_pgt_first=False,
+    recursion_halt=2, panic_format="PANIC: early exception {vector:02x} rip {cs:x}:{rip:x} error {error:x} cr2 {cr2:x}",
 )
 CURRENT = Profile(
     name="current", source_ref="linux v6.12", page_offset=0xFFFF_8880_0000_0000, physical_mask_shift=52,
     max_physmem_bits=46, top_pgt="early_top_pgt", init_pgt="init_top_pgt", next_early_pgt_initial=0,
     trim_kernel_pmds=True, global_flush_in_start_kernel=True, step_shift=8, fixmap_pmds=(507, 506),
-    init_pgt_buf_pages=6,
+    init_pgt_buf_pages=6, step_grows_on_new_ram=False, real_end_pmd_aligned=True, clear_top_pgt_first=True,
+    recursion_halt=3,
+    panic_format="PANIC: early exception 0x{vector:02x} IP {cs:x}:{rip:x} error {error:x} cr2 0x{cr2:x}",
 )
 PROFILES = {p.name: p for p in (V39, CURRENT)}

@@ -48,7 +48,6 @@ class BootStats:
     handler_declined: int = 0
     low_pages_brk: int = 0
     low_pages_memblock: int = 0
-    violations: list[str] = field(default_factory=list)
 
 
 @dataclass

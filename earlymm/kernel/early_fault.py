@@ -183,8 +183,7 @@ def early_idt_handler(ctx: KernelContext, cpu: Cpu, frame: ExceptionFrame, vecto
     ctx.wr(regs.rsp, vector)
     flag_va = lay["early_recursion_flag"]
     flag = ctx.rd(flag_va, 4)
-    current = ctx.profile.name != "v3.9"
-    if (flag == 2 and not current) or (current and flag > 2):
+    if flag >= ctx.profile.recursion_halt:
         ctx.emit(HandlerOutcome(vector, regs.cr2, "halt"))
         raise Halt(f"early exception handler entered a third time (early_recursion_flag={flag}): "
                    f"vector {vector}, cr2 {regs.cr2:#x} — hlt loop", outcome="halt",
@@ -207,11 +206,8 @@ def early_idt_handler(ctx: KernelContext, cpu: Cpu, frame: ExceptionFrame, vecto
         handled = True
         ctx.emit(HandlerOutcome(vector, regs.cr2, "fixup"))
     if not handled:
-        msg = (f"PANIC: early exception {vector:02x} rip {frame.cs:x}:{frame.rip:x} error {frame.error_code:x} "
-               f"cr2 {regs.cr2:x}")
-        if current:
-            msg = (f"PANIC: early exception 0x{vector:02x} IP {frame.cs:x}:{frame.rip:x} "
-                   f"error {frame.error_code:x} cr2 0x{regs.cr2:x}")
+        msg = ctx.profile.panic_format.format(vector=vector, cs=frame.cs, rip=frame.rip, error=frame.error_code,
+                                              cr2=regs.cr2)
         ctx.print(msg)
         ctx.emit(HandlerOutcome(vector, regs.cr2, "panic"))
         raise Halt(msg, outcome="panic", console="\n".join(ctx.console))

@@ -25,16 +25,16 @@ def x86_64_start_kernel(ctx: KernelContext, real_mode_data: int) -> None:
     lay, cpu = ctx.layout, ctx.cpu
     reset_early_page_tables(ctx)  # "Kill off the identity-map trampoline"
     clear_bss(ctx)
-    if ctx.profile.name != "v3.9":
+    if ctx.profile.clear_top_pgt_first:
         ctx.memset(lay.init_pgt, 0, 4096)  # clear_page(init_top_pgt) comes first in 6.x
-        if cpu.regs.cr4 & Cr4.PGE:
-            cpu.write_cr4(cpu.regs.cr4 & ~int(Cr4.PGE))  # __native_tlb_flush_global(): drop the
-            cpu.write_cr4(cpu.regs.cr4 | int(Cr4.PGE))  # decompressor's global identity entries
+    if ctx.profile.global_flush_in_start_kernel and cpu.regs.cr4 & Cr4.PGE:
+        cpu.write_cr4(cpu.regs.cr4 & ~int(Cr4.PGE))  # __native_tlb_flush_global(): drop the
+        cpu.write_cr4(cpu.regs.cr4 | int(Cr4.PGE))  # decompressor's global identity entries
     install_early_idt(ctx)
     ctx.emit(Note("early IDT loaded: vectors 0-31 → early_idt_handlers"))
     copy_bootdata(ctx, ctx.va(real_mode_data))
     load_ucode_bsp(ctx)
-    if ctx.profile.name == "v3.9":
+    if not ctx.profile.clear_top_pgt_first:
         ctx.memset(lay.init_pgt, 0, 4096)  # clear_page(init_level4_pgt)
     ctx.wr(lay.init_pgt + 511 * 8, ctx.rd(lay.top_pgt + 511 * 8))
     ctx.emit(Note(f"{ctx.profile.init_pgt}[511] = {ctx.profile.top_pgt}[511]: the final table inherits "

@@ -171,8 +171,9 @@ def init_mem_mapping(ctx: KernelContext, st: MmState) -> None:
     probe_page_size_mask(ctx, st)
     end = st.max_pfn << PAGE_SHIFT
     init_memory_mapping(ctx, st, 0, ISA_END_ADDRESS)  # the ISA range, regardless of holes
-    v39 = ctx.profile.name == "v3.9"
-    addr = st.memblock.find_in_range(ISA_END_ADDRESS, end, PMD_SIZE, PAGE_SIZE if v39 else PMD_SIZE)
+    prof = ctx.profile
+    addr = st.memblock.find_in_range(ISA_END_ADDRESS, end, PMD_SIZE,
+                                     PMD_SIZE if prof.real_end_pmd_aligned else PAGE_SIZE)
     real_end = addr + PMD_SIZE
     step = PMD_SIZE
     st.max_pfn_mapped = 0
@@ -184,14 +185,14 @@ def init_mem_mapping(ctx: KernelContext, st: MmState) -> None:
         new = init_range_memory_mapping(ctx, st, start, last_start)
         last_start = start
         st.min_pfn_mapped = last_start >> PAGE_SHIFT
-        if v39:
+        if prof.step_grows_on_new_ram:
             if new > mapped_total:
-                step <<= ctx.profile.step_shift
+                step <<= prof.step_shift
             mapped_total += new
         else:
             mapped_total += new
             if mapped_total >= step:
-                step <<= ctx.profile.step_shift
+                step <<= prof.step_shift
     if real_end < end:
         init_range_memory_mapping(ctx, st, real_end, end)
     lay = ctx.layout

@@ -52,12 +52,6 @@ class KernelLayout:
         """Compile-time physical address: what the assembler stored in the static tables."""
         return self.symbols[name] - START_KERNEL_MAP
 
-    def name_of(self, va: int) -> str | None:
-        for name, addr in self.symbols.items():
-            if addr == va:
-                return name
-        return None
-
 
 def build_layout(profile: Profile, pool_pages: int = 64, image_size: int = 24 << 20) -> KernelLayout:
     if pool_pages < 1:

@@ -80,7 +80,6 @@ class LoadedMachine:
     trace: ListTrace
     config: MachineConfig
     ramdisk_at: int
-    loader_tables: tuple[int, int]  # [start, end) of the loader's identity page tables
 
 
 def validate(cfg: MachineConfig, image_size: int) -> None:
@@ -142,8 +141,7 @@ def load(cfg: MachineConfig, image_size: int, *, trace: ListTrace | None = None)
     cpu.write_cr3(mapper.root)
     cpu.write_efer(int(Efer.LME))
     cpu.write_cr0(int(Cr0.PE | Cr0.ET | Cr0.PG))
-    cpu.regs.cs_l = True
     cpu.lidt(0, 0)  # no usable IDT yet: any exception now ends in a triple fault, as on hardware
     cpu.regs.rsp = stack + 4096 - 8
-    cpu.regs.rip = cfg.kernel_at
-    return LoadedMachine(mem, cpu, trace, cfg, ramdisk_at, (pt, alloc.next))
+    cpu.far_jump(cfg.kernel_at, long_mode_code=True)  # into startup_64 at its physical address
+    return LoadedMachine(mem, cpu, trace, cfg, ramdisk_at)

@@ -57,7 +57,7 @@ def to_json(r: BootResult, *, events: bool) -> dict[str, Any]:
     ctx = r.ctx
     out: dict[str, Any] = {
         "outcome": r.outcome, "reason": r.reason, "phase": r.phase, "completed": r.completed,
-        "profile": ctx.profile.name, "variant": ctx.config.variant.value,
+        "profile": ctx.profile.name, "source_ref": ctx.profile.source_ref, "variant": ctx.config.variant.value,
         "kernel_at": f"{ctx.machine.config.kernel_at:#x}", "ramdisk_at": f"{ctx.machine.ramdisk_at:#x}",
         "stats": stats(r),
         "invariants": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in r.observer.final()],
