@@ -7,7 +7,7 @@ per-mode structure tables: no ladder of per-level code anywhere.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from earlymm.arch.flags import Cr0, Cr4, Efer
 
@@ -106,7 +106,6 @@ class Features:
     pku: bool = True
     pks: bool = True
     pcid: bool = True
-    extra: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         if not 32 <= self.maxphyaddr <= 52:
@@ -131,8 +130,7 @@ class Features:
                 enabled.discard(bare)
             else:
                 enabled.add(bare)
-        flags: dict[str, bool] = {f: f in enabled for f in ALL_FEATURES}
-        return replace(cls(maxphyaddr=maxphyaddr), **flags)  # type: ignore[arg-type]
+        return replace(cls(maxphyaddr=maxphyaddr), **{f: f in enabled for f in ALL_FEATURES})
 
     def names(self) -> list[str]:
         return [f for f in ALL_FEATURES if getattr(self, f)]

@@ -8,6 +8,7 @@ triple fault, a livelock) ends the run and is reported with the phase it happene
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from earlymm.hw.events import ListTrace
@@ -118,7 +119,8 @@ def boot(machine: MachineConfig, kernel: KernelConfig, *, until: Phase | None = 
     return result
 
 
-def _steps(ctx: KernelContext, obs: Observer):  # type: ignore[no-untyped-def]
+def _steps(ctx: KernelContext, obs: Observer) -> Iterator[None]:
+    """The boot path, pausing after each ``Phase`` (the caller steps it with ``next``)."""
     startup_64(ctx)
     obs.checks.extend(inv.after_startup_64(ctx))
     yield
