@@ -67,7 +67,8 @@ class Mmu:
                 why = check_rights(plan, kind, user, implicit, acf, e.user_page, e.writable, e.xd, e.pkey,
                                    r.pkru, r.pkrs)
                 if why is None:
-                    return WalkResult(va, kind, user, OK, [], e.pa | (va & (e.size - 1)), e.size, acc=e.acc)
+                    return WalkResult(va, kind, user, OK, [], e.pa | (va & (e.size - 1)), e.size, acc=e.acc,
+                                      tlb_pkey=e.pkey)
                 # A cached entry that forbids the access is re-walked, as QEMU's softmmu does.
                 tlb.invlpg(va, self.pcid)
         prefixes = self._prefixes(va) if tlb.enabled and tlb.psc_enabled and plan.va_bits else None
@@ -84,9 +85,8 @@ class Mmu:
             if tlb.enabled and plan.mode is not PagingMode.DISABLED:
                 leaf = res.path[-1] | (0x60 if kind == 1 else 0x20)
                 size = res.page_size
-                tlb.fill(TlbEntry(va & -size & ((1 << 64) - 1), res.pa & -size, size, res.user_page,
-                                  res.writable, res.xd, res.pkey, bool(leaf & 0x40),
-                                  bool(leaf & 0x100) and self.pge, self.pcid, res.acc))
+                tlb.fill(TlbEntry(va & -size & ((1 << 64) - 1), res.pa & -size, size, res.acc, res.pkey,
+                                  bool(leaf & 0x40), bool(leaf & 0x100) and self.pge, self.pcid))
                 if prefixes is not None:
                     self._psc_fill(res, prefixes)
         elif res.outcome == PF:

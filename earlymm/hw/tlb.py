@@ -21,14 +21,23 @@ class TlbEntry:
     va: int  # page base
     pa: int  # frame base
     size: int
-    user_page: bool
-    writable: bool
-    xd: bool
+    acc: int  # the walk's rights accumulator (WalkResult.acc): the rights are derived from it
     pkey: int
     dirty: bool
     global_: bool
     pcid: int
-    acc: int = 0  # the walk's rights accumulator (WalkResult.acc), so a hit rebuilds the same result
+
+    @property
+    def user_page(self) -> bool:
+        return self.acc & 4 != 0
+
+    @property
+    def writable(self) -> bool:
+        return self.acc & 2 != 0
+
+    @property
+    def xd(self) -> bool:
+        return not self.acc >> 63
 
 
 @dataclass(slots=True)

@@ -141,6 +141,7 @@ class WalkResult(NamedTuple):
     acc: int = 0
     ad_updates: list[AdUpdate] | None = None
     first: int = 0  # index in plan.levels of path[0]: > 0 when a paging-structure cache supplied the start
+    tlb_pkey: int = 0  # a TLB hit has no path to read the leaf's key from, so it carries the key
 
     @property
     def ok(self) -> bool:
@@ -164,7 +165,9 @@ class WalkResult(NamedTuple):
     @property
     def pkey(self) -> int:
         """The leaf's protection key (bits 62:59, 0 where the mode has none; 0 without a walked leaf)."""
-        return (self.path[-1] >> 59) & 15 if self.acc & 1 and self.path else 0
+        if not self.acc & 1:
+            return 0
+        return (self.path[-1] >> 59) & 15 if self.path else self.tlb_pkey
 
     def entry_addr(self, plan: WalkPlan, i: int) -> int:
         lp = plan.levels[self.first + i]
@@ -189,7 +192,7 @@ def walk(mem: PhysMem, plan: WalkPlan, root: int, va: int, kind: int = 0, user: 
     if va_bits:
         top = va >> (va_bits - 1)
         if top and top != plan.canon_ones:
-            return _new(WalkResult, (va, kind, user, GP, path, 0, 0, 0, Reason.NONCANONICAL, 0, None, first))
+            return _new(WalkResult, (va, kind, user, GP, path, 0, 0, 0, Reason.NONCANONICAL, 0, None, first, 0))
     elif plan.mode is PagingMode.DISABLED:
         return WalkResult(va, kind, user, OK, path, pa=va & 0xFFFF_FFFF, page_size=1 << 12, acc=_XD | 0x67)
     else:
@@ -223,7 +226,7 @@ def walk(mem: PhysMem, plan: WalkPlan, root: int, va: int, kind: int = 0, user: 
             table = e & taddr
     except TypeError:
         path.append(table)
-        return _new(WalkResult, (va, kind, user, HOLE, path, 0, 0, 0, Reason.HOLE, 0, None, first))
+        return _new(WalkResult, (va, kind, user, HOLE, path, 0, 0, 0, Reason.HOLE, 0, None, first, 0))
     if not e & 1:
         return _fault(plan, va, kind, user, path, Reason.NOT_PRESENT, first, acc)
     if not e & leafsel or e & lrsvd:
@@ -240,10 +243,10 @@ def walk(mem: PhysMem, plan: WalkPlan, root: int, va: int, kind: int = 0, user: 
             if (plan.pke or plan.pks) and pk_violation(plan, kind, user, user_page, pkey, pkru, pkrs):
                 code |= 0x20
             return _new(WalkResult, (va, kind, user, PF, path, 0, 0, code, why, acc,
-                                     _ad_updates(plan, va, path, False, leaf=False, first=first), first))
+                                     _ad_updates(plan, va, path, False, leaf=False, first=first), first, 0))
     # All A (and, for a write, the leaf's D) already set: the common case in kernel tables.
     ups = None if acc & 0x20 and (kind != 1 or e & 0x40) else _ad_updates(plan, va, path, kind == 1, first=first)
-    return _new(WalkResult, (va, kind, user, OK, path, pa, lsize, 0, None, acc, ups, first))
+    return _new(WalkResult, (va, kind, user, OK, path, pa, lsize, 0, None, acc, ups, first, 0))
 
 
 def _fault(plan: WalkPlan, va: int, kind: int, user: bool, path: list[int], why: Reason,
@@ -254,7 +257,7 @@ def _fault(plan: WalkPlan, va: int, kind: int, user: bool, path: list[int], why:
     # they all have it already, as kernel tables do.
     ups = [] if acc & 0x20 else _ad_updates(plan, va, path[:-2], False, first=first)
     return _new(WalkResult, (va, kind, user, PF, path, 0, 0, error_code_for(plan, kind, user, why), why, 0, ups,
-                             first))
+                             first, 0))
 
 
 def _ad_updates(plan: WalkPlan, va: int, path: list[int], write: bool, leaf: bool = True,

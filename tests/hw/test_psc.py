@@ -72,3 +72,13 @@ def test_a_page_fault_leaves_nothing_of_its_walk_cached() -> None:
     prefixes = cpu.mmu._prefixes(miss)
     assert prefixes is not None and cpu.mmu.tlb.psc_lookup(prefixes, cpu.mmu.pcid) is None
     assert cpu.mmu.translate(A).first == 0  # and so the next walk starts at the root
+
+
+def test_a_tlb_hit_reports_the_same_rights_and_key_as_the_walk() -> None:
+    cpu, mp, _pde, _pt2 = machine()
+    mp.map_page(0x60_0000, 0x444_000, 4096, 0x66 | 5 << 59)  # protection key 5
+    walked = cpu.mmu.translate(0x60_0000)
+    hit = cpu.mmu.translate(0x60_0008)
+    assert walked.path and not hit.path  # the second one came from the TLB
+    assert (hit.pkey, hit.user_page, hit.writable, hit.xd) == (walked.pkey, walked.user_page,
+                                                                walked.writable, walked.xd) == (5, True, True, False)
