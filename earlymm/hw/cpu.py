@@ -248,7 +248,8 @@ class Cpu(ExceptionUnit):
         self.trace.emit(TlbFlush("all" if include_global else "non-global", 0, pcid or 0))
 
     def invlpg(self, va: int) -> None:
-        if self.paging.is_ia32e and va >> (self.paging.va_bits - 1) not in (0, (1 << (65 - self.paging.va_bits)) - 1):
+        plan = self.mmu.plan
+        if plan.va_bits and va >> (plan.va_bits - 1) not in (0, plan.canon_ones):
             return  # INVLPG of a non-canonical address is a no-op
         self.mmu.tlb.invlpg(va, self.mmu.pcid)
         self.trace.emit(TlbFlush("page", va, self.mmu.pcid))

@@ -104,7 +104,7 @@ class ExceptionUnit:
             self.regs.cr2 = fault.cr2
         self._deliver(vec, code)
 
-    def _deliver(self, vector: int, code: int, first: int | None = None) -> None:
+    def _deliver(self, vector: int, code: int) -> None:
         r = self.regs
         try:
             name, handler, frame = self._enter(vector, code)
@@ -113,7 +113,7 @@ class ExceptionUnit:
                 raise TripleFault(f"fault while delivering #DF ({inner.fault}): triple fault, machine reset",
                                   list(self.trace.recent)) from None
             self.trace.emit(DoubleFault(vector, inner.fault.vector, str(inner.fault)))
-            return self._deliver(DF_VECTOR, 0, vector)
+            return self._deliver(DF_VECTOR, 0)
         self.depth += 1
         self.trace.emit(FaultDelivered(vector, name, self.depth))
         try:
