@@ -13,25 +13,31 @@ from __future__ import annotations
 from earlymm.arch.entry import mask, pdpte_reserved
 from earlymm.arch.flags import CR0_RESERVED, CR4_RESERVED, EFER_RESERVED, Cr0, Cr4, Efer
 from earlymm.arch.modes import Features, PagingMode
-from earlymm.hw.delivery import KERNEL_CS, ExceptionFrame, ExceptionUnit, Handler
-from earlymm.hw.events import CrWrite, ListTrace, ModeChange, TlbFlush
-from earlymm.hw.faults import Exception_, Fault, GeneralProtection, PageFault, Reason
+from earlymm.hw.delivery import Delivery, ExceptionFrame, Handler, IdtDelivery
+from earlymm.hw.events import CrWrite, FaultRaised, ListTrace, ModeChange, TlbFlush
+from earlymm.hw.faults import ERRCODE_VECTORS, Exception_, Fault, GeneralProtection, Livelock, PageFault, Reason
 from earlymm.hw.memory import PhysMem
 from earlymm.hw.mmu import Mmu
 from earlymm.hw.regs import ControlRegs, CpuMode
 from earlymm.hw.tlb import Tlb
 from earlymm.hw.walk import GP, HOLE, OK, WalkResult
 
-__all__ = ["KERNEL_CS", "Cpu", "ExceptionFrame", "Handler"]
+__all__ = ["Cpu", "ExceptionFrame", "Handler"]
+
+MAX_NESTING = 64
 
 _CR0_PE = int(Cr0.PE)
 _EFER_LMA = int(Efer.LMA)
 
 
-class Cpu(ExceptionUnit):
+class Cpu:
+    """Registers, modes and memory accesses; faults go to ``delivery`` (the IDT on bare metal)."""
+
     def __init__(self, mem: PhysMem, features: Features | None = None, *, trace: ListTrace | None = None,
-                 tlb: Tlb | None = None, progress_limit: int = 200_000, fault_limit: int = 5_000) -> None:
+                 tlb: Tlb | None = None, delivery: Delivery | None = None, progress_limit: int = 200_000,
+                 fault_limit: int = 5_000) -> None:
         self.mem = mem
+        self.delivery: Delivery = delivery if delivery is not None else IdtDelivery()
         self.features = features or Features()
         self.regs = ControlRegs()
         self.trace = trace if trace is not None else ListTrace(enabled=False)
@@ -59,10 +65,13 @@ class Cpu(ExceptionUnit):
     def paging(self) -> PagingMode:
         return self.mmu.mode
 
-    def far_jump(self, rip: int, *, long_mode_code: bool, cs: int = KERNEL_CS) -> None:
-        """Load CS (L bit) and RIP, as a far jump/return does; a 64-bit target must be canonical."""
+    def far_jump(self, rip: int, *, long_mode_code: bool, cs: int | None = None) -> None:
+        """Load CS (selector and L bit) and RIP, as a far jump/return does; a 64-bit target must be
+        canonical. ``cs`` None keeps the selector."""
         before = self.mode
         self.regs.cs_l = long_mode_code
+        if cs is not None:
+            self.regs.cs = cs
         if self.mode is not before:
             self.trace.emit(ModeChange(self.mode.value))
         self.jump(rip)
@@ -92,9 +101,10 @@ class Cpu(ExceptionUnit):
                         self._livelock(f"{self._ops_since_progress} accesses inside exception handlers "
                                        "without the interrupted access completing")
                 return res.pa
-            self._raise(self._fault_of(res))
+            self.raise_fault(self.fault_of(res))
 
-    def _fault_of(self, res: WalkResult) -> Fault:
+    def fault_of(self, res: WalkResult) -> Fault:
+        """The fault a failed walk raises."""
         if res.outcome == GP:
             return GeneralProtection(Reason.NONCANONICAL, f"va {res.va:#x}")
         if res.outcome == HOLE:
@@ -133,8 +143,43 @@ class Cpu(ExceptionUnit):
             va, pos = va + n, pos + n
 
     # -- control registers (spec §1.8; SDM Vol. 3A §2.5, Vol. 2 MOV CR) ------------------------------
+    # -- exceptions --------------------------------------------------------------------------------------
+    def register_code(self, addr: int, name: str, handler: Handler) -> None:
+        """Declare that the guest function ``handler`` lives at code address ``addr``."""
+        self.code[addr] = (name, handler)
+
+    def lidt(self, base: int, limit: int) -> None:
+        self.regs.idt_base, self.regs.idt_limit = base, limit
+
+    def raise_exception(self, vector: int, error_code: int = 0, detail: str = "") -> None:
+        """For guest code that executes a faulting instruction (``ud2``, ``int3`` …)."""
+        self.raise_fault(Exception_(vector, error_code, detail))
+
+    def raise_fault(self, fault: Fault) -> None:
+        """Record the fault and hand it to the delivery; returns when the access may be retried."""
+        vec = fault.vector
+        cr2 = fault.cr2 if isinstance(fault, PageFault) else self.regs.cr2
+        reason = fault.reason.value if isinstance(fault, PageFault | GeneralProtection) else fault.detail
+        self.trace.emit(FaultRaised(vec, fault.error_code if vec in ERRCODE_VECTORS else 0, cr2, reason,
+                                    self.depth))
+        self.fault_counts[vec] = self.fault_counts.get(vec, 0) + 1
+        self.delivery.deliver(self, fault)
+
+    def check_progress(self, fault: Fault) -> None:
+        if self.depth >= MAX_NESTING:
+            self._livelock(f"exceptions nested {self.depth} deep")
+        self._faults_since_progress += 1
+        if self._faults_since_progress > self.fault_limit:
+            cr2 = fault.cr2 if isinstance(fault, PageFault) else self.regs.cr2
+            reason = fault.reason.value if isinstance(fault, PageFault | GeneralProtection) else fault.detail
+            self._livelock(f"{self._faults_since_progress} faults without the faulting access completing; "
+                           f"last: vector {fault.vector} cr2 {cr2:#x} ({reason})")
+
+    def _livelock(self, why: str) -> None:
+        raise Livelock(why, list(self.trace.recent))
+
     def _gp(self, detail: str) -> None:
-        self._raise(GeneralProtection(Reason.REGISTER, detail))
+        self.raise_fault(GeneralProtection(Reason.REGISTER, detail))
 
     def write_cr0(self, value: int) -> None:
         r, old = self.regs, self.regs.cr0

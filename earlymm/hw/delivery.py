@@ -1,16 +1,21 @@
-"""Exception delivery (SDM Vol. 3A ch. 6, §6.14): the CPU reads the gate from the guest's IDT in
-simulated memory, pushes the frame on the guest stack, runs the handler installed at the gate's address,
-and IRETs; a fault while delivering becomes #DF, one while delivering #DF a triple fault; a guard ends
-runs that make no progress. ``Cpu`` inherits this unit; it is split out only to keep modules small.
+"""Exception delivery (SDM Vol. 3A ch. 6, §6.11–§6.14), a collaborator of the CPU.
+
+The CPU hands every fault to its ``Delivery``. On bare metal that is ``IdtDelivery``: it writes CR2 for a
+#PF, reads the gate from the guest's IDT in simulated memory (16-byte IA-32e gates or 8-byte 32-bit
+gates: a ``GateFormat``), pushes the frame on the guest stack, runs the handler the guest installed at
+the gate's address and IRETs; a fault while delivering becomes #DF, one while delivering #DF a triple
+fault. A hypervisor platform (Xen PV's trap table and ``vcpu_info`` CR2) plugs in another ``Delivery``.
+The CPU is reached through ``CpuPort``, so this module never imports ``cpu.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import Protocol
 
-from earlymm.hw.events import DoubleFault, FaultDelivered, FaultRaised, Iret, ListTrace
+from earlymm.arch.flags import Efer
+from earlymm.hw.events import DoubleFault, FaultDelivered, Iret, ListTrace
 from earlymm.hw.faults import (
     DF_VECTOR,
     ERRCODE_VECTORS,
@@ -18,22 +23,16 @@ from earlymm.hw.faults import (
     Exception_,
     Fault,
     GeneralProtection,
-    Livelock,
     PageFault,
     Reason,
     TripleFault,
 )
-from earlymm.hw.walk import OK
-
-if TYPE_CHECKING:
-    from earlymm.hw.cpu import Cpu
-    from earlymm.hw.memory import PhysMem
-    from earlymm.hw.mmu import Mmu
-    from earlymm.hw.regs import ControlRegs
-    from earlymm.hw.walk import WalkResult
+from earlymm.hw.memory import PhysMem
+from earlymm.hw.mmu import Mmu
+from earlymm.hw.regs import ControlRegs
+from earlymm.hw.walk import OK, WalkResult
 
 KERNEL_CS = 0x10
-MAX_NESTING = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +43,66 @@ class ExceptionFrame:
     error_code: int
     rip: int
     cs: int
-    frame_addr: int  # address of the saved RIP on the stack (the frame a handler may edit)
+    frame_addr: int  # address of the saved RIP/EIP on the stack (the frame a handler may edit)
     depth: int
 
 
-Handler = Callable[["Cpu", ExceptionFrame], None]
+Handler = Callable[[ExceptionFrame], None]
+
+
+class CpuPort(Protocol):
+    """What delivery needs of the CPU: its registers, MMU, memory, trace, the guest code it runs, and a
+    way back into its fault path (for a fault raised by IRET itself)."""
+
+    regs: ControlRegs
+    mmu: Mmu
+    mem: PhysMem
+    trace: ListTrace
+    code: dict[int, tuple[str, Handler]]
+    depth: int
+
+    def fault_of(self, res: WalkResult) -> Fault: ...
+
+    def raise_fault(self, fault: Fault) -> None: ...
+
+    def check_progress(self, fault: Fault) -> None:
+        """Before a delivery: end a run whose faults nest without bound or never let the access complete."""
+
+
+class Delivery(Protocol):
+    """Turns a fault into whatever the platform does with it. Returns when the interrupted access may be
+    retried (the handler returned); raises ``CpuException`` when there is nowhere to deliver it, or a
+    ``SimulationError`` (triple fault, domain crash) when the machine stops."""
+
+    def deliver(self, cpu: CpuPort, fault: Fault) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GateFormat:
+    """An IDT gate layout and the frame the CPU pushes through it (SDM §6.11, §6.12.1, §6.14.1)."""
+
+    name: str
+    gate_size: int  # 16 (IA-32e) or 8 (protected mode)
+    word: int  # 8 or 4 bytes per pushed slot
+    always_push_stack: bool  # IA-32e pushes SS:RSP on every delivery; 32-bit only on a privilege change
+    align_stack: bool  # IA-32e aligns RSP down to 16 bytes before pushing
+
+    def decode(self, lo: int, hi: int) -> tuple[bool, int]:
+        """(present, target offset) of a gate read as two words (``hi`` unused for 8-byte gates)."""
+        present = bool(lo >> 47 & 1)
+        target = (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF_0000)
+        if self.gate_size == 16:
+            target |= (hi & 0xFFFF_FFFF) << 32
+        return present, target
+
+    def encode(self, target: int, selector: int, type_attr: int = 0x8E) -> tuple[int, int]:
+        """The words of a present interrupt gate (DPL 0) to ``selector:target``."""
+        lo = (target & 0xFFFF) | (selector << 16) | (type_attr << 40) | (((target >> 16) & 0xFFFF) << 48)
+        return lo, (target >> 32 if self.gate_size == 16 else 0)
+
+
+GATE64 = GateFormat("IA-32e", 16, 8, True, True)
+GATE32 = GateFormat("protected mode", 8, 4, False, False)
 
 
 class _DeliveryFault(Exception):
@@ -57,119 +111,102 @@ class _DeliveryFault(Exception):
         self.fault = fault
 
 
-class ExceptionUnit:
-    """The delivery half of ``Cpu`` (which provides these attributes)."""
+class IdtDelivery:
+    """Bare-metal delivery through the IDT. ``gates`` fixes the gate format; by default it follows the
+    CPU's mode (IA-32e gates when EFER.LMA=1), as the hardware does."""
 
-    regs: ControlRegs
-    mmu: Mmu
-    mem: PhysMem
-    trace: ListTrace
-    code: dict[int, tuple[str, Handler]]
-    depth: int
-    fault_limit: int
-    fault_counts: dict[int, int]
-    _faults_since_progress: int
+    def __init__(self, gates: GateFormat | None = None) -> None:
+        self.gates = gates
 
-    def _fault_of(self, res: WalkResult) -> Fault:
-        raise NotImplementedError
+    def format(self, cpu: CpuPort) -> GateFormat:
+        if self.gates is not None:
+            return self.gates
+        return GATE64 if cpu.regs.efer & Efer.LMA else GATE32
 
-    # -- exceptions ------------------------------------------------------------------------------------
-    def register_code(self, addr: int, name: str, handler: Handler) -> None:
-        """Declare that the guest function ``handler`` lives at code address ``addr``."""
-        self.code[addr] = (name, handler)
-
-    def lidt(self, base: int, limit: int) -> None:
-        self.regs.idt_base, self.regs.idt_limit = base, limit
-
-    def raise_exception(self, vector: int, error_code: int = 0, detail: str = "") -> None:
-        """For guest code that executes a faulting instruction (``ud2``, ``int3`` …)."""
-        self._raise(Exception_(vector, error_code, detail))
-
-    def _raise(self, fault: Fault) -> None:
-        vec = fault.vector
-        code = fault.error_code if vec in ERRCODE_VECTORS else 0
-        cr2 = fault.cr2 if isinstance(fault, PageFault) else self.regs.cr2
-        reason = fault.reason.value if isinstance(fault, PageFault | GeneralProtection) else fault.detail
-        self.trace.emit(FaultRaised(vec, code, cr2, reason, self.depth))
-        self.fault_counts[vec] = self.fault_counts.get(vec, 0) + 1
-        if self.regs.idt_limit < 0:
+    def deliver(self, cpu: CpuPort, fault: Fault) -> None:
+        if cpu.regs.idt_limit < 0:
             raise CpuException(fault)  # no IDT: the caller gets the fault as a value
-        if self.depth >= MAX_NESTING:
-            self._livelock(f"exceptions nested {self.depth} deep")
-        self._faults_since_progress += 1
-        if self._faults_since_progress > self.fault_limit:
-            self._livelock(f"{self._faults_since_progress} faults without the faulting access completing; "
-                           f"last: vector {vec} cr2 {cr2:#x} ({reason})")
+        cpu.check_progress(fault)
         if isinstance(fault, PageFault):
-            self.regs.cr2 = fault.cr2
-        self._deliver(vec, code)
+            cpu.regs.cr2 = fault.cr2
+        code = fault.error_code if fault.vector in ERRCODE_VECTORS else 0
+        self._deliver(cpu, fault.vector, code)
 
-    def _deliver(self, vector: int, code: int) -> None:
-        r = self.regs
+    def _deliver(self, cpu: CpuPort, vector: int, code: int) -> None:
+        r, fmt = cpu.regs, self.format(cpu)
         try:
-            name, handler, frame = self._enter(vector, code)
+            name, handler, frame = self._enter(cpu, fmt, vector, code)
         except _DeliveryFault as inner:
             if vector == DF_VECTOR:
                 raise TripleFault(f"fault while delivering #DF ({inner.fault}): triple fault, machine reset",
-                                  list(self.trace.recent)) from None
-            self.trace.emit(DoubleFault(vector, inner.fault.vector, str(inner.fault)))
-            return self._deliver(DF_VECTOR, 0)
-        self.depth += 1
-        self.trace.emit(FaultDelivered(vector, name, self.depth))
+                                  list(cpu.trace.recent)) from None
+            cpu.trace.emit(DoubleFault(vector, inner.fault.vector, str(inner.fault)))
+            return self._deliver(cpu, DF_VECTOR, 0)
+        cpu.depth += 1
+        cpu.trace.emit(FaultDelivered(vector, name, cpu.depth))
         try:
-            handler(cast("Cpu", self), frame)
+            handler(frame)
         finally:
-            self.depth -= 1
+            cpu.depth -= 1
         if vector == DF_VECTOR:
-            raise TripleFault("#DF handler returned: a double fault is an abort", list(self.trace.recent))
-        # IRET: pop RIP, CS, RFLAGS, RSP, SS from the frame (the handler may have edited RIP).
-        # IRET's pops are the CPU's own accesses, not progress of the interrupted code.
+            raise TripleFault("#DF handler returned: a double fault is an abort", list(cpu.trace.recent))
+        # IRET: pop RIP, CS, RFLAGS (and RSP, SS where they were pushed) from the frame, which the handler
+        # may have edited. IRET's pops are the CPU's own accesses, not progress of the interrupted code.
+        w = fmt.word
         try:
-            r.rip = self._implicit_load(frame.frame_addr)
-            r.rflags = self._implicit_load(frame.frame_addr + 16)
-            r.rsp = self._implicit_load(frame.frame_addr + 24)
+            r.rip = self._load(cpu, frame.frame_addr, w)
+            r.rflags = self._load(cpu, frame.frame_addr + 2 * w, w)
+            r.rsp = self._load(cpu, frame.frame_addr + 3 * w, w) if fmt.always_push_stack \
+                else frame.frame_addr + 3 * w
         except CpuException as e:
-            self._raise(e.fault)
-        self.trace.emit(Iret(vector, self.depth))
+            cpu.raise_fault(e.fault)
+        cpu.trace.emit(Iret(vector, cpu.depth))
 
-    def _enter(self, vector: int, code: int) -> tuple[str, Handler, ExceptionFrame]:
+    def _enter(self, cpu: CpuPort, fmt: GateFormat, vector: int, code: int) -> tuple[str, Handler, ExceptionFrame]:
         """Read the gate and push the frame; any fault here is a fault *while delivering*."""
-        r = self.regs
-        if 16 * vector + 15 > r.idt_limit:
+        r = cpu.regs
+        if fmt.gate_size * vector + fmt.gate_size - 1 > r.idt_limit:
             raise _DeliveryFault(GeneralProtection(Reason.REGISTER, f"vector {vector} beyond the IDT limit"))
+        at = r.idt_base + fmt.gate_size * vector
         try:
-            lo = self._implicit_load(r.idt_base + 16 * vector)
-            hi = self._implicit_load(r.idt_base + 16 * vector + 8)
+            lo = self._load(cpu, at, 8)
+            hi = self._load(cpu, at + 8, 8) if fmt.gate_size == 16 else 0
         except CpuException as e:
             raise _DeliveryFault(e.fault) from None
-        if not lo >> 47 & 1:
+        present, target = fmt.decode(lo, hi)
+        if not present:
             raise _DeliveryFault(Exception_(11, 8 * vector + 2, f"IDT gate {vector} not present"))
-        target = (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF_0000) | ((hi & 0xFFFF_FFFF) << 32)
-        entry = self.code.get(target)
+        entry = cpu.code.get(target)
         if entry is None:
             raise _DeliveryFault(Exception_(6, 0, f"IDT gate {vector} points at {target:#x}, where no "
                                                   "handler code was installed"))
-        rsp = (r.rsp & ~0xF) - 8 * 6  # SS, RSP, RFLAGS, CS, RIP, error code (SDM §6.14.2)
-        frame_vals = [code, r.rip, KERNEL_CS, r.rflags, r.rsp, 0x18]
+        w = fmt.word
+        # From the new stack top up: [error code], RIP, CS, RFLAGS, then RSP and SS where the format always
+        # pushes them (SDM §6.12.1, §6.14.2). Only the vectors of ERRCODE_VECTORS push an error code.
+        has_code = vector in ERRCODE_VECTORS
+        slots = ([code] if has_code else []) + [r.rip, r.cs, r.rflags] \
+            + ([r.rsp, 0x18] if fmt.always_push_stack else [])
+        top = (r.rsp & ~0xF) if fmt.align_stack else r.rsp
+        sp = (top - w * len(slots)) & ((1 << (8 * w)) - 1)
         try:
-            for i, v in enumerate(frame_vals):
-                self._implicit_store(rsp + 8 * i, v)
+            for i, v in enumerate(slots):
+                self._store(cpu, sp + w * i, v, w)
         except CpuException as e:
             raise _DeliveryFault(e.fault) from None
-        r.rsp = rsp
-        return entry[0], entry[1], ExceptionFrame(vector, code, r.rip, KERNEL_CS, rsp + 8, self.depth + 1)
+        r.rsp = sp
+        rip_at = sp + (w if has_code else 0)
+        return entry[0], entry[1], ExceptionFrame(vector, code, r.rip, r.cs, rip_at, cpu.depth + 1)
 
-    def _implicit_load(self, va: int) -> int:
-        res = self.mmu.translate(va, 0, False, True)
+    @staticmethod
+    def _load(cpu: CpuPort, va: int, size: int) -> int:
+        res = cpu.mmu.translate(va, 0, False, True)
         if res.outcome != OK:
-            raise CpuException(self._fault_of(res))
-        return self.mem.read_u64(res.pa)
+            raise CpuException(cpu.fault_of(res))
+        return cpu.mem.read_int(res.pa, size)
 
-    def _implicit_store(self, va: int, value: int) -> None:
-        res = self.mmu.translate(va, 1, False, True)
+    @staticmethod
+    def _store(cpu: CpuPort, va: int, value: int, size: int) -> None:
+        res = cpu.mmu.translate(va, 1, False, True)
         if res.outcome != OK:
-            raise CpuException(self._fault_of(res))
-        self.mem.write_u64(res.pa, value)
-
-    def _livelock(self, why: str) -> None:
-        raise Livelock(why, list(self.trace.recent))
+            raise CpuException(cpu.fault_of(res))
+        cpu.mem.write_int(res.pa, size, value & ((1 << (8 * size)) - 1))

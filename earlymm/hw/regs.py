@@ -25,6 +25,7 @@ class ControlRegs:
     pkru: int = 0
     pkrs: int = 0
     cpl: int = 0
+    cs: int = 0  # code segment selector (what an exception frame saves)
     cs_l: bool = False  # code segment with L=1: 64-bit mode when EFER.LMA
     ac: bool = False  # EFLAGS.AC
     pdptes: tuple[int, int, int, int] = (0, 0, 0, 0)  # PAE PDPTE registers, loaded at CR3 writes

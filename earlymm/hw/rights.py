@@ -3,12 +3,8 @@ shared by the walk, the TLB-hit path and the tools."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from earlymm.hw.faults import Reason
-
-if TYPE_CHECKING:
-    from earlymm.hw.walk import WalkPlan
+from earlymm.hw.plan import WalkPlan
 
 
 def check_rights(plan: WalkPlan, kind: int, user: bool, implicit: bool, ac: bool,

@@ -8,14 +8,14 @@ inside the handler, recursing until ``early_recursion_flag`` stops it — as see
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from earlymm.hw.cpu import Cpu, ExceptionFrame
+from earlymm.hw.cpu import ExceptionFrame
+from earlymm.hw.delivery import GATE64, Handler
 from earlymm.hw.faults import ERRCODE_VECTORS, PF_VECTOR, Halt
 from earlymm.kernel.consts import (
     __PAGE_KERNEL_LARGE,
     _KERNPG_TABLE,
     _PAGE_GLOBAL,
+    KERNEL_CS,
     PMD_SHIFT,
     PMD_SIZE,
     PUD_SHIFT,
@@ -160,21 +160,22 @@ def install_early_idt(ctx: KernelContext) -> None:
     cpu.lidt(base, 256 * 16 - 1)
 
 
-def _stub(ctx: KernelContext, vector: int) -> Callable[[Cpu, ExceptionFrame], None]:
-    def stub(cpu: Cpu, frame: ExceptionFrame) -> None:
-        early_idt_handler(ctx, cpu, frame, vector)
+def _stub(ctx: KernelContext, vector: int) -> Handler:
+    def stub(frame: ExceptionFrame) -> None:
+        early_idt_handler(ctx, frame, vector)
     return stub
 
 
 def write_gate(ctx: KernelContext, idt: int, vec: int, target: int) -> None:
     """A 64-bit interrupt gate (type 0xE, P=1, DPL 0) to ``target`` in ``__KERNEL_CS``."""
-    lo = (target & 0xFFFF) | (0x10 << 16) | (0x8E << 40) | (((target >> 16) & 0xFFFF) << 48)
+    lo, hi = GATE64.encode(target, KERNEL_CS)
     ctx.wr(idt + 16 * vec, lo)
-    ctx.wr(idt + 16 * vec + 8, target >> 32)
+    ctx.wr(idt + 16 * vec + 8, hi)
 
 
-def early_idt_handler(ctx: KernelContext, cpu: Cpu, frame: ExceptionFrame, vector: int) -> None:
+def early_idt_handler(ctx: KernelContext, frame: ExceptionFrame, vector: int) -> None:
     """``early_idt_handlers[i]`` + ``early_idt_handler`` (head_64.S @ v3.9, spec §3.7)."""
+    cpu = ctx.cpu
     regs, lay = cpu.regs, ctx.layout
     if vector not in ERRCODE_VECTORS:
         regs.rsp -= 8

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from earlymm.hw.cpu import Cpu, ExceptionFrame
+from earlymm.hw.cpu import ExceptionFrame
 from earlymm.hw.faults import Halt
 from earlymm.kernel.consts import _PAGE_NX, ISA_END_ADDRESS, PAGE_SHIFT, PAGE_SIZE
 from earlymm.kernel.context import KernelContext
@@ -73,11 +73,11 @@ def setup_arch_early(ctx: KernelContext) -> MmState:
     return st
 
 
-def page_fault(ctx: KernelContext, cpu: Cpu, frame: ExceptionFrame) -> None:
+def page_fault(ctx: KernelContext, frame: ExceptionFrame) -> None:
     """The real ``page_fault`` entry once ``early_trap_pf_init`` ran. Nothing this early expects a fault
     any more, so the model's ``do_page_fault`` ends in an oops, as a kernel-mode fault with no
     exception-table entry does."""
-    msg = (f"BUG: unable to handle kernel paging request at {cpu.regs.cr2:016x} "
+    msg = (f"BUG: unable to handle kernel paging request at {ctx.cpu.regs.cr2:016x} "
            f"(error code {frame.error_code:#x})")
     ctx.print(msg)
     raise Halt(msg, outcome="oops", console="\n".join(ctx.console))
@@ -87,7 +87,7 @@ def early_trap_pf_init(ctx: KernelContext) -> None:
     """``set_intr_gate(X86_TRAP_PF, &page_fault)``: the early #PF handler is retired (seed 000 -v8)."""
     lay = ctx.layout
     write_gate(ctx, lay["idt_table"], 14, lay["page_fault"])
-    ctx.cpu.register_code(lay["page_fault"], "page_fault", lambda c, f: page_fault(ctx, c, f))
+    ctx.cpu.register_code(lay["page_fault"], "page_fault", lambda f: page_fault(ctx, f))
     ctx.emit(Note("early_trap_pf_init: IDT[14] → page_fault; the early #PF handler is retired"))
 
 

@@ -143,5 +143,5 @@ def load(cfg: MachineConfig, image_size: int, *, trace: ListTrace | None = None)
     cpu.write_cr0(int(Cr0.PE | Cr0.ET | Cr0.PG))
     cpu.lidt(0, 0)  # no usable IDT yet: any exception now ends in a triple fault, as on hardware
     cpu.regs.rsp = stack + 4096 - 8
-    cpu.far_jump(cfg.kernel_at, long_mode_code=True)  # into startup_64 at its physical address
+    cpu.far_jump(cfg.kernel_at, long_mode_code=True, cs=0x10)  # into startup_64 at its physical address
     return LoadedMachine(mem, cpu, trace, cfg, ramdisk_at)
