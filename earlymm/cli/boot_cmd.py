@@ -11,11 +11,12 @@ from earlymm.arch.modes import Features
 from earlymm.cli.common import EXIT_CRASH, EXIT_OK, Parser, UsageError, hexint, parse_size, size_arg
 from earlymm.hw.memory import Region, RegionMap, RegionType
 from earlymm.images import ImageError
-from earlymm.kernel.boot import Phase, boot
+from earlymm.kernel.boot import boot
 from earlymm.kernel.consts import PROFILES
 from earlymm.kernel.context import KernelConfig, PoolAccess, Variant
+from earlymm.kernel.phases import Phase
 from earlymm.platform.pc import MachineConfig, pc_e820
-from earlymm.tools.boot_report import CRASH_OUTCOMES, render_text, save_core, to_json
+from earlymm.tools.boot_report import render_text, save_core, to_json
 
 
 def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
@@ -140,4 +141,4 @@ def main(args: argparse.Namespace) -> int:
         print_rich(render_text(result, trace=args.trace))
     else:
         sys.stdout.write(render_text(result, trace=args.trace) + "\n")
-    return EXIT_CRASH if result.outcome in CRASH_OUTCOMES else EXIT_OK
+    return EXIT_CRASH if result.outcome.crashed else EXIT_OK

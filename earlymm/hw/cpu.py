@@ -10,6 +10,7 @@ returns the frame is popped (IRET) and the faulting access is retried. A fault w
 
 from __future__ import annotations
 
+from earlymm.arch.cpuid import CpuIdentity, cpuid_leaf
 from earlymm.arch.entry import mask, pdpte_reserved
 from earlymm.arch.flags import CR0_RESERVED, CR4_RESERVED, EFER_RESERVED, Cr0, Cr4, Efer
 from earlymm.arch.modes import Features, PagingMode
@@ -34,9 +35,10 @@ class Cpu:
     """Registers, modes and memory accesses; faults go to ``delivery`` (the IDT on bare metal)."""
 
     def __init__(self, mem: PhysMem, features: Features | None = None, *, trace: ListTrace | None = None,
-                 tlb: Tlb | None = None, delivery: Delivery | None = None, progress_limit: int = 200_000,
-                 fault_limit: int = 5_000) -> None:
+                 tlb: Tlb | None = None, delivery: Delivery | None = None, identity: CpuIdentity | None = None,
+                 progress_limit: int = 200_000, fault_limit: int = 5_000) -> None:
         self.mem = mem
+        self.identity = identity or CpuIdentity()
         self.delivery: Delivery = delivery if delivery is not None else IdtDelivery()
         self.features = features or Features()
         self.regs = ControlRegs()
@@ -48,7 +50,6 @@ class Cpu:
         self.fault_limit = fault_limit
         self._ops_since_progress = 0
         self._faults_since_progress = 0
-        self.fault_counts: dict[int, int] = {}
 
     # -- modes ---------------------------------------------------------------------------------------
     @property
@@ -82,6 +83,10 @@ class Cpu:
             rip &= 0xFFFF_FFFF
         self.fetch(rip)
         self.regs.rip = rip
+
+    def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
+        """The CPUID instruction: (EAX, EBX, ECX, EDX) for this CPU's identity and features."""
+        return cpuid_leaf(self.identity, self.features, leaf, subleaf)
 
     # -- memory ----------------------------------------------------------------------------------------
     def _pa(self, va: int, kind: int, implicit: bool = False) -> int:
@@ -162,7 +167,6 @@ class Cpu:
         reason = fault.reason.value if isinstance(fault, PageFault | GeneralProtection) else fault.detail
         self.trace.emit(FaultRaised(vec, fault.error_code if vec in ERRCODE_VECTORS else 0, cr2, reason,
                                     self.depth))
-        self.fault_counts[vec] = self.fault_counts.get(vec, 0) + 1
         self.delivery.deliver(self, fault)
 
     def check_progress(self, fault: Fault) -> None:

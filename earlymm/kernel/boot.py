@@ -7,7 +7,6 @@ triple fault, a livelock) ends the run and is reported with the phase it happene
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -21,23 +20,9 @@ from earlymm.kernel.head64 import x86_64_start_kernel
 from earlymm.kernel.head_64 import startup_64
 from earlymm.kernel.image import install_image
 from earlymm.kernel.layout import build_layout
+from earlymm.kernel.phases import BootOutcome, Phase
 from earlymm.kernel.setup import setup_arch
 from earlymm.platform.pc import MachineConfig, load
-
-
-class Phase(enum.Enum):
-    STARTUP_64 = "startup_64"
-    X86_64_START_KERNEL = "x86_64_start_kernel"
-    SETUP_ARCH = "setup_arch"
-    INIT_MEM_MAPPING = "init_mem_mapping"
-    END = "end"
-
-    @classmethod
-    def parse(cls, text: str) -> Phase:
-        for p in cls:
-            if p.value == text:
-                return p
-        raise ValueError(f"unknown phase {text!r} (one of: {', '.join(p.value for p in cls)})")
 
 
 class Observer:
@@ -73,7 +58,7 @@ class Observer:
 
 @dataclass
 class BootResult:
-    outcome: str
+    outcome: BootOutcome
     reason: str
     phase: str
     ctx: KernelContext
@@ -84,12 +69,14 @@ class BootResult:
 
 def make_context(machine: MachineConfig, kernel: KernelConfig, *, trace: bool = False,
                  image_size: int = 24 << 20) -> KernelContext:
+    """The composition root of the native x86-64 path: the kernel image's layout, the PC platform with
+    its boot loader's work done, the image installed, and the kernel context over them."""
     layout = build_layout(kernel.profile, kernel.pool_pages, image_size)
     events = ListTrace(enabled=trace, keep=64)
     events.emit(PhaseEntered("boot loader"))
-    lm = load(machine, layout.image_size, trace=events)
-    install_image(lm.mem, layout, machine.kernel_at)
-    return KernelContext(lm, layout, kernel)
+    platform = load(machine, layout.image_size, trace=events)
+    install_image(platform.mem, layout, machine.kernel_at)
+    return KernelContext(platform, layout, kernel)
 
 
 def boot(machine: MachineConfig, kernel: KernelConfig, *, until: Phase | None = None, trace: bool = False,
@@ -97,49 +84,48 @@ def boot(machine: MachineConfig, kernel: KernelConfig, *, until: Phase | None = 
     ctx = make_context(machine, kernel, trace=trace, image_size=image_size)
     obs = Observer()
     ctx.observer = obs
-    result = BootResult("booted", "reached the end of the modelled boot path", "", ctx, obs)
-    steps = _steps(ctx, obs)
+    result = BootResult(BootOutcome.BOOTED, "reached the end of the modelled boot path", "", ctx, obs)
     try:
-        for phase in Phase:
-            result.phase = phase.value
-            ctx.emit(PhaseEntered(phase.value))
-            next(steps)
+        for phase in native_x86_64(ctx, obs):
             result.completed.append(phase.value)
             if until is phase and phase is not Phase.END:
-                result.outcome, result.reason = "stopped", f"stopped after {phase.value} (--until)"
+                result.outcome, result.reason = BootOutcome.STOPPED, f"stopped after {phase.value} (--until)"
                 break
     except Halt as e:
-        result.outcome, result.reason = e.outcome, e.reason
+        result.outcome, result.reason = BootOutcome(e.outcome), e.reason
     except SimulationError as e:
-        result.outcome, result.reason = e.outcome, e.reason + diagnose(ctx)
+        result.outcome, result.reason = BootOutcome(e.outcome), e.reason + diagnose(ctx)
     except CpuException as e:
-        result.outcome, result.reason = "fault", f"unhandled {e.fault}"
+        result.outcome, result.reason = BootOutcome.FAULT, f"unhandled {e.fault}"
+    result.phase = ctx.phase.value if ctx.phase is not None else ""
     result.console = "\n".join(ctx.console)
-    ctx.emit(RunEnded(result.outcome, result.reason))
+    ctx.emit(RunEnded(result.outcome.value, result.reason))
     return result
 
 
-def _steps(ctx: KernelContext, obs: Observer) -> Iterator[None]:
-    """The boot path, pausing after each ``Phase`` (the caller steps it with ``next``)."""
+def native_x86_64(ctx: KernelContext, obs: Observer) -> Iterator[Phase]:
+    """The native x86-64 boot path; yields each ``Phase`` as it completes (the caller may stop there)."""
+    ctx.enter_phase(Phase.STARTUP_64)
     startup_64(ctx)
     obs.checks.extend(inv.after_startup_64(ctx))
-    yield
-    x86_64_start_kernel(ctx, ctx.machine.config.boot_params_at)
-    yield
+    yield Phase.STARTUP_64
+    ctx.enter_phase(Phase.X86_64_START_KERNEL)
+    x86_64_start_kernel(ctx, ctx.platform.entry.boot_data)  # %rsi at startup_64, passed on in %rdi
+    yield Phase.X86_64_START_KERNEL
+    ctx.enter_phase(Phase.SETUP_ARCH)
     arch = setup_arch(ctx)
-    next(arch)  # up to init_mem_mapping
-    yield
-    next(arch)
+    yield next(arch)  # up to init_mem_mapping
+    yield_after = next(arch)
     obs.checks.extend(inv.after_init_mem_mapping(ctx))
-    yield
+    yield yield_after
     for _ in arch:
         pass
-    yield
+    yield Phase.END
 
 
 def diagnose(ctx: KernelContext) -> str:
     """For a livelock: say what the handler kept doing, and where the CPU's walk goes wrong."""
-    if not ctx.cpu.fault_counts.get(14):
+    if not ctx.stats.faults.get(14):
         return ""
     cr2 = ctx.cpu.regs.cr2  # the last #PF's address
     if ctx.stats.pool_resets > 2 * ctx.stats.handler_calls and ctx.config.pool_pages < 2:

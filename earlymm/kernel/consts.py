@@ -7,6 +7,7 @@ Kernel code reads everything era-dependent from a ``Profile``; nothing here is m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -67,6 +68,9 @@ class Profile:
     panic_format: str  # early_printk's PANIC line
     fixmap_pmds: tuple[int, ...]  # level2_fixmap_pgt entries pointing at level1_fixmap_pgt pages
     init_pgt_buf_pages: int  # INIT_PGT_BUF_SIZE / PAGE_SIZE (BRK page-table buffer)
+    early_cr2_native: bool  # 6.x do_early_exception: native_read_cr2(); v3.9 GET_CR2_INTO: the pv op
+    p4d_level: bool  # 6.x code has a p4d level (folded at run time in 4-level mode); v3.9 goes pgd → pud
+    ucode_loader: Literal["v3.9", "6.1"]  # load_ucode_bsp: v3.9 Intel only; 6.1 Intel, AMD, hypervisor check
 
     @property
     def maxmem(self) -> int:
@@ -83,6 +87,7 @@ V39 = Profile(
     trim_kernel_pmds=False, global_flush_in_start_kernel=False, step_shift=5, fixmap_pmds=(506,),
     init_pgt_buf_pages=5, step_grows_on_new_ram=True, real_end_pmd_aligned=False, clear_top_pgt_first=False,
     recursion_halt=2, panic_format="PANIC: early exception {vector:02x} rip {cs:x}:{rip:x} error {error:x} cr2 {cr2:x}",
+    early_cr2_native=False, ucode_loader="v3.9", p4d_level=False,
 )
 CURRENT = Profile(
     name="current", source_ref="linux v6.12", page_offset=0xFFFF_8880_0000_0000, physical_mask_shift=52,
@@ -91,5 +96,6 @@ CURRENT = Profile(
     init_pgt_buf_pages=6, step_grows_on_new_ram=False, real_end_pmd_aligned=True, clear_top_pgt_first=True,
     recursion_halt=3,
     panic_format="PANIC: early exception 0x{vector:02x} IP {cs:x}:{rip:x} error {error:x} cr2 0x{cr2:x}",
+    early_cr2_native=True, ucode_loader="6.1", p4d_level=True,
 )
 PROFILES = {p.name: p for p in (V39, CURRENT)}

@@ -1,8 +1,10 @@
-"""The kernel's view of the machine: memory through the MMU at kernel virtual addresses, the address
-conversions of Linux (``__va``, ``__pa``, ``__pa_symbol``), and the model's configuration.
+"""The kernel's view of the machine: memory through the MMU at kernel virtual addresses, Linux's address
+conversions (``__va``, ``__pa``, ``__pa_symbol``), the page-table geometry, the paravirt ops, and the
+model's configuration.
 
-Every page-table edit the model makes goes through ``rd``/``wr`` here, i.e. through ``Cpu.load``/``store``
-and so through the MMU: each access can fault exactly as on hardware (design §7.4 rule 5).
+Every page-table access the model makes goes through ``rd``/``wr`` here (directly, or inside a
+``pv_ops`` backend), i.e. through ``Cpu.load``/``store`` and so through the MMU: each access can fault
+exactly as on hardware (design §7.4 rule 5).
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from earlymm.hw.cpu import Cpu
-from earlymm.hw.events import Event, ListTrace
+from earlymm.hw.events import Event, FaultDelivered, FaultRaised, ListTrace
 from earlymm.kernel.consts import START_KERNEL_MAP, Profile
-from earlymm.kernel.events import ConsoleLine
+from earlymm.kernel.events import ConsoleLine, HandlerOutcome, LowPageAlloc, PhaseEntered, PoolAlloc, PoolReset
 from earlymm.kernel.layout import KernelLayout
-from earlymm.platform.pc import LoadedMachine
+from earlymm.kernel.paravirt.native import NativeCpuOps, NativeMmuOps
+from earlymm.kernel.paravirt.ops import PvOps
+from earlymm.kernel.pgtable import PgtableGeometry, x86_64
+from earlymm.kernel.phases import Phase
+from earlymm.platform.base import Platform
 
 
 class Variant(enum.Enum):
@@ -40,6 +46,8 @@ class KernelConfig:
 
 @dataclass
 class BootStats:
+    """The run's figures, derived from the event stream as it passes (nothing is booked twice)."""
+
     pool_allocs: int = 0
     pool_resets: int = 0
     pool_high_water: int = 0
@@ -48,32 +56,69 @@ class BootStats:
     handler_declined: int = 0
     low_pages_brk: int = 0
     low_pages_memblock: int = 0
+    faults: dict[int, int] = field(default_factory=dict)
+
+    def on_event(self, e: Event) -> None:
+        if isinstance(e, FaultRaised):
+            self.faults[e.vector] = self.faults.get(e.vector, 0) + 1
+        elif isinstance(e, PoolAlloc):
+            self.pool_allocs += 1
+            self.pool_high_water = max(self.pool_high_water, e.index + 1)
+        elif isinstance(e, PoolReset):
+            self.pool_resets += 1
+        elif isinstance(e, FaultDelivered) and e.handler.startswith("early_idt_handlers["):
+            self.handler_calls += 1
+        elif isinstance(e, HandlerOutcome):
+            if e.outcome == "halt":  # stopped by early_recursion_flag before it ran: not a call
+                self.handler_calls -= 1
+            elif e.outcome == "mapped":
+                self.handler_mapped += 1
+            elif e.vector == 14:  # a #PF that early_make_pgtable declined, then fixed up or fatal
+                self.handler_declined += 1
+        elif isinstance(e, LowPageAlloc):
+            if e.source == "brk":
+                self.low_pages_brk += 1
+            else:
+                self.low_pages_memblock += 1
 
 
 @dataclass
 class KernelContext:
-    machine: LoadedMachine
+    platform: Platform
     layout: KernelLayout
     config: KernelConfig
     stats: BootStats = field(default_factory=BootStats)
     console: list[str] = field(default_factory=list)
-    mm: Any = None  # the MmState of init.c once setup_arch has built it
+    phase: Phase | None = None
+    mm: Any = None  # the MmState of mm_init once setup_arch has built it
     observer: Any = None  # invariant checker called at the points spec §3.11 names (not kernel code)
+    pgt: PgtableGeometry = field(init=False)
+    pv: PvOps = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.trace.listeners.append(self.stats.on_event)
+        # Until __startup_64 learns otherwise (CR4.LA57), the kernel's tables are 4-level.
+        self.pgt = x86_64(l5=False, physical_mask_shift=self.profile.physical_mask_shift)
+        self.pv = PvOps(NativeMmuOps(self), NativeCpuOps(self))
 
     @property
     def cpu(self) -> Cpu:
-        return self.machine.cpu
+        return self.platform.cpu
 
     @property
     def trace(self) -> ListTrace:
-        return self.machine.trace
+        return self.platform.trace
 
     @property
     def profile(self) -> Profile:
         return self.config.profile
 
     def emit(self, event: Event) -> None:
-        self.machine.trace.emit(event)
+        self.platform.trace.emit(event)
+
+    def enter_phase(self, phase: Phase) -> None:
+        self.phase = phase
+        self.emit(PhaseEntered(phase.value))
 
     def sym(self, name: str) -> int:
         return self.layout[name]
@@ -90,6 +135,10 @@ class KernelContext:
 
     def memcpy(self, dst: int, src: int, size: int) -> None:
         self.cpu.write(dst, self.cpu.read(src, size))
+
+    def entry_val(self, raw: int) -> int:
+        """``pXd_val``: an entry as the kernel sees it (pv: mfn→pfn under Xen)."""
+        return self.pv.mmu.entry_val(raw)
 
     # -- address conversions (arch/x86/include/asm/page_64.h, spec §3.10) ------------------------------
     @property

@@ -8,6 +8,7 @@ inside the handler, recursing until ``early_recursion_flag`` stops it — as see
 
 from __future__ import annotations
 
+from earlymm.arch.addr import PhysAddr
 from earlymm.hw.cpu import ExceptionFrame
 from earlymm.hw.delivery import GATE64, Handler
 from earlymm.hw.faults import ERRCODE_VECTORS, PF_VECTOR, Halt
@@ -16,36 +17,33 @@ from earlymm.kernel.consts import (
     _KERNPG_TABLE,
     _PAGE_GLOBAL,
     KERNEL_CS,
-    PMD_SHIFT,
-    PMD_SIZE,
-    PUD_SHIFT,
     START_KERNEL_MAP,
 )
 from earlymm.kernel.context import KernelContext, PoolAccess, Variant
 from earlymm.kernel.events import EarlyMapping, HandlerOutcome, PoolAlloc, PoolReset
-
-PGDIR_SHIFT = 39
+from earlymm.kernel.native import native_flush_tlb, native_read_cr2
+from earlymm.kernel.pgtable import PgLevel, pgd_offset_pgd
 
 
 def reset_early_page_tables(ctx: KernelContext) -> None:
-    """Zero ``early_level4_pgt[0..510]``, empty the pool, reload CR3 (spec §3.5)."""
+    """Model of ``reset_early_page_tables()`` (arch/x86/kernel/head64.c @ v3.9; 6.1 the same): zero
+    ``early_level4_pgt[0..510]``, empty the pool, reload CR3 (spec §3.5)."""
     top = ctx.layout.top_pgt
-    ctx.memset(top, 0, 511 * 8)
+    ctx.memset(top, 0, (ctx.pgt.ptrs_per_pgd - 1) * ctx.pgt.entry_size)
     used = ctx.rd(ctx.sym("next_early_pgt"))
     ctx.wr(ctx.sym("next_early_pgt"), 0)
-    ctx.stats.pool_resets += 1
-    ctx.emit(PoolReset(ctx.stats.pool_resets, used))
+    ctx.emit(PoolReset(ctx.stats.pool_resets + 1, used))
     if ctx.config.variant is Variant.RFC:
-        ctx.cpu.write_cr3(ctx.cpu.regs.cr3)  # __native_flush_tlb(): reload CR3
+        native_flush_tlb(ctx.cpu)  # the RFC's __native_flush_tlb(): reload CR3
     else:
-        ctx.cpu.write_cr3(ctx.pa_symbol("early_top_pgt"))
+        ctx.pv.mmu.write_cr3(PhysAddr(ctx.pa_symbol("early_top_pgt")))  # write_cr3(): the pv wrapper
     if ctx.observer is not None:
         ctx.observer.after_reset(ctx)
 
 
 def _pool_va(ctx: KernelContext, entry_or_phys: int) -> int:
     """Where the handler reaches a pool page whose physical address is in an entry (or given)."""
-    phys = entry_or_phys & ctx.profile.pte_pfn_mask
+    phys = entry_or_phys & ctx.pgt.pte_pfn_mask
     if ctx.config.pool_access is PoolAccess.PAGE_OFFSET:
         return ctx.va(phys)
     return phys + START_KERNEL_MAP - ctx.phys_base
@@ -59,15 +57,14 @@ def _alloc(ctx: KernelContext, level: str, address: int) -> int | None:
         return None
     ctx.wr(nxt, n + 1)
     page_va = ctx.sym("early_dynamic_pgts") + 4096 * n
-    ctx.stats.pool_allocs += 1
-    ctx.stats.pool_high_water = max(ctx.stats.pool_high_water, n + 1)
     ctx.emit(PoolAlloc(n, level, address, page_va - START_KERNEL_MAP + ctx.phys_base))
     return page_va
 
 
 def _table_below(ctx: KernelContext, entry_p: int, level: str, address: int) -> int | None:
     """One level of ``__early_make_pgtable``: the table ``*entry_p`` points at, or a fresh pool page,
-    zeroed and linked with ``_KERNPG_TABLE``; None when the pool is full (the caller resets, restarts)."""
+    zeroed and linked with ``_KERNPG_TABLE``; None when the pool is full (the caller resets, restarts).
+    The entry is stored directly (``*pgd_p = …`` in head64.c): no pv_ops call this early."""
     entry = ctx.rd(entry_p)
     if entry:
         return _pool_va(ctx, entry)
@@ -82,26 +79,31 @@ def _table_below(ctx: KernelContext, entry_p: int, level: str, address: int) -> 
 
 
 def early_make_pgtable(ctx: KernelContext, address: int) -> int:
-    """Model of ``early_make_pgtable()`` (arch/x86/kernel/head64.c @ v3.9; 6.x ``__early_make_pgtable``,
-    4-level). Returns 0 when it created a mapping, -1 when it declines."""
+    """Model of ``early_make_pgtable()`` (arch/x86/kernel/head64.c @ v3.9; 6.1 ``__early_make_pgtable``,
+    whose p4d level exists only when ``pgtable_l5_enabled``, else the pgd entry doubles as it). Returns 0
+    when it created a mapping, -1 when it declines (spec §3.6)."""
     if ctx.config.variant is Variant.RFC:
         return early_make_pgtable_rfc(ctx, address)
-    prof, cpu = ctx.profile, ctx.cpu
+    prof, g = ctx.profile, ctx.pgt
     physaddr = (address - prof.page_offset) & ((1 << 64) - 1)
-    if physaddr >= prof.maxmem or cpu.regs.cr3 & prof.pte_pfn_mask != ctx.pa_symbol("early_top_pgt"):
+    # read_cr3() (v3.9) / read_cr3_pa() (6.1): both the pv wrapper
+    if physaddr >= prof.maxmem or ctx.pv.mmu.read_cr3() & g.pte_pfn_mask != ctx.pa_symbol("early_top_pgt"):
         return -1
-    pmd = (physaddr & ~(PMD_SIZE - 1)) + ctx.rd(ctx.sym("early_pmd_flags"))
-    top = ctx.layout.top_pgt
+    pmd = (physaddr & ~(g.pmd_size - 1)) + ctx.rd(ctx.sym("early_pmd_flags"))
     while True:  # "again:" — restarted after a reset
-        pud_page = _table_below(ctx, top + 8 * ((address >> PGDIR_SHIFT) & 511), "pud", address)
-        if pud_page is None:
-            reset_early_page_tables(ctx)
-            continue
-        pmd_page = _table_below(ctx, pud_page + 8 * ((address >> PUD_SHIFT) & 511), "pmd", address)
+        pgd_p = pgd_offset_pgd(g, ctx.layout.top_pgt, address)
+        if g.folded(PgLevel.P4D):
+            p4d_p: int | None = pgd_p
+        else:
+            p4d_page = _table_below(ctx, pgd_p, "p4d", address)
+            p4d_p = None if p4d_page is None else p4d_page + g.entry_size * g.p4d_index(address)
+        pud_page = None if p4d_p is None else _table_below(ctx, p4d_p, "pud", address)
+        pmd_page = None if pud_page is None else \
+            _table_below(ctx, pud_page + g.entry_size * g.pud_index(address), "pmd", address)
         if pmd_page is None:
             reset_early_page_tables(ctx)
             continue
-        ctx.wr(pmd_page + 8 * ((address >> PMD_SHIFT) & 511), pmd)
+        ctx.wr(pmd_page + g.entry_size * g.pmd_index(address), pmd)  # pmd_p[pmd_index(address)] = pmd
         ctx.emit(EarlyMapping(address, pmd, 1))
         if ctx.observer is not None:
             ctx.observer.after_mapping(ctx, address)
@@ -116,10 +118,11 @@ def early_make_pgtable_rfc(ctx: KernelContext, address: int) -> int:
     if physaddr >= prof.maxmem:
         return -1
     nxt = ctx.sym("next_early_pgt")
-    pgd_p = ctx.layout.top_pgt + 8 * ((address >> PGDIR_SHIFT) & 511)
+    g = ctx.pgt
+    pgd_p = pgd_offset_pgd(g, ctx.layout.top_pgt, address)
     pgd = ctx.rd(pgd_p)
     if pgd and ctx.rd(nxt) < n_pool:
-        pud_p = (pgd & prof.pte_pfn_mask) + START_KERNEL_MAP
+        pud_p = (pgd & g.pte_pfn_mask) + START_KERNEL_MAP
     else:
         if ctx.rd(nxt) >= n_pool - 1:
             reset_early_page_tables(ctx)
@@ -128,16 +131,16 @@ def early_make_pgtable_rfc(ctx: KernelContext, address: int) -> int:
         pud_p = page
         ctx.memset(pud_p, 0, 4096)
         ctx.wr(pgd_p, pud_p - START_KERNEL_MAP + _KERNPG_TABLE)
-    pud_p += 8 * ((address >> PUD_SHIFT) & 511)
+    pud_p += g.entry_size * g.pud_index(address)
     pmd_p = _alloc(ctx, "pmd", address)
     if pmd_p is None:  # next_early_pgt == EARLY_DYNAMIC_PAGE_TABLES: the RFC indexes past the pool
         pmd_p = ctx.sym("early_dynamic_pgts") + 4096 * ctx.rd(nxt)
         ctx.wr(nxt, ctx.rd(nxt) + 1)
-    pmd = (physaddr & ~((1 << PUD_SHIFT) - 1)) + (__PAGE_KERNEL_LARGE & ~_PAGE_GLOBAL)
-    ctx.cpu.write(pmd_p, b"".join(((pmd + i * PMD_SIZE) & ((1 << 64) - 1)).to_bytes(8, "little")
-                                  for i in range(512)))
+    pmd = (physaddr & ~(g.pud_size - 1)) + (__PAGE_KERNEL_LARGE & ~_PAGE_GLOBAL)
+    ctx.cpu.write(pmd_p, b"".join(((pmd + i * g.pmd_size) & ((1 << 64) - 1)).to_bytes(8, "little")
+                                  for i in range(g.ptrs_per_pmd)))
     ctx.wr(pud_p, pmd_p - START_KERNEL_MAP + _KERNPG_TABLE)
-    ctx.emit(EarlyMapping(address, pmd, 512))
+    ctx.emit(EarlyMapping(address, pmd, g.ptrs_per_pmd))
     if ctx.observer is not None:
         ctx.observer.after_mapping(ctx, address)
     return 0
@@ -193,16 +196,14 @@ def early_idt_handler(ctx: KernelContext, frame: ExceptionFrame, vector: int) ->
     saved = regs.rsp
     regs.rsp -= 72  # rax, rcx, rdx, rsi, rdi, r8-r11
     cpu.write(regs.rsp, bytes(72))
-    ctx.stats.handler_calls += 1
     handled = False
     if vector == PF_VECTOR:
-        cr2 = regs.cr2  # GET_CR2_INTO: native_read_cr2
+        # v3.9's GET_CR2_INTO is the pv read_cr2 under CONFIG_PARAVIRT; 6.1's do_early_exception calls
+        # native_read_cr2() on purpose.
+        cr2 = native_read_cr2(cpu) if ctx.profile.early_cr2_native else ctx.pv.mmu.read_cr2()
         if early_make_pgtable(ctx, cr2) == 0:
             handled = True
-            ctx.stats.handler_mapped += 1
             ctx.emit(HandlerOutcome(vector, cr2, "mapped"))
-        else:
-            ctx.stats.handler_declined += 1
     if not handled and early_fixup_exception(ctx, frame):
         handled = True
         ctx.emit(HandlerOutcome(vector, regs.cr2, "fixup"))

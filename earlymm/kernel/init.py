@@ -3,76 +3,39 @@ build the final direct map into ``init_level4_pgt`` top-down, then ``load_cr3`` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from earlymm.arch.addr import PhysAddr
 from earlymm.arch.flags import Cr4
-from earlymm.hw.faults import Halt
 from earlymm.kernel.consts import _PAGE_GLOBAL, _PAGE_NX, ISA_END_ADDRESS, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PUD_SIZE
 from earlymm.kernel.context import KernelContext
-from earlymm.kernel.events import DirectMapRange, LowPageAlloc, Note
-from earlymm.kernel.init_64 import PG_LEVEL_1G, PG_LEVEL_2M, kernel_physical_mapping_init
-from earlymm.kernel.memblock import Memblock
+from earlymm.kernel.cpufeature import X86Feature, boot_cpu_has
+from earlymm.kernel.events import DirectMapRange, Note
+from earlymm.kernel.init_64 import PG_LEVEL_1G, PG_LEVEL_2M, flush_tlb_all, kernel_physical_mapping_init
+from earlymm.kernel.mm_state import MmState
 
 
-@dataclass
-class MmState:
-    """The mm globals of init.c/init_64.c (``max_pfn_mapped``, ``pgt_buf_*``, ``page_size_mask`` …)."""
-
-    memblock: Memblock
-    max_pfn: int = 0
-    max_pfn_mapped: int = 0
-    min_pfn_mapped: int = 0
-    pgt_buf_start: int = 0
-    pgt_buf_end: int = 0
-    pgt_buf_top: int = 0
-    can_use_brk_pgt: bool = True
-    page_size_mask: int = 0
-    supported_pte_mask: int = (1 << 64) - 1
-    brk_end: int = 0
-    pfn_mapped: list[tuple[int, int]] = field(default_factory=list)
-    pages_4k: int = 0
-    pages_2m: int = 0
-    pages_1g: int = 0
-    table_pages: dict[str, int] = field(default_factory=dict)
-
-    def alloc_low_page(self, ctx: KernelContext, level: str) -> int:
-        """``alloc_low_pages(1)``: BRK buffer first, else memblock within the already-mapped range;
-        the page is cleared through ``__va`` and its ``__va`` address returned."""
-        if self.pgt_buf_end + 1 > self.pgt_buf_top or not self.can_use_brk_pgt:
-            if self.min_pfn_mapped >= self.max_pfn_mapped:
-                raise Halt("Kernel panic - not syncing: alloc_low_page: ran out of memory", outcome="panic")
-            ret = self.memblock.find_in_range(self.min_pfn_mapped << PAGE_SHIFT, self.max_pfn_mapped << PAGE_SHIFT,
-                                              PAGE_SIZE, PAGE_SIZE)
-            if not ret:
-                raise Halt("Kernel panic - not syncing: alloc_low_page: can not alloc memory", outcome="panic")
-            self.memblock.reserve(ret, PAGE_SIZE)
-            pfn, source = ret >> PAGE_SHIFT, "memblock"
-            ctx.stats.low_pages_memblock += 1
-        else:
-            pfn, source = self.pgt_buf_end, "brk"
-            self.pgt_buf_end += 1
-            ctx.stats.low_pages_brk += 1
-        ctx.emit(LowPageAlloc(pfn << PAGE_SHIFT, source))
-        self.table_pages[level] = self.table_pages.get(level, 0) + 1
-        va = ctx.va(pfn << PAGE_SHIFT)
-        ctx.memset(va, 0, PAGE_SIZE)  # clear_page(__va(pfn << PAGE_SHIFT))
-        return va
+def set_in_cr4(ctx: KernelContext, mask: int) -> None:
+    """``set_in_cr4``: read-modify-write CR4 through ``pv_ops.cpu``."""
+    ctx.pv.cpu.write_cr4(ctx.pv.cpu.read_cr4() | mask)
 
 
 def probe_page_size_mask(ctx: KernelContext, st: MmState) -> None:
+    """Model of ``probe_page_size_mask()`` (arch/x86/mm/init.c @ v3.9)."""
     cpu = ctx.cpu
-    if cpu.features.pse:
+    pse, pge = boot_cpu_has(cpu, X86Feature.PSE), boot_cpu_has(cpu, X86Feature.PGE)
+    if pse:
         st.page_size_mask |= PG_LEVEL_2M
-    if cpu.features.gbpages:
+    if boot_cpu_has(cpu, X86Feature.GBPAGES):  # direct_gbpages
         st.page_size_mask |= PG_LEVEL_1G
-    if cpu.features.pse:
-        cpu.write_cr4(cpu.regs.cr4 | int(Cr4.PSE))
-    if cpu.features.pge:
-        cpu.write_cr4(cpu.regs.cr4 | int(Cr4.PGE))
+    if pse:
+        set_in_cr4(ctx, int(Cr4.PSE))
+    if pge:
+        set_in_cr4(ctx, int(Cr4.PGE))
         st.supported_pte_mask |= _PAGE_GLOBAL
     else:
         st.supported_pte_mask &= ~_PAGE_GLOBAL
-    if not cpu.features.nx:
+    if not boot_cpu_has(cpu, X86Feature.NX):
         st.supported_pte_mask &= ~_PAGE_NX
 
 
@@ -196,6 +159,6 @@ def init_mem_mapping(ctx: KernelContext, st: MmState) -> None:
     if real_end < end:
         init_range_memory_mapping(ctx, st, real_end, end)
     lay = ctx.layout
-    ctx.cpu.write_cr3(ctx.pa_symbol("init_top_pgt"))  # load_cr3(swapper_pg_dir)
-    ctx.cpu.flush_tlb(include_global=True)  # __flush_tlb_all()
+    ctx.pv.mmu.write_cr3(PhysAddr(ctx.pa_symbol("init_top_pgt")))  # load_cr3(swapper_pg_dir)
+    flush_tlb_all(ctx)
     ctx.emit(Note(f"load_cr3({ctx.profile.init_pgt}) at {ctx.pa(lay.init_pgt):#x}: the early tables are retired"))

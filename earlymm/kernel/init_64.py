@@ -1,57 +1,67 @@
-"""The 64-bit direct-map builders and ``cleanup_highmap`` (arch/x86/mm/init_64.c @ v3.9), one function
-per level as in Linux. Tables are reached at ``__va`` addresses, so while CR3 is still the early table
-each access may fault and be materialised by the early #PF handler (spec §3.8).
+"""The 64-bit direct-map builders and ``cleanup_highmap`` (arch/x86/mm/init_64.c @ v3.9; 6.1's
+``__kernel_physical_mapping_init``), one function per level as in Linux. Tables are reached at ``__va``
+addresses, so while CR3 is still the early table each access may fault and be materialised by the early
+#PF handler (spec §3.8). Entries are written with the pv wrappers Linux uses there (``set_pte``,
+``set_pmd``, ``pmd_populate_kernel`` …) and read through ``pXd_val``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from earlymm.hw.memory import RegionType
+from earlymm.arch.addr import Pfn, VirtAddr
 from earlymm.kernel.consts import (
     __PAGE_KERNEL,
     __PAGE_KERNEL_LARGE,
     _KERNPG_TABLE,
     _PAGE_PSE,
-    PAGE_SIZE,
-    PGDIR_SIZE,
-    PMD_SIZE,
-    PUD_SIZE,
+    _PAGE_TABLE,
     START_KERNEL_MAP,
 )
 from earlymm.kernel.context import KernelContext
+from earlymm.kernel.cpufeature import X86Feature, boot_cpu_has
 from earlymm.kernel.events import Note
-
-if TYPE_CHECKING:
-    from earlymm.kernel.init import MmState
+from earlymm.kernel.mm_state import MmState
+from earlymm.kernel.pgtable import p4d_offset, pgd_offset_pgd
 
 PG_LEVEL_2M, PG_LEVEL_1G = 1 << 2, 1 << 3  # (1 << PG_LEVEL_2M), (1 << PG_LEVEL_1G)
 LARGE_FLAG_BITS = 0x8000_0000_0000_0FFF & ~_PAGE_PSE
+# What the model links new direct-map tables with. Linux's pmd_populate_kernel/pud_populate write
+# _PAGE_TABLE (issue 9 tracks the difference); the golden outputs guard today's value.
+DIRECT_MAP_TABLE_FLAGS = _KERNPG_TABLE
 
 
-def e820_any_mapped(ctx: KernelContext, start: int, end: int) -> bool:
-    """``e820_any_mapped(start, end, E820_RAM)`` (E820_RESERVED_KERN is not modelled)."""
-    return any(r.kind is RegionType.RAM and r.start < end and start < r.end for r in ctx.machine.config.e820)
+def pfn_pte(ctx: KernelContext, st: MmState, pa: int, prot: int) -> int:
+    """``pfn_pte(pa >> PAGE_SHIFT, prot)``: ``massage_pgprot`` drops what ``__supported_pte_mask`` lacks,
+    then ``__pte`` converts through ``pv_ops`` (``make_pte``)."""
+    return ctx.pv.mmu.make_entry((pa | prot) & st.supported_pte_mask)
 
 
-def _pfn_pte(ctx: KernelContext, st: MmState, pa: int, prot: int) -> int:
-    return (pa | prot) & st.supported_pte_mask
+def flush_tlb_all(ctx: KernelContext) -> None:
+    """``__flush_tlb_all`` (tlbflush.h @ v3.9): the global flush where the CPU has PGE, else a CR3 reload."""
+    if boot_cpu_has(ctx.cpu, X86Feature.PGE):
+        ctx.pv.mmu.flush_tlb_kernel()
+    else:
+        ctx.pv.mmu.flush_tlb_user()
+
+
+def _val(ctx: KernelContext, ptr: int) -> int:
+    return ctx.entry_val(ctx.rd(ptr, ctx.pgt.entry_size))
 
 
 def phys_pte_init(ctx: KernelContext, st: MmState, pte_page: int, addr: int, end: int, prot: int) -> int:
+    g, mmu = ctx.pgt, ctx.pv.mmu
     last = end
-    for i in range((addr >> 12) & 511, 512):
-        pte = pte_page + 8 * i
-        nxt = (addr & ~(PAGE_SIZE - 1)) + PAGE_SIZE
+    for i in range(g.pte_index(addr), g.ptrs_per_pte):
+        pte = VirtAddr(pte_page + g.entry_size * i)
+        nxt = (addr & ~0xFFF) + 0x1000
         if addr >= end:
-            if not e820_any_mapped(ctx, addr & ~(PAGE_SIZE - 1), nxt):
-                ctx.wr(pte, 0)
+            if not st.e820_any_mapped(addr & ~0xFFF, nxt):
+                mmu.set_pte(pte, mmu.make_entry(0))
             addr = nxt
             continue
-        if ctx.rd(pte):  # "Xen may have set it up" — reuse a present PTE
+        if _val(ctx, pte):  # "Xen may have set it up" — reuse a present PTE
             addr = nxt
             continue
-        ctx.wr(pte, _pfn_pte(ctx, st, addr & ~(PAGE_SIZE - 1), prot))
+        mmu.set_pte(pte, pfn_pte(ctx, st, addr & ~0xFFF, prot))
         st.pages_4k += 1
         last = nxt
         addr = nxt
@@ -59,20 +69,21 @@ def phys_pte_init(ctx: KernelContext, st: MmState, pte_page: int, addr: int, end
 
 
 def phys_pmd_init(ctx: KernelContext, st: MmState, pmd_page: int, addr: int, end: int, mask: int, prot: int) -> int:
+    g, mmu = ctx.pgt, ctx.pv.mmu
     last = end
-    for i in range((addr >> 21) & 511, 512):
-        pmd = pmd_page + 8 * i
-        nxt = (addr & ~(PMD_SIZE - 1)) + PMD_SIZE
+    for i in range(g.pmd_index(addr), g.ptrs_per_pmd):
+        pmd = VirtAddr(pmd_page + g.entry_size * i)
+        nxt = (addr & ~(g.pmd_size - 1)) + g.pmd_size
         new_prot = prot
         if addr >= end:
-            if not e820_any_mapped(ctx, addr & ~(PMD_SIZE - 1), nxt):
-                ctx.wr(pmd, 0)
+            if not st.e820_any_mapped(addr & ~(g.pmd_size - 1), nxt):
+                mmu.set_pmd(pmd, mmu.make_entry(0))
             addr = nxt
             continue
-        val = ctx.rd(pmd)
+        val = _val(ctx, pmd)
         if val:
             if not val & _PAGE_PSE:
-                last = phys_pte_init(ctx, st, ctx.va(val & ctx.profile.pte_pfn_mask), addr, end, prot)
+                last = phys_pte_init(ctx, st, ctx.va(val & g.pte_pfn_mask), addr, end, prot)
                 addr = nxt
                 continue
             if mask & PG_LEVEL_2M:
@@ -81,33 +92,35 @@ def phys_pmd_init(ctx: KernelContext, st: MmState, pmd_page: int, addr: int, end
                 continue
             new_prot = val & LARGE_FLAG_BITS  # split, keeping the large page's protection
         if mask & PG_LEVEL_2M:
-            ctx.wr(pmd, _pfn_pte(ctx, st, addr & ~(PMD_SIZE - 1), prot | _PAGE_PSE))
+            # set_pte((pte_t *)pmd, pfn_pte(…, prot | _PAGE_PSE)): a large leaf stored with set_pte
+            mmu.set_pte(pmd, pfn_pte(ctx, st, addr & ~(g.pmd_size - 1), prot | _PAGE_PSE))
             st.pages_2m += 1
             last = nxt
             addr = nxt
             continue
         pte_page = st.alloc_low_page(ctx, "pte")
         last = phys_pte_init(ctx, st, pte_page, addr, end, new_prot)
-        ctx.wr(pmd, ctx.pa(pte_page) | _KERNPG_TABLE)
+        pmd_populate_kernel(ctx, pmd, pte_page)
         addr = nxt
     return last
 
 
 def phys_pud_init(ctx: KernelContext, st: MmState, pud_page: int, addr: int, end: int, mask: int) -> int:
+    g, mmu = ctx.pgt, ctx.pv.mmu
     last = end
-    for i in range((addr >> 30) & 511, 512):
-        pud = pud_page + 8 * i
-        nxt = (addr & ~(PUD_SIZE - 1)) + PUD_SIZE
+    for i in range(g.pud_index(addr), g.ptrs_per_pud):
+        pud = VirtAddr(pud_page + g.entry_size * i)
+        nxt = (addr & ~(g.pud_size - 1)) + g.pud_size
         prot = __PAGE_KERNEL
         if addr >= end:
-            if not e820_any_mapped(ctx, addr & ~(PUD_SIZE - 1), nxt):
-                ctx.wr(pud, 0)
+            if not st.e820_any_mapped(addr & ~(g.pud_size - 1), nxt):
+                mmu.set_pud(pud, mmu.make_entry(0))
             addr = nxt
             continue
-        val = ctx.rd(pud)
+        val = _val(ctx, pud)
         if val:
             if not val & _PAGE_PSE:
-                last = phys_pmd_init(ctx, st, ctx.va(val & ctx.profile.pte_pfn_mask), addr, end, mask, prot)
+                last = phys_pmd_init(ctx, st, ctx.va(val & g.pte_pfn_mask), addr, end, mask, prot)
                 addr = nxt
                 continue
             if mask & PG_LEVEL_1G:
@@ -116,52 +129,80 @@ def phys_pud_init(ctx: KernelContext, st: MmState, pud_page: int, addr: int, end
                 continue
             prot = val & LARGE_FLAG_BITS
         if mask & PG_LEVEL_1G:
-            ctx.wr(pud, _pfn_pte(ctx, st, addr & ~(PUD_SIZE - 1), __PAGE_KERNEL_LARGE))
+            mmu.set_pte(pud, pfn_pte(ctx, st, addr & ~(g.pud_size - 1), __PAGE_KERNEL_LARGE))
             st.pages_1g += 1
             last = nxt
             addr = nxt
             continue
         pmd_page = st.alloc_low_page(ctx, "pmd")
         last = phys_pmd_init(ctx, st, pmd_page, addr, end, mask, prot)
-        ctx.wr(pud, ctx.pa(pmd_page) | _KERNPG_TABLE)
+        pud_populate(ctx, pud, pmd_page)
         addr = nxt
     return last
 
 
+def pmd_populate_kernel(ctx: KernelContext, pmd: VirtAddr, pte_page: int) -> None:
+    """``pmd_populate_kernel`` (pgalloc.h): tell the hypervisor the page is now a PTE table, link it."""
+    pa = ctx.pa(pte_page)
+    ctx.pv.mmu.alloc_pte(Pfn(pa >> 12))
+    ctx.pv.mmu.set_pmd(pmd, ctx.pv.mmu.make_entry(pa | DIRECT_MAP_TABLE_FLAGS))
+
+
+def pud_populate(ctx: KernelContext, pud: VirtAddr, pmd_page: int) -> None:
+    """``pud_populate`` (pgalloc.h): ``paravirt_alloc_pmd`` then ``set_pud``."""
+    pa = ctx.pa(pmd_page)
+    ctx.pv.mmu.alloc_pmd(Pfn(pa >> 12))
+    ctx.pv.mmu.set_pud(pud, ctx.pv.mmu.make_entry(pa | DIRECT_MAP_TABLE_FLAGS))
+
+
+def top_populate(ctx: KernelContext, pgd: VirtAddr, vaddr: int, pud_page: int) -> None:
+    """Link a new pud page under the pgd: v3.9's ``pgd_populate`` (``set_pgd``); 6.1's folded-p4d
+    ``p4d_populate_init`` (``set_p4d`` on ``p4d_offset(pgd, vaddr)``, the pgd entry itself). Both notify
+    ``paravirt_alloc_pud`` first and link with ``_PAGE_TABLE``."""
+    pa = ctx.pa(pud_page)
+    mmu = ctx.pv.mmu
+    mmu.alloc_pud(Pfn(pa >> 12))
+    if ctx.profile.p4d_level:
+        mmu.set_p4d(VirtAddr(p4d_offset(ctx, pgd, vaddr)), mmu.make_entry(pa | _PAGE_TABLE))
+    else:
+        mmu.set_pgd(pgd, mmu.make_entry(pa | _PAGE_TABLE))
+
+
 def kernel_physical_mapping_init(ctx: KernelContext, st: MmState, start: int, end: int, mask: int) -> int:
     """Map [start, end) at ``__va`` into ``init_level4_pgt`` (reached via ``pgd_offset_k``)."""
+    g = ctx.pgt
     vstart, vend = ctx.va(start), ctx.va(end)
     last = end
     while vstart < vend:
-        pgd = ctx.layout.init_pgt + 8 * ((vstart >> 39) & 511)
-        nxt = min((vstart & ~(PGDIR_SIZE - 1)) + PGDIR_SIZE, vend)
-        val = ctx.rd(pgd)
+        pgd = VirtAddr(pgd_offset_pgd(g, ctx.layout.init_pgt, vstart))  # pgd_offset_k(vstart)
+        nxt = min((vstart & ~(g.pgdir_size - 1)) + g.pgdir_size, vend)
+        val = _val(ctx, pgd)
         if val:
-            last = phys_pud_init(ctx, st, ctx.va(val & ctx.profile.pte_pfn_mask), ctx.pa(vstart), ctx.pa(vend),
-                                 mask)
+            last = phys_pud_init(ctx, st, ctx.va(val & g.pte_pfn_mask), ctx.pa(vstart), ctx.pa(vend), mask)
             vstart = nxt
             continue
         pud_page = st.alloc_low_page(ctx, "pud")
         last = phys_pud_init(ctx, st, pud_page, ctx.pa(vstart), ctx.pa(vend), mask)
-        ctx.wr(pgd, ctx.pa(pud_page) | 0x067)  # pgd_populate: _PAGE_TABLE
+        top_populate(ctx, pgd, vstart, pud_page)
         vstart = nxt
-    ctx.cpu.flush_tlb(include_global=True)  # __flush_tlb_all()
+    flush_tlb_all(ctx)
     return last
 
 
 def cleanup_highmap(ctx: KernelContext, max_pfn_mapped: int, brk_end: int) -> int:
-    """Clear ``level2_kernel_pgt`` entries outside [_text, roundup(_brk_end, 2 MiB)) (spec §3.8)."""
-    lay = ctx.layout
+    """Model of ``cleanup_highmap()`` (init_64.c @ v3.9): clear ``level2_kernel_pgt`` entries outside
+    [_text, roundup(_brk_end, 2 MiB)) with ``set_pmd(pmd, __pmd(0))`` (spec §3.8)."""
+    lay, g, mmu = ctx.layout, ctx.pgt, ctx.pv.mmu
     vaddr = START_KERNEL_MAP
     vaddr_end = START_KERNEL_MAP + (max_pfn_mapped << 12 if max_pfn_mapped else 512 << 20)
-    end = ((brk_end + PMD_SIZE - 1) & ~(PMD_SIZE - 1)) - 1
+    end = ((brk_end + g.pmd_size - 1) & ~(g.pmd_size - 1)) - 1
     cleared = 0
     pmd = lay["level2_kernel_pgt"]
-    while vaddr + PMD_SIZE - 1 < vaddr_end:
-        if ctx.rd(pmd) and (vaddr < lay.text or vaddr > end):
-            ctx.wr(pmd, 0)
+    while vaddr + g.pmd_size - 1 < vaddr_end:
+        if _val(ctx, pmd) and (vaddr < lay.text or vaddr > end):
+            mmu.set_pmd(VirtAddr(pmd), mmu.make_entry(0))
             cleared += 1
-        pmd += 8
-        vaddr += PMD_SIZE
+        pmd += g.entry_size
+        vaddr += g.pmd_size
     ctx.emit(Note(f"cleanup_highmap: {cleared} level2_kernel_pgt entries outside the image cleared"))
     return cleared

@@ -19,13 +19,13 @@ class Check:
 
 def _phys_read(ctx: KernelContext, va: int) -> int:
     res = ctx.cpu.mmu.probe(va)
-    return ctx.machine.mem.read_u64(res.pa) if res.outcome == OK else 0
+    return ctx.platform.mem.read_u64(res.pa) if res.outcome == OK else 0
 
 
 def after_startup_64(ctx: KernelContext) -> list[Check]:
-    lay, cfg = ctx.layout, ctx.machine.config
-    mem = ctx.machine.mem
-    phys_base = mem.read_u64(lay["phys_base"] - START_KERNEL_MAP + cfg.kernel_at - (lay.text - START_KERNEL_MAP))
+    lay, kernel_at = ctx.layout, ctx.platform.entry.kernel_at
+    mem = ctx.platform.mem
+    phys_base = mem.read_u64(lay["phys_base"] - START_KERNEL_MAP + kernel_at - (lay.text - START_KERNEL_MAP))
     top_pa = lay.top_pgt - START_KERNEL_MAP + phys_base
     l3 = lay["level3_kernel_pgt"] - START_KERNEL_MAP + phys_base
     e511 = mem.read_u64(top_pa + 511 * 8)
@@ -34,9 +34,9 @@ def after_startup_64(ctx: KernelContext) -> list[Check]:
     bad_high, bad_ident, glob = [], [], []
     for off in range(0, lay.image_size, PMD_SIZE):
         r = ctx.cpu.mmu.probe(lay.text + off)
-        if r.outcome != OK or r.pa != cfg.kernel_at + off:
+        if r.outcome != OK or r.pa != kernel_at + off:
             bad_high.append(lay.text + off)
-        p = cfg.kernel_at + off
+        p = kernel_at + off
         r = ctx.cpu.mmu.probe(p)
         if r.outcome != OK or r.pa != p:
             bad_ident.append(p)
@@ -52,7 +52,7 @@ def after_startup_64(ctx: KernelContext) -> list[Check]:
 
 def after_reset(ctx: KernelContext) -> list[Check]:
     """Invariant 2, right after ``reset_early_page_tables``."""
-    lay, mem = ctx.layout, ctx.machine.mem
+    lay, mem = ctx.layout, ctx.platform.mem
     top = ctx.pa_symbol("early_top_pgt")
     nonzero = [i for i in range(511) if mem.read_u64(top + 8 * i)]
     stale = [e for e in ctx.cpu.mmu.tlb.entries() if not e.global_]
@@ -65,7 +65,7 @@ def after_reset(ctx: KernelContext) -> list[Check]:
 
 def early_mapping(ctx: KernelContext, address: int) -> list[str]:
     """Invariant 3 for one ``early_make_pgtable`` result: violations (empty when all is well)."""
-    mem, prof, lay = ctx.machine.mem, ctx.profile, ctx.layout
+    mem, prof, lay = ctx.platform.mem, ctx.profile, ctx.layout
     phys_base = _phys_read(ctx, lay["phys_base"])
     pool0 = lay["early_dynamic_pgts"] - START_KERNEL_MAP + phys_base
     pool1 = pool0 + 4096 * ctx.config.pool_pages
@@ -89,13 +89,13 @@ def early_mapping(ctx: KernelContext, address: int) -> list[str]:
 
 
 def after_init_mem_mapping(ctx: KernelContext) -> list[Check]:
-    mem, prof = ctx.machine.mem, ctx.profile
+    mem, prof = ctx.platform.mem, ctx.profile
     init_pa = ctx.pa_symbol("init_top_pgt")
     ok_cr3 = ctx.cpu.regs.cr3 & prof.pte_pfn_mask == init_pa
     same511 = mem.read_u64(init_pa + 511 * 8) == mem.read_u64(ctx.pa_symbol("early_top_pgt") + 511 * 8)
     missing = []
     maxmem = prof.maxmem
-    ranges = [(0, 0x100000)] + [(r.start, min(r.end, maxmem)) for r in ctx.machine.config.ram() if r.start < maxmem]
+    ranges = [(0, 0x100000)] + [(r.start, min(r.end, maxmem)) for r in ctx.platform.ram() if r.start < maxmem]
     for s, e in ranges:
         step = max((e - s) // 64, 4096) & ~0xFFF
         for pa in sorted({s, e - 1, *range(s, e, step)}):
@@ -113,7 +113,7 @@ def after_init_mem_mapping(ctx: KernelContext) -> list[Check]:
 
 def _large_over_holes(ctx: KernelContext) -> list[str]:
     """Large pages are used only where ``memblock_is_region_memory`` allowed them (split_mem_range)."""
-    ram = [(r.start, r.end) for r in ctx.machine.config.ram()]
+    ram = [(r.start, r.end) for r in ctx.platform.ram()]
     bad = []
     for va_pa, size in table_leaves(ctx):
         if size > 4096 and not any(s <= va_pa and va_pa + size <= e for s, e in ram):
@@ -123,7 +123,7 @@ def _large_over_holes(ctx: KernelContext) -> list[str]:
 
 def table_leaves(ctx: KernelContext) -> list[tuple[int, int]]:
     """(pa, size) of every large leaf in the direct-map slots of the current top table."""
-    mem, prof = ctx.machine.mem, ctx.profile
+    mem, prof = ctx.platform.mem, ctx.profile
     top = ctx.cpu.regs.cr3 & prof.pte_pfn_mask
     out = []
     first = (prof.page_offset >> 39) & 511
@@ -152,7 +152,7 @@ def table_leaves(ctx: KernelContext) -> list[tuple[int, int]]:
 
 def table_pages_by_level(ctx: KernelContext) -> dict[str, int]:
     """Distinct page-table pages reachable from CR3, by level (the final map's cost)."""
-    mem, prof = ctx.machine.mem, ctx.profile
+    mem, prof = ctx.platform.mem, ctx.profile
     counts = {"pgd": 1, "pud": 0, "pmd": 0, "pte": 0}
     top = ctx.cpu.regs.cr3 & prof.pte_pfn_mask
     seen: set[int] = set()

@@ -8,29 +8,17 @@ from collections.abc import Iterator
 
 from earlymm.hw.cpu import ExceptionFrame
 from earlymm.hw.faults import Halt
+from earlymm.kernel.boot_data import ramdisk_range, read_e820
 from earlymm.kernel.consts import _PAGE_NX, ISA_END_ADDRESS, PAGE_SHIFT, PAGE_SIZE
 from earlymm.kernel.context import KernelContext
+from earlymm.kernel.cpufeature import X86Feature, boot_cpu_has
 from earlymm.kernel.early_fault import write_gate
 from earlymm.kernel.events import Note
-from earlymm.kernel.head64 import ramdisk_range
-from earlymm.kernel.init import MmState, init_mem_mapping
+from earlymm.kernel.init import init_mem_mapping
 from earlymm.kernel.init_64 import cleanup_highmap
 from earlymm.kernel.memblock import Memblock
-from earlymm.platform import bootparams as bp
-
-E820_RAM = 1
-
-
-def read_e820(ctx: KernelContext) -> list[tuple[int, int, int]]:
-    """The e820 table from the kernel's copy of ``boot_params`` (``setup_memory_map``)."""
-    b = ctx.layout["boot_params"]
-    n = min(ctx.rd(b + bp.E820_ENTRIES, 1), bp.E820_MAX)
-    out = []
-    for i in range(n):
-        raw = ctx.cpu.read(b + bp.E820_TABLE + 20 * i, 20)
-        addr, size = int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:16], "little")
-        out.append((addr, size, int.from_bytes(raw[16:20], "little")))
-    return out
+from earlymm.kernel.mm_state import E820_RAM, MmState
+from earlymm.kernel.phases import Phase
 
 
 def setup_arch_early(ctx: KernelContext) -> MmState:
@@ -43,9 +31,9 @@ def setup_arch_early(ctx: KernelContext) -> MmState:
         mb.reserve(rd_image, (rd_size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))  # early_reserve_initrd
     e820 = read_e820(ctx)
     maxmem_pfn = ctx.profile.maxmem >> PAGE_SHIFT
-    st = MmState(mb)
+    st = MmState(mb, e820=e820)
     st.max_pfn = min(max((a + s) >> PAGE_SHIFT for a, s, t in e820 if t == E820_RAM), maxmem_pfn)
-    if not ctx.cpu.features.nx:
+    if not boot_cpu_has(ctx.cpu, X86Feature.NX):
         st.supported_pte_mask &= ~_PAGE_NX  # x86_configure_nx()
     # early_alloc_pgt_buf(): INIT_PGT_BUF_SIZE from BRK; reserve_brk() then reserves what BRK used.
     brk = lay["__brk_base"]
@@ -108,12 +96,15 @@ def reserve_initrd(ctx: KernelContext, st: MmState) -> None:
                       "relocate_initrd would copy it below max_low_pfn"))
 
 
-def setup_arch(ctx: KernelContext) -> Iterator[str]:
-    """Yields after the steps before ``init_mem_mapping``, then after it; returns when done."""
+def setup_arch(ctx: KernelContext) -> Iterator[Phase]:
+    """``setup_arch``'s page-table steps: yields ``SETUP_ARCH`` when everything before
+    ``init_mem_mapping`` ran, then ``INIT_MEM_MAPPING`` after it; returns when done."""
     st = setup_arch_early(ctx)
     ctx.mm = st
-    yield "setup_arch"
+    yield Phase.SETUP_ARCH
+    ctx.enter_phase(Phase.INIT_MEM_MAPPING)
     init_mem_mapping(ctx, st)
-    yield "init_mem_mapping"
+    yield Phase.INIT_MEM_MAPPING
+    ctx.enter_phase(Phase.END)
     early_trap_pf_init(ctx)
     reserve_initrd(ctx, st)

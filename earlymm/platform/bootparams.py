@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import struct
 
+from earlymm.arch.cpuid import CpuIdentity, Vendor
 from earlymm.hw.memory import PhysMem, Region, RegionType
 
 EXT_RAMDISK_IMAGE = 0x0C0
@@ -23,8 +24,11 @@ CMD_LINE_PTR = 0x228
 XLOADFLAGS = 0x236
 E820_TABLE = 0x2D0
 E820_MAX = 128
-MICROCODE_PATH = b"kernel/x86/microcode/GenuineIntel.bin"
+MICROCODE_PATHS = {Vendor.INTEL: b"kernel/x86/microcode/GenuineIntel.bin",
+                   Vendor.AMD: b"kernel/x86/microcode/AuthenticAMD.bin"}
 MICROCODE_SIZE = 2048
+AMD_UCODE_MAGIC = 0x0041_4D44  # "DMA\0" (arch/x86/kernel/cpu/microcode/amd.c UCODE_MAGIC)
+AMD_PATCH_SIZE = 3200  # F17H_MPB_MAX_SIZE
 
 
 def write_boot_params(mem: PhysMem, at: int, e820: tuple[Region, ...], types: dict[RegionType, int], *,
@@ -56,16 +60,36 @@ def cpio_header(name: bytes, size: int, ino: int) -> bytes:
     return out + b"\0" * (-len(out) % 4)
 
 
-def write_ramdisk(mem: PhysMem, at: int, size: int) -> None:
-    """An uncompressed newc cpio: the early microcode file, then one file filling the rest, then the
-    trailer. Only the headers and the microcode are written, so a huge ramdisk costs nothing."""
-    pos = at
-    mc = cpio_header(MICROCODE_PATH, MICROCODE_SIZE, 1)
+def intel_microcode(identity: CpuIdentity) -> bytes:
+    """One Intel update for this CPU: the 48-byte header (header version 1, revision, date, processor
+    signature, …, data size, total size) and its data (SDM Vol. 3A §9.11.1)."""
     ucode = bytearray(MICROCODE_SIZE)
-    struct.pack_into("<IIIIIIIIII", ucode, 0, 1, 0x10, 0x2013_0101, 0x306A9, 0, 0, 1, MICROCODE_SIZE - 48,
-                     MICROCODE_SIZE, 0)
-    mem.write(pos, mc + bytes(ucode))
-    pos += len(mc) + MICROCODE_SIZE
+    struct.pack_into("<IIIIIIIIII", ucode, 0, 1, 0x10, 0x2013_0101, identity.signature, 0, 0, 1,
+                     MICROCODE_SIZE - 48, MICROCODE_SIZE, 0)
+    return bytes(ucode)
+
+
+def amd_microcode(identity: CpuIdentity) -> bytes:
+    """An AMD container: magic, the equivalence table (this CPU's signature → equivalence id, then the
+    zero terminator) and one patch section whose header names that id (amd.c's container format)."""
+    equiv_id = 0x8000 | (identity.family - 0xF) << 8 | identity.model
+    table = struct.pack("<IIIHH", identity.signature, 0, 0, equiv_id, 0) + bytes(16)
+    patch = bytearray(AMD_PATCH_SIZE)
+    struct.pack_into("<IIHBBIIIHBBB", patch, 0, 0x2019_0101, 0x0800_1000, 0x8000, 0, 0, 0, 0, 0, equiv_id, 0, 0,
+                     0)
+    return (struct.pack("<III", AMD_UCODE_MAGIC, 0, len(table)) + table
+            + struct.pack("<II", 1, len(patch)) + bytes(patch))
+
+
+def write_ramdisk(mem: PhysMem, at: int, size: int, identity: CpuIdentity) -> None:
+    """An uncompressed newc cpio: the early microcode file for the CPU's vendor (as the host's
+    microcode package puts it in the initramfs), then one file filling the rest, then the trailer.
+    Only the headers and the microcode are written, so a huge ramdisk costs nothing."""
+    pos = at
+    blob = intel_microcode(identity) if identity.vendor is Vendor.INTEL else amd_microcode(identity)
+    mc = cpio_header(MICROCODE_PATHS[identity.vendor], len(blob), 1)
+    mem.write(pos, mc + blob)
+    pos += len(mc) + len(blob)
     trailer = cpio_header(b"TRAILER!!!", 0, 3)
     filler_hdr_len = len(cpio_header(b"initrd.img", 0, 2))
     filler = (size - (pos - at) - filler_hdr_len - len(trailer)) & ~3

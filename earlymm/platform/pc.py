@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from earlymm.arch.cpuid import CpuIdentity
 from earlymm.arch.flags import Cr0, Cr4, Efer
 from earlymm.arch.modes import Features, PagingMode
 from earlymm.hw.cpu import Cpu
@@ -15,6 +16,7 @@ from earlymm.hw.mapper import FrameAllocator, Mapper
 from earlymm.hw.memory import PhysMem, Region, RegionMap, RegionType
 from earlymm.hw.tlb import Tlb
 from earlymm.platform import bootparams as bp
+from earlymm.platform.base import BootEntry, EntryProtocol
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -48,6 +50,7 @@ class MachineConfig:
     ramdisk_at: int | None = None  # None: near the top of RAM below 2 GiB, as boot loaders place it
     ramdisk_size: int = 16 * MiB
     features: Features = field(default_factory=lambda: Features(la57=False, pks=False))
+    identity: CpuIdentity = field(default_factory=CpuIdentity)
     pgtables_at: int = 0x6_0000  # the loader's identity tables: below 4 GiB, since its CR3 load is 32-bit
 
     def ram(self) -> list[Region]:
@@ -74,12 +77,31 @@ class MachineConfig:
 
 
 @dataclass
-class LoadedMachine:
+class PcPlatform:
+    """A PC after its 64-bit boot loader ran: the ``Platform`` the native x86-64 kernel boots on."""
+
     mem: PhysMem
     cpu: Cpu
     trace: ListTrace
     config: MachineConfig
     ramdisk_at: int
+    name: str = "pc"
+
+    @property
+    def identity(self) -> CpuIdentity:
+        return self.config.identity
+
+    @property
+    def entry(self) -> BootEntry:
+        c = self.config
+        return BootEntry(EntryProtocol.BOOT_PARAMS_64, c.kernel_at, c.boot_params_at, self.ramdisk_at,
+                         c.ramdisk_size)
+
+    def memory_map(self) -> tuple[Region, ...]:
+        return self.config.e820
+
+    def ram(self) -> list[Region]:
+        return self.config.ram()
 
 
 def validate(cfg: MachineConfig, image_size: int) -> None:
@@ -110,18 +132,18 @@ def validate(cfg: MachineConfig, image_size: int) -> None:
         raise ValueError("command line longer than COMMAND_LINE_SIZE (2048)")
 
 
-def load(cfg: MachineConfig, image_size: int, *, trace: ListTrace | None = None) -> LoadedMachine:
+def load(cfg: MachineConfig, image_size: int, *, trace: ListTrace | None = None) -> PcPlatform:
     """Set up memory and CPU as a 64-bit boot loader leaves them at ``startup_64`` (spec §3.1)."""
     validate(cfg, image_size)
     regions = RegionMap(cfg.e820)
     mem = PhysMem(absent_zero=True, regions=regions)
     trace = trace or ListTrace(enabled=False)
-    cpu = Cpu(mem, cfg.features, trace=trace, tlb=Tlb())
+    cpu = Cpu(mem, cfg.features, trace=trace, tlb=Tlb(), identity=cfg.identity)
     ramdisk_at = cfg.ramdisk_at if cfg.ramdisk_at is not None else cfg.default_ramdisk_at(image_size)
     bp.write_boot_params(mem, cfg.boot_params_at, cfg.e820, E820_TYPES, cmdline_at=cfg.cmdline_at,
                          ramdisk_at=ramdisk_at, ramdisk_size=cfg.ramdisk_size)
     mem.write(cfg.cmdline_at, cfg.cmdline.encode() + b"\0")
-    bp.write_ramdisk(mem, ramdisk_at, cfg.ramdisk_size)
+    bp.write_ramdisk(mem, ramdisk_at, cfg.ramdisk_size, cfg.identity)
 
     # The decompressor's (or a 64-bit loader's) identity map: 0–4 GiB in 2 MiB pages with flags
     # 0x183 (P RW PS G, no A/D), upper levels 0x7 — plus, when the kernel or boot data lie above
@@ -144,4 +166,4 @@ def load(cfg: MachineConfig, image_size: int, *, trace: ListTrace | None = None)
     cpu.lidt(0, 0)  # no usable IDT yet: any exception now ends in a triple fault, as on hardware
     cpu.regs.rsp = stack + 4096 - 8
     cpu.far_jump(cfg.kernel_at, long_mode_code=True, cs=0x10)  # into startup_64 at its physical address
-    return LoadedMachine(mem, cpu, trace, cfg, ramdisk_at)
+    return PcPlatform(mem, cpu, trace, cfg, ramdisk_at)

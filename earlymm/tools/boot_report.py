@@ -24,15 +24,13 @@ from earlymm.kernel.events import (
 )
 from earlymm.kernel.invariants import table_pages_by_level
 
-CRASH_OUTCOMES = ("panic", "halt", "hang", "oops", "triple_fault", "livelock", "fault")
-
 
 def stats(r: BootResult) -> dict[str, Any]:
     ctx = r.ctx
     s = ctx.stats
     out: dict[str, Any] = {
-        "page_faults": ctx.cpu.fault_counts.get(14, 0),
-        "other_exceptions": {str(k): v for k, v in ctx.cpu.fault_counts.items() if k != 14},
+        "page_faults": ctx.stats.faults.get(14, 0),
+        "other_exceptions": {str(k): v for k, v in ctx.stats.faults.items() if k != 14},
         "pool_size": ctx.config.pool_pages,
         "pool_allocations": s.pool_allocs,
         "pool_resets": s.pool_resets,
@@ -42,7 +40,7 @@ def stats(r: BootResult) -> dict[str, Any]:
         "early_declined": s.handler_declined,
         "tlb": {"hits": ctx.cpu.mmu.tlb.stats.hits, "misses": ctx.cpu.mmu.tlb.stats.misses,
                 "flushes": ctx.cpu.mmu.tlb.stats.flushes},
-        "memory_pages_touched": len(ctx.machine.mem.frames),
+        "memory_pages_touched": len(ctx.platform.mem.frames),
     }
     if ctx.mm is not None and "init_mem_mapping" in r.completed:
         mm = ctx.mm
@@ -56,9 +54,9 @@ def stats(r: BootResult) -> dict[str, Any]:
 def to_json(r: BootResult, *, events: bool) -> dict[str, Any]:
     ctx = r.ctx
     out: dict[str, Any] = {
-        "outcome": r.outcome, "reason": r.reason, "phase": r.phase, "completed": r.completed,
+        "outcome": r.outcome.value, "reason": r.reason, "phase": r.phase, "completed": r.completed,
         "profile": ctx.profile.name, "source_ref": ctx.profile.source_ref, "variant": ctx.config.variant.value,
-        "kernel_at": f"{ctx.machine.config.kernel_at:#x}", "ramdisk_at": f"{ctx.machine.ramdisk_at:#x}",
+        "kernel_at": f"{ctx.platform.entry.kernel_at:#x}", "ramdisk_at": f"{ctx.platform.entry.ramdisk_at:#x}",
         "stats": stats(r),
         "invariants": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in r.observer.final()],
         "console": ctx.console,
@@ -128,11 +126,11 @@ def timeline(r: BootResult, *, limit: int = 40) -> list[str]:
 
 def render_text(r: BootResult, *, trace: bool) -> str:
     ctx = r.ctx
-    cfg = ctx.machine.config
-    ram = sum(x.end - x.start for x in cfg.ram())
+    entry = ctx.platform.entry
+    ram = sum(x.end - x.start for x in ctx.platform.ram())
     out = [f"earlymm boot: Linux {ctx.profile.name} x86-64 ({ctx.config.variant.value} early #PF handler, "
-           f"pool {ctx.config.pool_pages}), {ram >> 20} MiB RAM, kernel at {cfg.kernel_at:#x}, "
-           f"ramdisk at {ctx.machine.ramdisk_at:#x}+{cfg.ramdisk_size:#x}", ""]
+           f"pool {ctx.config.pool_pages}), {ram >> 20} MiB RAM, kernel at {entry.kernel_at:#x}, "
+           f"ramdisk at {entry.ramdisk_at:#x}+{entry.ramdisk_size:#x}", ""]
     if trace:
         out += [f"{i:6d} {e.kind}: " + ", ".join(f"{k}={v}" for k, v in e.to_json().items() if k != "event")
                 for i, e in enumerate(ctx.trace.events)]
@@ -141,7 +139,7 @@ def render_text(r: BootResult, *, trace: bool) -> str:
     if r.console:
         out += ["", "console:"] + ["  " + line for line in r.console.splitlines()]
     s = stats(r)
-    out += ["", f"outcome: {r.outcome} in {r.phase} — {r.reason}", "",
+    out += ["", f"outcome: {r.outcome.value} in {r.phase} — {r.reason}", "",
             f"page faults {s['page_faults']}, early mappings {s['early_mappings']}, declined {s['early_declined']}, "
             f"pool allocations {s['pool_allocations']}, pool resets {s['pool_resets']}, "
             f"pool high-water {s['pool_high_water']}/{s['pool_size']}"]
@@ -170,5 +168,5 @@ def save_core(r: BootResult, path: str | Path) -> None:
     gprs[6] = regs.rsp
     cpu = CpuState(gprs=tuple(gprs), rip=regs.rip, rflags=regs.rflags, segments=tuple(segs), cr0=regs.cr0,
                    cr2=regs.cr2, cr3=regs.cr3, cr4=regs.cr4)
-    mem = ctx.machine.mem
+    mem = ctx.platform.mem
     write_qemu_core(path, ((pfn, mem.frames[pfn]) for pfn in sorted(mem.frames)), [cpu])

@@ -6,9 +6,10 @@ from typing import Any
 import pytest
 
 from earlymm.arch.modes import Features
-from earlymm.kernel.boot import BootResult, Phase, boot
+from earlymm.kernel.boot import BootResult, boot
 from earlymm.kernel.consts import PROFILES
 from earlymm.kernel.context import KernelConfig, PoolAccess, Variant
+from earlymm.kernel.phases import Phase
 from earlymm.platform.pc import MachineConfig, pc_e820
 
 GiB, MiB = 1 << 30, 1 << 20

@@ -4,10 +4,10 @@ what-ifs (RFC variant, relocated kernel, pool reached through __va, no NX, MAXME
 from __future__ import annotations
 
 from earlymm.hw.events import FaultRaised
-from earlymm.kernel.boot import Phase
 from earlymm.kernel.consts import START_KERNEL_MAP
 from earlymm.kernel.early_fault import install_early_idt, reset_early_page_tables
 from earlymm.kernel.events import PoolAlloc, PoolReset
+from earlymm.kernel.phases import Phase
 from earlymm.platform.pc import pc_e820
 
 from .conftest import GiB, MiB, make_boot
@@ -25,7 +25,7 @@ def test_spec_test_vector_fault_at_0xffff880012345678() -> None:
     ctx.rd(0xFFFF_8800_1234_5678)  # faults once, the early handler maps it, the read is retried
     (f,) = [e for e in faults(r) if e.cr2 == 0xFFFF_8800_1234_5678]
     assert f.vector == 14 and f.error_code == 0
-    mem = ctx.machine.mem
+    mem = ctx.platform.mem
     pool = ctx.layout["early_dynamic_pgts"] - START_KERNEL_MAP  # phys_base is 0 here
     top = ctx.pa_symbol("early_top_pgt")
     assert mem.read_u64(top + 8 * 272) == pool + 0x63  # page 0 as the PUD

@@ -4,9 +4,10 @@ page sizes split_mem_range chooses, and CR3 switches to init_level4_pgt (spec §
 from __future__ import annotations
 
 from earlymm.hw.memory import Region, RegionType
-from earlymm.kernel.init import MmState, split_mem_range
+from earlymm.kernel.init import split_mem_range
 from earlymm.kernel.init_64 import PG_LEVEL_1G, PG_LEVEL_2M
 from earlymm.kernel.memblock import Memblock
+from earlymm.kernel.mm_state import MmState
 
 from .conftest import GiB, MiB, make_boot
 
