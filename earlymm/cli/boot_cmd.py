@@ -7,6 +7,7 @@ import json
 import sys
 
 from earlymm.arch.addr import parse_int
+from earlymm.arch.cpuid import CpuIdentity, Vendor
 from earlymm.arch.modes import Features
 from earlymm.cli.common import EXIT_CRASH, EXIT_OK, Parser, UsageError, hexint, parse_size, size_arg
 from earlymm.hw.memory import Region, RegionMap, RegionType
@@ -41,6 +42,13 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--force-nx", action="store_true", help="set bit 63 in early_pmd_flags even without NX")
     p.add_argument("--no-gbpages", action="store_true", help="a CPU without 1 GiB pages")
     p.add_argument("--no-pge", action="store_true", help="a CPU without global pages")
+    p.add_argument("--cpu-vendor", choices=[v.value for v in Vendor], default="intel",
+                   help="CPUID vendor string: GenuineIntel or AuthenticAMD (default intel)")
+    p.add_argument("--cpu-family", type=hexint, help="CPU family (default 6 for intel, 0x17 for amd)")
+    p.add_argument("--cpu-model", type=hexint, help="CPU model (default 0x3a for intel, 0x1 for amd)")
+    p.add_argument("--cpu-stepping", type=hexint, help="CPU stepping (default 9 for intel, 2 for amd)")
+    p.add_argument("--hypervisor", action="store_true",
+                   help="set the hypervisor bit CPUID.1:ECX[31] (the CPU says it runs under a hypervisor)")
     p.add_argument("--until", help="stop after: startup_64, x86_64_start_kernel, setup_arch, init_mem_mapping, end")
     p.add_argument("--save-core", help="write the machine as a QEMU-format ELF core at the end of the run")
     p.add_argument("--trace", action="store_true", help="print every event")
@@ -105,7 +113,18 @@ def machine_config(args: argparse.Namespace) -> MachineConfig:
     feats = Features(nx=not args.no_nx, gbpages=not args.no_gbpages, pge=not args.no_pge, la57=False, pks=False)
     return MachineConfig(e820=tuple(e820), kernel_at=args.kernel_at, boot_params_at=args.boot_params_at,
                          cmdline=args.cmdline, cmdline_at=args.cmdline_at, ramdisk_at=rd_at, ramdisk_size=rd_size,
-                         features=feats)
+                         features=feats, identity=cpu_identity(args))
+
+
+def cpu_identity(args: argparse.Namespace) -> CpuIdentity:
+    vendor = Vendor(args.cpu_vendor)
+    fam, model, step = (6, 0x3A, 9) if vendor is Vendor.INTEL else (0x17, 0x1, 2)
+    try:
+        return CpuIdentity(vendor, fam if args.cpu_family is None else args.cpu_family,
+                           model if args.cpu_model is None else args.cpu_model,
+                           step if args.cpu_stepping is None else args.cpu_stepping, args.hypervisor)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def main(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ triple fault, a livelock) ends the run and is reported with the phase it happene
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from earlymm.hw.events import ListTrace
@@ -20,6 +20,7 @@ from earlymm.kernel.head64 import x86_64_start_kernel
 from earlymm.kernel.head_64 import startup_64
 from earlymm.kernel.image import install_image
 from earlymm.kernel.layout import build_layout
+from earlymm.kernel.paravirt.ops import PvOps
 from earlymm.kernel.phases import BootOutcome, Phase
 from earlymm.kernel.setup import setup_arch
 from earlymm.platform.pc import MachineConfig, load
@@ -80,8 +81,11 @@ def make_context(machine: MachineConfig, kernel: KernelConfig, *, trace: bool = 
 
 
 def boot(machine: MachineConfig, kernel: KernelConfig, *, until: Phase | None = None, trace: bool = False,
-         image_size: int = 24 << 20) -> BootResult:
+         image_size: int = 24 << 20, pv: Callable[[KernelContext], PvOps] | None = None) -> BootResult:
+    """Run the native x86-64 path. ``pv`` replaces the native ``pv_ops`` (tests watch the seam with it)."""
     ctx = make_context(machine, kernel, trace=trace, image_size=image_size)
+    if pv is not None:
+        ctx.pv = pv(ctx)
     obs = Observer()
     ctx.observer = obs
     result = BootResult(BootOutcome.BOOTED, "reached the end of the modelled boot path", "", ctx, obs)

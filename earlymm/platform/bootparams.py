@@ -72,7 +72,7 @@ def intel_microcode(identity: CpuIdentity) -> bytes:
 def amd_microcode(identity: CpuIdentity) -> bytes:
     """An AMD container: magic, the equivalence table (this CPU's signature → equivalence id, then the
     zero terminator) and one patch section whose header names that id (amd.c's container format)."""
-    equiv_id = 0x8000 | (identity.family - 0xF) << 8 | identity.model
+    equiv_id = 0x8000 | max(identity.family - 0xF, 0) << 8 | identity.model
     table = struct.pack("<IIIHH", identity.signature, 0, 0, equiv_id, 0) + bytes(16)
     patch = bytearray(AMD_PATCH_SIZE)
     struct.pack_into("<IIHBBIIIHBBB", patch, 0, 0x2019_0101, 0x0800_1000, 0x8000, 0, 0, 0, 0, 0, equiv_id, 0, 0,
