@@ -17,6 +17,7 @@ from earlymm.kernel.consts import PROFILES
 from earlymm.kernel.context import KernelConfig, PoolAccess, Variant
 from earlymm.kernel.phases import Phase
 from earlymm.platform.pc import MachineConfig, pc_e820
+from earlymm.tools.boot_progress import BootProgress
 from earlymm.tools.boot_report import render_text, save_core, to_json
 
 
@@ -52,6 +53,8 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--until", help="stop after: startup_64, x86_64_start_kernel, setup_arch, init_mem_mapping, end")
     p.add_argument("--save-core", help="write the machine as a QEMU-format ELF core at the end of the run")
     p.add_argument("--trace", action="store_true", help="print every event")
+    p.add_argument("--progress", action="store_true",
+                   help="report progress on stderr even when it is not a terminal (a terminal gets it anyway)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=main)
 
@@ -144,10 +147,18 @@ def main(args: argparse.Namespace) -> int:
     machine = machine_config(args)
     kernel = KernelConfig(PROFILES[args.profile], Variant(args.variant), PoolAccess(args.pool_access), args.pool,
                           force_nx=args.force_nx)
+    progress = None
+    if args.progress or sys.stderr.isatty():
+        ram = sum(r.end - r.start for r in machine.ram())
+        progress = BootProgress(sys.stderr, ram, tty=sys.stderr.isatty())
     try:
-        result = boot(machine, kernel, until=until, trace=True, image_size=args.image_size)
+        result = boot(machine, kernel, until=until, trace=True, image_size=args.image_size,
+                      listeners=[progress.on_event] if progress else [])
     except ValueError as e:
         raise UsageError(str(e)) from None
+    finally:
+        if progress:
+            progress.close()
     if args.save_core:
         try:
             save_core(result, args.save_core)

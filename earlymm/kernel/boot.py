@@ -7,10 +7,10 @@ triple fault, a livelock) ends the run and is reported with the phase it happene
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from earlymm.hw.events import ListTrace
+from earlymm.hw.events import Event, ListTrace
 from earlymm.hw.faults import CpuException, Halt, SimulationError
 from earlymm.hw.walk import OK, describe_levels
 from earlymm.kernel import invariants as inv
@@ -81,9 +81,12 @@ def make_context(machine: MachineConfig, kernel: KernelConfig, *, trace: bool = 
 
 
 def boot(machine: MachineConfig, kernel: KernelConfig, *, until: Phase | None = None, trace: bool = False,
-         image_size: int = 24 << 20, pv: Callable[[KernelContext], PvOps] | None = None) -> BootResult:
-    """Run the native x86-64 path. ``pv`` replaces the native ``pv_ops`` (tests watch the seam with it)."""
+         image_size: int = 24 << 20, pv: Callable[[KernelContext], PvOps] | None = None,
+         listeners: Sequence[Callable[[Event], None]] = ()) -> BootResult:
+    """Run the native x86-64 path. ``pv`` replaces the native ``pv_ops`` (tests watch the seam with it);
+    ``listeners`` see every event as it happens (progress displays)."""
     ctx = make_context(machine, kernel, trace=trace, image_size=image_size)
+    ctx.trace.listeners.extend(listeners)
     if pv is not None:
         ctx.pv = pv(ctx)
     obs = Observer()

@@ -7,6 +7,8 @@ addresses, so while CR3 is still the early table each access may fault and be ma
 
 from __future__ import annotations
 
+import numpy as np
+
 from earlymm.arch.addr import Pfn, VirtAddr
 from earlymm.kernel.consts import (
     __PAGE_KERNEL,
@@ -20,7 +22,9 @@ from earlymm.kernel.context import KernelContext
 from earlymm.kernel.cpufeature import X86Feature, boot_cpu_has
 from earlymm.kernel.events import Note
 from earlymm.kernel.mm_state import MmState
+from earlymm.kernel.paravirt.ops import SetOp
 from earlymm.kernel.pgtable import p4d_offset, pgd_offset_pgd
+from earlymm.kernel.table_run import TableRun
 
 PG_LEVEL_2M, PG_LEVEL_1G = 1 << 2, 1 << 3  # (1 << PG_LEVEL_2M), (1 << PG_LEVEL_1G)
 LARGE_FLAG_BITS = 0x8000_0000_0000_0FFF & ~_PAGE_PSE
@@ -33,6 +37,12 @@ def pfn_pte(ctx: KernelContext, st: MmState, pa: int, prot: int) -> int:
     """``pfn_pte(pa >> PAGE_SHIFT, prot)``: ``massage_pgprot`` drops what ``__supported_pte_mask`` lacks,
     then ``__pte`` converts through ``pv_ops`` (``make_pte``)."""
     return ctx.pv.mmu.make_entry((pa | prot) & st.supported_pte_mask)
+
+
+def pfn_ptes(ctx: KernelContext, st: MmState, base: int, step: int, n: int, prot: int) -> np.ndarray:
+    """``pfn_pte`` for ``n`` consecutive pages of ``step`` bytes from ``base``."""
+    pas = np.uint64(base) + np.arange(n, dtype=np.uint64) * np.uint64(step)
+    return ctx.pv.mmu.make_entries((pas | np.uint64(prot)) & np.uint64(st.supported_pte_mask))
 
 
 def flush_tlb_all(ctx: KernelContext) -> None:
@@ -48,96 +58,131 @@ def _val(ctx: KernelContext, ptr: int) -> int:
 
 
 def phys_pte_init(ctx: KernelContext, st: MmState, pte_page: int, addr: int, end: int, prot: int) -> int:
+    """Model of ``phys_pte_init()`` (init_64.c @ v3.9): 4 KiB leaves with ``set_pte``; present PTEs are
+    kept ("Xen may have set it up"); entries past ``end`` that cover no RAM are cleared."""
     g, mmu = ctx.pgt, ctx.pv.mmu
+    t = TableRun(ctx, pte_page)
     last = end
-    for i in range(g.pte_index(addr), g.ptrs_per_pte):
-        pte = VirtAddr(pte_page + g.entry_size * i)
+    i = g.pte_index(addr)
+    while i < g.ptrs_per_pte:
         nxt = (addr & ~0xFFF) + 0x1000
         if addr >= end:
             if not st.e820_any_mapped(addr & ~0xFFF, nxt):
-                mmu.set_pte(pte, mmu.make_entry(0))
-            addr = nxt
+                t.set(SetOp.PTE, i, mmu.make_entry(0))
+        elif not t.val(i):
+            n = t.zero_run(i, min(g.ptrs_per_pte - i, (end - addr + 0xFFF) >> 12))
+            base = addr & ~0xFFF
+            t.set_many(SetOp.PTE, i, pfn_ptes(ctx, st, base, 1 << 12, n, prot))
+            st.pages_4k += n
+            addr = base + (n << 12)
+            last = addr
+            i += n
             continue
-        if _val(ctx, pte):  # "Xen may have set it up" — reuse a present PTE
-            addr = nxt
-            continue
-        mmu.set_pte(pte, pfn_pte(ctx, st, addr & ~0xFFF, prot))
-        st.pages_4k += 1
-        last = nxt
         addr = nxt
+        i += 1
+    t.sync()
     return last
 
 
 def phys_pmd_init(ctx: KernelContext, st: MmState, pmd_page: int, addr: int, end: int, mask: int, prot: int) -> int:
+    """Model of ``phys_pmd_init()`` (init_64.c @ v3.9): 2 MiB leaves (``set_pte`` on the pmd) where the
+    range allows, else a PTE table from ``alloc_low_pages`` linked by ``pmd_populate_kernel``; a present
+    table is descended into, a present large page kept or split with its protection."""
     g, mmu = ctx.pgt, ctx.pv.mmu
+    t = TableRun(ctx, pmd_page)
     last = end
-    for i in range(g.pmd_index(addr), g.ptrs_per_pmd):
-        pmd = VirtAddr(pmd_page + g.entry_size * i)
-        nxt = (addr & ~(g.pmd_size - 1)) + g.pmd_size
+    i, size = g.pmd_index(addr), g.pmd_size
+    while i < g.ptrs_per_pmd:
+        nxt = (addr & ~(size - 1)) + size
         new_prot = prot
         if addr >= end:
-            if not st.e820_any_mapped(addr & ~(g.pmd_size - 1), nxt):
-                mmu.set_pmd(pmd, mmu.make_entry(0))
-            addr = nxt
+            if not st.e820_any_mapped(addr & ~(size - 1), nxt):
+                t.set(SetOp.PMD, i, mmu.make_entry(0))
+            addr, i = nxt, i + 1
             continue
-        val = _val(ctx, pmd)
+        val = t.val(i)
         if val:
             if not val & _PAGE_PSE:
+                t.sync()
                 last = phys_pte_init(ctx, st, ctx.va(val & g.pte_pfn_mask), addr, end, prot)
-                addr = nxt
+                addr, i = nxt, i + 1
                 continue
             if mask & PG_LEVEL_2M:
                 last = nxt
-                addr = nxt
+                addr, i = nxt, i + 1
                 continue
             new_prot = val & LARGE_FLAG_BITS  # split, keeping the large page's protection
+        elif mask & PG_LEVEL_2M:
+            # set_pte((pte_t *)pmd, pfn_pte(…, prot | _PAGE_PSE)) for each pmd of a run of empty ones
+            n = t.zero_run(i, min(g.ptrs_per_pmd - i, (end - addr + size - 1) // size))
+            base = addr & ~(size - 1)
+            t.set_many(SetOp.PTE, i, pfn_ptes(ctx, st, base, size, n, prot | _PAGE_PSE))
+            st.pages_2m += n
+            addr = last = base + n * size
+            i += n
+            continue
         if mask & PG_LEVEL_2M:
-            # set_pte((pte_t *)pmd, pfn_pte(…, prot | _PAGE_PSE)): a large leaf stored with set_pte
-            mmu.set_pte(pmd, pfn_pte(ctx, st, addr & ~(g.pmd_size - 1), prot | _PAGE_PSE))
+            t.set(SetOp.PTE, i, pfn_pte(ctx, st, addr & ~(size - 1), prot | _PAGE_PSE))
             st.pages_2m += 1
             last = nxt
-            addr = nxt
+            addr, i = nxt, i + 1
             continue
+        t.sync()
         pte_page = st.alloc_low_page(ctx, "pte")
         last = phys_pte_init(ctx, st, pte_page, addr, end, new_prot)
-        pmd_populate_kernel(ctx, pmd, pte_page)
-        addr = nxt
+        pmd_populate_kernel(ctx, t.ptr(i), pte_page)
+        addr, i = nxt, i + 1
+    t.sync()
     return last
 
 
 def phys_pud_init(ctx: KernelContext, st: MmState, pud_page: int, addr: int, end: int, mask: int) -> int:
+    """Model of ``phys_pud_init()`` (init_64.c @ v3.9): 1 GiB leaves where allowed, else PMD tables
+    (``pud_populate``); present entries reused as at the level below."""
     g, mmu = ctx.pgt, ctx.pv.mmu
+    t = TableRun(ctx, pud_page)
     last = end
-    for i in range(g.pud_index(addr), g.ptrs_per_pud):
-        pud = VirtAddr(pud_page + g.entry_size * i)
-        nxt = (addr & ~(g.pud_size - 1)) + g.pud_size
+    i, size = g.pud_index(addr), g.pud_size
+    while i < g.ptrs_per_pud:
+        nxt = (addr & ~(size - 1)) + size
         prot = __PAGE_KERNEL
         if addr >= end:
-            if not st.e820_any_mapped(addr & ~(g.pud_size - 1), nxt):
-                mmu.set_pud(pud, mmu.make_entry(0))
-            addr = nxt
+            if not st.e820_any_mapped(addr & ~(size - 1), nxt):
+                t.set(SetOp.PUD, i, mmu.make_entry(0))
+            addr, i = nxt, i + 1
             continue
-        val = _val(ctx, pud)
+        val = t.val(i)
         if val:
             if not val & _PAGE_PSE:
+                t.sync()
                 last = phys_pmd_init(ctx, st, ctx.va(val & g.pte_pfn_mask), addr, end, mask, prot)
-                addr = nxt
+                addr, i = nxt, i + 1
                 continue
             if mask & PG_LEVEL_1G:
                 last = nxt
-                addr = nxt
+                addr, i = nxt, i + 1
                 continue
             prot = val & LARGE_FLAG_BITS
+        elif mask & PG_LEVEL_1G:
+            n = t.zero_run(i, min(g.ptrs_per_pud - i, (end - addr + size - 1) // size))
+            base = addr & ~(size - 1)
+            t.set_many(SetOp.PTE, i, pfn_ptes(ctx, st, base, size, n, __PAGE_KERNEL_LARGE))
+            st.pages_1g += n
+            addr = last = base + n * size
+            i += n
+            continue
         if mask & PG_LEVEL_1G:
-            mmu.set_pte(pud, pfn_pte(ctx, st, addr & ~(g.pud_size - 1), __PAGE_KERNEL_LARGE))
+            t.set(SetOp.PTE, i, pfn_pte(ctx, st, addr & ~(size - 1), __PAGE_KERNEL_LARGE))
             st.pages_1g += 1
             last = nxt
-            addr = nxt
+            addr, i = nxt, i + 1
             continue
+        t.sync()
         pmd_page = st.alloc_low_page(ctx, "pmd")
         last = phys_pmd_init(ctx, st, pmd_page, addr, end, mask, prot)
-        pud_populate(ctx, pud, pmd_page)
-        addr = nxt
+        pud_populate(ctx, t.ptr(i), pmd_page)
+        addr, i = nxt, i + 1
+    t.sync()
     return last
 
 

@@ -3,8 +3,12 @@ which change nothing), at the points the spec names."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
+from earlymm.hw.memory import PhysMem
 from earlymm.hw.walk import OK
 from earlymm.kernel.consts import _PAGE_GLOBAL, _PAGE_PRESENT, _PAGE_PSE, PMD_SIZE, START_KERNEL_MAP
 from earlymm.kernel.context import KernelContext
@@ -113,65 +117,63 @@ def after_init_mem_mapping(ctx: KernelContext) -> list[Check]:
 
 def _large_over_holes(ctx: KernelContext) -> list[str]:
     """Large pages are used only where ``memblock_is_region_memory`` allowed them (split_mem_range)."""
-    ram = [(r.start, r.end) for r in ctx.platform.ram()]
-    bad = []
-    for va_pa, size in table_leaves(ctx):
-        if size > 4096 and not any(s <= va_pa and va_pa + size <= e for s, e in ram):
-            bad.append(f"{size >> 20} MiB page at pa {va_pa:#x}")
+    ram = sorted((r.start, r.end) for r in ctx.platform.ram())
+    starts = np.array([s for s, _ in ram], dtype=np.uint64)
+    ends = np.array([e for _, e in ram], dtype=np.uint64)
+    bad: list[str] = []
+    for pa, size in table_leaves(ctx):
+        idx = np.searchsorted(starts, pa, side="right").astype(np.int64) - 1
+        inside = (idx >= 0) & (pa + np.uint64(size) <= ends[np.maximum(idx, 0)])
+        if len(bad) < 3:
+            bad += [f"{size >> 20} MiB page at pa {int(a):#x}" for a in pa[~inside][:3]]
     return bad
 
 
-def table_leaves(ctx: KernelContext) -> list[tuple[int, int]]:
-    """(pa, size) of every large leaf in the direct-map slots of the current top table."""
-    mem, prof = ctx.platform.mem, ctx.profile
-    top = ctx.cpu.regs.cr3 & prof.pte_pfn_mask
-    out = []
-    first = (prof.page_offset >> 39) & 511
-    for i in range(first, min(first + (prof.maxmem >> 39), 511)):
+def _entries(mem: PhysMem, table: int) -> np.ndarray | None:
+    view = mem.entries8(table >> 12)
+    return None if view is None else np.frombuffer(view, dtype="<u8")
+
+
+def table_leaves(ctx: KernelContext) -> Iterator[tuple[np.ndarray, int]]:
+    """Physical addresses of the large leaves in the direct-map slots of the current top table, one
+    (array of pa, page size) group per table, streamed (a 64 TiB direct map in 2 MiB pages has 32 M)."""
+    mem, g = ctx.platform.mem, ctx.pgt
+    mask = np.uint64(g.pte_pfn_mask)
+    present, pse = np.uint64(1), np.uint64(_PAGE_PSE)
+    top = ctx.cpu.regs.cr3 & g.pte_pfn_mask
+    first = g.pgd_index(ctx.profile.page_offset)
+    for i in range(first, min(first + (ctx.profile.maxmem >> g.pgdir_shift), g.ptrs_per_pgd - 1)):
         pgd = mem.read_u64(top + 8 * i)
-        if not pgd & 1:
+        puds = _entries(mem, pgd & g.pte_pfn_mask) if pgd & 1 else None
+        if puds is None:
             continue
-        pud_t = pgd & prof.pte_pfn_mask
-        for j in range(512):
-            pud = mem.read_u64(pud_t + 8 * j)
-            if not pud & 1:
-                continue
-            if pud & _PAGE_PSE:
-                out.append((pud & prof.pte_pfn_mask & ~((1 << 30) - 1), 1 << 30))
-                continue
-            pmd_t = pud & prof.pte_pfn_mask
-            frame = mem.entries8(pmd_t >> 12)
-            if frame is None:
-                continue
-            for k in range(512):
-                pmd = frame[k]
-                if pmd & 1 and pmd & _PAGE_PSE:
-                    out.append((pmd & prof.pte_pfn_mask & ~(PMD_SIZE - 1), PMD_SIZE))
-    return out
+        live = (puds & present).astype(bool)
+        big = live & (puds & pse).astype(bool)
+        yield puds[big] & mask & ~np.uint64(g.pud_size - 1), g.pud_size
+        for pud in puds[live & ~big]:
+            pmds = _entries(mem, int(pud & mask))
+            if pmds is not None:
+                sel = (pmds & present).astype(bool) & (pmds & pse).astype(bool)
+                yield pmds[sel] & mask & ~np.uint64(g.pmd_size - 1), g.pmd_size
 
 
 def table_pages_by_level(ctx: KernelContext) -> dict[str, int]:
     """Distinct page-table pages reachable from CR3, by level (the final map's cost)."""
-    mem, prof = ctx.platform.mem, ctx.profile
-    counts = {"pgd": 1, "pud": 0, "pmd": 0, "pte": 0}
-    top = ctx.cpu.regs.cr3 & prof.pte_pfn_mask
-    seen: set[int] = set()
-    frontier = [(top, 0)]
+    mem, g = ctx.platform.mem, ctx.pgt
+    mask, present, pse = np.uint64(g.pte_pfn_mask), np.uint64(1), np.uint64(_PAGE_PSE)
     names = ("pgd", "pud", "pmd", "pte")
+    counts = {"pgd": 1, "pud": 0, "pmd": 0, "pte": 0}
+    seen: set[int] = set()
+    frontier = [(ctx.cpu.regs.cr3 & g.pte_pfn_mask, 0)]
     while frontier:
         table, lvl = frontier.pop()
-        if lvl == 3:
+        e = _entries(mem, table) if lvl < 3 else None
+        if e is None:
             continue
-        frame = mem.entries8(table >> 12)
-        if frame is None:
-            continue
-        for k in range(512):
-            e = frame[k]
-            if not e & 1 or (lvl > 0 and e & _PAGE_PSE):
-                continue
-            nxt = e & prof.pte_pfn_mask
-            if nxt in seen:
-                continue
+        sel = (e & present).astype(bool)
+        if lvl > 0:
+            sel &= ~(e & pse).astype(bool)
+        for nxt in set((e[sel] & mask).tolist()) - seen:
             seen.add(nxt)
             counts[names[lvl + 1]] += 1
             frontier.append((nxt, lvl + 1))

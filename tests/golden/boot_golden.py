@@ -54,6 +54,11 @@ CONFIGS: dict[str, list[str]] = {
     "cur-page-offset": ["--profile", "current", "--pool-access", "page-offset"],
     "v39-no-nx": ["--no-nx", "--no-gbpages"],
     "v39-until-startup": ["--until", "startup_64"],
+    # recorded before the direct-map builders read and wrote table pages in runs (kernel/table_run.py)
+    "v39-nogb-holes-pool3": ["--no-gbpages", "--e820", "{E820_HOLES}", "--pool", "3"],
+    "cur-nogb-8G-pool2": ["--profile", "current", "--no-gbpages", "--mem", "8G", "--pool", "2"],
+    "cur-nogb-above4g": ["--profile", "current", "--no-gbpages", "--mem", "8G",
+                         "--kernel-at", "0x140000000"],
 }
 
 

@@ -85,3 +85,21 @@ def test_after_init_mem_mapping_the_early_handler_is_inert() -> None:
         assert e.outcome == "oops" and "unable to handle kernel paging request" in e.reason
     else:
         raise AssertionError("expected an oops")
+
+
+def test_invariant_flags_a_large_page_over_a_hole() -> None:
+    """Spec §3.8 split_mem_range: a 2 MiB leaf only where the whole block is RAM. Planting one over the
+    e820 hole must make the §3.11 check fail (the check reads the tables in numpy, streamed)."""
+    from earlymm.kernel import invariants as inv
+    from tests.kernel.conftest import make_boot
+
+    hole = [Region(0, 0x9FC00, RegionType.RAM), Region(0x10_0000, 0x1000_0000, RegionType.RAM),
+            Region(0x1000_0000, 0x1020_0000, RegionType.RESERVED), Region(0x1020_0000, 0x4000_0000, RegionType.RAM)]
+    r = make_boot(e820=hole, gbpages=False)
+    assert r.outcome == "booted" and inv._large_over_holes(r.ctx) == []
+    ctx = r.ctx
+    res = ctx.cpu.mmu.probe(ctx.va(0x1020_0000))  # the 2 MiB leaf right after the hole
+    assert res.ok and res.page_size == 1 << 21
+    leaf_at = res.entry_addr(ctx.cpu.mmu.plan, len(res.path) // 2 - 1)
+    ctx.platform.mem.write_u64(leaf_at - 8, 0x1000_0000 | 0x80 | 0x63)  # plant a 2 MiB leaf over the hole
+    assert inv._large_over_holes(ctx) == ["2 MiB page at pa 0x10000000"]

@@ -3,13 +3,14 @@ builders write page tables."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from earlymm.arch.addr import VirtAddr
 from earlymm.arch.modes import Level
 from earlymm.kernel.context import KernelContext
 from earlymm.kernel.paravirt.native import NativeCpuOps, NativeMmuOps
-from earlymm.kernel.paravirt.ops import PvOps
+from earlymm.kernel.paravirt.ops import PvOps, SetOp
 from earlymm.kernel.pgtable import LINUX_TO_HW, PgLevel, i386, pgd_offset_pgd, x86_64
 from tests.kernel.conftest import make_boot
 
@@ -62,6 +63,13 @@ class RecordingMmu(NativeMmuOps):
         res = self.ctx.cpu.mmu.probe(ptr)
         assert res.ok
         self.stores[res.pa] = val
+
+    def set_entries(self, op: SetOp, ptr: VirtAddr, vals: np.ndarray) -> None:
+        super().set_entries(op, ptr, vals)
+        res = self.ctx.cpu.mmu.probe(ptr)
+        assert res.ok
+        for k, v in enumerate(vals.tolist()):
+            self.stores[res.pa + 8 * k] = v
 
     def alloc_pmd(self, pfn: int) -> None:  # type: ignore[override]
         self.allocs.append(("pmd", pfn))

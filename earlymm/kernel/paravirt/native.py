@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
+
 from earlymm.arch.addr import Pfn, PhysAddr, VirtAddr
 from earlymm.hw.cpu import Cpu
 from earlymm.kernel import native
+from earlymm.kernel.paravirt.ops import SetOp
 
 
 class KernelPort(Protocol):
@@ -63,11 +66,18 @@ class NativeMmuOps:
     def set_pgd(self, ptr: VirtAddr, val: int) -> None:
         self._store(ptr, val)
 
+    def set_entries(self, op: SetOp, ptr: VirtAddr, vals: np.ndarray) -> None:
+        # Consecutive plain stores: one write of the same bytes through the MMU.
+        self.port.cpu.write(ptr, vals.astype("<u8" if self.entry_size == 8 else "<u4").tobytes())
+
     def make_entry(self, val: int) -> int:
         return val
 
     def entry_val(self, raw: int) -> int:
         return raw
+
+    def make_entries(self, vals: np.ndarray) -> np.ndarray:
+        return vals
 
     # paravirt_nop: bare metal needs no notice of which pages are page tables
     def alloc_pte(self, pfn: Pfn) -> None:

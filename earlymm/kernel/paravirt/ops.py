@@ -15,10 +15,23 @@ pfn↔mfn under Xen PV (spec §5.1). Addresses of entries are kernel virtual add
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from earlymm.arch.addr import Pfn, PhysAddr, VirtAddr
+
+
+class SetOp(enum.Enum):
+    """Which ``set_*`` op a store is (what a hypervisor backend validates it as)."""
+
+    PTE = "set_pte"
+    PMD = "set_pmd"
+    PUD = "set_pud"
+    P4D = "set_p4d"
+    PGD = "set_pgd"
 
 
 class PvMmuOps(Protocol):
@@ -50,6 +63,12 @@ class PvMmuOps(Protocol):
 
     def set_pgd(self, ptr: VirtAddr, val: int) -> None: ...
 
+    def set_entries(self, op: SetOp, ptr: VirtAddr, vals: np.ndarray) -> None:
+        """``len(vals)`` calls of ``op`` at ``ptr``, ``ptr + entry_size``, … with no other memory access in
+        between: the simulator's batching of a run of stores (``kernel/table_run.py``). A backend must
+        behave exactly as for the single calls."""
+        ...
+
     # entry values: the kernel's view (pfns) ↔ the tables' contents
     def make_entry(self, val: int) -> int:
         """``make_pte``/``make_pmd``/``make_pud``/``make_p4d``/``make_pgd`` (one conversion for all)."""
@@ -57,6 +76,10 @@ class PvMmuOps(Protocol):
 
     def entry_val(self, raw: int) -> int:
         """``pte_val``/``pmd_val``/``pud_val``/``p4d_val``/``pgd_val``."""
+        ...
+
+    def make_entries(self, vals: np.ndarray) -> np.ndarray:
+        """``make_entry`` of each element (uint64), for runs of new leaves."""
         ...
 
     # a page becomes (or stops being) a page table of a level
