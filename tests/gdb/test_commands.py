@@ -178,7 +178,7 @@ def test_registers_missing_and_overrides(gdb_for: Any) -> None:
     ("0x1000 --cr3 zz", "argument --cr3: not a number: 'zz'"),
     ("0x1000 --maxphyaddr 64", "--maxphyaddr 64: must be between 32 and 52"),
     ("nosuchsymbol", "cannot evaluate 'nosuchsymbol' as an address"),
-    ("0x10000000000000000", "addresses must fit in 64 bits"),
+    ("0x10000000000000000", "does not fit in 64 bits"),
 ])
 def test_usage_errors_are_one_line(args: str, message: str, gdb_for: Any) -> None:
     gdb = gdb_for(fixture_stub("qemu-l4"))

@@ -20,6 +20,7 @@ from earlymm.images.cpustate import (
     parse_qemu_cpustate,
 )
 from earlymm.images.qemu_core import EHDR, PHDR, PT_LOAD
+from earlymm.images.safe_write import WriteError
 
 PAGE = 4096
 
@@ -131,7 +132,7 @@ def test_failure_midway_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch:
         raise OSError("disk full")
 
     monkeypatch.setattr(cw, "_write", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match="disk full"):
         write_qemu_core(p, FRAMES, [])
     assert p.read_bytes() == b"previous"
     assert os.listdir(tmp_path) == ["x.core"]

@@ -127,11 +127,15 @@ def _live_cpu(frames: GdbPhysFrames, machine: LiveMachine, pkru: int) -> Cpu:
 
 
 def address(target: LiveTarget, token: str) -> int:
-    """A number, else a gdb expression (evaluated now, in the stub's normal mode)."""
-    try:
-        return parse_int(token)
-    except ValueError:
-        pass
+    """A number, else a gdb expression (evaluated now, in the stub's normal mode). A token made only of
+    digits (and an ``0x``) is a number and parsed strictly: gdb would read ``0400000`` as octal, so the
+    ambiguous zero-padded form is refused instead of guessed."""
+    t = token.strip()
+    if t[:1].isdigit() and t.isascii() and t.isalnum():
+        try:
+            return parse_int(t)
+        except ValueError as e:
+            raise CommandError(str(e)) from None
     try:
         return target.evaluate(token)
     except TargetError as e:
