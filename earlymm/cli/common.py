@@ -11,10 +11,11 @@ from typing import NoReturn
 from earlymm.arch.addr import parse_int
 from earlymm.tools.argtypes import hexint
 
-__all__ = ["EXIT_CRASH", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "Parser", "UsageError", "hexint", "parse_size",
-           "size_arg", "size_text"]
+__all__ = ["EXIT_CRASH", "EXIT_INCOMPLETE", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "Parser", "UsageError",
+           "add_max_inflate", "hexint", "parse_size", "size_arg", "size_text"]
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_INCOMPLETE = 4  # an audit could not read every table it needed (and found nothing in the rest)
 
 
 class UsageError(Exception):
@@ -65,3 +66,13 @@ def size_arg(text: str) -> int:
         return parse_size(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_max_inflate(p: argparse.ArgumentParser) -> None:
+    """``--max-inflate SIZE``: the gzip-bomb guard of the image readers."""
+    from earlymm.images.inflate import DEFAULT_MAX_INFLATED
+
+    default = size_text(DEFAULT_MAX_INFLATED)
+    p.add_argument("--max-inflate", type=size_arg, default=DEFAULT_MAX_INFLATED, metavar="SIZE",
+                   help=f"refuse a .gz image that inflates to more than SIZE (default {default}; "
+                        "uncompressed images have no limit: they are mapped, not inflated)")

@@ -70,7 +70,7 @@ def test_gzip_roundtrip_is_deterministic(tmp_path: Path) -> None:
 
 def test_cpu_state_fields() -> None:
     c = cpu(2)
-    assert c.is_64bit_code and c.cpl == 2
+    assert c.is_64bit_code and c.cpl == 0  # SS.DPL (flags 0x9300), not CS.RPL (2): QEMU takes the CPL from SS
     assert c.gpr("rsp") == c.gprs[GPR_NAMES.index("rsp")]
     assert c.segment("gs") == c.segments[4]
     raw = pack_qemu_cpustate(c)

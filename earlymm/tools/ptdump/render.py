@@ -22,6 +22,7 @@ class Rendered:
     text: str  # for stdout
     messages: list[str]  # for stderr: collapsed/unreadable ranges, audit logs
     findings: int = 0  # audit findings (expected PTI shares not counted)
+    gaps: int = 0  # ranges an audit could not examine: the audit is incomplete
 
 
 def note_text(n: Note, prefix: str = "") -> str:
@@ -69,16 +70,32 @@ def dump(spaces: list[Space], fmt: str, image_label: str, *, crlf: bool = False,
 
 
 def run_audits(spaces: list[Space], *, check_wx: bool, check_user_kernel: bool) -> Rendered:
-    """Findings one per line; PTI's deliberate shares go to the messages as 'expected: …', uncounted."""
+    """Findings one per line; PTI's deliberate shares go to the messages as 'expected: …', uncounted.
+    Every range a check could not examine (unreadable table, table limit, collapsed repeat) is one
+    'incomplete: …' line after the findings, and makes the result ``incomplete``; the other notes
+    (reserved bits, bad entries) go to the messages."""
     lines: list[str] = []
     messages: list[str] = []
+    gap_lines: list[str] = []
+    seen: set[str] = set()  # the same note can come from both checks and from both PTI tables
     for space in spaces:
         if not space.mode.is_ia32e:
             raise RenderError(f"the audits follow the x86-64 kernel: {space.mode.value} paging is not audited")
         layout = audit.layout_of(space)
+        prefix = f"cr3 {space.cr3:#x}: " if len(spaces) > 1 else ""
         for check, on in ((audit.check_wx, check_wx), (audit.check_user_kernel, check_user_kernel)):
             if on:
-                findings, log = check(space, layout)
-                lines += [f.line() for f in findings if not f.expected]
-                messages += [f"expected: {f.line()}" for f in findings if f.expected] + log
-    return Rendered("".join(f"{ln}\n" for ln in lines), messages, len(lines))
+                a = check(space, layout)
+                lines += [f.line() for f in a.findings if not f.expected]
+                messages += [f"expected: {f.line()}" for f in a.findings if f.expected] + a.log
+                for n in a.notes:
+                    text = note_text(n, prefix)
+                    if text in seen:
+                        continue
+                    seen.add(text)
+                    (gap_lines if n.kind in audit.GAP_KINDS else messages).append(
+                        f"incomplete: {text}" if n.kind in audit.GAP_KINDS else f"note: {text}")
+    if gap_lines:
+        messages.append(f"audit incomplete: {len(gap_lines)} range(s) could not be examined, so no verdict "
+                        "covers them")
+    return Rendered("".join(f"{ln}\n" for ln in lines + gap_lines), messages, len(lines), len(gap_lines))
