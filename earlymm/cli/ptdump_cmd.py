@@ -108,7 +108,8 @@ def main(args: argparse.Namespace) -> int:
                               max_leaves=args.max_leaves)
     except render.RenderError as e:
         raise UsageError(str(e)) from None
-    sys.stdout.write(out.text)
+    for part in out.parts:
+        sys.stdout.write(part)
     for m in out.messages:
         # audit logs are plain lines (as before); engine notes carry the command's prefix
         sys.stderr.write(f"{m}\n" if args.check_wx or args.check_user_kernel else f"earlymm ptdump: {m}\n")

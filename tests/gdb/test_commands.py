@@ -171,12 +171,12 @@ def test_registers_missing_and_overrides(gdb_for: Any) -> None:
 
 @pytest.mark.parametrize("args, message", [
     ("", "the following arguments are required: va"),
-    ("0x1000 --cpl 2", "argument --cpl: invalid choice"),
+    ("0x1000 --cpl 2", "argument --cpl: CPL '2': must be 0 (supervisor) or 3 (user)"),
     ("0x1000 --access jump", "unknown access kind 'jump'"),
     ("0x1000 --bogus", "unrecognized arguments: --bogus"),
     ("0x1000 --features warp", "unknown CPU feature 'warp'"),
     ("0x1000 --cr3 zz", "argument --cr3: not a number: 'zz'"),
-    ("0x1000 --maxphyaddr 64", "--maxphyaddr 64: must be between 32 and 52"),
+    ("0x1000 --maxphyaddr 64", "MAXPHYADDR 64 is out of range: must be 32..52"),
     ("nosuchsymbol", "cannot evaluate 'nosuchsymbol' as an address"),
     ("0x10000000000000000", "does not fit in 64 bits"),
 ])
