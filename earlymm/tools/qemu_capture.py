@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             args.kernel = str(found[-1])
         print(f"captured into {capture(args)}")
         return 0
+    except SystemExit as e:  # argparse: --help (0) or a one-line usage error (2)
+        return int(e.code or 0)
     except WriteError as e:
         print(f"qemu_capture: error: {e}", file=sys.stderr)
         return 2
