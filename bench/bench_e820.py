@@ -73,7 +73,8 @@ def main() -> None:
             per_line[n] = ours
             print(f"{n:>8} {ours:>18.2f} {base:>14.2f} {ours / base:>6.2f}×")
     print(f"growth of the cost per line from {SIZES[0]:,} to {SIZES[-1]:,} lines: "
-          f"{per_line[SIZES[-1]] / per_line[SIZES[0]]:.2f}× (1.0 is linear; a reader that scans the map per line grows with the map)")
+          f"{per_line[SIZES[-1]] / per_line[SIZES[0]]:.2f}× (1.0 is linear; a reader that scans the map per "
+          "line grows with the map)")
 
 
 if __name__ == "__main__":
