@@ -218,3 +218,19 @@ def test_too_old_python_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, gdb_f
     gdb = gdb_for(fixture_stub("qemu-l4"))
     with pytest.raises(GdbError, match=r"earlymm needs 99\.0 or newer"):
         run_command(gdb, "earlymm-translate 0x1000")
+
+
+def test_translate_defaults_to_the_vcpus_cpl(gdb_for: Any) -> None:
+    """Issue 7 item 4, live: a guest stopped in user mode (SS = 0x2b, RPL 3) walks at CPL 3."""
+    stub = fixture_stub("qemu-pti")
+    regs = read_capture_text(FIXTURES / "qemu-pti", "registers.txt")
+    m = re.search(r"^SS =([0-9a-f]{4})", regs, re.M)
+    assert m and re.search(r"\bCPL=3\b", regs)
+    stub.registers["ss"] = int(m[1], 16)
+    gdb = gdb_for(stub)
+    (r,) = translate_json(gdb, "0xfffffe0000000000")  # cpu_entry_area: supervisor-only
+    assert r["cpl"] == 3 and not r["ok"] and int(r["fault"]["error_code"], 16) & 4
+    (r0,) = translate_json(gdb, "0xfffffe0000000000 --cpl 0")
+    assert r0["cpl"] == 0 and r0["ok"]
+    del stub.registers["ss"]
+    assert translate_json(gdb, "0xfffffe0000000000")[0]["cpl"] == 0  # no SS from the stub: ring 0

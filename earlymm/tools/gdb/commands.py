@@ -74,7 +74,8 @@ def translate_parser() -> CommandParser:
                             "kernel has a direct map. A/D updates are shown, never written to the guest.")
     p.add_argument("va", nargs="+", help="virtual addresses: numbers (0x… or decimal) or gdb expressions ($pc)")
     p.add_argument("--access", default="read", help="read, write or exec (default read)")
-    p.add_argument("--cpl", type=cpl_arg, default=0, help="privilege level of the access, 0 or 3 (default 0)")
+    p.add_argument("--cpl", type=cpl_arg, help="privilege level of the access, 0 or 3 (default: the vCPU's, "
+                                               "the RPL of its SS selector, or 0 if the stub has no SS)")
     p.add_argument("--ac", action="store_true", help="EFLAGS.AC=1 (SMAP override for explicit accesses)")
     p.add_argument("--pkru", type=uint_bits(32, "PKRU"), default=None,
                    help="PKRU, 32 bits (default: the vCPU's if the stub has it, else 0)")
@@ -141,6 +142,13 @@ def address(target: LiveTarget, token: str) -> int:
         raise CommandError(str(e)) from None
 
 
+def live_cpl(target: LiveTarget) -> int:
+    """The vCPU's privilege level: SS.RPL, which equals the CPL outside real mode (QEMU's gdbstub gives
+    the selectors, not the descriptor caches); 0 when the stub does not describe SS."""
+    ss = target.register("ss")
+    return 0 if ss is None else ss & 3
+
+
 MEMORY_MAP_NOTE = ("QEMU's memory map is unavailable (monitor info mtree -f): unassigned physical memory "
                    "reads as zeros")
 
@@ -158,8 +166,9 @@ def translate(target: LiveTarget, argv: list[str]) -> Output:
     try:
         machine = read_machine(target, args)
         pkru = args.pkru if args.pkru is not None else (target.register("pkru") or 0)
+        cpl = args.cpl if args.cpl is not None else live_cpl(target)
         ram = target.ram_ranges()
-        requests = [Request(va, kind, args.cpl, args.ac) for va in vas]
+        requests = [Request(va, kind, cpl, args.ac) for va in vas]
         with target.physical_memory() as read:
             frames = GdbPhysFrames(read, ram)
             cpu = _live_cpu(frames, machine, pkru)
