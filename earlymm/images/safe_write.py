@@ -109,9 +109,9 @@ def _temp_beside(target: Path) -> Iterator[tuple[int, Path]]:
 def write_atomically(path: str | os.PathLike[str], produce: Callable[[BinaryIO], None],
                      what: str = "output file") -> None:
     """Create or replace the regular file ``path`` with what ``produce`` writes to the binary stream it
-    is given. Raises ``WriteError`` (one line) on a refused target or any I/O error, leaving no
-    temporary file and the old target untouched; exceptions raised by ``produce`` itself propagate,
-    with the same clean-up."""
+    is given. Raises ``WriteError`` (one line) on a refused target or any ``OSError`` — the stream's
+    writes inside ``produce`` included (ENOSPC mid-way) —, leaving no temporary file and the old target
+    untouched; any other exception from ``produce`` propagates, with the same clean-up."""
     target = check_target(path, what)
     try:
         old = os.lstat(target)
