@@ -119,6 +119,9 @@ def write_atomically(path: str | os.PathLike[str], produce: Callable[[BinaryIO],
         old = None
     except OSError as e:
         raise WriteError(f"cannot write {what} {target}: {_describe(e)}") from None
+    if old is not None and not os.access(target, os.W_OK):
+        # the rename could replace it anyway; a file its owner made read-only is not ours to replace
+        raise WriteError(f"cannot write {what} {target}: the file is read-only (nothing was written)")
     try:
         with _temp_beside(target) as (fd, tmp):
             with os.fdopen(fd, "wb") as out:
