@@ -5,21 +5,28 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from itertools import pairwise
 
 from earlymm.arch.addr import parse_int
 from earlymm.arch.cpuid import CpuIdentity, Vendor
 from earlymm.arch.modes import Features
-from earlymm.cli.common import EXIT_CRASH, EXIT_OK, Parser, UsageError, hexint, parse_size, size_arg
+from earlymm.cli.common import EXIT_CRASH, EXIT_OK, Parser, UsageError, hexint, parse_size, size_arg, size_text
 from earlymm.hw.memory import Region, RegionMap, RegionType
-from earlymm.images import ImageError
+from earlymm.images import ImageError, WriteError
+from earlymm.images.safe_write import SYMLINK_POLICY, check_target
 from earlymm.kernel.boot import boot
 from earlymm.kernel.consts import PROFILES
 from earlymm.kernel.context import KernelConfig, PoolAccess, Variant
 from earlymm.kernel.phases import Phase
 from earlymm.platform.pc import MachineConfig, pc_e820
+from earlymm.tools.argtypes import int_range
 from earlymm.tools.boot_progress import BootProgress
 from earlymm.tools.boot_report import render_text, save_core, to_json
 
+# The most RAM the modelled 4-level kernel can map: MAXMEM = 1 << MAX_PHYSMEM_BITS (46), 64 TiB (spec §2
+# constants table; arch/x86/include/asm/sparsemem.h). The boot model runs 4-level paging only.
+MAX_MEM_4LEVEL = 1 << 46
+E820_MAX_LINE = 4096  # bytes per line of an e820 file: a longer "line" is not an e820 map
 
 def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser("boot", help="run Linux x86-64's early boot on the simulated machine",
@@ -36,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--cmdline", default="root=/dev/sda1 ro console=ttyS0 earlyprintk=serial")
     p.add_argument("--cmdline-at", type=hexint, default=0x2_0000)
     p.add_argument("--profile", choices=sorted(PROFILES), default="v3.9")
-    p.add_argument("--pool", type=int, default=64, help="EARLY_DYNAMIC_PAGE_TABLES (default 64)")
+    p.add_argument("--pool", type=int_range(1, 4096, "--pool"), default=64,
+                   help="EARLY_DYNAMIC_PAGE_TABLES, 1..4096 (default 64)")
     p.add_argument("--variant", choices=[v.value for v in Variant], default="merged")
     p.add_argument("--pool-access", choices=[v.value for v in PoolAccess], default="high-map")
     p.add_argument("--no-nx", action="store_true", help="a CPU without NX (early_pmd_flags lose bit 63)")
@@ -51,7 +59,11 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--hypervisor", action="store_true",
                    help="set the hypervisor bit CPUID.1:ECX[31] (the CPU says it runs under a hypervisor)")
     p.add_argument("--until", help="stop after: startup_64, x86_64_start_kernel, setup_arch, init_mem_mapping, end")
-    p.add_argument("--save-core", help="write the machine as a QEMU-format ELF core at the end of the run")
+    p.add_argument("--save-core", metavar="FILE",
+                   help="write the machine as a QEMU-format ELF core at the end of the run (gzip-compressed if FILE "
+                        "ends in .gz). FILE must be a new or regular file: devices, FIFOs, sockets and directories "
+                        f"are refused, and {SYMLINK_POLICY}; it is replaced atomically, and on any error (a "
+                        "full disk) nothing is left")
     p.add_argument("--trace", action="store_true", help="print every event")
     p.add_argument("--progress", action="store_true",
                    help="report progress on stderr even when it is not a terminal (a terminal gets it anyway)")
@@ -60,32 +72,54 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
 
 
 def read_e820(path: str) -> list[Region]:
-    kinds = {k.value: k for k in RegionType if k is not RegionType.ABSENT}
+    """An e820 map file: ``START END TYPE`` per line, ``#`` comments. O(n log n) in the number of lines:
+    regions are collected, sorted once and checked against their neighbours."""
+    kinds: dict[str, RegionType] = {k.value: k for k in RegionType if k is not RegionType.ABSENT}
+    found: list[tuple[Region, int]] = []
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, encoding="utf-8", newline=None) as f:
+            n = 0
+            while line := f.readline(E820_MAX_LINE + 1):
+                n += 1
+                if len(line) > E820_MAX_LINE:
+                    raise UsageError(f"{path}:{n}: line longer than {E820_MAX_LINE} characters (not an e820 map)")
+                region = _e820_line(path, n, line, kinds)
+                if region is not None:
+                    found.append((region, n))
     except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read e820 file {path}: {e}") from None
-    rm = RegionMap()
-    for n, line in enumerate(lines, 1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        parts = text.split()
-        try:
-            if len(parts) != 3:
-                raise ValueError("expected 'START END TYPE'")
-            start, end = parse_int(parts[0]), parse_int(parts[1])
-            if parts[2].lower() not in kinds:
-                raise ValueError(f"unknown type {parts[2]!r} (ram, reserved, acpi, nvs, unusable)")
-            if end <= start:
-                raise ValueError(f"end {end:#x} is not above start {start:#x}")
-            rm.add(Region(start, end, kinds[parts[2].lower()]))
-        except ValueError as e:
-            raise UsageError(f"{path}:{n}: {e}") from None
-    if not len(rm):
+        raise UsageError(f"cannot read e820 file {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not found:
         raise UsageError(f"{path}: no ranges")
-    return list(rm)
+    found.sort(key=lambda t: (t[0].start, t[0].end))
+    for (a, na), (b, nb) in pairwise(found):
+        if b.start < a.end:
+            first, second = sorted(((a, na), (b, nb)), key=lambda t: t[1])
+            raise UsageError(f"{path}:{second[1]}: [{second[0].start:#x}, {second[0].end:#x}) overlaps "
+                             f"[{first[0].start:#x}, {first[0].end:#x}) from line {first[1]}")
+    try:
+        return list(RegionMap(r for r, _n in found))
+    except ValueError as e:
+        raise UsageError(f"{path}: {e}") from None
+
+
+def _e820_line(path: str, n: int, line: str, kinds: dict[str, RegionType]) -> Region | None:
+    text = line.split("#", 1)[0].strip()
+    if not text:
+        return None
+    parts = text.split()
+    try:
+        if len(parts) != 3:
+            raise ValueError("expected 'START END TYPE'")
+        start, end = parse_int(parts[0], bits=52, what="start"), parse_int(parts[1], bits=53, what="end")
+        if parts[2].lower() not in kinds:
+            raise ValueError(f"unknown type {parts[2]!r} (ram, reserved, acpi, nvs, unusable)")
+        if end <= start:
+            raise ValueError(f"end {end:#x} is not above start {start:#x}")
+        if end > 1 << 52:
+            raise ValueError(f"end {end:#x} is beyond the 52-bit physical address space")
+        return Region(start, end, kinds[parts[2].lower()])
+    except ValueError as e:
+        raise UsageError(f"{path}:{n}: {e}") from None
 
 
 STYLES = (("== ", "bold cyan"), ("  [pass]", "green"), ("  [FAIL]", "bold red"), ("outcome: booted", "bold green"),
@@ -109,8 +143,8 @@ def machine_config(args: argparse.Namespace) -> MachineConfig:
     rd_at, rd_size = None, 16 << 20
     if args.ramdisk:
         try:
-            a, _, s = args.ramdisk.partition(":")
-            rd_at, rd_size = parse_int(a), parse_size(s) if s else 16 << 20
+            a, colon, s = args.ramdisk.partition(":")
+            rd_at, rd_size = parse_int(a, bits=52), parse_size(s) if colon else 16 << 20
         except ValueError as e:
             raise UsageError(f"--ramdisk {args.ramdisk!r}: {e} (want ADDR:SIZE)") from None
     feats = Features(nx=not args.no_nx, gbpages=not args.no_gbpages, pge=not args.no_pge, la57=False, pks=False)
@@ -137,13 +171,19 @@ def main(args: argparse.Namespace) -> int:
             until = Phase.parse(args.until)
         except ValueError as e:
             raise UsageError(str(e)) from None
-    if not 1 <= args.pool <= 4096:
-        raise UsageError(f"--pool {args.pool}: the pool must have 1..4096 pages")
     if args.kernel_at % (2 << 20):
         raise UsageError(f"--kernel-at {args.kernel_at:#x} is not 2 MiB aligned (startup_64 would spin in "
                          "bad_address; the simulated loader refuses it)")
     if args.mem is not None and args.mem < 4 << 20:
         raise UsageError(f"--mem: {args.mem} bytes is smaller than the kernel")
+    if args.mem is not None and args.mem > MAX_MEM_4LEVEL:
+        raise UsageError(f"--mem {size_text(args.mem)}: 4-level paging maps at most {size_text(MAX_MEM_4LEVEL)} of "
+                         "RAM (MAXMEM = 2^46, MAX_PHYSMEM_BITS 46), and the boot model runs 4-level paging")
+    if args.save_core is not None:
+        try:
+            check_target(args.save_core, "core")  # before the boot: a bad path should not cost a run
+        except WriteError as e:
+            raise UsageError(str(e)) from None
     machine = machine_config(args)
     kernel = KernelConfig(PROFILES[args.profile], Variant(args.variant), PoolAccess(args.pool_access), args.pool,
                           force_nx=args.force_nx)
@@ -159,9 +199,11 @@ def main(args: argparse.Namespace) -> int:
     finally:
         if progress:
             progress.close()
-    if args.save_core:
+    if args.save_core is not None:
         try:
             save_core(result, args.save_core)
+        except WriteError as e:
+            raise UsageError(str(e)) from None
         except (OSError, ValueError, ImageError) as e:
             raise UsageError(f"cannot write core {args.save_core}: {e}") from None
     if args.json:

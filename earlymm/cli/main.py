@@ -54,9 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # usage errors (already printed as one line), --help, --version
         return int(e.code or 0)
     # argparse stops filling a '*' positional at the first option; addresses given after options
-    # (``translate core --absent zero 0x…``) arrive here and belong to it.
-    if extra and getattr(args, "command", None) == "translate" and not any(e.startswith("-") for e in extra):
-        args.va = list(args.va) + extra
+    # (``translate core --absent zero 0x…``, or after ``--``) arrive here and belong to it. Before a
+    # ``--`` anything that looks like an option is one argparse did not know; after it, nothing is.
+    if extra and getattr(args, "command", None) == "translate":
+        cut = extra.index("--") if "--" in extra else len(extra)
+        before, after = extra[:cut], extra[cut + 1:]
+        unknown = [e for e in before if e.startswith("-")]
+        if unknown:
+            sys.stderr.write(f"earlymm: error: unrecognized arguments: {' '.join(unknown)}\n")
+            return EXIT_USAGE
+        args.va = [v for v in args.va if v != "--"] + before + after
     elif extra:
         sys.stderr.write(f"earlymm: error: unrecognized arguments: {' '.join(extra)}\n")
         return EXIT_USAGE

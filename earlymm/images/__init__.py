@@ -4,6 +4,7 @@ from earlymm.images.base import FileSegment, ImageError, SegmentImage
 from earlymm.images.core_writer import write_qemu_core
 from earlymm.images.cpustate import GPR_NAMES, SEGMENT_NAMES, CpuState, Segment
 from earlymm.images.qemu_core import QemuCore, RawImage, open_image, open_qemu_core, open_raw_image
+from earlymm.images.safe_write import WriteError
 
 Image = SegmentImage
 
@@ -18,6 +19,7 @@ __all__ = [
     "RawImage",
     "Segment",
     "SegmentImage",
+    "WriteError",
     "open_image",
     "open_qemu_core",
     "open_raw_image",

@@ -5,23 +5,30 @@ volatility), byte-identical to QEMU 7.2's own output for the same memory except 
 the correct 64 (QEMU 7.2 writes 8, the size of a pointer): ELF64 header, section headers, program
 headers (``PT_NOTE``, then one ``PT_LOAD`` per run of consecutive pfns with ``p_paddr`` = ``p_vaddr``
 = guest-physical), the notes (all ``NT_PRSTATUS``, then all ``QEMU`` notes), the memory. A path
-ending in ``.gz`` is gzip-compressed. The file appears atomically: written to a temporary name, renamed.
+ending in ``.gz`` is gzip-compressed. The file appears atomically (``safe_write``: a temporary file
+renamed over a regular file or nothing; devices, FIFOs, directories and symbolic links are refused).
+
+``absent_zero=True`` adds one more note after the QEMU ones, which QEMU never writes: name ``EARLYMM``,
+type 1, descriptor ``<u32 version = 1, u32 flags>`` with flag bit 0 saying "physical memory this core
+does not hold reads as zeros" — true of the simulator's machine, whose untouched RAM is zero-filled,
+so a sparse core of it is complete. earlymm's readers honour it (``SegmentImage.absent_zero``); other
+readers (crash, gdb, volatility3, pyelftools) skip a note whose name they do not know.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
-import tempfile
 from collections.abc import Iterable
-from pathlib import Path
 from typing import BinaryIO
 
 from earlymm.arch.addr import PAGE_SHIFT, PAGE_SIZE
 from earlymm.hw.memory import Buffer
 from earlymm.images.cpustate import CpuState, pack_prstatus, pack_qemu_cpustate
 from earlymm.images.qemu_core import (
+    ABSENT_READS_ZERO,
+    EARLYMM_NOTE,
+    EARLYMM_NOTE_NAME,
     EHDR,
     ELF_MAGIC,
     ELFCLASS64,
@@ -29,6 +36,7 @@ from earlymm.images.qemu_core import (
     EM_X86_64,
     ET_CORE,
     NHDR,
+    NT_EARLYMM_MEMORY,
     NT_PRSTATUS,
     PHDR,
     PN_XNUM,
@@ -36,8 +44,10 @@ from earlymm.images.qemu_core import (
     PT_NOTE,
     SHDR,
 )
+from earlymm.images.safe_write import write_atomically
 
 EV_CURRENT = 1
+EARLYMM_NOTE_VERSION = 1
 SHT_STRTAB = 3
 SHSTRTAB = b"\0.shstrtab\0"
 
@@ -49,10 +59,12 @@ def _note(name: bytes, ntype: int, desc: bytes) -> bytes:
     return NHDR.pack(len(namez), len(desc), ntype) + namez + pad_name + desc + pad_desc
 
 
-def build_notes(cpus: list[CpuState]) -> bytes:
+def build_notes(cpus: list[CpuState], *, absent_zero: bool = False) -> bytes:
     prstatus = [_note(b"CORE", NT_PRSTATUS, pack_prstatus(c, i + 1)) for i, c in enumerate(cpus)]
     qemu = [_note(b"QEMU", 0, pack_qemu_cpustate(c)) for c in cpus]
-    return b"".join(prstatus + qemu)
+    ours = [_note(EARLYMM_NOTE_NAME, NT_EARLYMM_MEMORY, EARLYMM_NOTE.pack(EARLYMM_NOTE_VERSION, ABSENT_READS_ZERO))
+            ] if absent_zero else []
+    return b"".join(prstatus + qemu + ours)
 
 
 def _runs(frames: Iterable[tuple[int, Buffer]]) -> list[tuple[int, list[Buffer]]]:
@@ -106,29 +118,24 @@ def _write(out: BinaryIO, runs: list[tuple[int, list[Buffer]]], notes: bytes) ->
     out.write(SHSTRTAB)
 
 
-def write_qemu_core(path: str | Path, frames: Iterable[tuple[int, Buffer]], cpus: list[CpuState]) -> None:
-    """Write ``frames`` (``(pfn, 4096 bytes)``, any order, no duplicates) and ``cpus`` as a QEMU core.
+def write_qemu_core(path: str | os.PathLike[str], frames: Iterable[tuple[int, Buffer]], cpus: list[CpuState], *,
+                    absent_zero: bool = False) -> None:
+    """Write ``frames`` (``(pfn, 4096 bytes)``, any order, no duplicates) and ``cpus`` as a QEMU core;
+    ``absent_zero`` marks it complete (memory it lacks reads as zeros: see the module docstring).
 
-    Raises ``ValueError`` for a bad frame; on any error nothing is left at ``path`` or beside it.
+    Raises ``ValueError`` for a bad frame, ``safe_write.WriteError`` for a target that must not be
+    written or an I/O error (a full disk); either way nothing is left at ``path`` or beside it.
     """
-    path = Path(path)
     runs = _runs(frames)
-    notes = build_notes(cpus)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".core.tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            if path.name.endswith(".gz"):
-                # mtime=0 and no file name keep the output byte-identical for identical input.
-                with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
-                    _write(gz, runs, notes)  # type: ignore[arg-type]
-            else:
-                _write(raw, runs, notes)
-            raw.flush()
-            os.fsync(raw.fileno())
-            # mkstemp makes the file owner-only; a core is an ordinary data file.
-            os.fchmod(raw.fileno(), 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    notes = build_notes(cpus, absent_zero=absent_zero)
+    gz = os.fspath(path).endswith(".gz")
+
+    def produce(raw: BinaryIO) -> None:
+        if gz:
+            # mtime=0 and no file name keep the output byte-identical for identical input.
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as g:
+                _write(g, runs, notes)  # type: ignore[arg-type]
+        else:
+            _write(raw, runs, notes)
+
+    write_atomically(path, produce, "core")

@@ -102,9 +102,10 @@ class CpuState:
 
     @property
     def cpl(self) -> int:
-        # In protected mode the CPL equals CS.RPL; QEMU keeps the authoritative copy in hflags,
-        # which the core does not record.
-        return self.cs.selector & 3
+        """The privilege level the CPU ran at: SS.DPL. QEMU keeps the CPL in ``hflags``, which the core
+        does not record, and sets it from SS's DPL whenever SS is loaded (``cpu_x86_load_seg_cache``,
+        target/i386/cpu.h) — also for a null SS in 64-bit mode, whose cached DPL is the RPL."""
+        return self.ss.dpl
 
 
 def parse_qemu_cpustate(desc: bytes | memoryview) -> CpuState:

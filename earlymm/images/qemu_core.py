@@ -4,7 +4,9 @@ Layout QEMU writes for a 64-bit guest: an ELF64 ``ET_CORE``/``EM_X86_64`` header
 per CPU an ``NT_PRSTATUS`` note and a ``QEMU`` note (``QEMUCPUState``), then one ``PT_LOAD`` per guest
 RAM block whose ``p_paddr`` is the guest-physical address (``p_vaddr``, equal here, is ignored). When
 there are 65535 or more program headers, ``e_phnum`` is ``PN_XNUM`` and section header 0's ``sh_info``
-holds the real count. Bytes past ``p_filesz`` were not dumped, so they are a hole, not zeros.
+holds the real count. Bytes past ``p_filesz`` were not dumped, so they are a hole, not zeros — unless
+the core carries earlymm's ``EARLYMM`` note saying absent memory reads as zeros (``core_writer``), which
+sets ``absent_zero`` on the image.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Literal
 
 from earlymm.images.base import Blob, FileSegment, ImageError, SegmentImage
 from earlymm.images.cpustate import CpuState, parse_qemu_cpustate
+from earlymm.images.inflate import DEFAULT_MAX_INFLATED
 
 ELF_MAGIC = b"\x7fELF"
 ELFCLASS64 = 2
@@ -27,6 +30,10 @@ PT_LOAD = 1
 PT_NOTE = 4
 NT_PRSTATUS = 1
 PN_XNUM = 0xFFFF
+EARLYMM_NOTE_NAME = b"EARLYMM"
+NT_EARLYMM_MEMORY = 1
+EARLYMM_NOTE = struct.Struct("<II")  # version, flags
+ABSENT_READS_ZERO = 1 << 0
 
 EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 PHDR = struct.Struct("<IIQQQQQQ")
@@ -93,11 +100,20 @@ def _header(blob: Blob) -> tuple[int, int, int]:
     return phoff, phnum, phentsize
 
 
+def absent_zero_note(desc: bytes | memoryview) -> bool:
+    """True if an ``EARLYMM`` memory note's descriptor says absent memory reads as zeros."""
+    if len(desc) < EARLYMM_NOTE.size:
+        return False
+    version, flags = EARLYMM_NOTE.unpack_from(desc, 0)
+    return version >= 1 and bool(flags & ABSENT_READS_ZERO)
+
+
 def parse_core(blob: Blob) -> QemuCore:
     p, v = blob.path, blob.view
     phoff, phnum, phentsize = _header(blob)
     segments: list[FileSegment] = []
     cpus: list[CpuState] = []
+    absent_zero = False
     for i in range(phnum):
         p_type, _fl, off, _va, paddr, filesz, _memsz, _al = PHDR.unpack_from(v, phoff + i * phentsize)
         if p_type not in (PT_LOAD, PT_NOTE):
@@ -115,9 +131,13 @@ def parse_core(blob: Blob) -> QemuCore:
                     cpus.append(parse_qemu_cpustate(desc))
                 except ValueError as e:
                     raise ImageError(f"{p}: CPU {len(cpus)}: {e}") from e
+            elif name == EARLYMM_NOTE_NAME and ntype == NT_EARLYMM_MEMORY:
+                absent_zero = absent_zero_note(desc)
     if not segments:
         raise ImageError(f"{p}: no PT_LOAD segments: the core holds no memory")
-    return QemuCore(blob, segments, cpus)
+    core = QemuCore(blob, segments, cpus)
+    core.absent_zero = absent_zero
+    return core
 
 
 class RawImage(SegmentImage):
@@ -138,13 +158,15 @@ def open_raw_image(path: str | Path) -> RawImage:
     return open_image(path, kind="raw")  # type: ignore[return-value]
 
 
-def open_image(path: str | Path, kind: ImageKind = "auto") -> SegmentImage:
-    """Open a QEMU core or a raw image (``.gz`` of either is decompressed into memory).
+def open_image(path: str | Path, kind: ImageKind = "auto", *, max_inflated: int = DEFAULT_MAX_INFLATED
+               ) -> SegmentImage:
+    """Open a QEMU core or a raw image (``.gz`` of either is inflated into a sparse temporary file, at
+    most ``max_inflated`` bytes).
 
     ``kind="auto"`` picks the core reader when the (decompressed) file starts with the ELF magic.
     Raises ``ImageError`` on anything unreadable.
     """
-    blob = Blob(path)
+    blob = Blob(path, max_inflated=max_inflated)
     try:
         if kind == "core" or (kind == "auto" and bytes(blob.view[:4]) == ELF_MAGIC):
             return parse_core(blob)

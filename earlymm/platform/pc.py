@@ -128,6 +128,17 @@ def validate(cfg: MachineConfig, image_size: int) -> None:
             raise ValueError(f"{name} at {at:#x} is not inside RAM")
         if at < k1 and k0 < at + size:
             raise ValueError(f"{name} at {at:#x} overlaps the kernel")
+    # Everything the loader places must be disjoint, or one overwrites another (a ramdisk over
+    # boot_params leaves the kernel an e820 map without RAM).
+    r0 = cfg.ramdisk_at if cfg.ramdisk_at is not None else cfg.default_ramdisk_at(image_size)
+    bp_at = cfg.boot_params_at
+    placed = [("the ramdisk", r0, r0 + cfg.ramdisk_size), ("boot_params", bp_at, bp_at + 4096),
+              ("the command line", cfg.cmdline_at, cfg.cmdline_at + len(cfg.cmdline) + 1),
+              ("the boot loader's page tables", cfg.pgtables_at, cfg.pgtables_at + 32 * 4096)]
+    for i, (a, a0, a1) in enumerate(placed):
+        for b, b0, b1 in placed[i + 1:]:
+            if a0 < b1 and b0 < a1:
+                raise ValueError(f"{a} [{a0:#x}, {a1:#x}) overlaps {b} [{b0:#x}, {b1:#x})")
     if len(cfg.cmdline) >= 2048:
         raise ValueError("command line longer than COMMAND_LINE_SIZE (2048)")
 

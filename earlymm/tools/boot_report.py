@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from earlymm.hw.events import CrWrite, Event, FaultRaised, TlbFlush
+from earlymm.hw.memory import ZERO_FRAME, Buffer
 from earlymm.images import CpuState, write_qemu_core
 from earlymm.images.cpustate import Segment
+from earlymm.images.minimize import table_pfns
 from earlymm.kernel.boot import BootResult
 from earlymm.kernel.events import (
     ConsoleLine,
@@ -157,7 +159,9 @@ def render_text(r: BootResult, *, trace: bool) -> str:
 
 def save_core(r: BootResult, path: str | Path) -> None:
     """The machine's written physical memory and the CPU's registers as a QEMU ``dump-guest-memory``
-    core (sparse: only pages the simulation wrote; read it with ``--absent zero``)."""
+    core: the pages the simulation wrote, plus every page table the saved CR3 reaches (all-zero ones
+    too, so other readers walk it fully), marked complete (``absent_zero``: the machine's untouched
+    memory is zero, so earlymm reads the core with the default options). Raises ``WriteError``."""
     ctx = r.ctx
     regs = ctx.cpu.regs
     segs = [Segment() for _ in range(10)]
@@ -169,4 +173,6 @@ def save_core(r: BootResult, path: str | Path) -> None:
     cpu = CpuState(gprs=tuple(gprs), rip=regs.rip, rflags=regs.rflags, segments=tuple(segs), cr0=regs.cr0,
                    cr2=regs.cr2, cr3=regs.cr3, cr4=regs.cr4)
     mem = ctx.platform.mem
-    write_qemu_core(path, ((pfn, mem.frames[pfn]) for pfn in sorted(mem.frames)), [cpu])
+    frames: dict[int, Buffer] = dict(mem.frames)
+    frames.update((pfn, ZERO_FRAME) for pfn in table_pfns(mem, cpu)[0] if pfn not in frames)
+    write_qemu_core(path, sorted(frames.items()), [cpu], absent_zero=True)

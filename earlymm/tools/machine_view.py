@@ -6,13 +6,15 @@ value that real hardware would refuse is refused here too, with the SDM's reason
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from earlymm.arch.flags import Cr0, Cr4, Efer
 from earlymm.arch.modes import Features
 from earlymm.hw.cpu import Cpu
 from earlymm.hw.faults import CpuException
-from earlymm.hw.memory import FrameSource, PhysMem
+from earlymm.hw.memory import ZERO_FRAME, Buffer, FrameSource, PhysMem
 from earlymm.hw.tlb import Tlb
 from earlymm.images import CpuState
 
@@ -31,6 +33,35 @@ class RegOverrides:
     efer: int | None = None
     pkru: int | None = None
     pkrs: int | None = None
+
+
+class ZeroFilled:
+    """Frames the image lacks read as zeros — except frames it lost (a truncated core's cut-off tail),
+    which stay unreadable: zeros there would be a guess, and audits must not pass on guesses."""
+
+    def __init__(self, image: FrameSource, lost: Callable[[int], bool]) -> None:
+        self.image = image
+        self.lost = lost
+
+    def frame(self, pfn: int) -> Buffer | None:
+        f = self.image.frame(pfn)
+        if f is None and not self.lost(pfn):
+            return ZERO_FRAME
+        return f
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return self.image.ranges()
+
+
+def image_source(image: Any, absent: str | None) -> tuple[FrameSource, bool]:
+    """(frame source, absent_zero) for reading ``image``: ``absent`` is the user's ``--absent`` (None: what
+    the image's EARLYMM note says, else "error")."""
+    zero = bool(getattr(image, "absent_zero", False)) if absent is None else absent == "zero"
+    lost = getattr(image, "is_lost", None)
+    if zero and lost is not None:
+        return ZeroFilled(image, lost), False
+    source: FrameSource = image
+    return source, zero
 
 
 def infer_registers(cpu: CpuState | None, ov: RegOverrides) -> tuple[int, int, int, int]:

@@ -18,7 +18,7 @@ from earlymm.arch.addr import parse_int
 from earlymm.arch.modes import Features
 from earlymm.hw.access import AccessKind
 from earlymm.hw.cpu import Cpu
-from earlymm.tools.argtypes import hexint
+from earlymm.tools.argtypes import cpl_arg, hexint, int_range, uint_bits
 from earlymm.tools.gdb.physmem import GdbPhysFrames
 from earlymm.tools.gdb.target import CONTROL_REGISTERS, LiveTarget, TargetError
 from earlymm.tools.machine_view import RegOverrides, SetupError, infer_registers, make_cpu
@@ -63,7 +63,7 @@ def add_machine_options(p: argparse.ArgumentParser, registers: tuple[str, ...] =
     p.add_argument("--features", default="all",
                    help="CPU features the walk assumes (the stub cannot report CPUID): all, none, or a list "
                         "like nx,gbpages,-smap (default all)")
-    p.add_argument("--maxphyaddr", type=int, default=52,
+    p.add_argument("--maxphyaddr", type=int_range(32, 52, "MAXPHYADDR"), default=52,
                    help="physical-address width for reserved-bit checks (qemu64 has 40; default 52)")
 
 
@@ -74,9 +74,11 @@ def translate_parser() -> CommandParser:
                             "kernel has a direct map. A/D updates are shown, never written to the guest.")
     p.add_argument("va", nargs="+", help="virtual addresses: numbers (0x… or decimal) or gdb expressions ($pc)")
     p.add_argument("--access", default="read", help="read, write or exec (default read)")
-    p.add_argument("--cpl", type=int, choices=(0, 3), default=0, help="privilege level of the access (default 0)")
+    p.add_argument("--cpl", type=cpl_arg, help="privilege level of the access, 0 or 3 (default: the vCPU's, "
+                                               "the RPL of its SS selector, or 0 if the stub has no SS)")
     p.add_argument("--ac", action="store_true", help="EFLAGS.AC=1 (SMAP override for explicit accesses)")
-    p.add_argument("--pkru", type=hexint, default=None, help="PKRU (default: the vCPU's if the stub has it, else 0)")
+    p.add_argument("--pkru", type=uint_bits(32, "PKRU"), default=None,
+                   help="PKRU, 32 bits (default: the vCPU's if the stub has it, else 0)")
     p.add_argument("--json", action="store_true", help="print a JSON array, one object per address")
     add_machine_options(p)
     return p
@@ -93,8 +95,6 @@ class LiveMachine:
 
 def read_machine(target: LiveTarget, args: argparse.Namespace, cr3: int | None = None) -> LiveMachine:
     """CR0/CR3/CR4/EFER from the command line (or ``cr3``), else from the stub (QEMU describes all four)."""
-    if not 32 <= args.maxphyaddr <= 52:  # the SDM's range (CPUID.80000008H:EAX[7:0])
-        raise CommandError(f"--maxphyaddr {args.maxphyaddr}: must be between 32 and 52")
     try:
         features = Features.parse(args.features, args.maxphyaddr)
     except ValueError as e:
@@ -127,15 +127,26 @@ def _live_cpu(frames: GdbPhysFrames, machine: LiveMachine, pkru: int) -> Cpu:
 
 
 def address(target: LiveTarget, token: str) -> int:
-    """A number, else a gdb expression (evaluated now, in the stub's normal mode)."""
-    try:
-        return parse_int(token)
-    except ValueError:
-        pass
+    """A number, else a gdb expression (evaluated now, in the stub's normal mode). A token made only of
+    digits (and an ``0x``) is a number and parsed strictly: gdb would read ``0400000`` as octal, so the
+    ambiguous zero-padded form is refused instead of guessed."""
+    t = token.strip()
+    if t[:1].isdigit() and t.isascii() and t.isalnum():
+        try:
+            return parse_int(t)
+        except ValueError as e:
+            raise CommandError(str(e)) from None
     try:
         return target.evaluate(token)
     except TargetError as e:
         raise CommandError(str(e)) from None
+
+
+def live_cpl(target: LiveTarget) -> int:
+    """The vCPU's privilege level: SS.RPL, which equals the CPL outside real mode (QEMU's gdbstub gives
+    the selectors, not the descriptor caches); 0 when the stub does not describe SS."""
+    ss = target.register("ss")
+    return 0 if ss is None else ss & 3
 
 
 MEMORY_MAP_NOTE = ("QEMU's memory map is unavailable (monitor info mtree -f): unassigned physical memory "
@@ -155,8 +166,9 @@ def translate(target: LiveTarget, argv: list[str]) -> Output:
     try:
         machine = read_machine(target, args)
         pkru = args.pkru if args.pkru is not None else (target.register("pkru") or 0)
+        cpl = args.cpl if args.cpl is not None else live_cpl(target)
         ram = target.ram_ranges()
-        requests = [Request(va, kind, args.cpl, args.ac) for va in vas]
+        requests = [Request(va, kind, cpl, args.ac) for va in vas]
         with target.physical_memory() as read:
             frames = GdbPhysFrames(read, ram)
             cpu = _live_cpu(frames, machine, pkru)

@@ -9,9 +9,9 @@ guest has no direct map and costs one round of reads per distinct table, however
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from earlymm.tools.argtypes import hexint
+from earlymm.images.safe_write import SYMLINK_POLICY, WriteError, check_target, write_text
+from earlymm.tools.argtypes import hexint, int_range
 from earlymm.tools.gdb.commands import (
     MEMORY_MAP_NOTE,
     CommandError,
@@ -47,12 +47,14 @@ def ptdump_parser() -> CommandParser:
                    help="report writable+executable mappings as the kernel's boot-time W+X check does")
     p.add_argument("--check-user-kernel", action="store_true",
                    help="report user/kernel isolation problems (see earlymm ptdump --help)")
-    p.add_argument("--max-tables", type=int, default=DEFAULT_MAX_TABLES,
+    p.add_argument("--max-tables", type=int_range(1, 1 << 24, "--max-tables"), default=DEFAULT_MAX_TABLES,
                    help=f"read at most this many distinct tables (default {DEFAULT_MAX_TABLES})")
-    p.add_argument("--max-leaves", type=int, default=DEFAULT_MAX_LEAVES,
+    p.add_argument("--max-leaves", type=int_range(1, 1 << 32, "--max-leaves"), default=DEFAULT_MAX_LEAVES,
                    help=f"beyond this many leaves, collapse repeated subtrees (default {DEFAULT_MAX_LEAVES})")
     p.add_argument("--output", metavar="FILE",
-                   help="write the dump to FILE instead of gdb's screen (a full dump has ~100k lines)")
+                   help="write the dump to FILE instead of gdb's screen (a full dump has ~100k lines). FILE must be "
+                        "new or a regular file: devices, FIFOs, sockets and directories are refused, and "
+                        f"{SYMLINK_POLICY}; it is replaced atomically, and on any error (a full disk) nothing is left")
     return p
 
 
@@ -60,7 +62,9 @@ def _render(args: argparse.Namespace, spaces: list[Space]) -> tuple[str, list[st
     try:
         if args.check_wx or args.check_user_kernel:
             out = render.run_audits(spaces, check_wx=args.check_wx, check_user_kernel=args.check_user_kernel)
-            return out.text, [*out.messages, f"{out.findings} finding(s)"]
+            verdict = f"{out.findings} finding(s)" + (f"; incomplete: {out.gaps} range(s) not examined"
+                                                       if out.gaps else "")
+            return out.text, [*out.messages, verdict]
         out = render.dump(spaces, args.format, LIVE_IMAGE, max_tables=args.max_tables, max_leaves=args.max_leaves)
     except render.RenderError as e:
         raise CommandError(str(e)) from None
@@ -70,9 +74,11 @@ def _render(args: argparse.Namespace, spaces: list[Space]) -> tuple[str, list[st
 def ptdump(target: LiveTarget, argv: list[str]) -> Output:
     """``earlymm-ptdump``: the dump (or audit findings) to print. Raises CommandError or HelpRequested."""
     args = ptdump_parser().parse_args(argv)
-    for name in ("max_tables", "max_leaves"):
-        if getattr(args, name) < 1:
-            raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.output is not None:
+        try:
+            check_target(args.output)  # before reading the guest: a bad path should not cost a dump
+        except WriteError as e:
+            raise CommandError(str(e)) from None
     try:
         machines: list[LiveMachine] = [read_machine(target, args, cr3) for cr3 in args.cr3 or [None]]
         ram = target.ram_ranges()
@@ -87,10 +93,10 @@ def ptdump(target: LiveTarget, argv: list[str]) -> Output:
     except TargetError as e:
         raise CommandError(str(e)) from None
     messages = [*machines[0].notes, *([] if ram is not None else [MEMORY_MAP_NOTE]), *notes]
-    if args.output:
+    if args.output is not None:
         try:
-            Path(args.output).write_text(text)
-        except OSError as e:
-            raise CommandError(f"cannot write {args.output}: {e}") from None
+            write_text(args.output, text)
+        except WriteError as e:
+            raise CommandError(str(e)) from None
         return Output(f"{text.count(chr(10))} lines written to {args.output}\n", tuple(messages))
     return Output(text, tuple(messages))
