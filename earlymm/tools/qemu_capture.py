@@ -227,7 +227,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m earlymm.tools.qemu_capture",
         description="Capture a Linux guest's page tables and QEMU's view of them.",
-        epilog="Subcommand: 'minimize CAPTURE_DIR FIXTURE_DIR' keeps only the page-table pages reachable "
+        epilog="Subcommands: 'midboot --out DIR [--cpu --mem --append]' stops a nokaslr kernel at "
+               "x86_64_start_kernel, init_mem_mapping and idt_setup_early_pf and records its tables (see "
+               "'midboot --help'); 'minimize CAPTURE_DIR FIXTURE_DIR' keeps only the page-table pages reachable "
                "from each CPU's CR3 (and, for a PTI user CR3, from the kernel PGD before it) plus the pages "
                "gva2gpa samples land on (core.elf.gz), and copies the text files.")
     p.add_argument("--kernel", help="vmlinuz to boot (default: newest under captures/kernel/root/boot)")
@@ -253,6 +255,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv[:1] == ["midboot"]:
+            from earlymm.tools.midboot import capture as midboot
+
+            try:
+                return midboot.main(argv[1:])
+            except midboot.CaptureError as e:
+                raise CaptureError(str(e)) from None
         if argv[:1] == ["minimize"]:
             mp = argparse.ArgumentParser(prog="python -m earlymm.tools.qemu_capture minimize")
             mp.add_argument("capture_dir")
