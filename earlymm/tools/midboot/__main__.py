@@ -58,15 +58,18 @@ def cmd_compare(a: argparse.Namespace) -> int:
             fx = load_fixture(path)
             for name in _stops(fx, a.stop):
                 stop = fx.stop(name)
-                model = run_model(fx, stop.model_until, Path(tmp))
-                diffs = compare_stop(stop, fx.features, model)
+                try:
+                    model = run_model(fx, stop.model_until, Path(tmp))
+                except ModelError as e:  # the model refusing the machine is a difference too
+                    diffs, figures = [f"model refused the machine: {e}"], {}
+                else:
+                    diffs, figures = compare_stop(stop, fx.features, model), summary(stop, fx.features, model)
                 found |= bool(diffs)
                 report.setdefault(fx.name, {})[name] = {"model_until": stop.model_until, "differences": diffs,
-                                                        **summary(stop, fx.features, model)}
+                                                        **figures}
                 if not a.json:
-                    s = summary(stop, fx.features, model)
-                    print(f"== {fx.name} at {name} (model --until {stop.model_until}): "
-                          f"{len(diffs)} difference(s); real {s['real']}; model {s['model']}")
+                    print(f"== {fx.name} at {name} (model --until {stop.model_until}): {len(diffs)} difference(s)"
+                          + "".join(f"; {k} {v}" for k, v in figures.items()))
                     for d in diffs:
                         print(f"  {d}")
     if a.json:

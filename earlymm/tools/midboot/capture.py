@@ -143,7 +143,10 @@ def run_capture(kernel: Path, busybox: Path, out: Path, *, cpu: str, mem: str, a
                                                   stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT))
                 for i, (symbol, _phase) in enumerate(STOPS):
                     _wait_file(tmp / f"stop.{i}", procs, timeout, [qlog, glog, console])
-                    records.append(record_stop(q, symbol, symbol, syms, out, tmp / "scratch.bin"))
+                    # gdb has printed (and flushed) every dprintf line from before this stop
+                    seen = len(early_exceptions(glog.read_text(errors="replace"), syms))
+                    records.append(record_stop(q, symbol, symbol, syms, out, tmp / "scratch.bin",
+                                               {"early_exceptions_before": seen}))
                     (tmp / f"go.{i}").touch()
                 with contextlib.suppress(QmpError):  # QEMU may hang up before it replies
                     q.command("quit", timeout=10)
@@ -169,7 +172,10 @@ def _meta(kernel: Path, syms: Kallsyms, records: list[StopRecord], console: str,
     banner = next((ln.split("] ", 1)[-1] for ln in console.splitlines() if "Linux version" in ln), "")
     ramdisk_image, ramdisk_size = (int(v, 16) for v in last["boot_params"]["ramdisk"])
     return {
-        "made_by": "python -m earlymm.tools.qemu_capture midboot", "kernel_file": kernel.name,
+        "made_by": shlex.join(["python", "-m", "earlymm.tools.qemu_capture", "midboot", "--cpu", cpu, "--mem", mem,
+                               *(["--append", append.removeprefix(BASE_APPEND).strip()]
+                                 if append != BASE_APPEND else []), "--out", "DIR"]),
+        "kernel_file": kernel.name,
         "kernel_release": kernel.name.removeprefix("vmlinuz-"), "kernel_banner": banner,
         "packages": package_versions(kernel), "kallsyms": cache_path(kernel).name,
         "qemu_version": "{major}.{minor}.{micro}".format(**version["qemu"]), "qemu_package": version.get("package", ""),

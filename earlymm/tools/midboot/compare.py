@@ -123,6 +123,22 @@ def describe_links(real: list[Link], model: list[Link]) -> list[str]:
             f"{'y' if len(g) == 1 else 'ies'}): real {fl(g[0][3])}, model {fl(g[0][4])}" for g in out]
 
 
+def describe_faults(stop: Stop, model: ModelStop) -> list[str]:
+    """Early #PFs by the 2 MiB block they made the handler map: which side took them (and, for the real
+    kernel, in which function)."""
+    def block(cr2: int) -> int:
+        return cr2 & ~0x1F_FFFF
+
+    real: dict[int, str] = {}
+    for e in stop.early_exceptions:
+        if int(e["vector"]) == 14:
+            real.setdefault(block(int(str(e["cr2"]), 16)), str(e["function"]))
+    mod = {block(cr2) for cr2 in model.page_faults}
+    out = [f"early #PF in {b:#x}+2M: real ({real[b]}), model none" for b in sorted(real.keys() - mod)]
+    out += [f"early #PF in {b:#x}+2M: model, real none" for b in sorted(mod - real.keys())]
+    return out
+
+
 def role(roots: dict[str, int], cr3: int) -> str:
     return next((k for k, v in roots.items() if k != "cr3" and v == cr3 & ~0xFFF), "another table")
 
@@ -154,6 +170,7 @@ def compare_stop(stop: Stop, features: Features, model: ModelStop) -> list[str]:
             out.append(f"{label}: model tables: {n.kind} {n.start:#x}-{n.end:#x}: {n.detail}")
         out += [f"{label}: {d}" for d in describe_leaves(real.leaves, mod.leaves)]
         out += [f"{label}: {d}" for d in describe_links(real.links, mod.links)]
+    out += describe_faults(stop, model)
     if stop.next_early_pgt != model.next_early_pgt:
         out.append(f"next_early_pgt (pool pages used): real {stop.next_early_pgt}, model {model.next_early_pgt}")
     return out

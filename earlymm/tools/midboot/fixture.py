@@ -73,6 +73,14 @@ class Stop:
         """Physical address → the 512 entries of every recorded table page."""
         return {pfn << 12: struct.unpack("<512Q", page) for pfn, page in sorted(self.pages.items())}
 
+    @property
+    def early_exceptions(self) -> list[dict[str, Any]]:
+        """The early exceptions (vector, CR2, RIP, function) the kernel took before this stop, in order."""
+        path = self.directory / "early_exceptions.json"
+        if not path.is_file() or "early_exceptions_before" not in self.info:
+            return []
+        return list(json.loads(path.read_text()))[:int(self.info["early_exceptions_before"])]
+
     def memory(self) -> TableMemory:
         return TableMemory(self.pages)
 

@@ -74,6 +74,12 @@ class ModelStop:
     def next_early_pgt(self) -> int:
         return int(self.state["next_early_pgt"], 16)
 
+    @property
+    def page_faults(self) -> list[int]:
+        """CR2 of every #PF the model raised, in order (from its event trace)."""
+        return [int(e["cr2"], 16) for e in self.report.get("events", [])
+                if e.get("event") == "fault_raised" and int(e.get("vector", -1)) == 14]
+
 
 def run_model(fx: Fixture, until: str, workdir: Path, *, timeout: float = 600) -> ModelStop:
     """Run the model to ``until`` on the fixture's machine and read back its core and report."""
@@ -81,7 +87,8 @@ def run_model(fx: Fixture, until: str, workdir: Path, *, timeout: float = 600) -
     e820 = workdir / f"{fx.name}.e820"
     e820.write_text(e820_text(fx))
     core = workdir / f"{fx.name}.{until}.core"
-    cmd = [sys.executable, "-m", "earlymm", *boot_args(fx, e820), "--until", until, "--save-core", str(core), "--json"]
+    cmd = [sys.executable, "-m", "earlymm", *boot_args(fx, e820), "--until", until, "--save-core", str(core), "--json",
+           "--trace"]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:

@@ -87,7 +87,8 @@ def gva2gpa(q: Qmp, va: int) -> int | None:
     return parse_gva2gpa_reply(q.hmp(f"gva2gpa {va:#x}"))
 
 
-def record_stop(q: Qmp, name: str, symbol: str, syms: Kallsyms, out: Path, scratch: Path) -> StopRecord:
+def record_stop(q: Qmp, name: str, symbol: str, syms: Kallsyms, out: Path, scratch: Path,
+                extra: dict[str, Any] | None = None) -> StopRecord:
     """Everything about the instant the guest is stopped at, written as ``out/NAME.*``."""
     regs_text = q.hmp("info registers")
     regs = parse_info_registers(regs_text)
@@ -133,7 +134,7 @@ def record_stop(q: Qmp, name: str, symbol: str, syms: Kallsyms, out: Path, scrat
         # unsigned int next_early_pgt (head64.c); phys_base is an unsigned long
         "next_early_pgt": var("next_early_pgt", 4), "phys_base": f"{var('phys_base', 8):#x}",
         "load_address": f"{text_pa:#x}", "boot_params_from": bp_from, "boot_params": decode_boot_params(raw_bp),
-        "info_registers": regs_text,
+        **(extra or {}), "info_registers": regs_text,
     }
     (out / f"{name}.json").write_text(json.dumps(info, indent=1) + "\n")
     return StopRecord(name, symbol, info)
