@@ -63,7 +63,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
                 except ModelError as e:  # the model refusing the machine is a difference too
                     diffs, figures = [f"model refused the machine: {e}"], {}
                 else:
-                    diffs, figures = compare_stop(stop, fx.features, model), summary(stop, fx.features, model)
+                    diffs = compare_stop(stop, fx.features, model, fx.roles(stop))
+                    figures = summary(stop, fx.features, model)
                 found |= bool(diffs)
                 report.setdefault(fx.name, {})[name] = {"model_until": stop.model_until, "differences": diffs,
                                                         **figures}

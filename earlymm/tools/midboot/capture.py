@@ -32,7 +32,8 @@ STOPS = (("x86_64_start_kernel", "startup_64"), ("init_mem_mapping", "setup_arch
          ("idt_setup_early_pf", "init_mem_mapping"))
 SYMBOLS = ("_text", "_end", "x86_64_start_kernel", "init_mem_mapping", "idt_setup_early_pf", "early_top_pgt",
            "init_top_pgt", "early_dynamic_pgts", "next_early_pgt", "phys_base", "boot_params", "level3_kernel_pgt",
-           "level2_kernel_pgt", "level2_fixmap_pgt", "level1_fixmap_pgt", "__brk_base", "_brk_end")
+           "level2_kernel_pgt", "level2_fixmap_pgt", "level1_fixmap_pgt", "level4_kernel_pgt", "bm_pte", "__brk_base",
+           "__brk_limit", "do_early_exception")
 FEATURES = ("pdpe1gb", "nx", "pge", "pse", "la57", "smep", "smap", "pku", "pcid", "lm", "phys-bits", "vendor")
 # loglevel=8 lets the kernel's KERN_DEBUG e820 edits reach the console; memblock=debug logs every memblock
 # reservation and allocation with its caller (which is where page-table pages come from). Neither

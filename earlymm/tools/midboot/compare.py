@@ -19,6 +19,7 @@ from earlymm.arch.modes import Features
 from earlymm.tools.midboot.enumerate import Enumeration, Leaf, Link, enumerate_space, flag_text
 from earlymm.tools.midboot.fixture import Stop
 from earlymm.tools.midboot.model import ModelStop
+from earlymm.tools.midboot.roles import Roles
 
 REGIONS = ((0xFFFF_8880_0000_0000, 0xFFFF_C880_0000_0000, "direct map"),
            (0xFFFF_FFFF_8000_0000, 0xFFFF_FFFF_C000_0000, "kernel image map"),
@@ -98,29 +99,45 @@ def describe_leaves(real: list[Leaf], model: list[Leaf]) -> list[str]:
             f"real {_side(g, 'real')}; model {_side(g, 'model')}" for g in groups]
 
 
-def describe_links(real: list[Link], model: list[Link]) -> list[str]:
+LinkRow = tuple[str, int, int, int | None, int | None, str, str]  # level, va, span, flags ×2, role ×2
+
+
+def _kind(role: str) -> str:
+    return role.split("[")[0] if not role.startswith("RAM") else "RAM"
+
+
+def describe_links(real: list[Link], model: list[Link], real_roles: Roles | None = None,
+                   model_roles: Roles | None = None) -> list[str]:
+    """Per (level, VA): the entry's attribute bits, and — given ``Roles`` — what kind of page it points at."""
     rk = {(lk.level, lk.va): lk for lk in real}
     mk = {(lk.level, lk.va): lk for lk in model}
-    rows: list[tuple[str, int, int, int | None, int | None]] = []
+    rows: list[LinkRow] = []
     for key in sorted(rk.keys() | mk.keys(), key=lambda k: (k[1], k[0])):
         r, m = rk.get(key), mk.get(key)
+        rr = real_roles.role(r.table) if r and real_roles and model_roles else ""
+        mr = model_roles.role(m.table) if m and real_roles and model_roles else ""
         rf, mf = (r.flags if r else None), (m.flags if m else None)
-        if rf != mf:
-            span = (r or m).span  # type: ignore[union-attr]
-            rows.append((key[0], key[1], span, rf, mf))
-    out: list[list[tuple[str, int, int, int | None, int | None]]] = []
+        if rf != mf or (r and m and rr != mr):
+            rows.append((key[0], key[1], (r or m).span, rf, mf, rr, mr))  # type: ignore[union-attr]
+    groups: list[list[LinkRow]] = []
     for row in rows:
-        g = out[-1] if out else None
-        if g and g[-1][0] == row[0] and g[-1][1] + g[-1][2] == row[1] and g[-1][3:] == row[3:]:
+        g = groups[-1] if groups else None
+        if (g and g[-1][0] == row[0] and g[-1][1] + g[-1][2] == row[1] and g[-1][3:5] == row[3:5]
+                and (_kind(g[-1][5]), _kind(g[-1][6])) == (_kind(row[5]), _kind(row[6]))):
             g.append(row)
         else:
-            out.append([row])
+            groups.append([row])
 
-    def fl(f: int | None) -> str:
-        return "absent" if f is None else f"[{flag_text(f)}]"
+    def side(g: list[LinkRow], i: int) -> str:
+        f = g[0][3] if i == 0 else g[0][4]
+        if f is None:
+            return "absent"
+        first, last = (g[0][5], g[-1][5]) if i == 0 else (g[0][6], g[-1][6])
+        target = "" if not first else f" → {first}" + (f"…{last}" if last != first else "")
+        return f"[{flag_text(f)}]{target}"
 
     return [f"links {g[0][0]} {g[0][1]:#x}-{g[-1][1] + g[-1][2]:#x} ({region(g[0][1])}, {len(g)} entr"
-            f"{'y' if len(g) == 1 else 'ies'}): real {fl(g[0][3])}, model {fl(g[0][4])}" for g in out]
+            f"{'y' if len(g) == 1 else 'ies'}): real {side(g, 0)}, model {side(g, 1)}" for g in groups]
 
 
 def describe_faults(stop: Stop, model: ModelStop) -> list[str]:
@@ -143,8 +160,9 @@ def role(roots: dict[str, int], cr3: int) -> str:
     return next((k for k, v in roots.items() if k != "cr3" and v == cr3 & ~0xFFF), "another table")
 
 
-def compare_stop(stop: Stop, features: Features, model: ModelStop) -> list[str]:
-    """Every difference between the fixture's stop and the model run stopped at the same point."""
+def compare_stop(stop: Stop, features: Features, model: ModelStop, real_roles: Roles | None = None) -> list[str]:
+    """Every difference between the fixture's stop and the model run stopped at the same point. With
+    ``real_roles`` (``Fixture.roles(stop)``) links are also compared by what they point at."""
     out: list[str] = []
     if model.outcome != "stopped":
         out.append(f"model run: {model.outcome} — {model.reason}")
@@ -169,7 +187,8 @@ def compare_stop(stop: Stop, features: Features, model: ModelStop) -> list[str]:
         for n in mod.notes:
             out.append(f"{label}: model tables: {n.kind} {n.start:#x}-{n.end:#x}: {n.detail}")
         out += [f"{label}: {d}" for d in describe_leaves(real.leaves, mod.leaves)]
-        out += [f"{label}: {d}" for d in describe_links(real.links, mod.links)]
+        out += [f"{label}: {d}" for d in describe_links(real.links, mod.links, real_roles,
+                                                        model.roles if real_roles else None)]
     out += describe_faults(stop, model)
     if stop.next_early_pgt != model.next_early_pgt:
         out.append(f"next_early_pgt (pool pages used): real {stop.next_early_pgt}, model {model.next_early_pgt}")

@@ -21,6 +21,7 @@ from earlymm.arch.modes import Features
 from earlymm.hw.memory import Buffer
 from earlymm.images import ImageError, open_image
 from earlymm.tools.midboot.bootinfo import E820Entry
+from earlymm.tools.midboot.roles import Roles
 
 PAGE = 4096
 STOP_ORDER = ("x86_64_start_kernel", "init_mem_mapping", "idt_setup_early_pf")
@@ -115,6 +116,11 @@ class Fixture:
 
     def symbol(self, name: str) -> int:
         return int(self.meta["symbols"][name], 16)
+
+    def roles(self, stop: Stop) -> Roles:
+        """What each table page at this stop is (``early_dynamic_pgts[n]``, ``brk[n]``, RAM …)."""
+        return Roles.from_symbols({k: int(v, 16) for k, v in self.meta["symbols"].items()},
+                                  int(stop.info["phys_base"], 16))
 
     @property
     def features(self) -> Features:

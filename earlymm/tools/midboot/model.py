@@ -18,6 +18,7 @@ from typing import Any
 
 from earlymm.images import ImageError, open_image
 from earlymm.tools.midboot.fixture import Fixture, FixtureError, TableMemory
+from earlymm.tools.midboot.roles import Roles
 
 PROFILE = "current"
 
@@ -56,7 +57,7 @@ class ModelStop:
     until: str
     outcome: str
     reason: str
-    state: dict[str, str]  # boot_report.machine_state
+    state: dict[str, Any]  # boot_report.machine_state
     memory: TableMemory
     report: dict[str, Any]
 
@@ -73,6 +74,14 @@ class ModelStop:
     @property
     def next_early_pgt(self) -> int:
         return int(self.state["next_early_pgt"], 16)
+
+    @property
+    def roles(self) -> Roles | None:
+        syms = self.state.get("symbols")
+        if not isinstance(syms, dict):
+            return None
+        return Roles.from_symbols({k: int(v, 16) for k, v in syms.items()}, int(self.state["phys_base"], 16),
+                                  int(self.report.get("stats", {}).get("pool_size", 64)))
 
     @property
     def page_faults(self) -> list[int]:
