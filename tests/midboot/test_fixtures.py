@@ -4,6 +4,8 @@ its tables are complete, the kernel's counters agree with its tables, the enumer
 
 from __future__ import annotations
 
+import itertools
+import re
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,34 @@ def test_boot_params_fields(path: Path) -> None:
     last = fx.stop("idt_setup_early_pf").boot_params
     assert fx.machine["ramdisk"] == last["ramdisk"] and int(last["ramdisk"][1], 16) > 0
     assert fx.machine["cmd_line_ptr"] == last["cmd_line"]
+
+
+@pytest.mark.parametrize("path", MIDBOOT, ids=IDS)
+def test_link_targets_are_where_the_kernel_says_it_put_them(path: Path) -> None:
+    """Every table page is a static table (kallsyms), a pool page below next_early_pgt, a BRK page inside the
+    BRK reservation the kernel printed (memblock=debug: reserve_brk's memblock_reserve from setup_arch), or a
+    page alloc_low_pages got from memblock (the memblock_reserve printed right after its allocation)."""
+    fx = load_fixture(path)
+    lines = fx.console.splitlines()
+    brk = re.search(r"memblock_reserve: \[(0x[0-9a-f]+)-(0x[0-9a-f]+)\] setup_arch", fx.console)
+    assert brk is not None
+    allocs = [re.search(r"\[(0x[0-9a-f]+)-(0x[0-9a-f]+)\]", nxt) for ln, nxt in itertools.pairwise(lines)
+              if "memblock_phys_alloc_range" in ln and "alloc_low_pages" in ln]
+    ram = [(int(m[1], 16), int(m[2], 16) + 1) for m in allocs if m]
+    for stop in fx.stops:
+        roles = fx.roles(stop)
+        for root in ("cr3", "early_top_pgt"):
+            for lk in space(fx, stop, root).links:
+                role = roles.role(lk.table)
+                if role.startswith("early_dynamic_pgts["):
+                    assert int(role[19:-1]) < stop.next_early_pgt, (stop.name, role)
+                elif role.startswith("brk["):
+                    assert int(brk[1], 16) <= lk.table <= int(brk[2], 16), (stop.name, role)
+                elif role.startswith("RAM"):
+                    assert any(a <= lk.table < b for a, b in ram), (stop.name, role)
+    last = fx.stop("idt_setup_early_pf")
+    fixmap = {lk.va: fx.roles(last).role(lk.table) for lk in space(fx, last).links if lk.level == "PDE"}
+    # early_ioremap_init links bm_pte for FIX_BTMAP; head_64.S: level2_fixmap_pgt[506 + n] → level1_fixmap_pgt page n
+    assert fixmap[0xFFFF_FFFF_FF20_0000] == "bm_pte"
+    assert fixmap[0xFFFF_FFFF_FF40_0000] == "level1_fixmap_pgt[0]"
+    assert fixmap[0xFFFF_FFFF_FF60_0000] == "level1_fixmap_pgt[1]"
