@@ -104,7 +104,7 @@ class Fixture:
         for s in self.stops:
             if s.name == name or s.model_until == name:
                 return s
-        raise KeyError(f"{self.name}: no stop {name!r} (have {', '.join(s.name for s in self.stops)})")
+        raise FixtureError(f"{self.name}: no stop {name!r} (have {', '.join(s.name for s in self.stops)})")
 
     @property
     def machine(self) -> dict[str, Any]:
