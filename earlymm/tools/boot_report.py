@@ -53,13 +53,32 @@ def stats(r: BootResult) -> dict[str, Any]:
     return out
 
 
+def kernel_var(r: BootResult, name: str, size: int = 8) -> int:
+    """A kernel variable read physically where the loader put the image (no MMU, so never a fault)."""
+    lay = r.ctx.layout
+    return r.ctx.platform.mem.read_int(r.ctx.platform.entry.kernel_at + lay[name] - lay.text, size)
+
+
+def machine_state(r: BootResult) -> dict[str, Any]:
+    """Registers and the early-boot variables at the end of the run, for comparing with a real kernel
+    stopped at the same point (``earlymm.tools.midboot``). The core ``--save-core`` writes has no EFER."""
+    regs, lay, at = r.ctx.cpu.regs, r.ctx.layout, r.ctx.platform.entry.kernel_at
+    return {"cr0": f"{regs.cr0:#x}", "cr3": f"{regs.cr3:#x}", "cr4": f"{regs.cr4:#x}", "efer": f"{regs.efer:#x}",
+            "early_top_pgt": f"{at + lay.top_pgt - lay.text:#x}", "init_top_pgt": f"{at + lay.init_pgt - lay.text:#x}",
+            "symbols": {n: f"{lay[n]:#x}" for n in ("early_top_pgt", "early_dynamic_pgts", "init_top_pgt",
+                                                    "level3_kernel_pgt", "level2_kernel_pgt", "level2_fixmap_pgt",
+                                                    "level1_fixmap_pgt", "__brk_base", "__brk_limit")},
+            "next_early_pgt": f"{kernel_var(r, 'next_early_pgt', 4):#x}",
+            "phys_base": f"{kernel_var(r, 'phys_base'):#x}"}
+
+
 def to_json(r: BootResult, *, events: bool) -> dict[str, Any]:
     ctx = r.ctx
     out: dict[str, Any] = {
         "outcome": r.outcome.value, "reason": r.reason, "phase": r.phase, "completed": r.completed,
         "profile": ctx.profile.name, "source_ref": ctx.profile.source_ref, "variant": ctx.config.variant.value,
         "kernel_at": f"{ctx.platform.entry.kernel_at:#x}", "ramdisk_at": f"{ctx.platform.entry.ramdisk_at:#x}",
-        "stats": stats(r),
+        "stats": stats(r), "machine_state": machine_state(r),
         "invariants": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in r.observer.final()],
         "console": ctx.console,
     }
