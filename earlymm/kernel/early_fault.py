@@ -30,8 +30,8 @@ def reset_early_page_tables(ctx: KernelContext) -> None:
     ``early_level4_pgt[0..510]``, empty the pool, reload CR3 (spec §3.5)."""
     top = ctx.layout.top_pgt
     ctx.memset(top, 0, (ctx.pgt.ptrs_per_pgd - 1) * ctx.pgt.entry_size)
-    used = ctx.rd(ctx.sym("next_early_pgt"))
-    ctx.wr(ctx.sym("next_early_pgt"), 0)
+    used = ctx.rd(ctx.sym("next_early_pgt"), 4)
+    ctx.wr(ctx.sym("next_early_pgt"), 0, 4)
     ctx.emit(PoolReset(ctx.stats.pool_resets + 1, used))
     if ctx.config.variant is Variant.RFC:
         native_flush_tlb(ctx.cpu)  # the RFC's __native_flush_tlb(): reload CR3
@@ -52,10 +52,10 @@ def _pool_va(ctx: KernelContext, entry_or_phys: int) -> int:
 def _alloc(ctx: KernelContext, level: str, address: int) -> int | None:
     """Take ``early_dynamic_pgts[next_early_pgt++]``; None if the pool is full (caller resets)."""
     nxt = ctx.sym("next_early_pgt")
-    n = ctx.rd(nxt)
+    n = ctx.rd(nxt, 4)
     if n >= ctx.config.pool_pages:
         return None
-    ctx.wr(nxt, n + 1)
+    ctx.wr(nxt, n + 1, 4)
     page_va = ctx.sym("early_dynamic_pgts") + 4096 * n
     ctx.emit(PoolAlloc(n, level, address, page_va - START_KERNEL_MAP + ctx.phys_base))
     return page_va
@@ -121,10 +121,10 @@ def early_make_pgtable_rfc(ctx: KernelContext, address: int) -> int:
     g = ctx.pgt
     pgd_p = pgd_offset_pgd(g, ctx.layout.top_pgt, address)
     pgd = ctx.rd(pgd_p)
-    if pgd and ctx.rd(nxt) < n_pool:
+    if pgd and ctx.rd(nxt, 4) < n_pool:
         pud_p = (pgd & g.pte_pfn_mask) + START_KERNEL_MAP
     else:
-        if ctx.rd(nxt) >= n_pool - 1:
+        if ctx.rd(nxt, 4) >= n_pool - 1:
             reset_early_page_tables(ctx)
         page = _alloc(ctx, "pud", address)
         assert page is not None
@@ -134,8 +134,8 @@ def early_make_pgtable_rfc(ctx: KernelContext, address: int) -> int:
     pud_p += g.entry_size * g.pud_index(address)
     pmd_p = _alloc(ctx, "pmd", address)
     if pmd_p is None:  # next_early_pgt == EARLY_DYNAMIC_PAGE_TABLES: the RFC indexes past the pool
-        pmd_p = ctx.sym("early_dynamic_pgts") + 4096 * ctx.rd(nxt)
-        ctx.wr(nxt, ctx.rd(nxt) + 1)
+        pmd_p = ctx.sym("early_dynamic_pgts") + 4096 * ctx.rd(nxt, 4)
+        ctx.wr(nxt, ctx.rd(nxt, 4) + 1, 4)
     pmd = (physaddr & ~(g.pud_size - 1)) + (__PAGE_KERNEL_LARGE & ~_PAGE_GLOBAL)
     ctx.cpu.write(pmd_p, b"".join(((pmd + i * g.pmd_size) & ((1 << 64) - 1)).to_bytes(8, "little")
                                   for i in range(g.ptrs_per_pmd)))
@@ -157,9 +157,9 @@ def install_early_idt(ctx: KernelContext) -> None:
     cpu, lay = ctx.cpu, ctx.layout
     base = lay["idt_table"]
     for vec in range(32):
-        stub = lay["early_idt_handlers"] + 10 * vec
+        stub = lay["early_idt_handlers"] + ctx.profile.idt_stub_size * vec
         write_gate(ctx, base, vec, stub)
-        cpu.register_code(stub, f"early_idt_handlers[{vec}]", _stub(ctx, vec))
+        cpu.register_code(stub, f"{ctx.profile.idt_handlers}[{vec}]", _stub(ctx, vec))
     cpu.lidt(base, 256 * 16 - 1)
 
 

@@ -85,9 +85,9 @@ def _identity_map(ctx: KernelContext, p: int, phys: Callable[[str], int]) -> Non
     if prof.next_early_pgt_initial == 0:
         # 6.x: __startup_64 takes its pages from the pool itself (next_early_pgt 0 → 2).
         nxt = phys("next_early_pgt")
-        n = ctx.rd(nxt)
+        n = ctx.rd(nxt, 4)
         pud, pmd = pool + 4096 * n, pool + 4096 * (n + 1)
-        ctx.wr(nxt, n + 2)
+        ctx.wr(nxt, n + 2, 4)
     else:
         pud, pmd = pool, pool + 4096
     rfc = cfg.variant is Variant.RFC

@@ -13,7 +13,6 @@ from earlymm.arch.addr import Pfn, VirtAddr
 from earlymm.kernel.consts import (
     __PAGE_KERNEL,
     __PAGE_KERNEL_LARGE,
-    _KERNPG_TABLE,
     _PAGE_PSE,
     _PAGE_TABLE,
     START_KERNEL_MAP,
@@ -28,9 +27,9 @@ from earlymm.kernel.table_run import TableRun
 
 PG_LEVEL_2M, PG_LEVEL_1G = 1 << 2, 1 << 3  # (1 << PG_LEVEL_2M), (1 << PG_LEVEL_1G)
 LARGE_FLAG_BITS = 0x8000_0000_0000_0FFF & ~_PAGE_PSE
-# What the model links new direct-map tables with. Linux's pmd_populate_kernel/pud_populate write
-# _PAGE_TABLE (issue 9 tracks the difference); the golden outputs guard today's value.
-DIRECT_MAP_TABLE_FLAGS = _KERNPG_TABLE
+# pmd_populate_kernel/pud_populate/p4d_populate link a new table with _PAGE_TABLE (US set: the leaves
+# decide who may use a page), v3.9 and 6.1 alike (arch/x86/include/asm/pgalloc.h).
+DIRECT_MAP_TABLE_FLAGS = _PAGE_TABLE
 
 
 def pfn_pte(ctx: KernelContext, st: MmState, pa: int, prot: int) -> int:
