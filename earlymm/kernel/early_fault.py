@@ -177,9 +177,15 @@ def write_gate(ctx: KernelContext, idt: int, vec: int, target: int) -> None:
 
 
 def early_idt_handler(ctx: KernelContext, frame: ExceptionFrame, vector: int) -> None:
-    """``early_idt_handlers[i]`` + ``early_idt_handler`` (head_64.S @ v3.9, spec §3.7)."""
+    """``early_idt_handlers[i]`` + ``early_idt_handler`` (head_64.S @ v3.9, spec §3.7), or 6.1's
+    ``early_idt_handler_array[i]`` + ``early_idt_handler_common`` → ``do_early_exception``.
+
+    v3.9 halts on entry when ``early_recursion_flag`` is already 2. 6.1 increments the flag first and
+    always tries ``early_make_pgtable`` for a #PF; only a fault nothing handled checks the depth
+    (``early_fixup_exception``: flag > 2 → ``halt_loop``), so a handler that faults in its own page-table
+    accesses recurses without bound in 6.1 — the model's nesting guard then ends the run."""
     cpu = ctx.cpu
-    regs, lay = cpu.regs, ctx.layout
+    regs, lay, prof = cpu.regs, ctx.layout, ctx.profile
     if vector not in ERRCODE_VECTORS:
         regs.rsp -= 8
         ctx.wr(regs.rsp, 0)
@@ -187,11 +193,8 @@ def early_idt_handler(ctx: KernelContext, frame: ExceptionFrame, vector: int) ->
     ctx.wr(regs.rsp, vector)
     flag_va = lay["early_recursion_flag"]
     flag = ctx.rd(flag_va, 4)
-    if flag >= ctx.profile.recursion_halt:
-        ctx.emit(HandlerOutcome(vector, regs.cr2, "halt"))
-        raise Halt(f"early exception handler entered a third time (early_recursion_flag={flag}): "
-                   f"vector {vector}, cr2 {regs.cr2:#x} — hlt loop", outcome="halt",
-                   console="\n".join(ctx.console))
+    if prof.recursion_check_first and flag >= prof.recursion_halt:
+        _halt(ctx, vector, flag)
     ctx.wr(flag_va, flag + 1, 4)
     saved = regs.rsp
     regs.rsp -= 72  # rax, rcx, rdx, rsi, rdi, r8-r11
@@ -200,19 +203,29 @@ def early_idt_handler(ctx: KernelContext, frame: ExceptionFrame, vector: int) ->
     if vector == PF_VECTOR:
         # v3.9's GET_CR2_INTO is the pv read_cr2 under CONFIG_PARAVIRT; 6.1's do_early_exception calls
         # native_read_cr2() on purpose.
-        cr2 = native_read_cr2(cpu) if ctx.profile.early_cr2_native else ctx.pv.mmu.read_cr2()
+        cr2 = native_read_cr2(cpu) if prof.early_cr2_native else ctx.pv.mmu.read_cr2()
         if early_make_pgtable(ctx, cr2) == 0:
             handled = True
             ctx.emit(HandlerOutcome(vector, cr2, "mapped"))
+    if not handled and not prof.recursion_check_first and ctx.rd(flag_va, 4) >= prof.recursion_halt:
+        _halt(ctx, vector, ctx.rd(flag_va, 4))  # early_fixup_exception: early_recursion_flag > 2
     if not handled and early_fixup_exception(ctx, frame):
         handled = True
         ctx.emit(HandlerOutcome(vector, regs.cr2, "fixup"))
     if not handled:
-        msg = ctx.profile.panic_format.format(vector=vector, cs=frame.cs, rip=frame.rip, error=frame.error_code,
-                                              cr2=regs.cr2)
+        msg = prof.panic_format.format(vector=vector, cs=frame.cs, rip=frame.rip, error=frame.error_code,
+                                       cr2=regs.cr2)
         ctx.print(msg)
         ctx.emit(HandlerOutcome(vector, regs.cr2, "panic"))
         raise Halt(msg, outcome="panic", console="\n".join(ctx.console))
     regs.rsp = saved
     ctx.wr(flag_va, ctx.rd(flag_va, 4) - 1, 4)
     regs.rsp += 16 if vector not in ERRCODE_VECTORS else 8
+
+
+def _halt(ctx: KernelContext, vector: int, flag: int) -> None:
+    ctx.emit(HandlerOutcome(vector, ctx.cpu.regs.cr2, "halt"))
+    where = ("early exception handler entered a third time" if ctx.profile.recursion_check_first
+             else "early_fixup_exception: nested early exceptions")
+    raise Halt(f"{where} (early_recursion_flag={flag}): vector {vector}, cr2 {ctx.cpu.regs.cr2:#x} — hlt loop",
+               outcome="halt", console="\n".join(ctx.console))

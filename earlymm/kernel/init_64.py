@@ -144,7 +144,7 @@ def phys_pud_init(ctx: KernelContext, st: MmState, pud_page: int, addr: int, end
     i, size = g.pud_index(addr), g.pud_size
     while i < g.ptrs_per_pud:
         nxt = (addr & ~(size - 1)) + size
-        prot = __PAGE_KERNEL
+        prot = __PAGE_KERNEL & st.default_kernel_pte_mask  # PAGE_KERNEL
         if addr >= end:
             if not st.e820_any_mapped(addr & ~(size - 1), nxt):
                 t.set(SetOp.PUD, i, mmu.make_entry(0))
@@ -165,13 +165,13 @@ def phys_pud_init(ctx: KernelContext, st: MmState, pud_page: int, addr: int, end
         elif mask & PG_LEVEL_1G:
             n = t.zero_run(i, min(g.ptrs_per_pud - i, (end - addr + size - 1) // size))
             base = addr & ~(size - 1)
-            t.set_many(SetOp.PTE, i, pfn_ptes(ctx, st, base, size, n, __PAGE_KERNEL_LARGE))
+            t.set_many(SetOp.PTE, i, pfn_ptes(ctx, st, base, size, n, __PAGE_KERNEL_LARGE & st.default_kernel_pte_mask))
             st.pages_1g += n
             addr = last = base + n * size
             i += n
             continue
         if mask & PG_LEVEL_1G:
-            t.set(SetOp.PTE, i, pfn_pte(ctx, st, addr & ~(size - 1), __PAGE_KERNEL_LARGE))
+            t.set(SetOp.PTE, i, pfn_pte(ctx, st, addr & ~(size - 1), __PAGE_KERNEL_LARGE & st.default_kernel_pte_mask))
             st.pages_1g += 1
             last = nxt
             addr, i = nxt, i + 1
