@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from earlymm.hw.events import Event, ListTrace
-from earlymm.hw.faults import CpuException, Halt, SimulationError
+from earlymm.hw.faults import CpuException, Halt, SimulationError, describe
 from earlymm.hw.walk import OK, describe_levels
 from earlymm.kernel import invariants as inv
 from earlymm.kernel.context import KernelConfig, KernelContext
@@ -104,7 +104,7 @@ def boot(machine: MachineConfig, kernel: KernelConfig, *, until: Phase | None = 
     except SimulationError as e:
         result.outcome, result.reason = BootOutcome(e.outcome), e.reason + diagnose(ctx)
     except CpuException as e:
-        result.outcome, result.reason = BootOutcome.FAULT, f"unhandled {e.fault}"
+        result.outcome, result.reason = BootOutcome.FAULT, f"unhandled {describe(e.fault)}"
     result.phase = ctx.phase.value if ctx.phase is not None else ""
     result.console = "\n".join(ctx.console)
     ctx.emit(RunEnded(result.outcome.value, result.reason))
@@ -132,10 +132,20 @@ def native_x86_64(ctx: KernelContext, obs: Observer) -> Iterator[Phase]:
 
 
 def diagnose(ctx: KernelContext) -> str:
-    """For a livelock: say what the handler kept doing, and where the CPU's walk goes wrong."""
-    if not ctx.stats.faults.get(14):
+    """Why the machine stopped, in words: for a pool that cannot hold one mapping, what the handler kept
+    doing; for a #PF, where the CPU's walk goes wrong — and, only when the early handler ran, whether
+    it edited a table the CPU does not read (the RFC's missing phys_base); before any IDT, that nothing
+    could have handled the fault."""
+    last = ctx.stats.last_fault
+    if last is None:
         return ""
-    cr2 = ctx.cpu.regs.cr2  # the last #PF's address
+    if ctx.cpu.regs.idt_limit < 16 * last.vector + 15 and ctx.stats.handler_calls == 0:
+        return (f"; no IDT was loaded yet (the loader's is empty; {ctx.profile.idt_handlers} are installed in "
+                f"x86_64_start_kernel), so the fault could not be handled: the CPU escalated it to #DF and, "
+                "that failing too, reset")
+    if last.vector != 14:
+        return ""
+    cr2 = last.cr2
     if ctx.stats.pool_resets > 2 * ctx.stats.handler_calls and ctx.config.pool_pages < 2:
         return (f"; early_make_pgtable reset the pool {ctx.stats.pool_resets} times while handling "
                 f"{ctx.stats.handler_calls} fault(s): mapping {cr2:#x} needs a PUD and a PMD page but the "
@@ -147,9 +157,10 @@ def diagnose(ctx: KernelContext) -> str:
     steps = ", ".join(f"{lp.level.name}[{idx}]@{ea:#x}={'?' if e is None else hex(e)}"
                       for lp, _t, idx, ea, e in describe_levels(plan, res))
     why = f"; the CPU's walk of cr2 {cr2:#x}: {steps} → {res.reason.value if res.reason else '?'}"
-    for v in inv.early_mapping(ctx, cr2)[:1]:
-        if "points outside early_dynamic_pgts" in v:
-            why += f"; {v} (the handler edits the pool page, the CPU reads another one)"
+    if ctx.stats.handler_mapped:
+        for v in inv.early_mapping(ctx, cr2)[:1]:
+            if "points outside early_dynamic_pgts" in v:
+                why += f"; {v} (the handler edits the pool page, the CPU reads another one)"
     if res.error_code & 8:
         why += "; a reserved bit is set in an entry the handler wrote (bit 63 without EFER.NXE?)"
     return why

@@ -58,10 +58,12 @@ class BootStats:
     low_pages_brk: int = 0
     low_pages_memblock: int = 0
     faults: dict[int, int] = field(default_factory=dict)
+    last_fault: FaultRaised | None = None
 
     def on_event(self, e: Event) -> None:
         if isinstance(e, FaultRaised):
             self.faults[e.vector] = self.faults.get(e.vector, 0) + 1
+            self.last_fault = e
         elif isinstance(e, PoolAlloc):
             self.pool_allocs += 1
             self.pool_high_water = max(self.pool_high_water, e.index + 1)

@@ -24,7 +24,7 @@ from earlymm.kernel.consts import (
 )
 from earlymm.kernel.context import KernelContext, Variant
 from earlymm.kernel.cpufeature import X86Feature, boot_cpu_has
-from earlymm.kernel.events import Note
+from earlymm.kernel.events import Note, PoolAlloc
 from earlymm.kernel.native import native_tlb_flush_global_cr4, native_write_cr3, native_write_cr4
 
 IDENT_PMD_FLAGS = __PAGE_KERNEL_LARGE_EXEC & ~_PAGE_GLOBAL  # 0x0e3: no G, no NX (spec §2.4)
@@ -71,7 +71,7 @@ def startup_64(ctx: KernelContext) -> None:
         if e & _PAGE_PRESENT:
             ctx.wr(l2 + g.entry_size * i, e + load_delta)
     addq(phys("phys_base"), load_delta)
-    ctx.emit(Note(f"startup_64: load_delta {load_delta:#x}, phys_base {ctx.rd(phys('phys_base')):#x}"))
+    ctx.emit(Note(f"{prof.startup_fn}: load_delta {load_delta:#x}, phys_base {ctx.rd(phys('phys_base')):#x}"))
     _common_tail(ctx, phys)
 
 
@@ -86,10 +86,12 @@ def _identity_map(ctx: KernelContext, p: int, phys: Callable[[str], int]) -> Non
         # 6.x: __startup_64 takes its pages from the pool itself (next_early_pgt 0 → 2).
         nxt = phys("next_early_pgt")
         n = ctx.rd(nxt, 4)
-        pud, pmd = pool + 4096 * n, pool + 4096 * (n + 1)
         ctx.wr(nxt, n + 2, 4)
     else:
-        pud, pmd = pool, pool + 4096
+        n = 0  # v3.9: head_64.S uses early_dynamic_pgts[0] and [1]; next_early_pgt starts at 2
+    pud, pmd = pool + 4096 * n, pool + 4096 * (n + 1)
+    ctx.emit(PoolAlloc(n, "pud", p, pud))
+    ctx.emit(PoolAlloc(n + 1, "pmd", p, pmd))
     rfc = cfg.variant is Variant.RFC
     w = g.entry_size
     # v3.9 shifts without a mask (shrq $PGDIR_SHIFT), 6.1 takes it modulo PTRS_PER_PGD: the same index,

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
+from earlymm.arch.addr import merge_ranges
 from earlymm.hw.faults import Halt
 from earlymm.kernel.consts import PAGE_SHIFT, PAGE_SIZE
 from earlymm.kernel.context import KernelContext
@@ -37,11 +39,16 @@ class MmState:
     pages_1g: int = 0
     table_pages: dict[str, int] = field(default_factory=dict)
     e820: list[tuple[int, int, int]] = field(default_factory=list)  # the kernel's copy: (addr, size, type)
+    _spans: dict[int, list[tuple[int, int]]] = field(default_factory=dict, repr=False)
 
     def e820_any_mapped(self, start: int, end: int, kind: int = E820_RAM) -> bool:
         """``e820_any_mapped(start, end, type)`` over the kernel's e820 (E820_RESERVED_KERN is not
-        modelled)."""
-        return any(t == kind and a < end and start < a + n for a, n, t in self.e820)
+        modelled): a binary search, since the builders ask once per entry past a range's end."""
+        spans = self._spans.get(kind)
+        if spans is None:
+            spans = self._spans[kind] = merge_ranges((a, a + n) for a, n, t in self.e820 if t == kind)
+        i = bisect.bisect_right(spans, (start, 1 << 64)) - 1
+        return (i >= 0 and spans[i][1] > start) or (i + 1 < len(spans) and spans[i + 1][0] < end)
 
     def alloc_low_page(self, ctx: KernelContext, level: str) -> int:
         """``alloc_low_pages(1)``: BRK buffer first, else memblock within the already-mapped range;

@@ -3,6 +3,7 @@ simulated machine as a QEMU-format core. Pure functions over a ``BootResult``.""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,10 @@ def describe(e: Event) -> str | None:
     if isinstance(e, HandlerOutcome) and e.outcome != "mapped":
         return f"     early handler: {e.outcome}"
     if isinstance(e, CrWrite):
-        return f"   {e.reg} {e.old:#x} -> {e.new:#x}"
+        if e.old != e.new:
+            return f"   {e.reg} {e.old:#x} -> {e.new:#x}"
+        # Writing the same value changes nothing, except that a CR3 write flushes the TLB.
+        return f"   {e.reg} reloaded ({e.new:#x}): non-global TLB entries flushed" if e.reg == "cr3" else None
     if isinstance(e, Note):
         return f"   {e.what}"
     if isinstance(e, RunEnded):
@@ -142,14 +146,44 @@ def timeline(r: BootResult, *, limit: int = 40) -> list[str]:
         lines.append(text)
     if skipped:
         lines.append(f"     … {skipped} more fault/pool/table events")
-    return lines
+    return fold_repeats(lines)
+
+
+_COUNTER = re.compile(r"#\d+")
+
+
+def fold_repeats(lines: list[str], max_block: int = 6) -> list[str]:
+    """Runs of a block of up to ``max_block`` lines repeated back to back, shown once with a count (a pool
+    of one page resets thousands of times, each time the same three lines). Lines compare with their
+    running counters (``#12``) blanked."""
+    keys = [_COUNTER.sub("#", ln) for ln in lines]
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        best_k, best_reps = 0, 1
+        for k in range(1, max_block + 1):
+            reps = 1
+            while keys[i + reps * k:i + (reps + 1) * k] == keys[i:i + k] and i + (reps + 1) * k <= len(lines):
+                reps += 1
+            if reps > 1 and reps * k > best_reps * best_k:
+                best_k, best_reps = k, reps
+        if best_reps > 2:
+            out += lines[i:i + best_k]
+            n = "line" if best_k == 1 else f"{best_k} lines"
+            out.append(f"     … the {n} above repeated {best_reps - 1} more times")
+            i += best_k * best_reps
+        else:
+            out.append(lines[i])
+            i += 1
+    return out
 
 
 def render_text(r: BootResult, *, trace: bool) -> str:
     ctx = r.ctx
     entry = ctx.platform.entry
     ram = sum(x.end - x.start for x in ctx.platform.ram())
-    out = [f"earlymm boot: Linux {ctx.profile.name} x86-64 ({ctx.config.variant.value} early #PF handler, "
+    version = ctx.profile.source_ref.split(" (")[0]
+    out = [f"earlymm boot: Linux {ctx.profile.name} ({version}) x86-64 ({ctx.config.variant.value} early #PF handler, "
            f"pool {ctx.config.pool_pages}), {ram >> 20} MiB RAM, kernel at {entry.kernel_at:#x}, "
            f"ramdisk at {entry.ramdisk_at:#x}+{entry.ramdisk_size:#x}", ""]
     if trace:
