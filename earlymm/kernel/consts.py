@@ -87,6 +87,8 @@ class Profile:
     idt_stub_size: int  # bytes per early IDT stub (6.x EARLY_IDT_HANDLER_SIZE 9)
     kernel_image_size: int  # KERNEL_IMAGE_SIZE: 512 MiB, or 1 GiB with CONFIG_RANDOMIZE_BASE
     clear_brk: bool  # 6.x clear_bss() also zeroes __brk_base..__brk_limit
+    la57: bool  # the kernel can run in 5-level mode (6.x with CONFIG_X86_5LEVEL); check_la57_support reads CR4
+    page_offset_l5: int  # __PAGE_OFFSET_BASE_L5
     startup_fn: str  # who fixes the tables up: startup_64 (v3.9 head_64.S) / __startup_64 (6.x head64.c)
     flush_global_after_cr3: bool  # 6.x secondary_startup_64 toggles CR4.PGE right after the CR3 switch
     pti: bool  # 6.x: page-table isolation (pti_check_boottime_disable) drops _PAGE_GLOBAL from kernel maps
@@ -111,7 +113,8 @@ V39 = Profile(
     early_cr2_native=False, ucode_loader="v3.9", p4d_level=False, btmap_pmd=510, btmap_page=0, btmap_slots=4,
     realmode_pages=6, reserve_first_mb=False, bios_regions="v3.9", idt_handlers="early_idt_handlers",
     pf_init="early_trap_pf_init", pf_entry="page_fault", idt_stub_size=10, kernel_image_size=512 << 20,
-    clear_brk=False, startup_fn="startup_64", flush_global_after_cr3=False, pti=False, gbpages_need_pse=False,
+    clear_brk=False, la57=False, page_offset_l5=0, startup_fn="startup_64",
+    flush_global_after_cr3=False, pti=False, gbpages_need_pse=False,
 )
 CURRENT = Profile(
     name="current",
@@ -125,6 +128,7 @@ CURRENT = Profile(
     early_cr2_native=True, ucode_loader="6.1", p4d_level=True, btmap_pmd=505, btmap_page=0, btmap_slots=8,
     realmode_pages=7, reserve_first_mb=True, bios_regions="6.1", idt_handlers="early_idt_handler_array",
     pf_init="idt_setup_early_pf", pf_entry="asm_exc_page_fault", idt_stub_size=9, kernel_image_size=1 << 30,
-    clear_brk=True, startup_fn="__startup_64", flush_global_after_cr3=True, pti=True, gbpages_need_pse=True,
+    clear_brk=True, la57=True, page_offset_l5=0xFF11_0000_0000_0000, startup_fn="__startup_64",
+    flush_global_after_cr3=True, pti=True, gbpages_need_pse=True,
 )
 PROFILES = {p.name: p for p in (V39, CURRENT)}

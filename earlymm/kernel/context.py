@@ -98,9 +98,12 @@ class KernelContext:
     ioremap: Any = None  # early_ioremap's slots once early_ioremap_init ran
     pgt: PgtableGeometry = field(init=False)
     pv: PvOps = field(init=False)
+    page_offset: int = field(init=False)  # page_offset_base: __PAGE_OFFSET of the paging mode the kernel runs in
+    maxmem: int = field(init=False)  # MAXMEM = 1 << MAX_PHYSMEM_BITS (46, or 52 in 5-level mode)
 
     def __post_init__(self) -> None:
         self.trace.listeners.append(self.stats.on_event)
+        self.page_offset, self.maxmem = self.profile.page_offset, self.profile.maxmem
         # Until __startup_64 learns otherwise (CR4.LA57), the kernel's tables are 4-level.
         self.pgt = x86_64(l5=False, physical_mask_shift=self.profile.physical_mask_shift)
         self.pv = PvOps(NativeMmuOps(self), NativeCpuOps(self))
@@ -151,13 +154,13 @@ class KernelContext:
 
     def va(self, pa: int) -> int:
         """``__va(pa)``: the direct-map address."""
-        return (pa + self.profile.page_offset) & ((1 << 64) - 1)
+        return (pa + self.page_offset) & ((1 << 64) - 1)
 
     def pa(self, va: int) -> int:
         """``__pa(va)`` (``__phys_addr``): kernel-image addresses via phys_base, others via PAGE_OFFSET."""
         if va >= START_KERNEL_MAP:
             return va - START_KERNEL_MAP + self.phys_base
-        return (va - self.profile.page_offset) & ((1 << 64) - 1)
+        return (va - self.page_offset) & ((1 << 64) - 1)
 
     def pa_symbol(self, name: str) -> int:
         return self.sym(name) - START_KERNEL_MAP + self.phys_base

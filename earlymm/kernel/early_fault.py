@@ -84,10 +84,10 @@ def early_make_pgtable(ctx: KernelContext, address: int) -> int:
     when it created a mapping, -1 when it declines (spec §3.6)."""
     if ctx.config.variant is Variant.RFC:
         return early_make_pgtable_rfc(ctx, address)
-    prof, g = ctx.profile, ctx.pgt
-    physaddr = (address - prof.page_offset) & ((1 << 64) - 1)
+    g = ctx.pgt
+    physaddr = (address - ctx.page_offset) & ((1 << 64) - 1)
     # read_cr3() (v3.9) / read_cr3_pa() (6.1): both the pv wrapper
-    if physaddr >= prof.maxmem or ctx.pv.mmu.read_cr3() & g.pte_pfn_mask != ctx.pa_symbol("early_top_pgt"):
+    if physaddr >= ctx.maxmem or ctx.pv.mmu.read_cr3() & g.pte_pfn_mask != ctx.pa_symbol("early_top_pgt"):
         return -1
     pmd = (physaddr & ~(g.pmd_size - 1)) + ctx.rd(ctx.sym("early_pmd_flags"))
     while True:  # "again:" — restarted after a reset
@@ -112,10 +112,9 @@ def early_make_pgtable(ctx: KernelContext, address: int) -> int:
 
 def early_make_pgtable_rfc(ctx: KernelContext, address: int) -> int:
     """Seed 001's patch as posted: no phys_base, a whole PMD page per fault, reset at 63, no CR3 test."""
-    prof = ctx.profile
     n_pool = ctx.config.pool_pages
-    physaddr = (address - prof.page_offset) & ((1 << 64) - 1)
-    if physaddr >= prof.maxmem:
+    physaddr = (address - ctx.page_offset) & ((1 << 64) - 1)
+    if physaddr >= ctx.maxmem:
         return -1
     nxt = ctx.sym("next_early_pgt")
     g = ctx.pgt

@@ -38,6 +38,8 @@ def install_image(mem: PhysMem, layout: KernelLayout, load_at: int) -> None:
         return load_at + layout[name] - layout.text
 
     mem.write(at("early_top_pgt"), _page({511: lp("level3_kernel_pgt") + _PAGE_TABLE}))
+    if layout.profile.la57:  # head_64.S @ 6.1: .fill 511,8,0; .quad level3_kernel_pgt + _PAGE_TABLE
+        mem.write(at("level4_kernel_pgt"), _page({511: lp("level3_kernel_pgt") + _PAGE_TABLE}))
     mem.write(at("level3_kernel_pgt"), _page({510: lp("level2_kernel_pgt") + _KERNPG_TABLE,
                                               511: lp("level2_fixmap_pgt") + _PAGE_TABLE}))
     pmds = layout.profile.kernel_image_size // PMD_SIZE  # PMDS(0, __PAGE_KERNEL_LARGE_EXEC, KERNEL_IMAGE_SIZE/PMD_SIZE)

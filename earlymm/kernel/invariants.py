@@ -33,7 +33,7 @@ def after_startup_64(ctx: KernelContext) -> list[Check]:
     top_pa = lay.top_pgt - START_KERNEL_MAP + phys_base
     l3 = lay["level3_kernel_pgt"] - START_KERNEL_MAP + phys_base
     e511 = mem.read_u64(top_pa + 511 * 8)
-    out = [Check("startup_64: early_top_pgt[511] → level3_kernel_pgt", e511 & ctx.profile.pte_pfn_mask == l3,
+    out = [Check("startup_64: early_top_pgt[511] → level3_kernel_pgt", e511 & ctx.pgt.pte_pfn_mask == l3,
                  f"entry {e511:#x}, level3_kernel_pgt at {l3:#x}")]
     bad_high, bad_ident, glob = [], [], []
     for off in range(0, lay.image_size, PMD_SIZE):
@@ -62,29 +62,29 @@ def after_reset(ctx: KernelContext) -> list[Check]:
     stale = [e for e in ctx.cpu.mmu.tlb.entries() if not e.global_]
     return [Check("reset: early_top_pgt[0..510] = 0, next_early_pgt = 0, CR3 reloaded",
                   not nonzero and _phys_read(ctx, lay["next_early_pgt"], 4) == 0
-                  and ctx.cpu.regs.cr3 & ctx.profile.pte_pfn_mask == top, f"nonzero slots {nonzero[:4]}"),
+                  and ctx.cpu.regs.cr3 & ctx.pgt.pte_pfn_mask == top, f"nonzero slots {nonzero[:4]}"),
             Check("reset: only global translations survive in the TLB", not stale,
                   f"{len(stale)} non-global entries" if stale else "")]
 
 
 def early_mapping(ctx: KernelContext, address: int) -> list[str]:
     """Invariant 3 for one ``early_make_pgtable`` result: violations (empty when all is well)."""
-    mem, prof, lay = ctx.platform.mem, ctx.profile, ctx.layout
+    mem, lay = ctx.platform.mem, ctx.layout
     phys_base = _phys_read(ctx, lay["phys_base"])
     pool0 = lay["early_dynamic_pgts"] - START_KERNEL_MAP + phys_base
     pool1 = pool0 + 4096 * ctx.config.pool_pages
-    table = ctx.cpu.regs.cr3 & prof.pte_pfn_mask
+    table = ctx.cpu.regs.cr3 & ctx.pgt.pte_pfn_mask
     out = []
     for level, shift in (("pgd", 39), ("pud", 30)):
         e = mem.read_u64(table + 8 * ((address >> shift) & 511))
-        nxt = e & prof.pte_pfn_mask
+        nxt = e & ctx.pgt.pte_pfn_mask
         if not pool0 <= nxt < pool1:
             out.append(f"{level} entry {e:#x} for {address:#x} points outside early_dynamic_pgts "
                        f"[{pool0:#x}, {pool1:#x})")
             return out
         table = nxt
     pmd = mem.read_u64(table + 8 * ((address >> 21) & 511))
-    want = (((address - prof.page_offset) & ~(PMD_SIZE - 1)) & ((1 << 64) - 1)) | 0xE3
+    want = (((address - ctx.page_offset) & ~(PMD_SIZE - 1)) & ((1 << 64) - 1)) | 0xE3
     if ctx.cpu.features.nx or ctx.config.force_nx:
         want |= 1 << 63
     if pmd != want:
@@ -95,10 +95,10 @@ def early_mapping(ctx: KernelContext, address: int) -> list[str]:
 def after_init_mem_mapping(ctx: KernelContext) -> list[Check]:
     mem, prof = ctx.platform.mem, ctx.profile
     init_pa = ctx.pa_symbol("init_top_pgt")
-    ok_cr3 = ctx.cpu.regs.cr3 & prof.pte_pfn_mask == init_pa
+    ok_cr3 = ctx.cpu.regs.cr3 & ctx.pgt.pte_pfn_mask == init_pa
     same511 = mem.read_u64(init_pa + 511 * 8) == mem.read_u64(ctx.pa_symbol("early_top_pgt") + 511 * 8)
     missing = []
-    maxmem = prof.maxmem
+    maxmem = ctx.maxmem
     ranges = [(0, 0x100000)] + [(r.start, min(r.end, maxmem)) for r in ctx.platform.ram() if r.start < maxmem]
     for s, e in ranges:
         step = max((e - s) // 64, 4096) & ~0xFFF
@@ -141,8 +141,8 @@ def table_leaves(ctx: KernelContext) -> Iterator[tuple[np.ndarray, int]]:
     mask = np.uint64(g.pte_pfn_mask)
     present, pse = np.uint64(1), np.uint64(_PAGE_PSE)
     top = ctx.cpu.regs.cr3 & g.pte_pfn_mask
-    first = g.pgd_index(ctx.profile.page_offset)
-    for i in range(first, min(first + (ctx.profile.maxmem >> g.pgdir_shift), g.ptrs_per_pgd - 1)):
+    first = g.pgd_index(ctx.page_offset)
+    for i in range(first, min(first + (ctx.maxmem >> g.pgdir_shift), g.ptrs_per_pgd - 1)):
         pgd = mem.read_u64(top + 8 * i)
         puds = _entries(mem, pgd & g.pte_pfn_mask) if pgd & 1 else None
         if puds is None:

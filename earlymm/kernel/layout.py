@@ -68,7 +68,7 @@ def build_layout(profile: Profile, pool_pages: int = 64, image_size: int = 24 <<
     data = text + size - tail
     for i, name in enumerate(("init_top_pgt", "level3_kernel_pgt", "level2_kernel_pgt", "level2_fixmap_pgt",
                               "level1_fixmap_pgt", "level1_fixmap_pgt_2", "kernel_vars", "idt_table",
-                              "boot_params", "boot_command_line")):
+                              "boot_params", "boot_command_line", "level4_kernel_pgt")):
         s[name] = data + i * PAGE_SIZE
     v = s["kernel_vars"]
     for i, name in enumerate(("phys_base", "early_pmd_flags", "next_early_pgt", "early_recursion_flag",
@@ -120,6 +120,8 @@ def layout_from_symbols(profile: Profile, symbols: dict[str, int], pool_pages: i
                          + (f" and {len(missing) - 6} more" if len(missing) > 6 else ""))
     s = {n: symbols[_real_name(profile, n)] for n in SYMBOLS_NEEDED}
     s["level1_fixmap_pgt_2"] = s["level1_fixmap_pgt"] + PAGE_SIZE
+    if "level4_kernel_pgt" in symbols:  # 6.x with CONFIG_X86_5LEVEL
+        s["level4_kernel_pgt"] = symbols["level4_kernel_pgt"]
     if s["_text"] != TEXT_VA:
         raise ValueError(f"_text at {s['_text']:#x}: the model links the kernel at {TEXT_VA:#x} "
                          "(CONFIG_PHYSICAL_START 16 MiB); give a nokaslr kernel's symbols")

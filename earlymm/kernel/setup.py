@@ -138,7 +138,7 @@ def setup_arch_early(ctx: KernelContext) -> MmState:
     dmi_setup(ctx, st)
     trim_bios_range(table)
     st.e820 = table.as_tuples()
-    st.max_pfn = table.end_of_ram_pfn(ctx.profile.maxmem >> PAGE_SHIFT)
+    st.max_pfn = table.end_of_ram_pfn(ctx.maxmem >> PAGE_SHIFT)
     # early_alloc_pgt_buf(): INIT_PGT_BUF_SIZE from BRK, page aligned; reserve_brk() reserves what BRK used.
     pages = ctx.profile.init_pgt_buf_pages
     buf = extend_brk(ctx, st, pages * PAGE_SIZE, PAGE_SIZE)
