@@ -22,7 +22,7 @@ from earlymm.kernel.cpufeature import X86Feature, boot_cpu_has
 from earlymm.kernel.events import Note
 from earlymm.kernel.mm_state import MmState
 from earlymm.kernel.paravirt.ops import SetOp
-from earlymm.kernel.pgtable import p4d_offset, pgd_offset_pgd
+from earlymm.kernel.pgtable import PgLevel, p4d_offset, pgd_offset_pgd
 from earlymm.kernel.table_run import TableRun
 
 PG_LEVEL_2M, PG_LEVEL_1G = 1 << 2, 1 << 3  # (1 << PG_LEVEL_2M), (1 << PG_LEVEL_1G)
@@ -199,12 +199,42 @@ def pud_populate(ctx: KernelContext, pud: VirtAddr, pmd_page: int) -> None:
     ctx.pv.mmu.set_pud(pud, ctx.pv.mmu.make_entry(pa | DIRECT_MAP_TABLE_FLAGS))
 
 
-def top_populate(ctx: KernelContext, pgd: VirtAddr, vaddr: int, pud_page: int) -> None:
-    """Link a new pud page under the pgd: v3.9's ``pgd_populate`` (``set_pgd``); 6.1's folded-p4d
-    ``p4d_populate_init`` (``set_p4d`` on ``p4d_offset(pgd, vaddr)``, the pgd entry itself). Both notify
-    ``paravirt_alloc_pud`` first and link with ``_PAGE_TABLE``."""
-    pa = ctx.pa(pud_page)
+def phys_p4d_init(ctx: KernelContext, st: MmState, p4d_page: int, paddr: int, paddr_end: int, mask: int) -> int:
+    """Model of 6.1 ``phys_p4d_init()``: with the p4d folded the page *is* a pud page; in 5-level mode one
+    pud table per 512 GiB, linked by ``p4d_populate_init`` (``paravirt_alloc_pud`` + ``set_p4d``)."""
+    g, mmu = ctx.pgt, ctx.pv.mmu
+    if g.folded(PgLevel.P4D):
+        return phys_pud_init(ctx, st, p4d_page, paddr, paddr_end, mask)
+    vaddr, vend = ctx.va(paddr), ctx.va(paddr_end)
+    last = paddr_end
+    p4d_size = 1 << g.p4d_shift
+    while vaddr < vend:
+        p4d = VirtAddr(p4d_page + g.entry_size * g.p4d_index(vaddr))
+        vnext = (vaddr & ~(p4d_size - 1)) + p4d_size
+        val = _val(ctx, p4d)
+        if val:
+            last = phys_pud_init(ctx, st, ctx.va(val & g.pte_pfn_mask), ctx.pa(vaddr), paddr_end, mask)
+        else:
+            pud_page = st.alloc_low_page(ctx, "pud")
+            last = phys_pud_init(ctx, st, pud_page, ctx.pa(vaddr), paddr_end, mask)
+            pa = ctx.pa(pud_page)
+            mmu.alloc_pud(Pfn(pa >> 12))
+            mmu.set_p4d(p4d, mmu.make_entry(pa | _PAGE_TABLE))
+        vaddr = vnext
+    return last
+
+
+def top_populate(ctx: KernelContext, pgd: VirtAddr, vaddr: int, page: int) -> None:
+    """Link a new table under the pgd: v3.9's ``pgd_populate`` (``set_pgd`` of a pud page); 6.1's
+    folded-p4d ``p4d_populate_init`` (``set_p4d`` on ``p4d_offset(pgd, vaddr)``, the pgd entry itself), or
+    in 5-level mode ``pgd_populate_init`` of a p4d page. Each notifies ``paravirt_alloc_*`` first and links
+    with ``_PAGE_TABLE``."""
+    pa = ctx.pa(page)
     mmu = ctx.pv.mmu
+    if not ctx.pgt.folded(PgLevel.P4D):
+        mmu.alloc_p4d(Pfn(pa >> 12))
+        mmu.set_pgd(pgd, mmu.make_entry(pa | _PAGE_TABLE))
+        return
     mmu.alloc_pud(Pfn(pa >> 12))
     if ctx.profile.p4d_level:
         mmu.set_p4d(VirtAddr(p4d_offset(ctx, pgd, vaddr)), mmu.make_entry(pa | _PAGE_TABLE))
@@ -213,21 +243,23 @@ def top_populate(ctx: KernelContext, pgd: VirtAddr, vaddr: int, pud_page: int) -
 
 
 def kernel_physical_mapping_init(ctx: KernelContext, st: MmState, start: int, end: int, mask: int) -> int:
-    """Map [start, end) at ``__va`` into ``init_level4_pgt`` (reached via ``pgd_offset_k``)."""
+    """Map [start, end) at ``__va`` into ``init_level4_pgt`` (reached via ``pgd_offset_k``); 6.1's
+    ``__kernel_physical_mapping_init``, through ``phys_p4d_init``."""
     g = ctx.pgt
     vstart, vend = ctx.va(start), ctx.va(end)
     last = end
+    below = "pud" if g.folded(PgLevel.P4D) else "p4d"
     while vstart < vend:
         pgd = VirtAddr(pgd_offset_pgd(g, ctx.layout.init_pgt, vstart))  # pgd_offset_k(vstart)
         nxt = min((vstart & ~(g.pgdir_size - 1)) + g.pgdir_size, vend)
         val = _val(ctx, pgd)
         if val:
-            last = phys_pud_init(ctx, st, ctx.va(val & g.pte_pfn_mask), ctx.pa(vstart), ctx.pa(vend), mask)
+            last = phys_p4d_init(ctx, st, ctx.va(val & g.pte_pfn_mask), ctx.pa(vstart), ctx.pa(vend), mask)
             vstart = nxt
             continue
-        pud_page = st.alloc_low_page(ctx, "pud")
-        last = phys_pud_init(ctx, st, pud_page, ctx.pa(vstart), ctx.pa(vend), mask)
-        top_populate(ctx, pgd, vstart, pud_page)
+        page = st.alloc_low_page(ctx, below)
+        last = phys_p4d_init(ctx, st, page, ctx.pa(vstart), ctx.pa(vend), mask)
+        top_populate(ctx, pgd, vstart, page)
         vstart = nxt
     flush_tlb_all(ctx)
     return last

@@ -11,6 +11,7 @@ from earlymm.hw.memory import PhysMem, Region, RegionType
 EXT_RAMDISK_IMAGE = 0x0C0
 EXT_RAMDISK_SIZE = 0x0C4
 EXT_CMD_LINE_PTR = 0x0C8
+EFI_LOADER_SIGNATURE = 0x1C0  # efi_info.efi_loader_signature
 E820_ENTRIES = 0x1E8
 SENTINEL = 0x1EF
 BOOT_FLAG = 0x1FE
@@ -46,7 +47,8 @@ def e820_ext_size(e820: tuple[Region, ...], types: dict[RegionType, int]) -> int
 
 
 def write_boot_params(mem: PhysMem, at: int, e820: tuple[Region, ...], types: dict[RegionType, int], *,
-                      cmdline_at: int, ramdisk_at: int, ramdisk_size: int, setup_data_at: int = 0) -> None:
+                      cmdline_at: int, ramdisk_at: int, ramdisk_size: int, setup_data_at: int = 0,
+                      efi_loader: str = "") -> None:
     """The zero page. An e820 map longer than its 128 slots continues in one ``SETUP_E820_EXT`` node at
     ``setup_data_at``, linked from ``hdr.setup_data``, as boot loaders (and kexec) do."""
     page = bytearray(4096)
@@ -62,6 +64,7 @@ def write_boot_params(mem: PhysMem, at: int, e820: tuple[Region, ...], types: di
     struct.pack_into("<I", page, EXT_RAMDISK_SIZE, ramdisk_size >> 32)
     struct.pack_into("<I", page, CMD_LINE_PTR, cmdline_at & 0xFFFF_FFFF)
     struct.pack_into("<I", page, EXT_CMD_LINE_PTR, cmdline_at >> 32)
+    page[EFI_LOADER_SIGNATURE:EFI_LOADER_SIGNATURE + 4] = efi_loader.encode().ljust(4, b"\0")
     entries = _e820_entries(e820, types)
     page[E820_ENTRIES] = min(len(entries), E820_MAX)
     for i, r in enumerate(entries[:E820_MAX]):

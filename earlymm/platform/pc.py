@@ -62,6 +62,8 @@ class MachineConfig:
     bda_base_kib: int | None = None  # BDA 0x413, base memory in KiB (None: from the e820 map, as SeaBIOS)
     ebda_segment: int | None = None  # BDA 0x40e (None: the reserved block right below 640 KiB, if any)
     dmi: tuple[str, ...] = DMI_QEMU_PC  # the SMBIOS identification strings setup_arch keeps in BRK
+    loader_paging: int = 4  # the paging mode the 64-bit boot loader hands over in: 4- or 5-level
+    efi_loader: str = ""  # boot_params.efi_info.efi_loader_signature ("EL64"/"EL32" on an EFI boot)
 
     def setup_data_place(self, image_size: int) -> int:
         """Where the loader puts the e820 setup data: low memory if it fits below the EBDA, else the first
@@ -139,7 +141,15 @@ class PcPlatform:
 
 
 def validate(cfg: MachineConfig, image_size: int) -> None:
-    """Reject machines a boot loader could not set up; each message is one line for the CLI."""
+    """Reject machines a boot loader could not set up; each message is one line for the CLI.
+    ``image_size`` is what the loader reserves for the kernel (init_size: the decompressed image and
+    the decompressor working beyond it)."""
+    if cfg.loader_paging not in (4, 5):
+        raise ValueError(f"a 64-bit boot loader hands over in 4- or 5-level paging, not {cfg.loader_paging}")
+    if cfg.loader_paging == 5 and not cfg.features.la57:
+        raise ValueError("a loader cannot hand over in 5-level paging on a CPU without LA57 (CPUID.7.0:ECX[16])")
+    if cfg.efi_loader not in ("", "EL32", "EL64"):
+        raise ValueError(f"EFI loader signature {cfg.efi_loader!r}: EL32 or EL64")
     rm = RegionMap()
     for r in cfg.e820:
         rm.add(r)  # raises on overlaps
@@ -191,7 +201,7 @@ def load(cfg: MachineConfig, image_size: int, *, trace: ListTrace | None = None)
     ramdisk_at = cfg.ramdisk_at if cfg.ramdisk_at is not None else cfg.default_ramdisk_at(image_size)
     bp.write_boot_params(mem, cfg.boot_params_at, cfg.e820, E820_TYPES, cmdline_at=cfg.cmdline_at,
                          ramdisk_at=ramdisk_at, ramdisk_size=cfg.ramdisk_size,
-                         setup_data_at=cfg.setup_data_place(image_size))
+                         setup_data_at=cfg.setup_data_place(image_size), efi_loader=cfg.efi_loader)
     base_kib, ebda = cfg.bda()
     mem.write_u16(bp.BDA_BASE_MEM_KIB, base_kib)  # the firmware's BIOS data area (SeaBIOS fills both)
     mem.write_u16(bp.BDA_EBDA_SEGMENT, ebda)
@@ -203,7 +213,8 @@ def load(cfg: MachineConfig, image_size: int, *, trace: ListTrace | None = None)
     # 4 GiB, the 1 GiB regions holding them (a 64-bit loader must map what it hands over).
     pt = cfg.pgtables_at
     alloc = FrameAllocator(mem, pt, pt + 32 * 4096)
-    mapper = Mapper(mem, PagingMode.LONG4, alloc, table_flags=0x7)
+    mode = PagingMode.LONG5 if cfg.loader_paging == 5 else PagingMode.LONG4
+    mapper = Mapper(mem, mode, alloc, table_flags=0x7)
     covered = set(range(4))
     for addr in (cfg.kernel_at, cfg.kernel_at + image_size - 1, cfg.boot_params_at, cfg.cmdline_at):
         covered.add(addr >> 30)
@@ -212,7 +223,7 @@ def load(cfg: MachineConfig, image_size: int, *, trace: ListTrace | None = None)
             mapper.map_page((g << 30) + (i << 21), (g << 30) + (i << 21), 1 << 21, 0x102)  # + P|PS = 0x183
     stack = alloc.alloc()
 
-    cpu.write_cr4(int(Cr4.PAE))
+    cpu.write_cr4(int(Cr4.PAE | (Cr4.LA57 if cfg.loader_paging == 5 else 0)))
     cpu.write_cr3(mapper.root)
     cpu.write_efer(int(Efer.LME))
     cpu.write_cr0(int(Cr0.PE | Cr0.ET | Cr0.PG))

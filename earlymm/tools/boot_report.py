@@ -200,7 +200,7 @@ def render_text(r: BootResult, *, trace: bool) -> str:
             f"pool high-water {s['pool_high_water']}/{s['pool_size']}"]
     if "final_table_pages" in s:
         t, d = s["final_table_pages"], s["direct_map_leaves"]
-        out.append(f"final page tables: pgd {t['pgd']}, pud {t['pud']}, pmd {t['pmd']}, pte {t['pte']} pages; "
+        out.append("final page tables: " + ", ".join(f"{k} {v}" for k, v in t.items()) + " pages; "
                    f"direct map leaves 4K {d['4K']}, 2M {d['2M']}, 1G {d['1G']}; "
                    f"table pages from brk {s['low_pages']['brk']}, memblock {s['low_pages']['memblock']}")
     out.append("")
