@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from earlymm.hw.events import Event, ListTrace
 from earlymm.hw.faults import CpuException, Halt, SimulationError, describe
 from earlymm.hw.walk import OK, describe_levels
+from earlymm.kernel import decompressor
 from earlymm.kernel import invariants as inv
 from earlymm.kernel.context import KernelConfig, KernelContext
 from earlymm.kernel.events import PhaseEntered, RunEnded
@@ -76,9 +77,19 @@ def make_context(machine: MachineConfig, kernel: KernelConfig, *, trace: bool = 
         else build_layout(kernel.profile, kernel.pool_pages, image_size)
     events = ListTrace(enabled=trace, keep=64)
     events.emit(PhaseEntered("boot loader"))
-    platform = load(machine, layout.image_size, trace=events)
+    if kernel.decompressor is None:
+        platform = load(machine, layout.image_size, trace=events)
+        install_image(platform.mem, layout, machine.kernel_at)
+        return KernelContext(platform, layout, kernel)
+    # the loader reserves init_size: the extracted kernel, then the decompressor working above it
+    dlay = decompressor.Layout((machine.kernel_at + layout.image_size + 0xFFFF) & ~0xFFFF)
+    size = dlay.base + decompressor.SIZE - machine.kernel_at
+    platform = load(machine, size, trace=events, entry=dlay.startup_64)
     install_image(platform.mem, layout, machine.kernel_at)
-    return KernelContext(platform, layout, kernel)
+    ctx = KernelContext(platform, layout, kernel)
+    decompressor.install_decompressor(ctx, dlay)
+    ctx.decompressor_layout = dlay
+    return ctx
 
 
 def boot(machine: MachineConfig, kernel: KernelConfig, *, until: Phase | None = None, trace: bool = False,
@@ -113,6 +124,10 @@ def boot(machine: MachineConfig, kernel: KernelConfig, *, until: Phase | None = 
 
 def native_x86_64(ctx: KernelContext, obs: Observer) -> Iterator[Phase]:
     """The native x86-64 boot path; yields each ``Phase`` as it completes (the caller may stop there)."""
+    if ctx.config.decompressor is not None:
+        ctx.enter_phase(Phase.DECOMPRESSOR)
+        decompressor.decompressor_stage(ctx, decompressor.Variant(ctx.config.decompressor), ctx.decompressor_layout)
+        yield Phase.DECOMPRESSOR
     ctx.enter_phase(Phase.STARTUP_64)
     startup_64(ctx)
     obs.checks.extend(inv.after_startup_64(ctx))

@@ -43,6 +43,7 @@ class KernelConfig:
     pool_pages: int = 64
     force_nx: bool = False  # set bit 63 in early_pmd_flags even without NX (the pre-fix kernels)
     symbols: dict[str, int] | None = None  # a real build's symbol addresses (else the model's own layout)
+    decompressor: str | None = None  # run the decompressor's paging switch first: "v4.14", "rfc" or "merged"
 
 
 @dataclass
@@ -96,6 +97,7 @@ class KernelContext:
     mm: Any = None  # the MmState of mm_init once setup_arch has built it
     observer: Any = None  # invariant checker called at the points spec §3.11 names (not kernel code)
     ioremap: Any = None  # early_ioremap's slots once early_ioremap_init ran
+    decompressor_layout: Any = None  # where the decompressor sits, when the boot runs it
     pgt: PgtableGeometry = field(init=False)
     pv: PvOps = field(init=False)
     page_offset: int = field(init=False)  # page_offset_base: __PAGE_OFFSET of the paging mode the kernel runs in

@@ -90,16 +90,24 @@ def phys_pmd_init(ctx: KernelContext, st: MmState, pmd_page: int, addr: int, end
     g, mmu = ctx.pgt, ctx.pv.mmu
     t = TableRun(ctx, pmd_page)
     last = end
-    i, size = g.pmd_index(addr), g.pmd_size
-    while i < g.ptrs_per_pmd:
+    i, size, ptrs = g.pmd_index(addr), g.pmd_size, g.ptrs_per_pmd
+    while i < ptrs:
         nxt = (addr & ~(size - 1)) + size
         new_prot = prot
         if addr >= end:
-            if not st.e820_any_mapped(addr & ~(size - 1), nxt):
-                t.set(SetOp.PMD, i, mmu.make_entry(0))
+            skip = st.ram_run(addr & ~(size - 1), size, ptrs - i)  # entries left alone: they cover RAM
+            if skip:
+                addr, i = (addr & ~(size - 1)) + skip * size, i + skip
+                continue
+            t.set(SetOp.PMD, i, mmu.make_entry(0))  # past the end and no RAM: cleared
             addr, i = nxt, i + 1
             continue
         val = t.val(i)
+        if val and val & _PAGE_PSE and mask & PG_LEVEL_2M:
+            n = t.large_run(i, min(ptrs - i, (end - addr + size - 1) // size))  # large leaves kept
+            addr = last = (addr & ~(size - 1)) + n * size
+            i += n
+            continue
         if val:
             if not val & _PAGE_PSE:
                 t.sync()
@@ -141,16 +149,24 @@ def phys_pud_init(ctx: KernelContext, st: MmState, pud_page: int, addr: int, end
     g, mmu = ctx.pgt, ctx.pv.mmu
     t = TableRun(ctx, pud_page)
     last = end
-    i, size = g.pud_index(addr), g.pud_size
-    while i < g.ptrs_per_pud:
+    i, size, ptrs = g.pud_index(addr), g.pud_size, g.ptrs_per_pud
+    while i < ptrs:
         nxt = (addr & ~(size - 1)) + size
         prot = __PAGE_KERNEL & st.default_kernel_pte_mask  # PAGE_KERNEL
         if addr >= end:
-            if not st.e820_any_mapped(addr & ~(size - 1), nxt):
-                t.set(SetOp.PUD, i, mmu.make_entry(0))
+            skip = st.ram_run(addr & ~(size - 1), size, ptrs - i)  # entries left alone: they cover RAM
+            if skip:
+                addr, i = (addr & ~(size - 1)) + skip * size, i + skip
+                continue
+            t.set(SetOp.PUD, i, mmu.make_entry(0))  # past the end and no RAM: cleared
             addr, i = nxt, i + 1
             continue
         val = t.val(i)
+        if val and val & _PAGE_PSE and mask & PG_LEVEL_1G:
+            n = t.large_run(i, min(ptrs - i, (end - addr + size - 1) // size))  # large leaves kept
+            addr = last = (addr & ~(size - 1)) + n * size
+            i += n
+            continue
         if val:
             if not val & _PAGE_PSE:
                 t.sync()

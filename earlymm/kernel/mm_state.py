@@ -41,6 +41,26 @@ class MmState:
     e820: list[tuple[int, int, int]] = field(default_factory=list)  # the kernel's copy: (addr, size, type)
     _spans: dict[int, list[tuple[int, int]]] = field(default_factory=dict, repr=False)
 
+    def ram_run(self, base: int, size: int, limit: int) -> int:
+        """How many consecutive ``size`` blocks from ``base`` (at most ``limit``) each overlap e820 RAM: the
+        entries past a range's end that the builders leave alone, counted without asking block by block."""
+        spans = self._spans.get(E820_RAM)
+        if spans is None:
+            self.e820_any_mapped(0, 0)
+            spans = self._spans[E820_RAM]
+        k = 0
+        while k < limit:
+            lo = base + k * size
+            i = bisect.bisect_right(spans, (lo, 1 << 64)) - 1
+            if i >= 0 and spans[i][1] > lo:
+                end = spans[i][1]
+            elif i + 1 < len(spans) and spans[i + 1][0] < lo + size:
+                end = spans[i + 1][1]
+            else:
+                return k
+            k = max(k + 1, min(limit, (end - base + size - 1) // size))
+        return min(k, limit)
+
     def e820_any_mapped(self, start: int, end: int, kind: int = E820_RAM) -> bool:
         """``e820_any_mapped(start, end, type)`` over the kernel's e820 (E820_RESERVED_KERN is not
         modelled): a binary search, since the builders ask once per entry past a range's end."""

@@ -62,6 +62,13 @@ class TableRun:
         nz = np.flatnonzero(seg)
         return int(nz[0]) if nz.size else len(seg)
 
+    def large_run(self, i: int, limit: int) -> int:
+        """How many entries from ``i`` on (at most ``limit``) are present large leaves (P and PS)."""
+        at = self._load(i)
+        seg = self.cache[at:at + limit]
+        bad = np.flatnonzero((seg & np.uint64(0x81)) != np.uint64(0x81))
+        return int(bad[0]) if bad.size else len(seg)
+
     def set(self, op: SetOp, i: int, val: int) -> None:
         """Queue ``op(entry i, val)`` (``val`` already ``make_*``-converted)."""
         if self.op is not op or i != self.start + self.count:

@@ -191,7 +191,8 @@ def validate(cfg: MachineConfig, image_size: int) -> None:
         raise ValueError("command line longer than COMMAND_LINE_SIZE (2048)")
 
 
-def load(cfg: MachineConfig, image_size: int, *, trace: ListTrace | None = None) -> PcPlatform:
+def load(cfg: MachineConfig, image_size: int, *, trace: ListTrace | None = None, entry: int | None = None
+         ) -> PcPlatform:
     """Set up memory and CPU as a 64-bit boot loader leaves them at ``startup_64`` (spec §3.1)."""
     validate(cfg, image_size)
     regions = RegionMap(cfg.e820)
@@ -229,5 +230,6 @@ def load(cfg: MachineConfig, image_size: int, *, trace: ListTrace | None = None)
     cpu.write_cr0(int(Cr0.PE | Cr0.ET | Cr0.PG))
     cpu.lidt(0, 0)  # no usable IDT yet: any exception now ends in a triple fault, as on hardware
     cpu.regs.rsp = stack + 4096 - 8
-    cpu.far_jump(cfg.kernel_at, long_mode_code=True, cs=0x10)  # into startup_64 at its physical address
+    # into startup_64 at its physical address (the decompressor's, when the image has one)
+    cpu.far_jump(cfg.kernel_at if entry is None else entry, long_mode_code=True, cs=0x10)
     return PcPlatform(mem, cpu, trace, cfg, ramdisk_at)

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from earlymm.hw.events import CrWrite, Event, FaultRaised, TlbFlush
+from earlymm.hw.events import CrWrite, Event, FaultRaised, ModeChange, TlbFlush
 from earlymm.hw.memory import ZERO_FRAME, Buffer
 from earlymm.images import CpuState, write_qemu_core
 from earlymm.images.cpustate import Segment
@@ -120,6 +120,8 @@ def describe(e: Event) -> str | None:
         return f"   console: {e.text}"
     if isinstance(e, LowPageAlloc):
         return f"     page-table page {e.pa:#x} from {e.source}"
+    if isinstance(e, ModeChange):
+        return f"   CPU now in {e.mode} mode"
     if isinstance(e, TlbFlush):
         return None
     return None
