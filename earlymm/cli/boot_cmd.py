@@ -48,7 +48,8 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--ramdisk", help="ADDR:SIZE (default: 16M near the top of RAM below 2 GiB)")
     p.add_argument("--cmdline", default="root=/dev/sda1 ro console=ttyS0 earlyprintk=serial")
     p.add_argument("--cmdline-at", type=hexint, default=0x2_0000)
-    p.add_argument("--profile", choices=sorted(PROFILES), default="v3.9")
+    p.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                   help="kernel generation to model (default v3.9; current when 5-level options are given)")
     p.add_argument("--pool", type=int_range(1, 4096, "--pool"), default=64,
                    help="EARLY_DYNAMIC_PAGE_TABLES, 1..4096 (default 64)")
     p.add_argument("--variant", choices=[v.value for v in Variant], default="merged")
@@ -169,6 +170,12 @@ def machine_config(args: argparse.Namespace) -> MachineConfig:
             rd_at, rd_size = parse_int(a, bits=52), parse_size(s) if colon else 16 << 20
         except ValueError as e:
             raise UsageError(f"--ramdisk {args.ramdisk!r}: {e} (want ADDR:SIZE)") from None
+    top = max((r.end for r in e820), default=0)
+    if top > MAX_MEM_5LEVEL:
+        where = args.e820 if args.e820 else f"--mem {size_text(args.mem or 0)}"
+        why = "" if args.e820 else (" (the PC layout moves 1 GiB of RAM above 4 GiB for the PCI hole: at most "
+                                    "--mem 4095T fits)")
+        raise UsageError(f"{where}: the memory map ends at {top:#x}, beyond the 52-bit physical address space{why}")
     la57 = (args.paging == 5 or args.loader_paging == 5 or args.decompressor is not None) and not args.no_la57
     feats = Features(nx=not args.no_nx, gbpages=not args.no_gbpages, pge=not args.no_pge, la57=la57, pks=False)
     for name, value, top in (("--bda-base", args.bda_base, 0xFFFF), ("--ebda", args.ebda, 0xFFFF)):
@@ -215,6 +222,8 @@ def main(args: argparse.Namespace) -> int:
     if args.mem is not None and args.mem < 4 << 20:
         raise UsageError(f"--mem: {args.mem} bytes is smaller than the kernel")
     five = args.paging == 5 or args.loader_paging == 5 or args.decompressor is not None
+    if args.profile is None:
+        args.profile = "current" if five else "v3.9"
     if five and args.profile != "current":
         raise UsageError("5-level paging and the decompressor stage need --profile current (v3.9 is 4-level only)")
     if args.mem is not None and args.mem > MAX_MEM_5LEVEL:
