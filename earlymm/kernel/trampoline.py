@@ -13,6 +13,7 @@ KERNEL32_CS = 0x08  # the decompressor's GDT: __KERNEL32_CS (CS.L = 0, CS.D = 1)
 BIOS_START_MIN, BIOS_START_MAX = 0x20000, 0x9F000
 TRAMPOLINE_32BIT_SIZE = 0x2000
 E820_RAM = 1
+U64 = (1 << 64) - 1
 
 
 def find_trampoline_placement(ctx: KernelContext) -> int:
@@ -38,9 +39,10 @@ def find_trampoline_placement(ctx: KernelContext) -> int:
         if bios_start > addr + size:
             new = addr + size
         new &= ~0xFFF
-        if new - TRAMPOLINE_32BIT_SIZE < addr:
+        below = (new - TRAMPOLINE_32BIT_SIZE) & U64  # unsigned long: wraps for an entry ending under 8 KiB
+        if below < addr:
             continue
-        if new - TRAMPOLINE_32BIT_SIZE > bios_start:
+        if below > bios_start:  # "protect against underflow"
             break
         bios_start = new
         break
