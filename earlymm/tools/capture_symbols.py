@@ -10,12 +10,14 @@ guest's order and byte for byte; ``meta.json`` says so.
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 from earlymm.images.minimize import find_text, read_capture_text
 from earlymm.images.safe_write import write_text
-from earlymm.tools.initramfs import split_guest_files
+from earlymm.tools.initramfs import FILES_END, split_guest_files
 from earlymm.tools.symbols.table import LINE_RE
 
 KALLSYMS_FILE, MEMMAP_FILE = "kallsyms.txt", "memmap.txt"
@@ -33,6 +35,19 @@ KEPT = (
 )
 FILTER_TEXT = ("the lines of the guest's /proc/kallsyms (read as root with kptr_restrict=0) whose name is one of "
                "'symbols', in the guest's order, unchanged")
+
+
+def wait_report(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> str:
+    """The second serial port's text once /init has finished writing it (bounded wait; ValueError if not)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        if FILES_END in text:
+            return text
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise ValueError(f"the guest did not finish copying kallsyms and memmap to its second serial port "
+                             f"({len(text)} bytes arrived)")
+        time.sleep(0.2)
 
 
 def save_guest_files(report: str, out: Path) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from earlymm.images.safe_write import (
 )
 from earlymm.tools import capture_symbols
 from earlymm.tools.argtypes import OneLineParser, positive_float
-from earlymm.tools.initramfs import FILES_END, READY, build_initramfs
+from earlymm.tools.initramfs import READY, build_initramfs
 
 USER_MODE_TRIES = 200
 KERNEL_PKG_RE = re.compile(r"^(linux-image-6\.1\.0-(\d+)-amd64-unsigned)\s")
@@ -131,19 +131,6 @@ CAPTURE_FILES = ("registers.txt", "tlb.txt", "mem.txt", "gva2gpa.txt", "core.elf
                  "meta.json", capture_symbols.KALLSYMS_FILE, capture_symbols.MEMMAP_FILE)
 
 
-def _wait_guest_files(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> str:
-    """The second serial port's text once /init has finished writing it (bounded wait)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = path.read_text(errors="replace") if path.exists() else ""
-        if FILES_END in text:
-            return text
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise CaptureError(f"the guest did not finish copying kallsyms and memmap to its second serial port "
-                               f"({len(text)} bytes arrived)")
-        time.sleep(0.2)
-
-
 def _save_state(q: Qmp, out: Path, la57: bool, mem_bytes: int, extra: list[int]) -> int:
     replies = {}
     for cmd, name in (("info registers", "registers.txt"), ("info tlb", "tlb.txt"), ("info mem", "mem.txt")):
@@ -200,7 +187,7 @@ def capture(args: argparse.Namespace) -> Path:
             release, boot_s = _wait_ready(console, proc, args.timeout)
             extra: list[int] = []
             if args.guest_files:
-                guest = capture_symbols.save_guest_files(_wait_guest_files(report, proc, args.timeout), out)
+                guest = capture_symbols.save_guest_files(capture_symbols.wait_report(report, proc, args.timeout), out)
                 extra = capture_symbols.symbol_samples((out / capture_symbols.KALLSYMS_FILE).read_text())
             with Qmp(sock, timeout=60) as q:
                 q.command("stop")

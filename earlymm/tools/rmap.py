@@ -1,0 +1,186 @@
+"""Who maps this physical address: every virtual address that reaches it, in one address space.
+
+The search runs over the ptdump engine's table DAG (``engine.build``, the CPU's reading): each (table,
+level) is read and searched once, and what a table contributes is kept relative to its base, so a table
+used from many places (espfix: one PTE page behind 512 PMD entries behind 4 PUD entries, 65,536 VAs) costs
+one visit. Hits are *groups*: VAs whose walks read the same tables and the same entry values, differing only
+in the indices — so they have the same rights and the same page. espfix's aliases are one group with a count
+of 65,536; a table that maps itself through every entry is a group of 512⁴ — counted, never enumerated.
+
+A group keeps its first and last VA, its count and its first ``samples`` VAs (each one's path follows from
+the tables and the VA). At most ``MAX_GROUPS`` groups are kept per table: beyond that, the rest of a table's
+hits merge into one group whose paths differ (``mixed``). A search that would take more than ``MAX_WORK``
+merge steps stops and says so. Tables that could not be read (not in the image, beyond ``max_tables``) make
+the answer incomplete; they are listed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from earlymm.tools.ptdump.engine import HOLE, LEAF, SKIPPED, TABLE, Node, Tree
+from earlymm.tools.ptdump.semantics import Semantics
+
+MAX_GROUPS = 256
+MAX_WORK = 20_000_000
+SAMPLES = 64  # enough for --max-aliases up to this many listed one by one
+
+Steps = tuple[tuple[int, int], ...]  # (table address, entry value) per level, top first
+
+
+@dataclass(slots=True)
+class Group:
+    steps: Steps
+    first: int  # offsets from the base of the table where the group was made (absolute at the root)
+    last: int
+    count: int
+    samples: list[int]
+    mixed: bool = False  # members' walks differ (merged past MAX_GROUPS); ``steps`` are the first's
+
+
+@dataclass(frozen=True, slots=True)
+class PathStep:
+    level: str  # SDM name: PML4, PDPT, …
+    table: int
+    index: int
+    entry: int
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """One VA (``count`` 1) or a group of aliases mapping the physical address."""
+
+    va: int  # of the byte at the physical address (the first alias)
+    last_va: int
+    count: int
+    samples: tuple[int, ...]
+    page_va: int
+    page_pa: int
+    page_size: int
+    user: bool
+    write: bool
+    nx: bool
+    path: tuple[PathStep, ...]  # the first alias's walk
+    mixed: bool
+
+    def path_of(self, va: int, sem: Semantics) -> tuple[PathStep, ...]:
+        """The walk of another member: same tables and entries, the member's own indices."""
+        if self.mixed:
+            return self.path
+        return tuple(PathStep(s.level, s.table, (va >> row.shift) & (row.entries - 1), s.entry)
+                     for s, row in zip(self.path, sem.rows, strict=False))
+
+
+@dataclass
+class Search:
+    mappings: list[Mapping]
+    unread: list[int] = field(default_factory=list)  # tables that could not be read (sorted, distinct)
+    capped: bool = False  # the table limit stopped the DAG: some tables were not walked
+    stopped: bool = False  # MAX_WORK reached
+
+    @property
+    def complete(self) -> bool:
+        return not (self.unread or self.capped or self.stopped)
+
+
+class _Budget(Exception):
+    pass
+
+
+def _merge(into: dict[Steps, Group], order: list[Steps], g: Group) -> None:
+    have = into.get(g.steps)
+    if have is None:
+        into[g.steps] = g
+        order.append(g.steps)
+        return
+    have.count += g.count
+    have.first, have.last = min(have.first, g.first), max(have.last, g.last)
+    have.mixed |= g.mixed
+    if len(have.samples) < SAMPLES:
+        have.samples = sorted(have.samples + g.samples)[:SAMPLES]
+
+
+def _cap(groups: dict[Steps, Group], order: list[Steps]) -> list[Group]:
+    out = [groups[k] for k in order]
+    if len(out) <= MAX_GROUPS:
+        return out
+    rest = out[MAX_GROUPS - 1:]
+    tail = Group(rest[0].steps, min(g.first for g in rest), max(g.last for g in rest), sum(g.count for g in rest),
+                 sorted(v for g in rest for v in g.samples)[:SAMPLES], True)
+    return [*out[:MAX_GROUPS - 1], tail]
+
+
+def search(tree: Tree, pa: int) -> Search:
+    """Every VA of ``tree`` that maps physical ``pa``, grouped (see the module docstring)."""
+    sem = tree.sem
+    rows = sem.rows
+    memo: dict[int, list[Group]] = {}
+    unread: set[int] = set()
+    work = [0]
+
+    def visit(node: Node) -> list[Group]:
+        got = memo.get(id(node))
+        if got is not None:
+            return got
+        row = rows[node.depth]
+        groups: dict[Steps, Group] = {}
+        order: list[Steps] = []
+        for idx, kind, e, child in node.items:
+            base = idx << row.shift
+            if kind == LEAF:
+                lpa = sem.leaf_pa(row, e)
+                if lpa <= pa < lpa + row.lsize:
+                    off = base + pa - lpa
+                    _merge(groups, order, Group(((node.table, e),), off, off, 1, [off]))
+            elif kind == TABLE:
+                assert child is not None
+                for g in visit(child):
+                    work[0] += 1
+                    if work[0] > MAX_WORK:
+                        raise _Budget
+                    _merge(groups, order, Group(((node.table, e), *g.steps), base + g.first, base + g.last, g.count,
+                                                [base + v for v in g.samples], g.mixed))
+            elif kind in (HOLE, SKIPPED):
+                unread.add(e & row.taddr)
+            # BAD (reserved bits) and not-present entries map nothing
+        out = _cap(groups, order)
+        memo[id(node)] = out
+        return out
+
+    result = Search([], capped=tree.capped)
+    if tree.root is None:
+        result.unread = [tree.root_addr]
+        return result
+    try:
+        top = visit(tree.root)
+    except _Budget:
+        result.stopped = True
+        top = []
+    result.unread = sorted(unread)
+    result.mappings = [_mapping(sem, g, pa) for g in top]
+    result.mappings.sort(key=lambda m: m.va)
+    return result
+
+
+def _canon(sem: Semantics, off: int) -> int:
+    half = (sem.rows[0].span * sem.rows[0].entries) >> 1
+    return off | sem.canon_high if sem.canon_high and off >= half else off
+
+
+def _mapping(sem: Semantics, g: Group, pa: int) -> Mapping:
+    rows = sem.rows
+    acc, xd = -1, 0
+    path = []
+    va = _canon(sem, g.first)
+    for depth, (table, e) in enumerate(g.steps):
+        row = rows[depth]
+        if row.rights:
+            acc &= e
+            xd |= e
+        path.append(PathStep(row.level.name, table, (va >> row.shift) & (row.entries - 1), e))
+    leaf_row, leaf = rows[len(g.steps) - 1], g.steps[-1][1]
+    page_pa = sem.leaf_pa(leaf_row, leaf)
+    return Mapping(va, _canon(sem, g.last), g.count, tuple(_canon(sem, v) for v in g.samples),
+                   va - (pa - page_pa), page_pa, leaf_row.lsize, bool(acc & 4), bool(acc & 2),
+                   bool(sem.nxe and xd >> 63), tuple(path), g.mixed)
+
