@@ -9,7 +9,7 @@ of 65,536; a table that maps itself through every entry is a group of 512⁴ —
 
 A group keeps its first and last VA, its count and its first ``samples`` VAs (each one's path follows from
 the tables and the VA). At most ``MAX_GROUPS`` groups are kept per table: beyond that, the rest of a table's
-hits merge into one group whose paths differ (``mixed``). A search that would take more than ``MAX_WORK``
+hits merge into one group whose walks differ (``mixed``). A search that would take more than ``MAX_WORK``
 merge steps stops and says so. Tables that could not be read (not in the image, beyond ``max_tables``) make
 the answer incomplete; they are listed.
 """
@@ -87,27 +87,26 @@ class _Budget(Exception):
     pass
 
 
-def _merge(into: dict[Steps, Group], order: list[Steps], g: Group) -> None:
-    have = into.get(g.steps)
+MIXED: Steps = ((-1, -1),)  # the key of a table's overflow group (walks differ among its members)
+
+
+def _merge(into: dict[Steps, Group], steps: Steps, base: int, g: Group) -> None:
+    """Add ``g`` (relative to a child table) at offset ``base`` under ``steps``. Past ``MAX_GROUPS`` keys a
+    table's new walks go to its one overflow group; samples are only copied while the target has room (a
+    full group of 65,536 aliases costs a counter update per use)."""
+    key = MIXED if g.mixed else steps
+    have = into.get(key)
+    if have is None and key is not MIXED and len(into) >= MAX_GROUPS - 1:
+        key = MIXED
+        have = into.get(key)
     if have is None:
-        into[g.steps] = g
-        order.append(g.steps)
+        into[key] = Group(steps, base + g.first, base + g.last, g.count, [base + v for v in g.samples],
+                          key is MIXED)
         return
     have.count += g.count
-    have.first, have.last = min(have.first, g.first), max(have.last, g.last)
-    have.mixed |= g.mixed
+    have.first, have.last = min(have.first, base + g.first), max(have.last, base + g.last)
     if len(have.samples) < SAMPLES:
-        have.samples = sorted(have.samples + g.samples)[:SAMPLES]
-
-
-def _cap(groups: dict[Steps, Group], order: list[Steps]) -> list[Group]:
-    out = [groups[k] for k in order]
-    if len(out) <= MAX_GROUPS:
-        return out
-    rest = out[MAX_GROUPS - 1:]
-    tail = Group(rest[0].steps, min(g.first for g in rest), max(g.last for g in rest), sum(g.count for g in rest),
-                 sorted(v for g in rest for v in g.samples)[:SAMPLES], True)
-    return [*out[:MAX_GROUPS - 1], tail]
+        have.samples = sorted(have.samples + [base + v for v in g.samples[:SAMPLES]])[:SAMPLES]
 
 
 def search(tree: Tree, pa: int) -> Search:
@@ -124,26 +123,25 @@ def search(tree: Tree, pa: int) -> Search:
             return got
         row = rows[node.depth]
         groups: dict[Steps, Group] = {}
-        order: list[Steps] = []
         for idx, kind, e, child in node.items:
             base = idx << row.shift
             if kind == LEAF:
                 lpa = sem.leaf_pa(row, e)
                 if lpa <= pa < lpa + row.lsize:
-                    off = base + pa - lpa
-                    _merge(groups, order, Group(((node.table, e),), off, off, 1, [off]))
+                    _merge(groups, ((node.table, e),), base, Group((), pa - lpa, pa - lpa, 1, [pa - lpa]))
             elif kind == TABLE:
                 assert child is not None
-                for g in visit(child):
-                    work[0] += 1
-                    if work[0] > MAX_WORK:
-                        raise _Budget
-                    _merge(groups, order, Group(((node.table, e), *g.steps), base + g.first, base + g.last, g.count,
-                                                [base + v for v in g.samples], g.mixed))
+                sub = visit(child)
+                work[0] += len(sub)
+                if work[0] > MAX_WORK:
+                    raise _Budget
+                here = (node.table, e)
+                for g in sub:
+                    _merge(groups, (here, *g.steps), base, g)
             elif kind in (HOLE, SKIPPED):
                 unread.add(e & row.taddr)
             # BAD (reserved bits) and not-present entries map nothing
-        out = _cap(groups, order)
+        out = list(groups.values())
         memo[id(node)] = out
         return out
 
