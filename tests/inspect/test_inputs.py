@@ -99,7 +99,8 @@ def test_bad_regs_files(text: str, needle: str, tmp_path: Path, capsys: pytest.C
     f = tmp_path / "regs.txt"
     f.write_text(text)
     for cmd in ("translate", "ptdump"):
-        r = cli(capsys, cmd, str(NOKASLR / "core.elf.gz"), "--regs", str(f), *(["0x1000"] if cmd == "translate" else []))
+        extra = ["0x1000"] if cmd == "translate" else []
+        r = cli(capsys, cmd, str(NOKASLR / "core.elf.gz"), "--regs", str(f), *extra)
         one_line_error(r)
         assert needle in r.err, r.err
     one_line_error(cli(capsys, "ptdump", str(NOKASLR / "core.elf.gz"), "--regs", str(tmp_path)))
