@@ -4,15 +4,16 @@ minimal ELF writer (a vmlinux-like symbol table, as ``nm`` would read it)."""
 
 from __future__ import annotations
 
-import re
+import gzip
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from earlymm.images import open_image
 from earlymm.images.minimize import read_capture_text
-from earlymm.images.monitor_text import parse_gva2gpa_file
+from earlymm.images.monitor_text import parse_gva2gpa_file, parse_info_tlb
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 NOKASLR = FIXTURES / "qemu-l4-syms"
@@ -116,4 +117,36 @@ def write_vmlinux(path: Path, syms: list[tuple[int, str, str]], sizes: dict[str,
     path.write_bytes(body + bytes(shoff - len(body)) + b"".join(sh))
 
 
-NUMBER_RE = re.compile(r"0x[0-9a-f]+")
+ADDR = 0x000F_FFFF_FFFF_F000
+
+
+def leaf_size(img: object, cr3: int, la57: bool, va: int) -> int:
+    """The page size of the leaf mapping ``va``: a naive walk of the test's own (no checks but P and PS)."""
+    table = cr3 & ADDR
+    for level in range(5 if la57 else 4, 0, -1):
+        shift = 12 + 9 * (level - 1)
+        frame = img.frame(table >> 12)  # type: ignore[attr-defined]
+        e = struct.unpack_from("<Q", frame, 8 * (va >> shift & 511))[0]
+        if level == 1 or e & 0x80:
+            return 1 << shift
+        table = e & ADDR
+    raise AssertionError("unreachable")
+
+
+def leaves(fixture: Path, tlb_name: str = "tlb.txt.gz", core_name: str = "core.elf.gz"
+           ) -> list[tuple[int, int, int]]:
+    """(VA, PA, size) of every line of QEMU's info tlb; the size of a large leaf (info tlb does not print
+    it) from the naive walk."""
+    return [(va, pa, size) for va, pa, size, _f in tlb_leaves(fixture, tlb_name, core_name)]
+
+
+def tlb_leaves(fixture: Path, tlb_name: str = "tlb.txt.gz", core_name: str = "core.elf.gz"
+               ) -> list[tuple[int, int, int, str]]:
+    """(VA, PA, size, flag letters) of every line of QEMU's info tlb."""
+    tlb = parse_info_tlb(gzip.decompress((fixture / tlb_name).read_bytes()).decode())
+    with open_image(fixture / core_name) as img:
+        note = img.cpus[0]
+        return [(t.va, t.pa, leaf_size(img, note.cr3, bool(note.cr4 >> 12 & 1), t.va) if t.flags[2] == "P"
+                 else 1 << 12, t.flags) for t in tlb]
+
+

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import struct
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -15,13 +14,22 @@ import pytest
 
 from earlymm.arch.modes import PagingMode
 from earlymm.hw.memory import PhysMem
-from earlymm.images import CpuState, open_image, write_qemu_core
+from earlymm.images import CpuState, write_qemu_core
 from earlymm.images.cpustate import Segment
 from earlymm.images.monitor_text import parse_info_tlb
-from tests.inspect.support import FIXTURES, NOKASLR, cli, core, guest_address, gva2gpa, kallsyms, one_line_error
+from tests.inspect.support import (
+    FIXTURES,
+    NOKASLR,
+    cli,
+    core,
+    guest_address,
+    gva2gpa,
+    kallsyms,
+    leaves,
+    one_line_error,
+)
 
 QEMU_FIXTURES = [FIXTURES / n for n in ("qemu-l4", "qemu-l5", "qemu-pti", "qemu-kaslr-syms")]
-ADDR = 0x000F_FFFF_FFFF_F000
 
 
 def qemu_map(fixture: Path) -> dict[int, list[int]]:
@@ -32,29 +40,6 @@ def qemu_map(fixture: Path) -> dict[int, list[int]]:
     for t in tlb:
         out[t.pa].append(t.va)
     return out
-
-
-def leaf_size(img: object, cr3: int, la57: bool, va: int) -> int:
-    """The page size of the leaf mapping ``va``: a naive walk of the test's own (no checks but P and PS)."""
-    table = cr3 & ADDR
-    for level in range(5 if la57 else 4, 0, -1):
-        shift = 12 + 9 * (level - 1)
-        frame = img.frame(table >> 12)  # type: ignore[attr-defined]
-        e = struct.unpack_from("<Q", frame, 8 * (va >> shift & 511))[0]
-        if level == 1 or e & 0x80:
-            return 1 << shift
-        table = e & ADDR
-    raise AssertionError("unreachable")
-
-
-def leaves(fixture: Path) -> list[tuple[int, int, int]]:
-    """(VA, PA, size) of every line of QEMU's info tlb; the size of a large leaf (info tlb does not print
-    it) from the naive walk."""
-    tlb = parse_info_tlb(gzip.decompress((fixture / "tlb.txt.gz").read_bytes()).decode())
-    with open_image(fixture / "core.elf.gz") as img:
-        note = img.cpus[0]
-        return [(t.va, t.pa, leaf_size(img, note.cr3, bool(note.cr4 >> 12 & 1), t.va) if t.flags[2] == "P"
-                 else 1 << 12) for t in tlb]
 
 
 def vas_of(tlb: list[tuple[int, int, int]], pa: int) -> list[int]:
