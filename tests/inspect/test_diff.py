@@ -126,7 +126,8 @@ def test_boot_phases_follow_the_spec(capsys: pytest.CaptureFixture[str]) -> None
 def test_text_output_and_identical_phases(capsys: pytest.CaptureFixture[str]) -> None:
     r = cli(capsys, "diff", "boot:startup_64", "boot:x86_64_start_kernel")
     lines = r.out.splitlines()
-    assert lines[0].startswith("--- A: boot:startup_64 (cr3 ") and lines[1].startswith("+++ B: boot:x86_64_start_kernel")
+    assert lines[0].startswith("--- A: boot:startup_64 (cr3 ")
+    assert lines[1].startswith("+++ B: boot:x86_64_start_kernel")
     assert "- 0x0000000001000000-0x0000000002800000    24M  pa 0x1000000 2M SWX → (unmapped)" in lines
     assert any(ln.startswith("~ table ") and "<early_top_pgt> (PML4): 3 entries changed" in ln for ln in lines)
     same = cli(capsys, "diff", "boot:end", "boot:end", "--boot-args", "--mem 2G")
