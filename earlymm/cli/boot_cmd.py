@@ -24,6 +24,8 @@ from earlymm.tools.argtypes import int_range
 from earlymm.tools.boot_progress import BootProgress
 from earlymm.tools.boot_report import render_text, save_core, to_json
 from earlymm.tools.e820_input import E820InputError, read_alternative
+from earlymm.tools.midboot.kallsyms import KallsymsError
+from earlymm.tools.midboot.kallsyms import parse as parse_kallsyms
 
 # The most RAM the modelled 4-level kernel can map: MAXMEM = 1 << MAX_PHYSMEM_BITS (46), 64 TiB (spec §2
 # constants table; arch/x86/include/asm/sparsemem.h). The boot model runs 4-level paging only.
@@ -41,7 +43,10 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
                                     "acpi, nvs, unusable), or a kernel log (dmesg: its BIOS-e820:/user: lines), or "
                                     "/sys/firmware/memmap (the directory, or 'grep -r . /sys/firmware/memmap' text)")
     p.add_argument("--kernel-at", type=hexint, default=0x100_0000, help="physical load address (2 MiB aligned)")
-    p.add_argument("--image-size", type=size_arg, default=24 << 20, help="kernel image size _end - _text (24M)")
+    p.add_argument("--image-size", type=size_arg, help="kernel image size _end - _text (default 24M)")
+    p.add_argument("--kernel-symbols", metavar="FILE",
+                   help="lay the image out as a real nokaslr build: its /proc/kallsyms (or System.map) text gives "
+                        "the address of every table and variable the model uses, and _end - _text its size")
     p.add_argument("--boot-params-at", type=hexint, default=0x1_4000)
     p.add_argument("--ramdisk", help="ADDR:SIZE (default: 16M near the top of RAM below 2 GiB)")
     p.add_argument("--cmdline", default="root=/dev/sda1 ro console=ttyS0 earlyprintk=serial")
@@ -179,6 +184,17 @@ def cpu_identity(args: argparse.Namespace) -> CpuIdentity:
         raise UsageError(str(e)) from None
 
 
+def read_kernel_symbols(path: str, image_size: int | None) -> dict[str, int]:
+    """``--kernel-symbols``: name → address from /proc/kallsyms or System.map text."""
+    if image_size is not None:
+        raise UsageError("--kernel-symbols gives the image size (_end - _text): drop --image-size")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return dict(parse_kallsyms(f.read()).addresses)
+    except (OSError, UnicodeDecodeError, KallsymsError) as e:
+        raise UsageError(f"cannot read kernel symbols {path}: {e}") from None
+
+
 def main(args: argparse.Namespace) -> int:
     until = None
     if args.until:
@@ -200,14 +216,16 @@ def main(args: argparse.Namespace) -> int:
         except WriteError as e:
             raise UsageError(str(e)) from None
     machine = machine_config(args)
+    symbols = read_kernel_symbols(args.kernel_symbols, args.image_size) if args.kernel_symbols else None
     kernel = KernelConfig(PROFILES[args.profile], Variant(args.variant), PoolAccess(args.pool_access), args.pool,
-                          force_nx=args.force_nx)
+                          force_nx=args.force_nx, symbols=symbols)
     progress = None
     if args.progress or sys.stderr.isatty():
         ram = sum(r.end - r.start for r in machine.ram())
         progress = BootProgress(sys.stderr, ram, tty=sys.stderr.isatty())
     try:
-        result = boot(machine, kernel, until=until, trace=True, image_size=args.image_size,
+        result = boot(machine, kernel, until=until, trace=True,
+                      image_size=args.image_size if args.image_size is not None else 24 << 20,
                       listeners=[progress.on_event] if progress else [])
     except ValueError as e:
         raise UsageError(str(e)) from None

@@ -19,7 +19,7 @@ from earlymm.kernel.events import PhaseEntered, RunEnded
 from earlymm.kernel.head64 import x86_64_start_kernel
 from earlymm.kernel.head_64 import startup_64
 from earlymm.kernel.image import install_image
-from earlymm.kernel.layout import build_layout
+from earlymm.kernel.layout import build_layout, layout_from_symbols
 from earlymm.kernel.paravirt.ops import PvOps
 from earlymm.kernel.phases import BootOutcome, Phase
 from earlymm.kernel.setup import setup_arch
@@ -44,7 +44,7 @@ class Observer:
         self.mappings_checked += 1
         if len(self.mapping_violations) < 20:
             self.mapping_violations.extend(inv.early_mapping(ctx, address))
-        used = ctx.rd(ctx.sym("next_early_pgt"))
+        used = ctx.rd(ctx.sym("next_early_pgt"), 4)
         if used > ctx.config.pool_pages:
             self.mapping_violations.append(f"pool overrun: next_early_pgt = {used} > {ctx.config.pool_pages}")
 
@@ -72,7 +72,8 @@ def make_context(machine: MachineConfig, kernel: KernelConfig, *, trace: bool = 
                  image_size: int = 24 << 20) -> KernelContext:
     """The composition root of the native x86-64 path: the kernel image's layout, the PC platform with
     its boot loader's work done, the image installed, and the kernel context over them."""
-    layout = build_layout(kernel.profile, kernel.pool_pages, image_size)
+    layout = layout_from_symbols(kernel.profile, kernel.symbols, kernel.pool_pages) if kernel.symbols \
+        else build_layout(kernel.profile, kernel.pool_pages, image_size)
     events = ListTrace(enabled=trace, keep=64)
     events.emit(PhaseEntered("boot loader"))
     platform = load(machine, layout.image_size, trace=events)

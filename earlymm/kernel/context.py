@@ -42,6 +42,7 @@ class KernelConfig:
     pool_access: PoolAccess = PoolAccess.HIGH_MAP
     pool_pages: int = 64
     force_nx: bool = False  # set bit 63 in early_pmd_flags even without NX (the pre-fix kernels)
+    symbols: dict[str, int] | None = None  # a real build's symbol addresses (else the model's own layout)
 
 
 @dataclass
@@ -66,7 +67,7 @@ class BootStats:
             self.pool_high_water = max(self.pool_high_water, e.index + 1)
         elif isinstance(e, PoolReset):
             self.pool_resets += 1
-        elif isinstance(e, FaultDelivered) and e.handler.startswith("early_idt_handlers["):
+        elif isinstance(e, FaultDelivered) and e.handler.startswith("early_idt_handler"):
             self.handler_calls += 1
         elif isinstance(e, HandlerOutcome):
             if e.outcome == "halt":  # stopped by early_recursion_flag before it ran: not a call
@@ -92,6 +93,7 @@ class KernelContext:
     phase: Phase | None = None
     mm: Any = None  # the MmState of mm_init once setup_arch has built it
     observer: Any = None  # invariant checker called at the points spec §3.11 names (not kernel code)
+    ioremap: Any = None  # early_ioremap's slots once early_ioremap_init ran
     pgt: PgtableGeometry = field(init=False)
     pv: PvOps = field(init=False)
 

@@ -25,7 +25,7 @@ from earlymm.kernel.consts import (
 from earlymm.kernel.context import KernelContext, Variant
 from earlymm.kernel.cpufeature import X86Feature, boot_cpu_has
 from earlymm.kernel.events import Note
-from earlymm.kernel.native import native_write_cr3, native_write_cr4
+from earlymm.kernel.native import native_tlb_flush_global_cr4, native_write_cr3, native_write_cr4
 
 IDENT_PMD_FLAGS = __PAGE_KERNEL_LARGE_EXEC & ~_PAGE_GLOBAL  # 0x0e3: no G, no NX (spec §2.4)
 
@@ -85,9 +85,9 @@ def _identity_map(ctx: KernelContext, p: int, phys: Callable[[str], int]) -> Non
     if prof.next_early_pgt_initial == 0:
         # 6.x: __startup_64 takes its pages from the pool itself (next_early_pgt 0 → 2).
         nxt = phys("next_early_pgt")
-        n = ctx.rd(nxt)
+        n = ctx.rd(nxt, 4)
         pud, pmd = pool + 4096 * n, pool + 4096 * (n + 1)
-        ctx.wr(nxt, n + 2)
+        ctx.wr(nxt, n + 2, 4)
     else:
         pud, pmd = pool, pool + 4096
     rfc = cfg.variant is Variant.RFC
@@ -121,6 +121,8 @@ def _common_tail(ctx: KernelContext, phys: Callable[[str], int]) -> None:
     native_write_cr4(cpu, int(Cr4.PAE | Cr4.PGE))  # unconditional in head_64.S: no PGE would #GP here
     phys_base = ctx.rd(phys("phys_base"))
     native_write_cr3(cpu, lay.top_pgt - START_KERNEL_MAP + phys_base)  # movq %rax, %cr3
+    if ctx.profile.flush_global_after_cr3:
+        native_tlb_flush_global_cr4(cpu)  # "a global TLB flush after the CR3 switch" (xorq $X86_CR4_PGE)
     cpu.jump(lay["secondary_startup_64"] + 0x40)  # movq $1f, %rax; jmp *%rax: now on the high mapping
     efer = cpu.regs.efer | Efer.SCE
     has_nx = boot_cpu_has(cpu, X86Feature.NX)  # cpuid 0x80000001, EDX bit 20

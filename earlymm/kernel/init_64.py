@@ -13,7 +13,6 @@ from earlymm.arch.addr import Pfn, VirtAddr
 from earlymm.kernel.consts import (
     __PAGE_KERNEL,
     __PAGE_KERNEL_LARGE,
-    _KERNPG_TABLE,
     _PAGE_PSE,
     _PAGE_TABLE,
     START_KERNEL_MAP,
@@ -28,9 +27,9 @@ from earlymm.kernel.table_run import TableRun
 
 PG_LEVEL_2M, PG_LEVEL_1G = 1 << 2, 1 << 3  # (1 << PG_LEVEL_2M), (1 << PG_LEVEL_1G)
 LARGE_FLAG_BITS = 0x8000_0000_0000_0FFF & ~_PAGE_PSE
-# What the model links new direct-map tables with. Linux's pmd_populate_kernel/pud_populate write
-# _PAGE_TABLE (issue 9 tracks the difference); the golden outputs guard today's value.
-DIRECT_MAP_TABLE_FLAGS = _KERNPG_TABLE
+# pmd_populate_kernel/pud_populate/p4d_populate link a new table with _PAGE_TABLE (US set: the leaves
+# decide who may use a page), v3.9 and 6.1 alike (arch/x86/include/asm/pgalloc.h).
+DIRECT_MAP_TABLE_FLAGS = _PAGE_TABLE
 
 
 def pfn_pte(ctx: KernelContext, st: MmState, pa: int, prot: int) -> int:
@@ -145,7 +144,7 @@ def phys_pud_init(ctx: KernelContext, st: MmState, pud_page: int, addr: int, end
     i, size = g.pud_index(addr), g.pud_size
     while i < g.ptrs_per_pud:
         nxt = (addr & ~(size - 1)) + size
-        prot = __PAGE_KERNEL
+        prot = __PAGE_KERNEL & st.default_kernel_pte_mask  # PAGE_KERNEL
         if addr >= end:
             if not st.e820_any_mapped(addr & ~(size - 1), nxt):
                 t.set(SetOp.PUD, i, mmu.make_entry(0))
@@ -166,13 +165,13 @@ def phys_pud_init(ctx: KernelContext, st: MmState, pud_page: int, addr: int, end
         elif mask & PG_LEVEL_1G:
             n = t.zero_run(i, min(g.ptrs_per_pud - i, (end - addr + size - 1) // size))
             base = addr & ~(size - 1)
-            t.set_many(SetOp.PTE, i, pfn_ptes(ctx, st, base, size, n, __PAGE_KERNEL_LARGE))
+            t.set_many(SetOp.PTE, i, pfn_ptes(ctx, st, base, size, n, __PAGE_KERNEL_LARGE & st.default_kernel_pte_mask))
             st.pages_1g += n
             addr = last = base + n * size
             i += n
             continue
         if mask & PG_LEVEL_1G:
-            t.set(SetOp.PTE, i, pfn_pte(ctx, st, addr & ~(size - 1), __PAGE_KERNEL_LARGE))
+            t.set(SetOp.PTE, i, pfn_pte(ctx, st, addr & ~(size - 1), __PAGE_KERNEL_LARGE & st.default_kernel_pte_mask))
             st.pages_1g += 1
             last = nxt
             addr, i = nxt, i + 1

@@ -21,9 +21,9 @@ class Check:
     detail: str = ""
 
 
-def _phys_read(ctx: KernelContext, va: int) -> int:
+def _phys_read(ctx: KernelContext, va: int, size: int = 8) -> int:
     res = ctx.cpu.mmu.probe(va)
-    return ctx.platform.mem.read_u64(res.pa) if res.outcome == OK else 0
+    return ctx.platform.mem.read_int(res.pa, size) if res.outcome == OK else 0
 
 
 def after_startup_64(ctx: KernelContext) -> list[Check]:
@@ -61,7 +61,7 @@ def after_reset(ctx: KernelContext) -> list[Check]:
     nonzero = [i for i in range(511) if mem.read_u64(top + 8 * i)]
     stale = [e for e in ctx.cpu.mmu.tlb.entries() if not e.global_]
     return [Check("reset: early_top_pgt[0..510] = 0, next_early_pgt = 0, CR3 reloaded",
-                  not nonzero and _phys_read(ctx, lay["next_early_pgt"]) == 0
+                  not nonzero and _phys_read(ctx, lay["next_early_pgt"], 4) == 0
                   and ctx.cpu.regs.cr3 & ctx.profile.pte_pfn_mask == top, f"nonzero slots {nonzero[:4]}"),
             Check("reset: only global translations survive in the TLB", not stale,
                   f"{len(stale)} non-global entries" if stale else "")]

@@ -60,5 +60,10 @@ class Memblock:
         """``memblock_is_region_memory``: [base, base+size) lies inside one memory region."""
         return any(s <= base and base + size <= e for s, e in self.memory)
 
+    def trim_memory(self, align: int) -> None:
+        """``memblock_trim_memory``: round every memory region inward to ``align``; drop what vanishes."""
+        out = [((s + align - 1) & ~(align - 1), e & ~(align - 1)) for s, e in self.memory]
+        self.memory = [(s, e) for s, e in out if s < e]
+
     def mem_ranges(self) -> list[tuple[int, int]]:
         return list(self.memory)

@@ -28,6 +28,8 @@ class MmState:
     can_use_brk_pgt: bool = True
     page_size_mask: int = 0
     supported_pte_mask: int = (1 << 64) - 1
+    default_kernel_pte_mask: int = (1 << 64) - 1  # 6.x __default_kernel_pte_mask: what PAGE_KERNEL keeps
+    pti: bool = False  # X86_FEATURE_PTI (6.x)
     brk_end: int = 0
     pfn_mapped: list[tuple[int, int]] = field(default_factory=list)
     pages_4k: int = 0

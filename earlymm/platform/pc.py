@@ -38,6 +38,12 @@ def pc_e820(mem_size: int) -> list[Region]:
     return regions
 
 
+# What QEMU's SMBIOS tables give dmi_setup() to keep (BIOS vendor/version/date, system and board fields):
+# the strings of a pc (i440FX) machine with SeaBIOS 1.16.2, as the mid-boot fixtures' DMI line shows.
+DMI_QEMU_PC = ("SeaBIOS", "1.16.2-debian-1.16.2-1", "04/01/2014", "QEMU", "Standard PC (i440FX + PIIX, 1996)",
+               "pc-i440fx-7.2", "QEMU", "pc-i440fx-7.2")
+
+
 @dataclass(frozen=True)
 class MachineConfig:
     """Everything about the machine and the boot loader's choices (issue 3 §1)."""
@@ -52,6 +58,30 @@ class MachineConfig:
     features: Features = field(default_factory=lambda: Features(la57=False, pks=False))
     identity: CpuIdentity = field(default_factory=CpuIdentity)
     pgtables_at: int = 0x6_0000  # the loader's identity tables: below 4 GiB, since its CR3 load is 32-bit
+    setup_data_at: int | None = None  # SETUP_E820_EXT data, when the map has more than 128 entries
+    bda_base_kib: int | None = None  # BDA 0x413, base memory in KiB (None: from the e820 map, as SeaBIOS)
+    ebda_segment: int | None = None  # BDA 0x40e (None: the reserved block right below 640 KiB, if any)
+    dmi: tuple[str, ...] = DMI_QEMU_PC  # the SMBIOS identification strings setup_arch keeps in BRK
+
+    def setup_data_place(self, image_size: int) -> int:
+        """Where the loader puts the e820 setup data: low memory if it fits below the EBDA, else the first
+        page after the kernel image."""
+        if self.setup_data_at is not None:
+            return self.setup_data_at
+        if bp.e820_ext_size(self.e820, E820_TYPES) <= 0x1_F000:
+            return 0x8_0000
+        return (self.kernel_at + image_size + 0xFFF) & ~0xFFF
+
+    def bda(self) -> tuple[int, int]:
+        """(base memory KiB, EBDA segment) the firmware leaves in the BIOS data area."""
+        low = next((r for r in sorted(self.e820, key=lambda r: r.start)
+                    if r.kind is RegionType.RAM and r.start == 0), None)
+        base = self.bda_base_kib if self.bda_base_kib is not None else ((low.end >> 10) if low else 0)
+        ebda = self.ebda_segment
+        if ebda is None:
+            ebda = (low.end >> 4) if low and any(r.start == low.end and r.kind is not RegionType.RAM
+                                                  for r in self.e820) else 0
+        return min(base, 0xFFFF), ebda
 
     def ram(self) -> list[Region]:
         return [r for r in self.e820 if r.kind is RegionType.RAM]
@@ -90,6 +120,10 @@ class PcPlatform:
     @property
     def identity(self) -> CpuIdentity:
         return self.config.identity
+
+    @property
+    def dmi(self) -> tuple[str, ...]:
+        return self.config.dmi
 
     @property
     def entry(self) -> BootEntry:
@@ -132,7 +166,11 @@ def validate(cfg: MachineConfig, image_size: int) -> None:
     # boot_params leaves the kernel an e820 map without RAM).
     r0 = cfg.ramdisk_at if cfg.ramdisk_at is not None else cfg.default_ramdisk_at(image_size)
     bp_at = cfg.boot_params_at
+    ext, sd_at = bp.e820_ext_size(cfg.e820, E820_TYPES), cfg.setup_data_place(image_size)
+    if ext and not cfg.in_ram(sd_at, sd_at + ext):
+        raise ValueError(f"the e820 map's {ext} bytes of SETUP_E820_EXT data at {sd_at:#x} are not inside RAM")
     placed = [("the ramdisk", r0, r0 + cfg.ramdisk_size), ("boot_params", bp_at, bp_at + 4096),
+              ("the e820 setup data", sd_at, sd_at + ext),
               ("the command line", cfg.cmdline_at, cfg.cmdline_at + len(cfg.cmdline) + 1),
               ("the boot loader's page tables", cfg.pgtables_at, cfg.pgtables_at + 32 * 4096)]
     for i, (a, a0, a1) in enumerate(placed):
@@ -152,7 +190,11 @@ def load(cfg: MachineConfig, image_size: int, *, trace: ListTrace | None = None)
     cpu = Cpu(mem, cfg.features, trace=trace, tlb=Tlb(), identity=cfg.identity)
     ramdisk_at = cfg.ramdisk_at if cfg.ramdisk_at is not None else cfg.default_ramdisk_at(image_size)
     bp.write_boot_params(mem, cfg.boot_params_at, cfg.e820, E820_TYPES, cmdline_at=cfg.cmdline_at,
-                         ramdisk_at=ramdisk_at, ramdisk_size=cfg.ramdisk_size)
+                         ramdisk_at=ramdisk_at, ramdisk_size=cfg.ramdisk_size,
+                         setup_data_at=cfg.setup_data_place(image_size))
+    base_kib, ebda = cfg.bda()
+    mem.write_u16(bp.BDA_BASE_MEM_KIB, base_kib)  # the firmware's BIOS data area (SeaBIOS fills both)
+    mem.write_u16(bp.BDA_EBDA_SEGMENT, ebda)
     mem.write(cfg.cmdline_at, cfg.cmdline.encode() + b"\0")
     bp.write_ramdisk(mem, ramdisk_at, cfg.ramdisk_size, cfg.identity)
 

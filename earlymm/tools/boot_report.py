@@ -67,7 +67,7 @@ def machine_state(r: BootResult) -> dict[str, Any]:
             "early_top_pgt": f"{at + lay.top_pgt - lay.text:#x}", "init_top_pgt": f"{at + lay.init_pgt - lay.text:#x}",
             "symbols": {n: f"{lay[n]:#x}" for n in ("early_top_pgt", "early_dynamic_pgts", "init_top_pgt",
                                                     "level3_kernel_pgt", "level2_kernel_pgt", "level2_fixmap_pgt",
-                                                    "level1_fixmap_pgt", "__brk_base", "__brk_limit")},
+                                                    "level1_fixmap_pgt", "bm_pte", "__brk_base", "__brk_limit")},
             "next_early_pgt": f"{kernel_var(r, 'next_early_pgt', 4):#x}",
             "phys_base": f"{kernel_var(r, 'phys_base'):#x}"}
 

@@ -135,3 +135,13 @@ def test_current_profile_boots_with_its_own_layout() -> None:
     assert faults(r)[0].cr2 == 0xFFFF_8880_0001_4000  # page_offset_base of 6.x
     # 6.x's __startup_64 takes the switchover pages from the pool itself: 0 → 2
     assert next(e for e in r.ctx.trace.events if isinstance(e, PoolReset)).used == 2
+
+
+def test_61_handler_retries_early_make_pgtable_at_every_depth_so_page_offset_pool_never_ends() -> None:
+    """6.1 early_idt_handler_common increments early_recursion_flag and calls do_early_exception, which
+    tries early_make_pgtable before anything checks the depth (only early_fixup_exception does, for a
+    fault nothing handled): a handler that faults on its own __va pool access recurses without bound —
+    the model's nesting guard reports it instead of the v3.9 halt at depth 2."""
+    r = make_boot(profile="current", pool_access="page-offset")
+    assert r.outcome == "livelock" and "nested 64 deep" in r.reason
+    assert max(f.depth for f in faults(r)) >= 60

@@ -16,7 +16,7 @@ import pytest
 
 from earlymm.tools.midboot.compare import compare_stop
 from earlymm.tools.midboot.fixture import Fixture, Stop, TableMemory, load_fixture
-from earlymm.tools.midboot.model import ModelStop, boot_args, e820_text, run_model
+from earlymm.tools.midboot.model import ModelStop, boot_args, e820_text, run_model, symbols_text
 from tests.midboot.support import MIDBOOT, PAGE_OFFSET, space
 
 SMALL = next(p for p in MIDBOOT if p.name == "midboot-qemu64-512m")
@@ -95,33 +95,32 @@ def test_a_missing_early_fault_is_named_with_the_kernel_function() -> None:
 @pytest.mark.parametrize("path", MIDBOOT, ids=[p.name for p in MIDBOOT])
 def test_boot_args_describe_the_fixture_machine(path: Path) -> None:
     fx = load_fixture(path)
-    args = boot_args(fx, "m.e820")
+    args = boot_args(fx, "m.e820", "m.kallsyms")
     opt = dict(itertools.pairwise(args))
     assert opt["--profile"] == "current" and opt["--e820"] == "m.e820"
-    assert int(opt["--image-size"], 16) == fx.symbol("_end") - fx.symbol("_text")
+    assert opt["--kernel-symbols"] == "m.kallsyms" and "--image-size" not in args
+    syms = dict(ln.split()[::-2] for ln in symbols_text(fx).splitlines())
+    assert int(syms["_end"], 16) - int(syms["_text"], 16) == int(fx.machine["image_size"], 16)
     assert int(opt["--kernel-at"], 16) == int(fx.stop("init_mem_mapping").info["load_address"], 16)
     bp = fx.stop("idt_setup_early_pf").boot_params
     assert opt["--ramdisk"] == ":".join(bp["ramdisk"]) and opt["--cmdline-at"] == bp["cmd_line"]
     assert opt["--boot-params-at"] == fx.stop("x86_64_start_kernel").info["registers"]["RDI"]
     assert ("--no-gbpages" in args) == (not fx.meta["cpu_features"]["pdpe1gb"])
     assert ("--no-nx" in args) == (not fx.meta["cpu_features"]["nx"])
+    assert ("--hypervisor" in args) == fx.meta["cpu_features"]["hypervisor"]
+    assert int(opt["--cpu-family"], 16) == fx.meta["cpu_features"]["family"]
     lines = [ln.split() for ln in e820_text(fx).splitlines() if not ln.startswith("#")]
-    label = "user" if "user-defined physical RAM map" in fx.console else "BIOS-e820"
-    printed = [ln for ln in fx.console.splitlines() if f"] {label}: [mem " in ln]
+    printed = [ln for ln in fx.console.splitlines() if "] BIOS-e820: [mem " in ln]
     assert len(lines) == len(printed)
     for (start, end, kind), ln in zip(lines, printed, strict=True):
         assert f"[mem {int(start, 16):#018x}-{int(end, 16) - 1:#018x}]" in ln
         assert ln.endswith({"ram": "usable", "reserved": "reserved", "acpi": "ACPI data", "nvs": "ACPI NVS"}[kind])
 
 
-# Where today's model and the real 6.1 kernel differ (issue 9); the kernel model's owner removes an entry
-# when its divergence is fixed — strict, so a fix that makes a stop match is noticed.
-FIXMAP = "level2_fixmap_pgt[506]/[507] point at level1_fixmap_pgt pages 1/0 (6.1 head_64.S: 0/1)"
-KNOWN = {"startup_64": FIXMAP,
-         "setup_arch": f"{FIXMAP}; early_ioremap_init's bm_pte link and __va() faults; model reads the initrd",
-         "init_mem_mapping": f"{FIXMAP}; direct-map links written with _KERNPG_TABLE, not _PAGE_TABLE; "
-                             "early_ioremap_init; microcode; BRK page-table buffer (size, dmi_alloc first)"}
-REFUSED = {"midboot-qemu64-4g-mem1500m": "mem= leaves the loader's initrd outside RAM; the model refuses"}
+# Where the model and the real 6.1 kernel still differ (issue 9); an entry is removed when its divergence is
+# fixed — strict, so a fix that makes a stop match is noticed. All the divergences found so far are fixed.
+KNOWN: dict[str, str] = {}
+REFUSED: dict[str, str] = {}
 
 
 def _cases(known: dict[str, str], untils: tuple[str, ...]) -> list[object]:
@@ -149,7 +148,7 @@ def model_run(fx: Fixture, until: str, tmp: pytest.TempPathFactory) -> ModelStop
 def test_model_matches_the_real_kernel(path: Path, until: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Everything: leaves, sizes, flags, links with what they point at, early faults, pool pages."""
     fx = load_fixture(path)
-    stop = fx.stop(until)
+    stop = next(s for s in fx.stops if s.model_until == until)  # the real stop where the model run ends
     assert compare_stop(stop, fx.features, model_run(fx, until, tmp_path_factory), fx.roles(stop)) == []
 
 
@@ -160,7 +159,7 @@ def test_model_matches_at_startup_64_but_for_link_targets(path: Path, until: str
     pages it takes) already match the real kernel's, entry for entry, apart from which fixmap page each
     level2_fixmap_pgt entry names."""
     fx = load_fixture(path)
-    stop = fx.stop(until)
+    stop = next(s for s in fx.stops if s.model_until == until)  # the real stop where the model run ends
     assert compare_stop(stop, fx.features, model_run(fx, until, tmp_path_factory)) == []
 
 

@@ -22,7 +22,7 @@ from earlymm.tools.machine_view import SetupError
 from earlymm.tools.midboot.compare import compare_stop, summary
 from earlymm.tools.midboot.enumerate import enumerate_space, flag_text
 from earlymm.tools.midboot.fixture import Fixture, FixtureError, load_fixture
-from earlymm.tools.midboot.model import ModelError, boot_args, e820_text, run_model
+from earlymm.tools.midboot.model import ModelError, boot_args, e820_text, run_model, symbols_text
 
 
 def _stops(fx: Fixture, name: str | None) -> list[str]:
@@ -30,9 +30,12 @@ def _stops(fx: Fixture, name: str | None) -> list[str]:
 
 
 def cmd_args(a: argparse.Namespace) -> int:
+    """The boot command for the fixture's machine; the e820 and symbol files it names go to stderr
+    (``--e820``'s first, then ``--kernel-symbols``'), so nothing is written where the user did not ask."""
     fx = load_fixture(a.fixture)
     print(e820_text(fx), end="", file=sys.stderr)
-    print(shlex.join(["earlymm", *boot_args(fx, f"{fx.name}.e820")]))
+    print(symbols_text(fx), end="", file=sys.stderr)
+    print(shlex.join(["earlymm", *boot_args(fx, f"{fx.name}.e820", f"{fx.name}.kallsyms")]))
     return 0
 
 

@@ -34,8 +34,13 @@ STOPS = (("x86_64_start_kernel", "startup_64"), ("init_mem_mapping", "setup_arch
 SYMBOLS = ("_text", "_end", "x86_64_start_kernel", "init_mem_mapping", "idt_setup_early_pf", "early_top_pgt",
            "init_top_pgt", "early_dynamic_pgts", "next_early_pgt", "phys_base", "boot_params", "level3_kernel_pgt",
            "level2_kernel_pgt", "level2_fixmap_pgt", "level1_fixmap_pgt", "level4_kernel_pgt", "bm_pte", "__brk_base",
-           "__brk_limit", "do_early_exception")
-FEATURES = ("pdpe1gb", "nx", "pge", "pse", "la57", "smep", "smap", "pku", "pcid", "lm", "phys-bits", "vendor")
+           "__brk_limit", "do_early_exception",
+           # and everything `earlymm boot --kernel-symbols` lays the model's image out from
+           "startup_64", "secondary_startup_64", "early_idt_handler_array", "asm_exc_page_fault", "early_pmd_flags",
+           "early_recursion_flag", "__supported_pte_mask", "max_pfn_mapped", "idt_table", "boot_command_line",
+           "init_thread_union", "empty_zero_page", "__bss_start", "__bss_stop")
+FEATURES = ("pdpe1gb", "nx", "pge", "pse", "la57", "smep", "smap", "pku", "pcid", "lm", "phys-bits", "vendor",
+            "family", "model", "stepping", "hypervisor")
 # loglevel=8 lets the kernel's KERN_DEBUG e820 edits reach the console; memblock=debug logs every memblock
 # reservation and allocation with its caller (which is where page-table pages come from). Neither
 # changes what is mapped.

@@ -112,7 +112,13 @@ class Fixture:
 
     @property
     def e820(self) -> list[E820Entry]:
+        """The map the kernel ended up with (``user:`` after ``mem=``/``memmap=``, else ``BIOS-e820:``)."""
         return [E820Entry(int(a, 16), int(b, 16), k) for a, b, k in self.meta["machine"]["e820"]]
+
+    @property
+    def firmware_e820(self) -> list[E820Entry]:
+        """The map the boot loader handed over in the zero page (``BIOS-e820:``)."""
+        return [E820Entry(int(a, 16), int(b, 16), k) for a, b, k in self.meta["machine"]["e820_tables"]["BIOS-e820"]]
 
     def symbol(self, name: str) -> int:
         return int(self.meta["symbols"][name], 16)

@@ -28,25 +28,38 @@ class ModelError(Exception):
 
 
 def e820_text(fx: Fixture) -> str:
-    """The ``--e820`` file: ``START END TYPE`` per line, END exclusive, in the model's type names."""
-    lines = [f"# {fx.name}: the e820 map Linux printed ({fx.meta['kernel_release']})"]
-    lines += [f"{e.start:#x} {e.end:#x} {e.model_kind}" for e in fx.e820]
+    """The ``--e820`` file: ``START END TYPE`` per line, END exclusive, in the model's type names — the
+    firmware's map as the zero page held it; ``mem=``/``memmap=`` on the command line edit it in the model's
+    kernel as in the real one."""
+    lines = [f"# {fx.name}: the BIOS-e820 map Linux printed ({fx.meta['kernel_release']})"]
+    lines += [f"{e.start:#x} {e.end:#x} {e.model_kind}" for e in fx.firmware_e820]
     return "\n".join(lines) + "\n"
 
 
-def boot_args(fx: Fixture, e820_file: str | Path) -> list[str]:
-    """``earlymm boot`` arguments (without ``--until``/``--save-core``) for the fixture's machine."""
+def symbols_text(fx: Fixture) -> str:
+    """The ``--kernel-symbols`` file: the fixture's symbols in /proc/kallsyms form."""
+    return "".join(f"{int(a, 16):016x} t {n}\n" for n, a in sorted(fx.meta["symbols"].items()))
+
+
+def boot_args(fx: Fixture, e820_file: str | Path, symbols_file: str | Path) -> list[str]:
+    """``earlymm boot`` arguments (without ``--until``/``--save-core``) for the fixture's machine: its
+    firmware e820 map, the real build's symbol layout, the loader's placements, the CPU's identity."""
     m = fx.machine
     if m.get("la57"):
         raise ModelError(f"{fx.name}: a 5-level machine; the model's boot path is 4-level only")
     rd_at, rd_size = m["ramdisk"]
     args = ["boot", "--profile", PROFILE, "--e820", str(e820_file), "--kernel-at", m["load_address"],
-            "--image-size", m["image_size"], "--ramdisk", f"{rd_at}:{rd_size}",
+            "--kernel-symbols", str(symbols_file), "--ramdisk", f"{rd_at}:{rd_size}",
             "--cmdline", m["cmdline"], "--cmdline-at", m["cmd_line_ptr"]]
     if m.get("boot_params_at"):
         args += ["--boot-params-at", m["boot_params_at"]]
     args += [flag for flag, have in (("--no-gbpages", m["gbpages"]), ("--no-nx", m["nx"]), ("--no-pge", m["pge"]))
              if not have]
+    f = fx.meta["cpu_features"]
+    args += ["--cpu-vendor", {"GenuineIntel": "intel", "AuthenticAMD": "amd"}[f["vendor"]],
+             "--cpu-family", hex(f["family"]), "--cpu-model", hex(f["model"]), "--cpu-stepping", hex(f["stepping"])]
+    if f["hypervisor"]:
+        args.append("--hypervisor")
     return args
 
 
@@ -93,11 +106,12 @@ class ModelStop:
 def run_model(fx: Fixture, until: str, workdir: Path, *, timeout: float = 600) -> ModelStop:
     """Run the model to ``until`` on the fixture's machine and read back its core and report."""
     workdir.mkdir(parents=True, exist_ok=True)
-    e820 = workdir / f"{fx.name}.e820"
+    e820, syms = workdir / f"{fx.name}.e820", workdir / f"{fx.name}.kallsyms"
     e820.write_text(e820_text(fx))
+    syms.write_text(symbols_text(fx))
     core = workdir / f"{fx.name}.{until}.core"
-    cmd = [sys.executable, "-m", "earlymm", *boot_args(fx, e820), "--until", until, "--save-core", str(core), "--json",
-           "--trace"]
+    cmd = [sys.executable, "-m", "earlymm", *boot_args(fx, e820, syms), "--until", until, "--save-core", str(core),
+           "--json", "--trace"]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
