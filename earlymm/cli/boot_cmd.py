@@ -87,10 +87,14 @@ def read_e820(path: str) -> list[Region]:
     kinds: dict[str, RegionType] = {k.value: k for k in RegionType if k is not RegionType.ABSENT}
     try:
         lines = None if os.path.isdir(path) else _e820_lines(path)
-        found = read_alternative(path, lines)
+        other = read_alternative(path, lines)
     except E820InputError as e:
         raise UsageError(str(e)) from None
-    if found is None:
+    if other is not None:
+        found, notes = other
+        for note in notes:
+            sys.stderr.write(f"earlymm boot: note: {note}\n")
+    else:
         found = [(r, n) for n, ln in enumerate(lines or [], 1) if (r := _e820_line(path, n, ln, kinds)) is not None]
     if not found:
         raise UsageError(f"{path}: no ranges")

@@ -89,10 +89,12 @@ def _boot_side(phase_text: str, bargs: argparse.Namespace) -> PhaseState:
     assert phase is not None
     if bargs.kernel_at % (2 << 20):
         raise UsageError(f"--boot-args: --kernel-at {bargs.kernel_at:#x} is not 2 MiB aligned")
+    symbols = boot_cmd.read_kernel_symbols(bargs.kernel_symbols, bargs.image_size) if bargs.kernel_symbols else None
     kernel = KernelConfig(PROFILES[bargs.profile], Variant(bargs.variant), PoolAccess(bargs.pool_access), bargs.pool,
-                          force_nx=bargs.force_nx)
+                          force_nx=bargs.force_nx, symbols=symbols)
     try:
-        state = run_phase(boot_cmd.machine_config(bargs), kernel, phase, bargs.image_size)
+        state = run_phase(boot_cmd.machine_config(bargs), kernel, phase,
+                          bargs.image_size if bargs.image_size is not None else 24 << 20)
     except (ValueError, SetupError) as e:
         raise UsageError(str(e)) from None
     if state.crashed:

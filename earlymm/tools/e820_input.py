@@ -2,8 +2,10 @@
 
 * **dmesg** (or ``journalctl -k``, or a serial console log): the lines of ``e820__print_table()``
   (arch/x86/kernel/e820.c @ v6.1) — ``BIOS-e820: [mem 0x…-0x…] usable`` for the firmware's map and ``user:
-  [mem …] …`` when ``mem=``/``memmap=`` changed it, end inclusive. The ``user:`` table is the one memblock
-  is built from when there is one; a label printed twice keeps its last table. Kernels before 3.x printed
+  [mem …] …`` when ``mem=``/``memmap=`` changed it, end inclusive. ``--e820`` describes the machine, so the
+  firmware's table is taken (the boot model applies ``mem=``/``memmap=`` from ``--cmdline`` itself, as the
+  kernel does); a ``user:`` table is reported in a note. A label printed twice keeps its last table.
+  Kernels before 3.x printed
   ``BIOS-e820: 0000000000000000 - 000000000009fc00 (usable)`` (end exclusive), read too; newer ones print
   the firmware-map names below instead of ``usable``/``ACPI data``, read too.
 * **/sys/firmware/memmap**: one directory per entry with ``start``, ``end`` (inclusive) and ``type``
@@ -54,8 +56,8 @@ def _region(where: str, start: int, end: int, kind: str) -> Region:
     return Region(start, end, kind_of(kind))
 
 
-def from_dmesg(path: str, lines: list[str]) -> Found | None:
-    """The effective e820 table of a kernel log; None if no line of it is an e820 table line."""
+def from_dmesg(path: str, lines: list[str]) -> tuple[Found, list[str]] | None:
+    """The firmware's e820 table in a kernel log, and notes; None if no line of it is an e820 table line."""
     tables: dict[str, Found] = {}
     last = ""
     for n, line in enumerate(lines, 1):
@@ -70,9 +72,14 @@ def from_dmesg(path: str, lines: list[str]) -> Found | None:
             last = label
         start, end = int(m[2], 16), int(m[3], 16) + (0 if old else 1)
         tables[label].append((_region(f"{path}:{n}", start, end, m[4]), n))
-    for label in ("user", "BIOS-e820"):
-        if tables.get(label):
-            return tables[label]
+    notes = []
+    if tables.get("user"):
+        notes.append(f"{path}: the kernel also printed a user: map (mem=/memmap= on its command line changed the "
+                     "firmware's): the firmware's BIOS-e820 map is used; give the same --cmdline to apply them")
+    if tables.get("BIOS-e820"):
+        return tables["BIOS-e820"], notes
+    if tables.get("user"):
+        return tables["user"], [f"{path}: no BIOS-e820 map in the log: its user: map is used as the firmware's"]
     return None
 
 
@@ -137,12 +144,15 @@ def _entries(path: str, entries: dict[str, dict[str, tuple[str, int]]]) -> Found
     return out
 
 
-def read_alternative(path: str, lines: list[str] | None) -> Found | None:
-    """A directory, a kernel log or sysfs ``grep`` text as regions; None when ``lines`` are none of
-    these (the caller's own ``START END TYPE`` format)."""
+def read_alternative(path: str, lines: list[str] | None) -> tuple[Found, list[str]] | None:
+    """A directory, a kernel log or sysfs ``grep`` text as regions, with notes for the user; None when
+    ``lines`` are none of these (the caller's own ``START END TYPE`` format)."""
     if os.path.isdir(path):
-        return from_sysfs_dir(path)
+        return from_sysfs_dir(path), []
     if lines is None:
         return None
     found = from_dmesg(path, lines)
-    return found if found is not None else from_sysfs_lines(path, lines)
+    if found is not None:
+        return found
+    sysfs = from_sysfs_lines(path, lines)
+    return (sysfs, []) if sysfs is not None else None
