@@ -193,3 +193,17 @@ def test_bad_e820_inputs(content: str, needle: str, tmp_path: Path, capsys: pyte
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="without numbered entries"):
         read_e820(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("name", ["midboot-qemu64-2g-memmap", "midboot-max-4g-memmap", "midboot-qemu64-4g-mem1500m"])
+def test_a_kernel_log_and_its_command_line_reproduce_the_kernels_maps(name: str,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The guest's own log as --e820 and its command line as --cmdline: the model prints the firmware map and
+    the user: map (mem=/memmap=) exactly as the real kernel printed them."""
+    console = (FIXTURES / name / "console.log").read_text()
+    cmdline = next(ln.split("Command line: ", 1)[1] for ln in console.splitlines() if "Command line: " in ln)
+    r = cli(capsys, "boot", "--profile", "current", "--e820", str(FIXTURES / name / "console.log"), "--cmdline",
+            cmdline.strip(), "--json")
+    model = [ln for ln in json.loads(r.out)["console"] if ln.startswith(("BIOS-e820:", "user:"))]
+    guest = [m[0] for ln in console.splitlines() if (m := re.search(r"(BIOS-e820|user): \[mem .*$", ln))]
+    assert model == guest
