@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from earlymm.arch.modes import Features
-from earlymm.cli.common import EXIT_INCOMPLETE, EXIT_USAGE, Parser, UsageError, add_max_inflate, hexint
+from earlymm.cli.common import EXIT_INCOMPLETE, EXIT_USAGE, Parser, UsageError, add_max_inflate, hexint, size_text
 from earlymm.cli.image_opts import cpu_notes, pick
 from earlymm.cli.symbols_args import add_symbol_args, load_symbolizer
 from earlymm.images import ImageError, open_image
@@ -89,6 +89,9 @@ def _boot_side(phase_text: str, bargs: argparse.Namespace) -> PhaseState:
     assert phase is not None
     if bargs.kernel_at % (2 << 20):
         raise UsageError(f"--boot-args: --kernel-at {bargs.kernel_at:#x} is not 2 MiB aligned")
+    if bargs.mem is not None and not 4 << 20 <= bargs.mem <= boot_cmd.MAX_MEM_4LEVEL:  # as 'earlymm boot' checks
+        raise UsageError(f"--boot-args: --mem {size_text(bargs.mem)} is outside 4 MiB .. "
+                         f"{size_text(boot_cmd.MAX_MEM_4LEVEL)} (the boot model runs 4-level paging)")
     symbols = boot_cmd.read_kernel_symbols(bargs.kernel_symbols, bargs.image_size) if bargs.kernel_symbols else None
     kernel = KernelConfig(PROFILES[bargs.profile], Variant(bargs.variant), PoolAccess(bargs.pool_access), bargs.pool,
                           force_nx=bargs.force_nx, symbols=symbols)
@@ -124,6 +127,11 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     booting = [s for s in (args.a, args.b) if s.startswith(PREFIX)]
+    for operand in booting:  # both operands are checked before either side costs a boot or a read
+        try:
+            parse_phase(operand)
+        except ValueError as e:
+            raise UsageError(f"{operand}: {e}") from None
     if args.boot_args and not booting:
         raise UsageError(f"--boot-args applies to {PREFIX}PHASE operands, and neither A nor B is one")
     try:

@@ -104,6 +104,8 @@ def main(args: argparse.Namespace) -> int:
             spaces.append(open_space(source, regs, features, absent_zero=absent_zero))
         except SetupError as e:
             raise UsageError(str(e)) from None
+    s0 = spaces[0]  # symbols are read (and a bad file refused) before the dump's work
+    sym = load_symbolizer(args, Walker(s0.mem, s0.mode, s0.cr3, s0.cr4, s0.plan.nxe), "ptdump")
     try:
         if args.check_wx or args.check_user_kernel:
             out = render.run_audits(spaces, check_wx=args.check_wx, check_user_kernel=args.check_user_kernel)
@@ -112,8 +114,6 @@ def main(args: argparse.Namespace) -> int:
                               max_leaves=args.max_leaves)
     except render.RenderError as e:
         raise UsageError(str(e)) from None
-    s0 = spaces[0]
-    sym = load_symbolizer(args, Walker(s0.mem, s0.mode, s0.cr3, s0.cr4, s0.plan.nxe), "ptdump")
     audit = args.check_wx or args.check_user_kernel
     parts = out.parts if sym is None else annotate(out.parts, "audit" if audit else args.format, sym)
     for part in parts:
