@@ -119,5 +119,6 @@ def to_json(a: dict[str, Any], b: dict[str, Any], d: Diff, mode: PagingMode, sym
         return out | {"old_levels": list(t.old_levels), "new_levels": list(t.new_levels),
                       "entries": [{"index": i, "old": f"{o:#x}", "new": f"{n:#x}"} for i, o, n in t.entries]}
 
-    return {"a": a, "b": b, "identical": d.identical, "mappings": [change(c) for c in d.mappings],
+    return {"a": a, "b": b, **({"symbols": sym.describe()} if sym is not None else {}),
+            "identical": d.identical, "mappings": [change(c) for c in d.mappings],
             "tables": [table(t) for t in d.tables], "notes": notes(d)}
