@@ -2,8 +2,9 @@
 
 The search runs over the ptdump engine's table DAG (``engine.build``, the CPU's reading): each (table,
 level) is read and searched once, and what a table contributes is kept relative to its base, so a table
-used from many places (espfix: one PTE page behind 512 PMD entries behind 4 PUD entries, 65,536 VAs) costs
-one visit. Hits are *groups*: VAs whose walks read the same tables and the same entry values, differing only
+used from many places (espfix, arch/x86/kernel/espfix_64.c @ v6.1: ESPFIX_PUD_CLONES 4 PUD entries → one
+PMD page whose 512 entries → one PTE page whose ESPFIX_PTE_CLONES 32 entries → one stack page, 65,536 VAs)
+costs one visit. Hits are *groups*: VAs whose walks read the same tables and the same entry values, differing only
 in the indices — so they have the same rights and the same page. espfix's aliases are one group with a count
 of 65,536; a table that maps itself through every entry is a group of 512⁴ — counted, never enumerated.
 
