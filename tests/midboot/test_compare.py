@@ -132,13 +132,7 @@ def test_boot_args_describe_the_fixture_machine(path: Path) -> None:
 # Where the model and the real 6.1 kernel still differ, by (the paging mode the real kernel ran in, the
 # model's --until); an entry is removed when its divergence is fixed — strict, so a fix that makes a stop
 # match is noticed. The 4-level divergences of issue 9 are all fixed.
-KNOWN: dict[tuple[str, str], str] = {
-    ("5-level", "startup_64"):
-        "5-level __startup_64 takes its identity-map pages from early_dynamic_pgts in 6.1 head64.c's order — "
-        "pud = [0], pmd = [1], then p4d = [2] inside 'if (la57)' (head64.c:241-249) — so early_top_pgt[0]/[1] "
-        "→ early_dynamic_pgts[2], p4d[0]/[1] → [0], pud[0]/[1] → [1] (PMD page); the model "
-        "(earlymm/kernel/head_64.py _identity_map) hands out p4d = [0], pud = [1], pmd = [2]",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 REFUSED: dict[str, str] = {}
 
 
