@@ -103,9 +103,16 @@ def boot(machine: MachineConfig, kernel: KernelConfig, *, until: Phase | None = 
         ctx.pv = pv(ctx)
     obs = Observer()
     ctx.observer = obs
+    return run_path(ctx, native_x86_64(ctx, obs), obs, until, diagnose)
+
+
+def run_path(ctx: KernelContext, path: Iterator[Phase], obs: Observer, until: Phase | None,
+             explain: Callable[[KernelContext, SimulationError], str]) -> BootResult:
+    """Step a boot path's phases until ``until`` (or its end); whatever stops the machine becomes the
+    result's outcome and reason (``explain`` adds what the path can say about a simulation error)."""
     result = BootResult(BootOutcome.BOOTED, "reached the end of the modelled boot path", "", ctx, obs)
     try:
-        for phase in native_x86_64(ctx, obs):
+        for phase in path:
             result.completed.append(phase.value)
             if until is phase and phase is not Phase.END:
                 result.outcome, result.reason = BootOutcome.STOPPED, f"stopped after {phase.value} (--until)"
@@ -113,7 +120,7 @@ def boot(machine: MachineConfig, kernel: KernelConfig, *, until: Phase | None = 
     except Halt as e:
         result.outcome, result.reason = BootOutcome(e.outcome), e.reason
     except SimulationError as e:
-        result.outcome, result.reason = BootOutcome(e.outcome), e.reason + diagnose(ctx)
+        result.outcome, result.reason = BootOutcome(e.outcome), e.reason + explain(ctx, e)
     except CpuException as e:
         result.outcome, result.reason = BootOutcome.FAULT, f"unhandled {describe(e.fault)}"
     result.phase = ctx.phase.value if ctx.phase is not None else ""
@@ -146,7 +153,7 @@ def native_x86_64(ctx: KernelContext, obs: Observer) -> Iterator[Phase]:
     yield Phase.END
 
 
-def diagnose(ctx: KernelContext) -> str:
+def diagnose(ctx: KernelContext, _error: SimulationError | None = None) -> str:
     """Why the machine stopped, in words: for a pool that cannot hold one mapping, what the handler kept
     doing; for a #PF, where the CPU's walk goes wrong — and, only when the early handler ran, whether
     it edited a table the CPU does not read (the RFC's missing phys_base); before any IDT, that nothing

@@ -104,6 +104,7 @@ class KernelContext:
     # x86_init.resources.memory_setup: fills the e820 table and names who ("BIOS-e820", "Xen"); None: the
     # default, from boot_params
     memory_setup: Any = None
+    pagetable_init: Any = None  # x86_init.paging.pagetable_init where the path models it (Xen PV)
     pgt: PgtableGeometry = field(init=False)
     pv: PvOps = field(init=False)
     page_offset: int = field(init=False)  # page_offset_base: __PAGE_OFFSET of the paging mode the kernel runs in

@@ -111,6 +111,8 @@ def _xen_symbols(profile: Profile, s: dict[str, int]) -> None:
     for i, name in enumerate(XEN_TABLES):
         s[name] = base + i * PAGE_SIZE
     s["startup_xen"], s["hypercall_page"] = text + 0x3000, text + 0x4000
+    for i, name in enumerate(("debug", "int3", "xen_debug", "xen_int3")):
+        s[name] = text + 0x2200 + 0x40 * i
     v = s["kernel_vars"]
     for i, name in enumerate(("xen_start_info", "xen_cr3", "xen_current_cr3", "max_pfn")):
         s[name] = v + 0x40 + 8 * i

@@ -9,10 +9,12 @@ class Phase(str, enum.Enum):
     """Where a boot path can stop (``--until``); each native x86-64 phase is a kernel function."""
 
     DECOMPRESSOR = "decompressor"
+    XEN_START_KERNEL = "xen_start_kernel"  # Xen PV: its first instruction, on the domain builder's tables
     STARTUP_64 = "startup_64"
     X86_64_START_KERNEL = "x86_64_start_kernel"
     SETUP_ARCH = "setup_arch"
     INIT_MEM_MAPPING = "init_mem_mapping"
+    PAGETABLE_INIT = "pagetable_init"  # x86_init.paging.pagetable_init, where the path models it (Xen PV)
     END = "end"
 
     @classmethod
@@ -36,6 +38,7 @@ class BootOutcome(str, enum.Enum):
     LIVELOCK = "livelock"
     FAULT = "fault"
     LOST_CONTROL = "lost_control"
+    DOMAIN_CRASH = "domain_crash"  # the hypervisor crashed the guest
 
     @property
     def crashed(self) -> bool:

@@ -224,3 +224,9 @@ def setup_arch(ctx: KernelContext) -> Iterator[Phase]:
     ctx.enter_phase(Phase.END)
     early_trap_pf_init(ctx)
     reserve_initrd(ctx, st)
+    if ctx.pagetable_init is not None:  # x86_init.paging.pagetable_init (native paging_init is not modelled)
+        st.memblock.current_limit = st.max_pfn_mapped << PAGE_SHIFT  # memblock_set_current_limit(get_max_mapped())
+        ctx.enter_phase(Phase.PAGETABLE_INIT)
+        ctx.pagetable_init(ctx, st)
+        yield Phase.PAGETABLE_INIT
+        ctx.enter_phase(Phase.END)
