@@ -70,6 +70,9 @@ class XenMmuOps:
         (xm.xen_set_pgd if self.full else xm.xen_set_entry_hyper)(self.ctx, ptr, val)
 
     def set_entries(self, op: SetOp, ptr: VirtAddr, vals: np.ndarray) -> None:
+        if op is SetOp.PTE and (ptr & 0xFFF) + 8 * len(vals) <= 0x1000:
+            xm.xen_set_ptes(self.ctx, ptr, vals, init=not self.full)
+            return
         setter = {SetOp.PTE: self.set_pte, SetOp.PMD: self.set_pmd, SetOp.PUD: self.set_pud,
                   SetOp.P4D: self.set_p4d, SetOp.PGD: self.set_pgd}[op]
         for i, v in enumerate(vals.tolist()):

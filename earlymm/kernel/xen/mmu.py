@@ -9,6 +9,8 @@ Entry stores go through hypercalls or, for pages Xen does not yet treat as page 
 
 from __future__ import annotations
 
+import numpy as np
+
 from earlymm.kernel.consts import _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, PAGE_SHIFT, PAGE_SIZE
 from earlymm.kernel.context import KernelContext
 from earlymm.kernel.xen.hypercall import (
@@ -16,11 +18,12 @@ from earlymm.kernel.xen.hypercall import (
     HYPERVISOR_mmu_update,
     HYPERVISOR_mmuext_op,
     HYPERVISOR_update_va_mapping,
+    hv,
     xen_mc_batch,
     xen_mc_entry,
     xen_mc_issue,
 )
-from earlymm.kernel.xen.p2m import INVALID_P2M_ENTRY, PTE_PFN_MASK, pfn_to_mfn, pte_mfn_to_pfn
+from earlymm.kernel.xen.p2m import INVALID_P2M_ENTRY, PTE_PFN_MASK, pfn_to_mfn, pfns_to_mfns, pte_mfn_to_pfn
 from earlymm.platform.xen.consts import MMU_NORMAL_PT_UPDATE, MmuExt
 
 USER_LIMIT_PGD = 256  # pgd_index(USER_LIMIT): STACK_TOP_MAX rounded up to a PGD boundary
@@ -128,6 +131,26 @@ def mask_rw_pte(ctx: KernelContext, ptep: int, pte: int) -> int:
 def __xen_set_pte(ctx: KernelContext, ptep: int, pte: int) -> None:
     """Not in lazy MMU mode: one ``mmu_update`` straight away; v3.9 does not look at the result."""
     HYPERVISOR_mmu_update(ctx, [(virt_to_machine(ctx, ptep) | MMU_NORMAL_PT_UPDATE, pte)])
+
+
+def xen_set_ptes(ctx: KernelContext, ptep: int, ptes: np.ndarray, *, init: bool) -> None:
+    """A loop of ``xen_set_pte_init`` (``init``) or ``xen_set_pte`` over consecutive PTEs of one page: the
+    same ``mask_rw_pte`` decisions and one ``mmu_update`` each. ``pte_pfn`` is decided on the mfn side:
+    a PTE's pfn lies in the page-table buffer exactly when its mfn is one of the buffer pfns' mfns (the
+    domain's p2m and the m2p agree on its own frames)."""
+    ptes = ptes.astype(np.uint64)
+    st = ctx.mm
+    bm = ctx.sym("bm_pte")
+    if init and st is not None:
+        if bm <= ptep < bm + PAGE_SIZE:
+            ptes = np.array([mask_rw_pte(ctx, ptep + 8 * i, int(v)) for i, v in enumerate(ptes.tolist())],
+                            dtype=np.uint64)
+        elif st.pgt_buf_top > st.pgt_buf_start:
+            buf = pfns_to_mfns(ctx, np.arange(st.pgt_buf_start, st.pgt_buf_top, dtype=np.uint64))
+            mfns = (ptes & np.uint64(PTE_PFN_MASK)) >> np.uint64(PAGE_SHIFT)
+            hit = np.isin(mfns, buf) & ((ptes & np.uint64(_PAGE_PRESENT)) != 0)
+            ptes = np.where(hit, ptes & ~np.uint64(_PAGE_RW), ptes)
+    hv(ctx).mmu_update_each(virt_to_machine(ctx, ptep) | MMU_NORMAL_PT_UPDATE, ptes)
 
 
 def xen_set_pte_init(ctx: KernelContext, ptep: int, pte: int) -> None:

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
+import numpy as np
+
 from earlymm.hw.cpu import Cpu
 from earlymm.hw.delivery import CpuPort, ExceptionFrame
 from earlymm.hw.events import FaultDelivered, Iret, ListTrace
@@ -95,38 +97,54 @@ class Xen:
     # -- hypercalls ---------------------------------------------------------------------------------------
     def mmu_update(self, reqs: Sequence[tuple[int, int]], dom: int = DOMID_SELF) -> tuple[int, int]:
         """``HYPERVISOR_mmu_update``: (rc, number of requests done). ``ptr`` is a machine address | command."""
-        d, done, rc = self.domid, 0, 0
+        done, rc = 0, 0
         for ptr, val in reqs:
-            cmd, mfn, at = ptr & 3, ptr >> 12, ptr & ~3
-            if cmd == MMU_MACHPHYS_UPDATE:
-                if not self.types._owned(mfn, d):
-                    rc = EINVAL
-                    break
-                self.frames.set_gpfn_from_mfn(mfn, val)  # type: ignore[arg-type]
-            elif cmd in (MMU_NORMAL_PT_UPDATE, MMU_PT_UPDATE_PRESERVE_AD):
-                if not self.types._owned(mfn, d):
-                    self.printk(f"d{d} Could not get page for normal update (mfn {mfn:x})")
-                    rc = EINVAL
-                    break
-                level = self.types.level(mfn)
-                if level:
-                    err = self.types.mod_entry(mfn, (at & 0xFFF) >> 3, val, level, d)  # type: ignore[arg-type]
-                elif self.types.get_page_type(mfn, PGT_WRITABLE, d) is None:
-                    self.mem.write_u64(at, val)
-                    self.types.put_page_type(mfn, d)
-                    err = None
-                else:
-                    err = "type"
-                if err:
-                    rc = EINVAL
-                    break
-            else:
-                rc = EINVAL
+            rc = self._mmu_update_one(ptr, val)
+            if rc:
                 break
             done += 1
         self._trace("mmu_update", f"{done}/{len(reqs)} update(s) at {reqs[0][0] & ~0xFFF:#x}" if reqs else "0",
                     1, rc)
         return rc, done
+
+    def mmu_update_each(self, base: int, vals: np.ndarray) -> int:
+        """``len(vals)`` separate one-entry ``mmu_update`` calls on consecutive entries from machine address
+        ``base`` (a guest loop of ``set_pte``); returns how many failed. A run into a page that is not a
+        page table is one type check and one store, as the separate calls would each find the same."""
+        d, mfn = self.domid, base >> 12
+        n = len(vals)
+        if (base & 0xFFF) + 8 * n <= 0x1000 and self.types._owned(mfn, d) and not self.types.level(mfn) \
+                and self.types.get_page_type(mfn, PGT_WRITABLE, d) is None:
+            self.mem.write(base, vals.astype("<u8").tobytes())
+            self.types.put_page_type(mfn, d)
+            failed = 0
+        else:
+            failed = sum(1 for i, v in enumerate(vals.tolist()) if self._mmu_update_one(base + 8 * i, int(v)))
+        self._trace("mmu_update", f"{n} single update(s) from {base:#x}" + (f", {failed} refused" if failed else ""),
+                    n, EINVAL if failed else 0)
+        return failed
+
+    def _mmu_update_one(self, ptr: int, val: int) -> int:
+        d = self.domid
+        cmd, mfn, at = ptr & 3, ptr >> 12, ptr & ~3
+        if cmd == MMU_MACHPHYS_UPDATE:
+            if not self.types._owned(mfn, d):
+                return EINVAL
+            self.frames.set_gpfn_from_mfn(mfn, val)  # type: ignore[arg-type]
+            return 0
+        if cmd not in (MMU_NORMAL_PT_UPDATE, MMU_PT_UPDATE_PRESERVE_AD):
+            return EINVAL
+        if not self.types._owned(mfn, d):
+            self.printk(f"d{d} Could not get page for normal update (mfn {mfn:x})")
+            return EINVAL
+        level = self.types.level(mfn)
+        if level:
+            return EINVAL if self.types.mod_entry(mfn, (at & 0xFFF) >> 3, val, level, d) else 0  # type: ignore[arg-type]
+        if self.types.get_page_type(mfn, PGT_WRITABLE, d) is not None:
+            return EINVAL
+        self.mem.write_u64(at, val)
+        self.types.put_page_type(mfn, d)
+        return 0
 
     def mmuext_op(self, ops: Sequence[tuple[MmuExt, int]]) -> int:
         """``HYPERVISOR_mmuext_op``: each op is (command, mfn or linear address)."""
