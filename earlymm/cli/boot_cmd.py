@@ -11,11 +11,13 @@ from itertools import pairwise
 from earlymm.arch.addr import parse_int
 from earlymm.arch.cpuid import CpuIdentity, Vendor
 from earlymm.arch.modes import Features
+from earlymm.cli.boot_xen_args import add_xen_options, check_combination, domain_config
 from earlymm.cli.common import EXIT_CRASH, EXIT_OK, Parser, UsageError, hexint, parse_size, size_arg, size_text
 from earlymm.hw.memory import Region, RegionMap, RegionType
 from earlymm.images import ImageError, WriteError
 from earlymm.images.safe_write import SYMLINK_POLICY, check_target
-from earlymm.kernel.boot import boot
+from earlymm.kernel.boot import BootResult, boot
+from earlymm.kernel.boot_xen import boot_xen
 from earlymm.kernel.consts import PROFILES
 from earlymm.kernel.context import KernelConfig, PoolAccess, Variant
 from earlymm.kernel.phases import Phase
@@ -95,6 +97,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--progress", action="store_true",
                    help="report progress on stderr even when it is not a terminal (a terminal gets it anyway)")
     p.add_argument("--json", action="store_true")
+    add_xen_options(p)
     p.set_defaults(func=main)
 
 
@@ -229,6 +232,7 @@ def read_kernel_symbols(path: str, image_size: int | None) -> dict[str, int]:
 
 
 def main(args: argparse.Namespace) -> int:
+    check_combination(args)
     until = None
     if args.until:
         try:
@@ -240,6 +244,8 @@ def main(args: argparse.Namespace) -> int:
                          "bad_address; the simulated loader refuses it)")
     if args.mem is not None and args.mem < 4 << 20:
         raise UsageError(f"--mem: {args.mem} bytes is smaller than the kernel")
+    if args.pv == "xen":
+        return report(args, run_xen(args, until))
     five = args.paging == 5 or args.loader_paging == 5 or args.decompressor is not None
     if args.profile is None:
         args.profile = "current" if five else "v3.9"
@@ -274,6 +280,29 @@ def main(args: argparse.Namespace) -> int:
     finally:
         if progress:
             progress.close()
+    return report(args, result)
+
+
+def run_xen(args: argparse.Namespace, until: Phase | None) -> BootResult:
+    """The Xen PV boot (``--pv xen``): the domain's options, the v3.9 kernel, the chosen write_cr3."""
+    if args.save_core is not None:
+        try:
+            check_target(args.save_core, "core")
+        except WriteError as e:
+            raise UsageError(str(e)) from None
+    feats = Features(nx=not args.no_nx, gbpages=not args.no_gbpages, pge=not args.no_pge, la57=False, pks=False)
+    dom = domain_config(args, feats, cpu_identity(args))
+    kernel = KernelConfig(PROFILES["v3.9"])
+    try:
+        return boot_xen(dom, kernel, write_cr3_late=args.xen_write_cr3 == "late", until=until, trace=True,
+                        image_size=args.image_size if args.image_size is not None else 24 << 20,
+                        bug=args.xen_guest_bug or "")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def report(args: argparse.Namespace, result: BootResult) -> int:
+    """Save the core if asked, then print the story (text or JSON); exit 1 for a crash."""
     if args.save_core is not None:
         try:
             save_core(result, args.save_core)

@@ -50,9 +50,9 @@ def xen_pagetable_init(ctx: KernelContext, st: MmState) -> None:
     xen_post_allocator_init(ctx)
 
 
-def xen_pv_x86_64(ctx: KernelContext, obs: Observer, write_cr3_late: bool) -> Iterator[Phase]:
+def xen_pv_x86_64(ctx: KernelContext, obs: Observer, write_cr3_late: bool, bug: str = "") -> Iterator[Phase]:
     ctx.enter_phase(Phase.XEN_START_KERNEL)
-    startup_xen(ctx, write_cr3_late)
+    startup_xen(ctx, write_cr3_late, bug)
     obs.checks.extend(invariants_xen.at_entry(ctx))
     yield Phase.XEN_START_KERNEL  # its first instruction: the builder's tables
     xen_start_kernel(ctx)
@@ -76,11 +76,12 @@ def explain_xen(ctx: KernelContext, error: SimulationError) -> str:
 
 
 def boot_xen(dom: DomainConfig, kernel: KernelConfig, *, write_cr3_late: bool = False, until: Phase | None = None,
-             trace: bool = False, image_size: int = 24 << 20,
+             trace: bool = False, image_size: int = 24 << 20, bug: str = "",
              listeners: Sequence[Callable[[Event], None]] = ()) -> BootResult:
-    """Boot the Xen PV path; ``write_cr3_late`` is the kernel before seed 004's fix."""
+    """Boot the Xen PV path; ``write_cr3_late`` is the kernel before seed 004's fix; ``bug`` one of
+    ``GUEST_BUGS`` (a guest mistake Xen's validation catches)."""
     ctx = make_context_xen(dom, kernel, trace=trace, image_size=image_size)
     ctx.trace.listeners.extend(listeners)
     obs = Observer()
     ctx.observer = obs
-    return run_path(ctx, xen_pv_x86_64(ctx, obs, write_cr3_late), obs, until, explain_xen)
+    return run_path(ctx, xen_pv_x86_64(ctx, obs, write_cr3_late, bug), obs, until, explain_xen)

@@ -26,6 +26,7 @@ from earlymm.kernel.events import (
     RunEnded,
 )
 from earlymm.kernel.invariants import table_pages_by_level
+from earlymm.platform.xen.events import Hypercall, PtwrEmulated, TablePinned, TableValidated, XenConsole
 
 
 def stats(r: BootResult) -> dict[str, Any]:
@@ -45,6 +46,9 @@ def stats(r: BootResult) -> dict[str, Any]:
                 "flushes": ctx.cpu.mmu.tlb.stats.flushes},
         "memory_pages_touched": len(ctx.platform.mem.frames),
     }
+    xen = getattr(ctx.platform, "xen", None)
+    if xen is not None:
+        out["xen"] = xen_stats(r)
     if ctx.mm is not None and "init_mem_mapping" in r.completed:
         mm = ctx.mm
         out["final_table_pages"] = table_pages_by_level(ctx)
@@ -54,10 +58,35 @@ def stats(r: BootResult) -> dict[str, Any]:
     return out
 
 
+def xen_stats(r: BootResult) -> dict[str, Any]:
+    """Counted from the event stream: hypercalls by name (a run of single calls counts each), tables
+    validated by level, pins, emulated page-table stores; and the hypervisor's console."""
+    calls: dict[str, int] = {}
+    validated: dict[str, int] = {}
+    pins = unpins = ptwr = 0
+    for e in r.ctx.trace.events:
+        if isinstance(e, Hypercall):
+            calls[e.name] = calls.get(e.name, 0) + e.calls
+        elif isinstance(e, TableValidated):
+            validated[f"L{e.level}"] = validated.get(f"L{e.level}", 0) + 1
+        elif isinstance(e, TablePinned):
+            pins, unpins = pins + e.pinned, unpins + (not e.pinned)
+        elif isinstance(e, PtwrEmulated):
+            ptwr += 1
+    xen = r.ctx.platform.xen  # type: ignore[attr-defined]
+    return {"hypercalls": calls, "tables_validated": validated, "pins": pins, "unpins": unpins,
+            "ptwr_emulations": ptwr, "console": list(xen.console), "domid": xen.ident.domid,
+            "version": xen.ident.version}
+
+
 def kernel_var(r: BootResult, name: str, size: int = 8) -> int:
     """A kernel variable read physically where the loader put the image (no MMU, so never a fault)."""
     lay = r.ctx.layout
-    return r.ctx.platform.mem.read_int(r.ctx.platform.entry.kernel_at + lay[name] - lay.text, size)
+    pa = r.ctx.platform.entry.kernel_at + lay[name] - lay.text
+    p2m = getattr(r.ctx.platform, "p2m", None)
+    if p2m is not None:  # a Xen PV domain: the image's pseudo-physical page lives in the p2m's machine frame
+        pa = (int(p2m[pa >> 12]) << 12) | (pa & 0xFFF)
+    return r.ctx.platform.mem.read_int(pa, size)
 
 
 def machine_state(r: BootResult) -> dict[str, Any]:
@@ -124,6 +153,22 @@ def describe(e: Event) -> str | None:
         return f"   CPU now in {e.mode} mode"
     if isinstance(e, TlbFlush):
         return None
+    return describe_xen(e)
+
+
+def describe_xen(e: Event) -> str | None:
+    """The hypervisor's side of a Xen PV boot: its console, hypercalls, validations, pins, emulations."""
+    if isinstance(e, XenConsole):
+        return f"   {e.text}"
+    if isinstance(e, Hypercall):
+        many = f" ×{e.calls}" if e.calls > 1 else ""
+        return f"   hypercall {e.name}{many}: {e.detail}" + (f" → rc {e.rc}" if e.rc else "")
+    if isinstance(e, TableValidated):
+        return f"     Xen validated mfn {e.mfn:#x} (pfn {e.pfn:#x}) as an L{e.level} table ({e.entries} entries)"
+    if isinstance(e, TablePinned):
+        return f"     Xen {'pinned' if e.pinned else 'unpinned'} the L{e.level} table mfn {e.mfn:#x} (pfn {e.pfn:#x})"
+    if isinstance(e, PtwrEmulated):
+        return f"     Xen emulated the store {e.va:#x} ← {e.value:#x} into L1 mfn {e.mfn:#x}[{e.index}]"
     return None
 
 
@@ -138,16 +183,17 @@ def timeline(r: BootResult, *, limit: int = 40) -> list[str]:
             continue
         if isinstance(e, PhaseEntered):
             if skipped:
-                lines.append(f"     … {skipped} more fault/pool/table events")
+                lines.append(f"     … {skipped} more fault/pool/table/hypercall events")
             shown = skipped = 0
-        elif isinstance(e, FaultRaised | PoolAlloc | EarlyMapping | HandlerOutcome | LowPageAlloc | PoolReset):
+        elif isinstance(e, FaultRaised | PoolAlloc | EarlyMapping | HandlerOutcome | LowPageAlloc | PoolReset
+                        | Hypercall | TableValidated | TablePinned | PtwrEmulated):
             shown += 1
             if shown > limit:
                 skipped += 1
                 continue
         lines.append(text)
     if skipped:
-        lines.append(f"     … {skipped} more fault/pool/table events")
+        lines.append(f"     … {skipped} more fault/pool/table/hypercall events")
     return fold_repeats(lines)
 
 
@@ -185,9 +231,16 @@ def render_text(r: BootResult, *, trace: bool) -> str:
     entry = ctx.platform.entry
     ram = sum(x.end - x.start for x in ctx.platform.ram())
     version = ctx.profile.source_ref.split(" (")[0]
-    out = [f"earlymm boot: Linux {ctx.profile.name} ({version}) x86-64 ({ctx.config.variant.value} early #PF handler, "
-           f"pool {ctx.config.pool_pages}), {ram >> 20} MiB RAM, kernel at {entry.kernel_at:#x}, "
-           f"ramdisk at {entry.ramdisk_at:#x}+{entry.ramdisk_size:#x}", ""]
+    xen = getattr(ctx.platform, "xen", None)
+    if xen is not None:
+        out = [f"earlymm boot: Linux {ctx.profile.name} ({version}) x86-64 as a Xen PV domU (domain "
+               f"{xen.ident.domid} on Xen {xen.ident.version}; write_cr3 starts as "
+               f"{'xen_write_cr3, before the fix' if ctx.xen and ctx.xen.write_cr3_late else 'xen_write_cr3_init'}), "
+               f"{ram >> 20} MiB, kernel at pfn {entry.kernel_at >> 12:#x}, machine frames shuffled", ""]
+    else:
+        out = [f"earlymm boot: Linux {ctx.profile.name} ({version}) x86-64 ({ctx.config.variant.value} early #PF "
+               f"handler, pool {ctx.config.pool_pages}), {ram >> 20} MiB RAM, kernel at {entry.kernel_at:#x}, "
+               f"ramdisk at {entry.ramdisk_at:#x}+{entry.ramdisk_size:#x}", ""]
     if trace:
         out += [f"{i:6d} {e.kind}: " + ", ".join(f"{k}={v}" for k, v in e.to_json().items() if k != "event")
                 for i, e in enumerate(ctx.trace.events)]
@@ -196,17 +249,25 @@ def render_text(r: BootResult, *, trace: bool) -> str:
     if r.console:
         out += ["", "console:"] + ["  " + line for line in r.console.splitlines()]
     s = stats(r)
-    out += ["", f"outcome: {r.outcome.value} in {r.phase} — {r.reason}", "",
-            f"page faults {s['page_faults']}, early mappings {s['early_mappings']}, declined {s['early_declined']}, "
-            f"pool allocations {s['pool_allocations']}, pool resets {s['pool_resets']}, "
-            f"pool high-water {s['pool_high_water']}/{s['pool_size']}"]
+    out += ["", f"outcome: {r.outcome.value} in {r.phase} — {r.reason}", ""]
+    if "xen" in s:
+        x = s["xen"]
+        if x["console"]:
+            out += ["Xen console:"] + ["  " + line for line in x["console"]] + [""]
+        out.append("hypercalls: " + ", ".join(f"{k} {v}" for k, v in sorted(x["hypercalls"].items()))
+                   + f"; tables validated {', '.join(f'{k} {v}' for k, v in sorted(x['tables_validated'].items()))}"
+                   + f"; pins {x['pins']}, unpins {x['unpins']}, emulated page-table stores {x['ptwr_emulations']}")
+    else:
+        out.append(f"page faults {s['page_faults']}, early mappings {s['early_mappings']}, declined "
+                   f"{s['early_declined']}, pool allocations {s['pool_allocations']}, pool resets {s['pool_resets']}, "
+                   f"pool high-water {s['pool_high_water']}/{s['pool_size']}")
     if "final_table_pages" in s:
         t, d = s["final_table_pages"], s["direct_map_leaves"]
         out.append("final page tables: " + ", ".join(f"{k} {v}" for k, v in t.items()) + " pages; "
                    f"direct map leaves 4K {d['4K']}, 2M {d['2M']}, 1G {d['1G']}; "
                    f"table pages from brk {s['low_pages']['brk']}, memblock {s['low_pages']['memblock']}")
     out.append("")
-    out.append("invariants (spec §3.11):")
+    out.append("invariants (spec §5):" if xen is not None else "invariants (spec §3.11):")
     for c in r.observer.final():
         out.append(f"  [{'pass' if c.ok else 'FAIL'}] {c.name}" + (f" — {c.detail}" if c.detail and not c.ok else ""))
     return "\n".join(out)

@@ -65,6 +65,10 @@ CONFIGS: dict[str, list[str]] = {
     "cur-l5-v414-above4g": ["--paging", "5", "--decompressor", "v4.14", "--mem", "8G", "--kernel-at", "0x140000000"],
     "cur-l5-no5lvl": ["--paging", "5", "--loader-paging", "5", "--cmdline", "root=/dev/sda1 no5lvl"],
     "cur-l5-80T-pool3": ["--paging", "5", "--mem", "80T", "--pool", "3"],
+    # recorded when the Xen PV path arrived (issue 11)
+    "xen-v39-256M": ["--pv", "xen", "--mem", "256M"],
+    "xen-v39-late": ["--pv", "xen", "--mem", "256M", "--xen-write-cr3", "late"],
+    "xen-v39-writable-pagetable": ["--pv", "xen", "--mem", "128M", "--xen-guest-bug", "writable-pagetable"],
 }
 
 

@@ -37,13 +37,22 @@ ISA_START_ADDRESS = 0xA0000
 GATE_INTERRUPT_SYSTEM = 0xEE  # set_system_intr_gate: DPL 3
 
 
-def startup_xen(ctx: KernelContext, write_cr3_late: bool) -> None:
+GUEST_BUGS = {
+    "writable-pagetable": "xen_setup_kernel_pagetable leaves level2_kernel_pgt writable (set_page_prot with "
+                          "PAGE_KERNEL instead of PAGE_KERNEL_RO): Xen refuses the pin",
+    "native-cpuid": "the kernel executes a raw CPUID, not xen_cpuid: it sees PSE and asks Xen for 2 MiB pages",
+}
+
+
+def startup_xen(ctx: KernelContext, write_cr3_late: bool, bug: str = "") -> None:
     """xen-head.S: the stack in ``init_thread_union``, ``%rsi`` saved in ``xen_start_info``."""
     lay = ctx.layout
     ctx.cpu.regs.rsp = lay["init_thread_union"] + THREAD_SIZE
     si = ctx.platform.entry.boot_data
     ctx.wr(lay["xen_start_info"], si)
-    ctx.xen = XenGuest(si, write_cr3_late=write_cr3_late)
+    ctx.xen = XenGuest(si, write_cr3_late=write_cr3_late, bug=bug)
+    if bug == "native-cpuid":
+        ctx.cpu.cpuid_filter = None  # the guest bypasses xen_cpuid (on a CPU without CPUID faulting)
 
 
 def xen_memory_setup(ctx: KernelContext, table: e820mod.E820Table) -> str:

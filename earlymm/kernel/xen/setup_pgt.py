@@ -10,7 +10,15 @@ it to keep the p2m list and ``start_info`` mapped, as its comment says).
 
 from __future__ import annotations
 
-from earlymm.kernel.consts import __PAGE_KERNEL_EXEC, _PAGE_TABLE, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, START_KERNEL_MAP
+from earlymm.kernel.consts import (
+    __PAGE_KERNEL,
+    __PAGE_KERNEL_EXEC,
+    _PAGE_TABLE,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PMD_SIZE,
+    START_KERNEL_MAP,
+)
 from earlymm.kernel.context import KernelContext
 from earlymm.kernel.events import Note
 from earlymm.kernel.xen.hypercall import guest, xen_mc_batch, xen_mc_issue
@@ -92,7 +100,8 @@ def xen_setup_kernel_pagetable(ctx: KernelContext, pgd: int, max_pfn: int) -> No
     xen_map_identity_early(ctx, lay["level2_ident_pgt"], max_pfn)  # 5
     for name in ("init_top_pgt", "level3_ident_pgt", "level3_kernel_pgt", "level3_user_vsyscall",
                  "level2_kernel_pgt", "level2_fixmap_pgt"):  # 6
-        set_page_prot(ctx, lay[name], __PAGE_KERNEL_RO)
+        bad = name == "level2_kernel_pgt" and guest(ctx).bug == "writable-pagetable"
+        set_page_prot(ctx, lay[name], __PAGE_KERNEL if bad else __PAGE_KERNEL_RO)
     pin_pagetable_pfn(ctx, MmuExt.PIN_L4_TABLE, ctx.pa(l4) >> PAGE_SHIFT)  # 7
     pin_pagetable_pfn(ctx, MmuExt.UNPIN_TABLE, ctx.pa(pgd) >> PAGE_SHIFT)
     xen_mc_batch(ctx)  # 8: "there can be no user pgd, and no page structure to attach it to"

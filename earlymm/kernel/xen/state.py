@@ -11,6 +11,7 @@ from typing import Any
 class XenGuest:
     start_info: int  # virtual address of start_info (xen_start_info)
     write_cr3_late: bool = False  # the kernel before seed 004's fix: pv write_cr3 = xen_write_cr3 from the start
+    bug: str = ""  # a deliberate guest bug of the class Xen catches ("writable-pagetable", "native-cpuid")
     mfn_list: int = 0  # virtual address of the builder's p2m list (the p2m tree's leaves)
     nr_pages: int = 0  # xen_start_info->nr_pages = xen_max_p2m_pfn
     machine_to_phys_nr: int = 0  # entries of the m2p (XENMEM_machphys_mapping)
