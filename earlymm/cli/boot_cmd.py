@@ -246,27 +246,14 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--mem: {args.mem} bytes is smaller than the kernel")
     if args.pv == "xen":
         return report(args, run_xen(args, until))
-    five = args.paging == 5 or args.loader_paging == 5 or args.decompressor is not None
-    if args.profile is None:
-        args.profile = "current" if five else "v3.9"
-    if five and args.profile != "current":
-        raise UsageError("5-level paging and the decompressor stage need --profile current (v3.9 is 4-level only)")
-    if args.mem is not None and args.mem > MAX_MEM_5LEVEL:
-        raise UsageError(f"--mem {size_text(args.mem)}: even 5-level paging maps at most {size_text(MAX_MEM_5LEVEL)} "
-                         "of RAM (MAXMEM = 2^52)")
-    if args.mem is not None and args.mem > MAX_MEM_4LEVEL and not five:
-        raise UsageError(f"--mem {size_text(args.mem)}: 4-level paging maps at most {size_text(MAX_MEM_4LEVEL)} of "
-                         "RAM (MAXMEM = 2^46, MAX_PHYSMEM_BITS 46), and the boot model runs 4-level paging")
+    five = resolve_profile(args)
     if args.save_core is not None:
         try:
             check_target(args.save_core, "core")  # before the boot: a bad path should not cost a run
         except WriteError as e:
             raise UsageError(str(e)) from None
     machine = machine_config(args)
-    symbols = read_kernel_symbols(args.kernel_symbols, args.image_size) if args.kernel_symbols else None
-    kernel = KernelConfig(PROFILES[args.profile], Variant(args.variant), PoolAccess(args.pool_access), args.pool,
-                          force_nx=args.force_nx, symbols=symbols,
-                          decompressor=args.decompressor or ("merged" if five else None))
+    kernel = kernel_config(args, five)
     progress = None
     if args.progress or sys.stderr.isatty():
         ram = sum(r.end - r.start for r in machine.ram())
@@ -281,6 +268,30 @@ def main(args: argparse.Namespace) -> int:
         if progress:
             progress.close()
     return report(args, result)
+
+
+def resolve_profile(args: argparse.Namespace) -> bool:
+    """Default and check ``--profile`` against the paging options; True when the boot is 5-level capable."""
+    five: bool = args.paging == 5 or args.loader_paging == 5 or args.decompressor is not None
+    if args.profile is None:
+        args.profile = "current" if five else "v3.9"
+    if five and args.profile != "current":
+        raise UsageError("5-level paging and the decompressor stage need --profile current (v3.9 is 4-level only)")
+    if args.mem is not None and args.mem > MAX_MEM_5LEVEL:
+        raise UsageError(f"--mem {size_text(args.mem)}: even 5-level paging maps at most {size_text(MAX_MEM_5LEVEL)} "
+                         "of RAM (MAXMEM = 2^52)")
+    if args.mem is not None and args.mem > MAX_MEM_4LEVEL and not five:
+        raise UsageError(f"--mem {size_text(args.mem)}: 4-level paging maps at most {size_text(MAX_MEM_4LEVEL)} of "
+                         "RAM (MAXMEM = 2^46, MAX_PHYSMEM_BITS 46), and the boot model runs 4-level paging")
+    return five
+
+
+def kernel_config(args: argparse.Namespace, five: bool) -> KernelConfig:
+    """The native kernel the options describe (after :func:`resolve_profile`)."""
+    symbols = read_kernel_symbols(args.kernel_symbols, args.image_size) if args.kernel_symbols else None
+    return KernelConfig(PROFILES[args.profile], Variant(args.variant), PoolAccess(args.pool_access), args.pool,
+                        force_nx=args.force_nx, symbols=symbols,
+                        decompressor=args.decompressor or ("merged" if five else None))
 
 
 def run_xen(args: argparse.Namespace, until: Phase | None) -> BootResult:

@@ -79,9 +79,6 @@ def _boot_args(text: str) -> argparse.Namespace:
 
 def _boot_side(phase_text: str, bargs: argparse.Namespace) -> PhaseState:
     from earlymm.cli import boot_cmd
-    from earlymm.kernel.consts import PROFILES
-    from earlymm.kernel.context import KernelConfig, PoolAccess, Variant
-
     try:
         phase = parse_phase(phase_text)
     except ValueError as e:
@@ -89,12 +86,12 @@ def _boot_side(phase_text: str, bargs: argparse.Namespace) -> PhaseState:
     assert phase is not None
     if bargs.kernel_at % (2 << 20):
         raise UsageError(f"--boot-args: --kernel-at {bargs.kernel_at:#x} is not 2 MiB aligned")
-    if bargs.mem is not None and not 4 << 20 <= bargs.mem <= boot_cmd.MAX_MEM_4LEVEL:  # as 'earlymm boot' checks
-        raise UsageError(f"--boot-args: --mem {size_text(bargs.mem)} is outside 4 MiB .. "
-                         f"{size_text(boot_cmd.MAX_MEM_4LEVEL)} (the boot model runs 4-level paging)")
-    symbols = boot_cmd.read_kernel_symbols(bargs.kernel_symbols, bargs.image_size) if bargs.kernel_symbols else None
-    kernel = KernelConfig(PROFILES[bargs.profile], Variant(bargs.variant), PoolAccess(bargs.pool_access), bargs.pool,
-                          force_nx=bargs.force_nx, symbols=symbols)
+    if getattr(bargs, "pv", None) == "xen":
+        raise UsageError("--boot-args: diff does not compare --pv xen boots yet (use 'earlymm boot --until')")
+    if bargs.mem is not None and bargs.mem < 4 << 20:
+        raise UsageError(f"--boot-args: --mem {size_text(bargs.mem)} is smaller than the kernel")
+    five = boot_cmd.resolve_profile(bargs)  # the same defaults and limits as 'earlymm boot'
+    kernel = boot_cmd.kernel_config(bargs, five)
     try:
         state = run_phase(boot_cmd.machine_config(bargs), kernel, phase,
                           bargs.image_size if bargs.image_size is not None else 24 << 20)

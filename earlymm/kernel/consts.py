@@ -95,6 +95,7 @@ class Profile:
     gbpages_need_pse: bool  # 6.x probe_page_size_mask: no PSE, no direct_gbpages
     # struct page and the vmemmap (spec §2.5): the seed-004 address needs a 56-byte struct page with
     # ``private`` at 48; PG_pinned is PG_owner_priv_1 (bit 8 of page->flags).
+    split_merge_before_adjust: bool = False  # v3.9 split_mem_range: merge, then adjust_range_page_size_mask
     struct_page_size: int = 64
     page_private_offset: int = 48
     pg_pinned_bit: int = 8
@@ -125,7 +126,7 @@ V39 = Profile(
     clear_brk=False, la57=False, page_offset_l5=0, startup_fn="startup_64",
     flush_global_after_cr3=False, pti=False, gbpages_need_pse=False,
     # seed 004: init_level4_pgt at pfn 0x1a0c of a kernel linked at 16 MiB, a 56-byte struct page (§2.5)
-    struct_page_size=56, xen_pgt_offset=0xA0C000,
+    struct_page_size=56, xen_pgt_offset=0xA0C000, split_merge_before_adjust=True,
 )
 CURRENT = Profile(
     name="current",

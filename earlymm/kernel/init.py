@@ -68,7 +68,7 @@ class MapRange:
         return "1G" if self.mask & PG_LEVEL_1G else "2M" if self.mask & PG_LEVEL_2M else "4K"
 
 
-def split_mem_range(st: MmState, start: int, end: int) -> list[MapRange]:
+def split_mem_range(st: MmState, start: int, end: int, merges_first: bool = False) -> list[MapRange]:
     """Up to five ranges: 4K head, 2M to the first 1G boundary, 1G, 2M tail, 4K tail; then upgraded
     where the enclosing block is all RAM, and merged (spec §3.8)."""
     mask = st.page_size_mask
@@ -104,29 +104,38 @@ def split_mem_range(st: MmState, start: int, end: int) -> list[MapRange]:
         pos = e << PAGE_SHIFT
     save(pos >> PAGE_SHIFT, limit, 0)
 
-    for i, r in enumerate(mr):  # adjust_range_page_size_mask
-        m = r.mask
-        if mask & PG_LEVEL_2M and not m & PG_LEVEL_2M:
-            lo, hi = rdown(r.start, PMD_SIZE), rup(r.end, PMD_SIZE)
-            if st.memblock.is_region_memory(lo, hi - lo):
-                m |= PG_LEVEL_2M
-        if mask & PG_LEVEL_1G and not m & PG_LEVEL_1G:
-            lo, hi = rdown(r.start, PUD_SIZE), rup(r.end, PUD_SIZE)
-            if st.memblock.is_region_memory(lo, hi - lo):
-                m |= PG_LEVEL_1G
-        mr[i] = MapRange(r.start, r.end, m)
-    merged: list[MapRange] = []
-    for r in mr:
-        if merged and merged[-1].end == r.start and merged[-1].mask == r.mask:
-            merged[-1] = MapRange(merged[-1].start, r.end, r.mask)
-        else:
-            merged.append(r)
-    return merged
+    def adjust(ranges: list[MapRange]) -> list[MapRange]:  # adjust_range_page_size_mask
+        out = []
+        for r in ranges:
+            m = r.mask
+            if mask & PG_LEVEL_2M and not m & PG_LEVEL_2M:
+                lo, hi = rdown(r.start, PMD_SIZE), rup(r.end, PMD_SIZE)
+                if st.memblock.is_region_memory(lo, hi - lo):
+                    m |= PG_LEVEL_2M
+            if mask & PG_LEVEL_1G and not m & PG_LEVEL_1G:
+                lo, hi = rdown(r.start, PUD_SIZE), rup(r.end, PUD_SIZE)
+                if st.memblock.is_region_memory(lo, hi - lo):
+                    m |= PG_LEVEL_1G
+            out.append(MapRange(r.start, r.end, m))
+        return out
+
+    def merge(ranges: list[MapRange]) -> list[MapRange]:  # "try to merge same page size and continuous"
+        merged: list[MapRange] = []
+        for r in ranges:
+            if merged and merged[-1].end == r.start and merged[-1].mask == r.mask:
+                merged[-1] = MapRange(merged[-1].start, r.end, r.mask)
+            else:
+                merged.append(r)
+        return merged
+
+    # v3.9 merges first and adjusts the merged ranges (a 3.11 fix, commit 7de3d66b, swapped the two after
+    # the mem=2G trouble); 6.1 adjusts, then merges.
+    return adjust(merge(mr)) if merges_first else merge(adjust(mr))
 
 
 def init_memory_mapping(ctx: KernelContext, st: MmState, start: int, end: int) -> int:
     ret = 0
-    for r in split_mem_range(st, start, end):
+    for r in split_mem_range(st, start, end, ctx.profile.split_merge_before_adjust):
         ctx.emit(DirectMapRange(r.start, r.end, r.page_size))
         ret = kernel_physical_mapping_init(ctx, st, r.start, r.end, r.mask)
     st.pfn_mapped.append((start >> PAGE_SHIFT, ret >> PAGE_SHIFT))  # add_pfn_range_mapped

@@ -63,8 +63,13 @@ def test_split_mem_range_matches_the_kernels_five_ranges() -> None:
     st = MmState(mb, page_size_mask=PG_LEVEL_2M | PG_LEVEL_1G)
     got = [(r.start, r.end, r.page_size) for r in split_mem_range(st, 0x123000, 5 * GiB + 0x3456000)]
     # every block is RAM, so adjust_range_page_size_mask upgrades the 4K head/tail and 2M pieces:
-    # the whole range merges into one 1G-mask range
+    # 6.1 adjusts first, so the whole range merges into one 1G-mask range …
     assert got == [(0x123000, 5 * GiB + 0x3456000, "1G")]
+    # … while v3.9 merges first (nothing merges: the five masks differ) and adjusts the five ranges after
+    # (init.c @ v3.9; moved in 3.11 by commit 7de3d66b): five ranges, each upgraded to 1G
+    got = [(r.start, r.end, r.page_size) for r in split_mem_range(st, 0x123000, 5 * GiB + 0x3456000, True)]
+    assert got == [(0x123000, 0x200000, "1G"), (0x200000, GiB, "1G"), (GiB, 5 * GiB, "1G"),
+                   (5 * GiB, 5 * GiB + 0x3400000, "1G"), (5 * GiB + 0x3400000, 5 * GiB + 0x3456000, "1G")]
     mb2 = Memblock()
     mb2.add(0x100000, 5 * GiB + 0x3456000)
     st2 = MmState(mb2, page_size_mask=PG_LEVEL_2M | PG_LEVEL_1G)
