@@ -92,10 +92,14 @@ def qemu_tlb_lines(leaves: list[Leaf]) -> list[str]:
     """The leaves as QEMU 7.2's ``info tlb`` prints them (target/i386/monitor.c print_pte): VA, the entry's
     address bits, then ``XGPDACTUW`` from the leaf entry only, bit 7 of a 4 KiB PTE (PAT) not shown."""
     out = []
+    shown: dict[tuple[int, bool], str] = {}  # a few distinct flag sets cover a whole address space
     for lf in leaves:
-        bits = "".join(c if lf.flags >> b & 1 and not (b == 7 and lf.size == 4096) else "-"
-                       for b, c in ((63, "X"), (8, "G"), (7, "P"), (6, "D"), (5, "A"), (4, "C"), (3, "T"), (2, "U"),
-                                    (1, "W")))
+        key = (lf.flags, lf.size == 4096)
+        bits = shown.get(key)
+        if bits is None:
+            bits = shown[key] = "".join(
+                c if lf.flags >> b & 1 and not (b == 7 and lf.size == 4096) else "-"
+                for b, c in ((63, "X"), (8, "G"), (7, "P"), (6, "D"), (5, "A"), (4, "C"), (3, "T"), (2, "U"), (1, "W")))
         out.append(f"{lf.va:016x}: {lf.pa:016x} {bits}")
     return out
 

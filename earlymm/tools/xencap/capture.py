@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from earlymm.images.qmp import Qmp, QmpError
+from earlymm.tools.argtypes import positive_float
 from earlymm.tools.gdbstop import StopError, cpu_features, free_port, gdb_command, kill_all, wait_file
 from earlymm.tools.initramfs import build_initramfs
 from earlymm.tools.midboot.capture import package_versions
@@ -61,8 +62,18 @@ def module_arg(path: Path, cmdline: str) -> str:
     return f"{text} {cmdline}".rstrip().replace(",", ",,")
 
 
+def parse_stops(text: str) -> tuple[tuple[str, str], ...]:
+    """``--stops``: a comma-separated subset of the stops (symbols or model phases), kept in boot order."""
+    names = {n.strip() for n in text.split(",") if n.strip()}
+    unknown = names - {s for pair in STOPS for s in pair}
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"--stops {text!r}: choose from {', '.join(s for s, _ in STOPS)}")
+    return tuple(pair for pair in STOPS if names & set(pair))
+
+
 def run_capture(xen: Path, kernel: Path, busybox: Path, out: Path, *, cpu: str, mem: str, dom0_mem: str,
-                xen_append: str, dom0_append: str, qemu: str, timeout: float) -> list[StopRecord]:
+                xen_append: str, dom0_append: str, qemu: str, timeout: float,
+                stops: tuple[tuple[str, str], ...] = STOPS) -> list[StopRecord]:
     syms = load_kallsyms(kernel, busybox, qemu, timeout)
     xen_args = " ".join(filter(None, [XEN_BASE, f"dom0_mem={dom0_mem}", xen_append]))
     dom0_args = " ".join(filter(None, [DOM0_BASE, dom0_append]))
@@ -87,9 +98,9 @@ def run_capture(xen: Path, kernel: Path, busybox: Path, out: Path, *, cpu: str, 
             with Qmp(str(sock), timeout=60) as q:
                 features, version = cpu_features(q), q.command("query-version")
                 with open(glog, "wb") as f:
-                    procs.append(subprocess.Popen(gdb_command(port, [syms[s] for s, _ in STOPS], tmp, int(timeout)),
+                    procs.append(subprocess.Popen(gdb_command(port, [syms[s] for s, _ in stops], tmp, int(timeout)),
                                                   stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT))
-                for i, (symbol, _phase) in enumerate(STOPS):
+                for i, (symbol, _phase) in enumerate(stops):
                     wait_file(tmp / f"stop.{i}", procs, timeout, [qlog, glog, console])
                     records.append(record_xen_stop(q, symbol, syms, stage, tmp / "scratch.bin", console))
                     (tmp / f"go.{i}").touch()
@@ -103,7 +114,7 @@ def run_capture(xen: Path, kernel: Path, busybox: Path, out: Path, *, cpu: str, 
         (stage / "console.log.gz").write_bytes(gzip.compress(text.encode(), mtime=0))
         meta = _meta(xen, kernel, syms, text, shown, cpu=cpu, mem=mem, dom0_mem=dom0_mem,
                      xen_args=xen_args, dom0_args=dom0_args, xen_append=xen_append, dom0_append=dom0_append,
-                     features=features, version=version)
+                     features=features, version=version, stops=stops)
         (stage / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
         out.mkdir(parents=True, exist_ok=True)
         for done in sorted(stage.iterdir()):
@@ -113,11 +124,12 @@ def run_capture(xen: Path, kernel: Path, busybox: Path, out: Path, *, cpu: str, 
 
 def _meta(xen: Path, kernel: Path, syms: Kallsyms, console: str, shown: list[str], *,
           cpu: str, mem: str, dom0_mem: str, xen_args: str, dom0_args: str, xen_append: str, dom0_append: str,
-          features: dict[str, Any], version: dict[str, Any]) -> dict[str, Any]:
+          features: dict[str, Any], version: dict[str, Any], stops: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     banner = next((ln.split("] ", 1)[-1] for ln in console.splitlines() if "Linux version" in ln), "")
     made_by = ["python", "-m", "earlymm.tools.xencap", "capture", "--cpu", cpu, "--mem", mem, "--dom0-mem", dom0_mem]
     made_by += [*(["--xen-append", xen_append] if xen_append else []),
-                *(["--dom0-append", dom0_append] if dom0_append else []), "--out", "DIR"]
+                *(["--dom0-append", dom0_append] if dom0_append else []),
+                *(["--stops", ",".join(s for s, _ in stops)] if stops != STOPS else []), "--out", "DIR"]
     return {
         "made_by": shlex.join(made_by),
         "xen_file": xen.name, "xen_package": f"xen-hypervisor-4.17-amd64 {package_version(xen.parent)}".strip(),
@@ -129,7 +141,7 @@ def _meta(xen: Path, kernel: Path, syms: Kallsyms, console: str, shown: list[str
         "qemu_command": shown, "qemu_command_shell": shlex.join(shown),
         "cpu": cpu, "mem": mem, "dom0_mem": dom0_mem, "xen_args": xen_args, "dom0_args": dom0_args,
         "cpu_features": features,
-        "stops": [{"symbol": s, "model_until": p, "address": f"{syms[s]:#x}"} for s, p in STOPS],
+        "stops": [{"symbol": s, "model_until": p, "address": f"{syms[s]:#x}"} for s, p in stops],
         "symbols": syms.subset([s for s in SYMBOLS if syms.get(s) is not None]),
         "start_of_day": parse_start_of_day(console).to_json(),
         "machine": {
@@ -150,8 +162,11 @@ def add_parser_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dom0-mem", default="512M", help="Xen's dom0_mem (default 512M)")
     p.add_argument("--xen-append", default="", help=f"more Xen arguments after '{XEN_BASE} dom0_mem=…'")
     p.add_argument("--dom0-append", default="", help=f"more dom0 kernel arguments after '{DOM0_BASE}'")
+    p.add_argument("--stops", type=parse_stops, default=STOPS,
+                   help=f"comma-separated subset of {','.join(s for s, _ in STOPS)} (default: all three)")
     p.add_argument("--out", required=True, help="fixture directory to write")
-    p.add_argument("--timeout", type=float, default=600, help="seconds allowed for each wait (default 600)")
+    p.add_argument("--timeout", type=positive_float("--timeout", 86400), default=600,
+                   help="seconds allowed for each wait (default 600)")
     p.add_argument("--qemu", default="qemu-system-x86_64")
 
 
@@ -173,7 +188,8 @@ def capture_main(a: argparse.Namespace) -> int:
             if not path.is_file():
                 raise CaptureError(f"{path} does not exist")
         records = run_capture(xen, kernel, busybox, Path(a.out), cpu=a.cpu, mem=a.mem, dom0_mem=a.dom0_mem,
-                              xen_append=a.xen_append, dom0_append=a.dom0_append, qemu=a.qemu, timeout=a.timeout)
+                              xen_append=a.xen_append, dom0_append=a.dom0_append, qemu=a.qemu, timeout=a.timeout,
+                              stops=a.stops)
     except (RecordError, KallsymsError, StopError, XenFetchError, StartOfDayError, QmpError, ValueError) as e:
         raise CaptureError(str(e)) from None
     for r in records:

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
 
 from earlymm.tools.midboot.bootinfo import E820Entry
 from earlymm.tools.midboot.enumerate import qemu_tlb_lines
@@ -50,12 +54,38 @@ class StopFigures:
                 "l4_slots": self.l4_slots, "tables_mapped": self.tables_mapped}
 
 
+def _sorted(values: Iterable[int]) -> npt.NDArray[np.int64]:
+    return np.array(sorted(values), dtype=np.int64)
+
+
+def _span(arr: npt.NDArray[np.int64], lo: int, n: int) -> tuple[int, int]:
+    """Indices [a, b) of the values of sorted ``arr`` in [lo, lo + n): bounded work for any leaf size."""
+    return int(np.searchsorted(arr, lo)), int(np.searchsorted(arr, lo + n))
+
+
+def _spans(arr: npt.NDArray[np.int64], lo: npt.NDArray[np.int64],
+           n: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """``_span`` for every leaf at once."""
+    return np.searchsorted(arr, lo), np.searchsorted(arr, lo + n)
+
+
+def covered(frames: npt.NDArray[np.int64], view: GuestView) -> npt.NDArray[np.bool_]:
+    """Which of the sorted ``frames`` some leaf maps."""
+    mfns, n, _flags = view.leaf_arrays()
+    a, b = _spans(frames, mfns, n)
+    diff = np.zeros(len(frames) + 1, dtype=np.int64)  # each leaf marks frames[a:b]
+    keep = b > a
+    np.add.at(diff, a[keep], 1)
+    np.add.at(diff, b[keep], -1)
+    return np.asarray(np.cumsum(diff[:-1]) > 0, dtype=np.bool_)
+
+
 def figures(view: GuestView) -> StopFigures:
-    tables = view.table_mfns
-    mapped = {lf.mfn + i for lf in view.leaves for i in range(lf.size // PAGE) if lf.mfn + i in tables}
+    tables = _sorted(view.table_mfns)
+    mapped = covered(tables, view)
     return StopFigures(len(tables), dict(sorted(Counter(view.level_of().values()).items())), len(view.leaves),
                        dict(Counter(lf.size for lf in view.leaves)), dict(Counter(lf.kind for lf in view.leaves)),
-                       sorted({(lk.va >> 39) & 511 for lk in view.links if lk.level == "PML4E"}), len(mapped))
+                       sorted({(lk.va >> 39) & 511 for lk in view.links if lk.level == "PML4E"}), int(mapped.sum()))
 
 
 def check_stop_context(fx: XenFixture, stop: XenStop) -> list[str]:
@@ -100,44 +130,52 @@ def check_root(fx: XenFixture, stop: XenStop, view: GuestView) -> list[str]:
     return bad
 
 
-def _in_ram(pfn: int, e820: list[E820Entry]) -> bool:
-    return any(e.kind == "usable" and e.start <= pfn * PAGE < e.end for e in e820)
+def _may_map(view: GuestView, mfn: int, n: int, ram: npt.NDArray[np.int64], e820: list[E820Entry]) -> bool:
+    """Frames [mfn, mfn + n) are all dom0's RAM, all 1:1 identity frames, or the shared_info page."""
+    a, b = _span(ram, mfn, n)
+    if b - a == n:
+        return True
+    if b > a:
+        return False  # partly RAM, partly not
+    if n == 1 and mfn == view.names.shared_info_mfn:
+        return True
+    p2m = view.names.p2m.values
+    if mfn >= len(p2m):  # past the list: identity, unless dom0's map calls it RAM (balloon space)
+        return not any(e.kind == "usable" and e.start < (mfn + n) * PAGE and mfn * PAGE < e.end for e in e820)
+    if mfn + n > len(p2m):
+        return False
+    want = np.arange(mfn, mfn + n, dtype=np.uint64) | np.uint64(IDENTITY_FRAME_BIT)
+    return bool((p2m[mfn:mfn + n] == want).all())
 
 
 def check_leaves(fx: XenFixture, stop: XenStop, view: GuestView) -> list[str]:
-    """Every leaf maps a frame the guest may map: its own RAM (an mfn the p2m gives one of its pfns,
-    within the list), a 1:1 identity frame the p2m marks (or a pfn past the list that is not RAM in
-    dom0's map), or Xen's shared_info page."""
+    """Every leaf maps frames the guest may map: its own RAM (mfns the p2m gives its pfns), 1:1 identity
+    frames the p2m marks (or pfns past the list that are not RAM in dom0's map), or Xen's shared_info."""
     bad = []
     e820 = [E820Entry(int(a, 16), int(b, 16), k) for a, b, k in fx.meta["machine"]["dom0_e820"]]
-    for lf in view.leaves:
-        for i in range(lf.size // PAGE):
-            mfn = lf.mfn + i
-            pfn, kind = view.names.name(mfn)
-            if kind == "identity" and mfn >= len(stop.p2m) and _in_ram(mfn, e820):
-                kind = "unknown"
-            if kind == "unknown":
-                bad.append(f"{stop.name}: leaf {lf.va + i * PAGE:#x} maps mfn {mfn:#x}, which is neither dom0's "
-                           "RAM, an identity frame nor shared_info")
-            elif kind == "ram" and not (pfn is not None and 0 <= pfn < len(stop.p2m)):
-                bad.append(f"{stop.name}: leaf {lf.va:#x}: pfn {pfn} outside the p2m list")
-            if len(bad) > 20:
-                return bad
+    ram = _sorted(view.names.m2p)
+    mfns, n, _flags = view.leaf_arrays()
+    a, b = _spans(ram, mfns, n)
+    for i in np.flatnonzero(b - a != n):  # not all RAM: the few identity and shared_info leaves
+        lf = view.leaves[int(i)]
+        if not _may_map(view, lf.mfn, lf.size // PAGE, ram, e820):
+            bad.append(f"{stop.name}: leaf {lf.va:#x} ({lf.size >> 10} KiB) maps mfn {lf.mfn:#x}, which is not all "
+                       "dom0's RAM, identity frames or shared_info")
+            if len(bad) >= 20:
+                break
     return bad
 
 
 def check_read_only(stop: XenStop, view: GuestView) -> list[str]:
     """Xen's rule: a page-table frame is never mapped writable, and it is the domain's own RAM."""
     bad = []
-    tables = view.table_mfns
-    for lf in view.leaves:
-        if lf.flags & RW:
-            hit = [lf.mfn + i for i in range(lf.size // PAGE) if lf.mfn + i in tables]
-            if hit:
-                bad.append(f"{stop.name}: leaf {lf.va:#x} maps table frame {hit[0]:#x} writable")
-    for mfn in sorted(tables):
-        if view.names.name(mfn)[1] != "ram":
-            bad.append(f"{stop.name}: table frame {mfn:#x} is not dom0's RAM")
+    tables = _sorted(view.table_mfns)
+    mfns, n, flags = view.leaf_arrays()
+    a, b = _spans(tables, mfns, n)
+    for i in np.flatnonzero((b > a) & ((flags & np.uint64(RW)) != 0))[:20]:
+        bad.append(f"{stop.name}: leaf {view.leaves[int(i)].va:#x} maps table frame {int(tables[a[i]]):#x} writable")
+    bad += [f"{stop.name}: table frame {int(m):#x} is not dom0's RAM" for m in tables
+            if view.names.name(int(m))[1] != "ram"]
     return bad[:20]
 
 

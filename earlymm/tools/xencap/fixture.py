@@ -25,6 +25,7 @@ from earlymm.tools.xencap.startinfo import StartInfo, decode_start_info
 from earlymm.tools.xencap.startofday import StartOfDay, StartOfDayError, parse_start_of_day
 
 STOP_ORDER = ("xen_start_kernel", "init_mem_mapping", "idt_setup_early_pf")
+MAX_P2M = 1 << 28  # entries: a 1 TiB guest (and 2 GiB of list); more is a broken file, not a capture
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,10 @@ class XenFixture:
 def _p2m(path: Path) -> P2m:
     doc = read_json(path)
     try:
-        return P2m(decode_runs(runs_from_json(doc["runs"]), int(doc["size"])), int(doc["va"], 16))
+        size = int(doc["size"])
+        if not 0 < size <= MAX_P2M:
+            raise P2mError(f"size {size} is not in 1..{MAX_P2M}")
+        return P2m(decode_runs(runs_from_json(doc["runs"]), size), int(doc["va"], 16))
     except (KeyError, TypeError, ValueError, P2mError) as e:
         raise FixtureError(f"{path}: {e}") from None
 

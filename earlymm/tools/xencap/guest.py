@@ -15,6 +15,9 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from earlymm.arch.modes import Features
 from earlymm.hw.memory import Buffer, FrameSource
 from earlymm.tools.midboot.enumerate import Enumeration, Leaf, Link, enumerate_space
@@ -116,6 +119,12 @@ class GuestView:
     @property
     def table_mfns(self) -> set[int]:
         return {t >> 12 for t in self.en.tables}
+
+    def leaf_arrays(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint64]]:
+        """Every leaf's first mfn, number of 4 KiB frames and flags, as arrays (in the leaves' order)."""
+        return (np.fromiter((lf.mfn for lf in self.leaves), np.int64, len(self.leaves)),
+                np.fromiter((lf.size >> 12 for lf in self.leaves), np.int64, len(self.leaves)),
+                np.fromiter((lf.flags for lf in self.leaves), np.uint64, len(self.leaves)))
 
     def leaf_at(self, va: int) -> GuestLeaf | None:
         """The leaf mapping ``va``, if any."""
