@@ -20,7 +20,7 @@ from earlymm.kernel.context import KernelConfig
 from earlymm.kernel.trampoline import find_trampoline_placement
 from earlymm.platform.pc import MachineConfig
 from earlymm.tools.midboot.bootinfo import console_e820, effective_e820
-from earlymm.tools.midboot.enumerate import Enumeration, Leaf, enumerate_space
+from earlymm.tools.midboot.enumerate import Enumeration, Leaf, enumerate_space, qemu_tlb_lines
 from earlymm.tools.midboot.fixture import Fixture, Stop
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -86,15 +86,7 @@ def pool_pages_linked(fx: Fixture, stop: Stop) -> int:
 
 
 def tlb_lines(leaves: list[Leaf]) -> list[str]:
-    """``info tlb`` as QEMU 7.2 prints it (target/i386/monitor.c print_pte): flags of the leaf entry only,
-    bit 7 of a 4 KiB PTE (PAT) not shown."""
-    out = []
-    for lf in leaves:
-        bits = "".join(c if lf.flags >> b & 1 and not (b == 7 and lf.size == 4096) else "-"
-                       for b, c in ((63, "X"), (8, "G"), (7, "P"), (6, "D"), (5, "A"), (4, "C"), (3, "T"), (2, "U"),
-                                    (1, "W")))
-        out.append(f"{lf.va:016x}: {lf.pa:016x} {bits}")
-    return out
+    return qemu_tlb_lines(leaves)
 
 
 def check_direct_map(fx: Fixture, stop: Stop) -> list[str]:

@@ -2,8 +2,8 @@
 
 ``boot_params`` offsets are the boot protocol's (arch/x86/include/uapi/asm/bootparam.h, spec §3.4); the
 console lines are 6.1's ``e820__print_table()`` (arch/x86/kernel/e820.c): ``BIOS-e820: [mem
-0x…-0x…] usable`` for the firmware's map, ``user: …`` after ``mem=``/``memmap=`` changed it, both with an
-inclusive end.
+0x…-0x…] usable`` for the firmware's map, ``user: …`` after ``mem=``/``memmap=`` changed it, ``Xen: …`` for
+the map a Xen PV guest's ``xen_memory_setup`` built, all with an inclusive end.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from earlymm.platform.bootparams import (
     VERSION,
 )
 
-E820_LINE_RE = re.compile(r"\] (BIOS-e820|user|e820): \[mem (0x[0-9a-f]+)-(0x[0-9a-f]+)\] (.+?)\s*$")
+E820_LINE_RE = re.compile(r"\] (BIOS-e820|user|e820|Xen): \[mem (0x[0-9a-f]+)-(0x[0-9a-f]+)\] (.+?)\s*$")
 # e820_print_type() → the model's --e820 kinds (soft reserved, persistent and unknown types are not RAM)
 KINDS = {"usable": "ram", "reserved": "reserved", "ACPI data": "acpi", "ACPI NVS": "nvs", "unusable": "unusable"}
 FIRMWARE_TYPES = {1: "usable", 2: "reserved", 3: "ACPI data", 4: "ACPI NVS", 5: "unusable"}

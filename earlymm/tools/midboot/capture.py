@@ -23,14 +23,13 @@ import gzip
 import json
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from earlymm.images.qmp import Qmp, QmpError
+from earlymm.tools.gdbstop import StopError, cpu_features, free_port, gdb_command, kill_all, wait_file
 from earlymm.tools.initramfs import build_initramfs  # the same initramfs as a normal capture
 from earlymm.tools.midboot.bootinfo import console_e820, e820_updates, effective_e820
 from earlymm.tools.midboot.kallsyms import Kallsyms, KallsymsError, cache_path, load_kallsyms
@@ -48,8 +47,6 @@ SYMBOLS = ("_text", "_end", "x86_64_start_kernel", "init_mem_mapping", "idt_setu
            "startup_64", "secondary_startup_64", "early_idt_handler_array", "asm_exc_page_fault", "early_pmd_flags",
            "early_recursion_flag", "__supported_pte_mask", "max_pfn_mapped", "idt_table", "boot_command_line",
            "init_thread_union", "empty_zero_page", "__bss_start", "__bss_stop")
-FEATURES = ("pdpe1gb", "nx", "pge", "pse", "la57", "smep", "smap", "pku", "pcid", "lm", "phys-bits", "vendor",
-            "family", "model", "stepping", "hypervisor")
 # loglevel=8 lets the kernel's KERN_DEBUG e820 edits reach the console; memblock=debug logs every memblock
 # reservation and allocation with its caller (which is where page-table pages come from). Neither
 # changes what is mapped.
@@ -65,27 +62,13 @@ class CaptureError(Exception):
     pass
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _gdb_command(port: int, addrs: list[int], sync: Path, wait_s: int, trace_at: int | None) -> list[str]:
-    """gdb's whole part, as -ex commands. With ``trace_at`` (``do_early_exception``), once the kernel runs
-    at its own addresses a dprintf logs every early exception — vector, CR2 and the faulting RIP
-    (``regs->ip``, pt_regs offset 128) — and lets it go on."""
-    cmd = ["gdb", "-batch", "-nx", "-ex", "set pagination off", "-ex", "set confirm off",
-           "-ex", f"target remote 127.0.0.1:{port}"]
-    cmd += [a for addr in addrs for a in ("-ex", f"hbreak *{addr:#x}")]
-    for i in range(len(addrs)):
-        stop, go = shlex.quote(str(sync / f"stop.{i}")), shlex.quote(str(sync / f"go.{i}"))
-        cmd += ["-ex", "continue", "-ex", f"shell touch {stop}; n=0; while [ ! -e {go} ] && [ $n -lt "
-                f"{wait_s * 10} ]; do sleep 0.1; n=$((n+1)); done"]
-        if i == 0 and trace_at is not None:
-            fmt = f'"{TRACE_TAG} %lx %lx %lx\\n"'
-            cmd += ["-ex", f"dprintf *{trace_at:#x},{fmt},$rsi,$cr2,*(unsigned long *)($rdi+128)"]
-    return cmd
+    """gdb's whole part. With ``trace_at`` (``do_early_exception``), once the kernel runs at its own
+    addresses a dprintf logs every early exception — vector, CR2 and the faulting RIP (``regs->ip``,
+    pt_regs offset 128) — and lets it go on."""
+    fmt = f'"{TRACE_TAG} %lx %lx %lx\\n"'
+    trace = [f"dprintf *{trace_at:#x},{fmt},$rsi,$cr2,*(unsigned long *)($rdi+128)"] if trace_at is not None else []
+    return gdb_command(port, addrs, sync, wait_s, trace)
 
 
 def early_exceptions(gdb_log: str, syms: Kallsyms) -> list[dict[str, object]]:
@@ -97,30 +80,6 @@ def early_exceptions(gdb_log: str, syms: Kallsyms) -> list[dict[str, object]]:
             vec, cr2, rip = (int(x, 16) for x in parts[1:])
             out.append({"vector": vec, "cr2": f"{cr2:#x}", "rip": f"{rip:#x}", "function": syms.symbolize(rip)})
     return out
-
-
-def _tail(*paths: Path) -> str:
-    return "\n".join(f"--- {p.name}: {p.read_text(errors='replace')[-1500:]}" for p in paths if p.exists())
-
-
-def _wait_file(path: Path, procs: list[subprocess.Popen[bytes]], timeout: float, logs: list[Path]) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        dead = [p for p in procs if p.poll() is not None]
-        if dead:
-            args = dead[0].args
-            name = Path(str(args[0] if isinstance(args, list) else args)).name
-            raise CaptureError(f"{name} exited ({dead[0].returncode}) before "
-                               f"{path.name}\n{_tail(*logs)}")
-        if time.monotonic() > deadline:
-            raise CaptureError(f"no {path.name} within {timeout:.0f} s\n{_tail(*logs)}")
-        time.sleep(0.05)
-
-
-def cpu_features(q: Qmp) -> dict[str, Any]:
-    """The CPU's own properties as QEMU reports them (qom-get on CPU 0)."""
-    path = q.command("query-cpus-fast")[0]["qom-path"]
-    return {f: q.command("qom-get", path=path, property=f) for f in FEATURES}
 
 
 def package_versions(kernel: Path) -> dict[str, str]:
@@ -142,7 +101,7 @@ def run_capture(kernel: Path, busybox: Path, out: Path, *, cpu: str, mem: str, a
         tmp = Path(tmp_s)
         initrd, console, sock = tmp / "initramfs.cpio.gz", tmp / "console.log", tmp / "qmp.sock"
         initrd.write_bytes(build_initramfs(busybox))
-        port = _free_port()
+        port = free_port()
         qcmd = [qemu, "-machine", "pc", "-accel", "tcg", "-cpu", cpu, "-m", mem, "-smp", "1", "-nodefaults",
                 "-display", "none", "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd), "-append",
                 full_append, "-serial", f"file:{console}", "-qmp", f"unix:{sock},server=on,wait=off", "-S",
@@ -162,7 +121,7 @@ def run_capture(kernel: Path, busybox: Path, out: Path, *, cpu: str, mem: str, a
                                                                syms.get("do_early_exception")),
                                                   stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT))
                 for i, (symbol, _phase) in enumerate(STOPS):
-                    _wait_file(tmp / f"stop.{i}", procs, timeout, [qlog, glog, console])
+                    wait_file(tmp / f"stop.{i}", procs, timeout, [qlog, glog, console])
                     # gdb has printed (and flushed) every dprintf line from before this stop
                     seen = len(early_exceptions(glog.read_text(errors="replace"), syms))
                     records.append(record_stop(q, symbol, symbol, syms, out, tmp / "scratch.bin",
@@ -173,10 +132,7 @@ def run_capture(kernel: Path, busybox: Path, out: Path, *, cpu: str, mem: str, a
                 with contextlib.suppress(QmpError):  # QEMU may hang up before it replies
                     q.command("quit", timeout=10)
         finally:
-            for p in reversed(procs):
-                if p.poll() is None:
-                    p.kill()
-                p.wait(timeout=30)
+            kill_all(procs)
         text = console.read_text(errors="replace").replace("\r", "")
         shown = [a.replace(f"{tmp}/", "").replace(str(kernel), kernel.name).replace(f":{port}", ":PORT") for a in qcmd]
         faults = early_exceptions(glog.read_text(errors="replace"), syms)
@@ -275,7 +231,7 @@ def main(argv: list[str]) -> int:
     try:
         records = run_capture(kernel, busybox, Path(a.out), cpu=a.cpu, mem=a.mem, append=a.append, qemu=a.qemu,
                               timeout=a.timeout)
-    except (RecordError, KallsymsError, ValueError) as e:
+    except (RecordError, KallsymsError, StopError, ValueError) as e:
         raise CaptureError(str(e)) from None
     for r in records:
         i = r.info

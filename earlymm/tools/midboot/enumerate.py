@@ -88,6 +88,22 @@ def enumerate_space(source: FrameSource, regs: tuple[int, int, int, int], featur
     return enumerate_tree(space.tree("arch"))
 
 
+def qemu_tlb_lines(leaves: list[Leaf]) -> list[str]:
+    """The leaves as QEMU 7.2's ``info tlb`` prints them (target/i386/monitor.c print_pte): VA, the entry's
+    address bits, then ``XGPDACTUW`` from the leaf entry only, bit 7 of a 4 KiB PTE (PAT) not shown."""
+    out = []
+    shown: dict[tuple[int, bool], str] = {}  # a few distinct flag sets cover a whole address space
+    for lf in leaves:
+        key = (lf.flags, lf.size == 4096)
+        bits = shown.get(key)
+        if bits is None:
+            bits = shown[key] = "".join(
+                c if lf.flags >> b & 1 and not (b == 7 and lf.size == 4096) else "-"
+                for b, c in ((63, "X"), (8, "G"), (7, "P"), (6, "D"), (5, "A"), (4, "C"), (3, "T"), (2, "U"), (1, "W")))
+        out.append(f"{lf.va:016x}: {lf.pa:016x} {bits}")
+    return out
+
+
 FLAG_NAMES = ((0, "P"), (1, "RW"), (2, "US"), (3, "PWT"), (4, "PCD"), (5, "A"), (6, "D"), (7, "PS"), (8, "G"),
               (9, "AVL9"), (10, "AVL10"), (11, "AVL11"), (63, "NX"))
 

@@ -152,14 +152,18 @@ class Fixture:
     @property
     def features(self) -> Features:
         """The CPU as QEMU described it (qom properties of CPU 0)."""
-        f = self.meta["cpu_features"]
-        return Features(maxphyaddr=int(f["phys-bits"]), nx=bool(f["nx"]), gbpages=bool(f["pdpe1gb"]),
-                        la57=bool(f["la57"]), pse=bool(f["pse"]), pse36=True, pge=bool(f["pge"]),
-                        smep=bool(f["smep"]), smap=bool(f["smap"]), pku=bool(f["pku"]), pks=False,
-                        pcid=bool(f["pcid"]))
+        return features_from_qom(self.meta["cpu_features"])
 
 
-def _json(path: Path) -> dict[str, Any]:
+def features_from_qom(f: dict[str, Any]) -> Features:
+    """``Features`` from the qom properties a capture recorded (``gdbstop.cpu_features``)."""
+    return Features(maxphyaddr=int(f["phys-bits"]), nx=bool(f["nx"]), gbpages=bool(f["pdpe1gb"]),
+                    la57=bool(f["la57"]), pse=bool(f["pse"]), pse36=True, pge=bool(f["pge"]),
+                    smep=bool(f["smep"]), smap=bool(f["smap"]), pku=bool(f["pku"]), pks=False,
+                    pcid=bool(f["pcid"]))
+
+
+def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -169,7 +173,7 @@ def _json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _pages(core: Path) -> dict[int, bytes]:
+def core_pages(core: Path) -> dict[int, bytes]:
     try:
         with open_image(core, kind="core") as img:
             return {pfn: bytes(img.frame(pfn) or b"") for lo, hi in img.ranges() for pfn in range(lo >> 12, hi >> 12)}
@@ -179,7 +183,7 @@ def _pages(core: Path) -> dict[int, bytes]:
 
 def load_fixture(path: str | Path) -> Fixture:
     d = Path(path)
-    meta = _json(d / "meta.json")
+    meta = read_json(d / "meta.json")
     try:
         console = (d / "console.log").read_text(errors="replace")
     except OSError as e:
@@ -189,8 +193,8 @@ def load_fixture(path: str | Path) -> Fixture:
     for name in STOP_ORDER:
         if name not in until:
             continue
-        info = _json(d / f"{name}.json")
-        stops.append(Stop(name, until[name], info, _pages(d / f"{name}.core.elf.gz"), d))
+        info = read_json(d / f"{name}.json")
+        stops.append(Stop(name, until[name], info, core_pages(d / f"{name}.core.elf.gz"), d))
     if not stops:
         raise FixtureError(f"{d}: meta.json names no stops")
     return Fixture(d, meta, console, tuple(stops))
