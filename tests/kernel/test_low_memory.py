@@ -169,9 +169,12 @@ def test_partial_pages_of_ram_are_not_mapped(profile: str) -> None:
 
 # ---- mem= and memmap= (e820.c parse_memopt, parse_memmap_one; memparse) ------------------------------------
 
+ROM = (0xFFFC_0000, 4 * GiB, E820_RESERVED)  # the BIOS ROM below 4 GiB: not RAM, so mem= leaves it
+
+
 def _table() -> E820Table:
     t = E820Table([E820Entry(0, 0x9FC00, E820_RAM), E820Entry(MiB, GiB - MiB, E820_RAM),
-                   E820Entry(4 * GiB, GiB, E820_RAM)])
+                   E820Entry(ROM[0], ROM[1] - ROM[0], ROM[2]), E820Entry(4 * GiB, GiB, E820_RAM)])
     t.update_table()
     return t
 
@@ -185,10 +188,10 @@ def test_memparse_reads_the_kernels_suffixes_and_bases() -> None:
 
 
 def test_mem_limits_ram() -> None:
-    """parse_memopt: e820_remove_range(mem_size, ULLONG_MAX - mem_size, E820_RAM, 1)."""
+    """parse_memopt: e820_remove_range(mem_size, ULLONG_MAX - mem_size, E820_RAM, 1) — RAM only."""
     t = _table()
     parse_mem_options(t, "quiet mem=512M")
-    assert [(e.addr, e.end, e.type) for e in t.entries] == [(0, 0x9FC00, E820_RAM), (MiB, 512 * MiB, E820_RAM)]
+    assert [(e.addr, e.end, e.type) for e in t.entries] == [(0, 0x9FC00, E820_RAM), (MiB, 512 * MiB, E820_RAM), ROM]
 
 
 @pytest.mark.xfail(strict=True, reason="model bug: e820.py:parse_mem_options applies mem=0; parse_memopt (v3.9 and "
@@ -203,15 +206,15 @@ def test_mem_zero_is_ignored() -> None:
 @pytest.mark.parametrize(("option", "want"), [
     # memmap=nn@ss: e820_add_region(ss, nn, E820_RAM)
     ("memmap=16M@0x80000000", [(0, 0x9FC00, E820_RAM), (MiB, GiB, E820_RAM), (2 * GiB, 2 * GiB + 16 * MiB, E820_RAM),
-                               (4 * GiB, 5 * GiB, E820_RAM)]),
+                               ROM, (4 * GiB, 5 * GiB, E820_RAM)]),
     # memmap=nn#ss: E820_ACPI, which outranks RAM where they overlap (sanitize: the larger type wins)
     ("memmap=1M#0x20000000", [(0, 0x9FC00, E820_RAM), (MiB, 512 * MiB, E820_RAM), (512 * MiB, 513 * MiB, E820_ACPI),
-                              (513 * MiB, GiB, E820_RAM), (4 * GiB, 5 * GiB, E820_RAM)]),
+                              (513 * MiB, GiB, E820_RAM), ROM, (4 * GiB, 5 * GiB, E820_RAM)]),
     # memmap=nn$ss: E820_RESERVED
     ("memmap=2M$0x400000", [(0, 0x9FC00, E820_RAM), (MiB, 4 * MiB, E820_RAM), (4 * MiB, 6 * MiB, E820_RESERVED),
-                            (6 * MiB, GiB, E820_RAM), (4 * GiB, 5 * GiB, E820_RAM)]),
+                            (6 * MiB, GiB, E820_RAM), ROM, (4 * GiB, 5 * GiB, E820_RAM)]),
     # memmap=nn alone: as mem=nn
-    ("memmap=256M", [(0, 0x9FC00, E820_RAM), (MiB, 256 * MiB, E820_RAM)]),
+    ("memmap=256M", [(0, 0x9FC00, E820_RAM), (MiB, 256 * MiB, E820_RAM), ROM]),
 ])
 def test_memmap_forms(option: str, want: list[tuple[int, int, int]]) -> None:
     t = _table()

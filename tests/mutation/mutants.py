@@ -149,7 +149,7 @@ MUTANTS: tuple[Mutant, ...] = (
     m("early.reset_no_cr3", "early_fault.py:reset_early_page_tables", "no CR3 reload (TLB keeps the old "
       "translations)", "early_fault.py",
       "ctx.pv.mmu.write_cr3(PhysAddr(ctx.pa_symbol(\"early_top_pgt\")))  # write_cr3(): the pv wrapper", "pass",
-      f"{EARLY_PF}::test_small_pool_resets_often_and_still_boots"),
+      f"{EARLY_PF}::test_small_pool_resets_often_and_still_boots", DECISIONS),
     m("early.pool_va_no_phys_base", "early_fault.py:_pool_va", "pool pages reached at phys + __START_KERNEL_map "
       "(no phys_base)", "early_fault.py", "return phys + START_KERNEL_MAP - ctx.phys_base",
       "return phys + START_KERNEL_MAP", f"{EARLY_PF}::test_relocated_kernel_merged_boots"),
@@ -504,9 +504,10 @@ MUTANTS: tuple[Mutant, ...] = (
       "                table.range_remove(size, U64 - size, E820_RAM)\n                continue\n            for one",
       "                table.range_remove(size + (1 << 30), U64 - size, E820_RAM)\n                continue\n"
       "            for one", f"{REAL}[midboot-qemu64-4g-mem1500m-init_mem_mapping]"),
-    m("e820.mem_zero", "e820.py:parse_mem_options", "mem=0 removes all RAM (parse_memopt: 'don't remove all of "
-      "memory')", "e820.py", "                size, _ = memparse(val)\n",
-      "                size, _ = memparse(val)\n                size = size or (1 << 20)\n", LOWMEM),
+    m("e820.mem_all_types", "e820.py:parse_mem_options", "mem=SIZE removes every entry above SIZE, not only RAM",
+      "e820.py", "                size, _ = memparse(val)\n"
+      "                table.range_remove(size, U64 - size, E820_RAM)",
+      "                size, _ = memparse(val)\n                table.range_remove(size, U64 - size, None)", LOWMEM),
     m("e820.memmap_reserved_is_ram", "e820.py:parse_mem_options", "memmap=SIZE$ADDR adds RAM", "e820.py",
       "\"$\": E820_RESERVED", "\"$\": E820_RAM", f"{REAL}[midboot-qemu64-2g-memmap-init_mem_mapping]"),
     m("e820.memmap_at_is_reserved", "e820.py:parse_mem_options", "memmap=SIZE@ADDR adds reserved memory",
