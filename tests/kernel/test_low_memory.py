@@ -167,6 +167,17 @@ def test_partial_pages_of_ram_are_not_mapped(profile: str) -> None:
     assert res.ok and res.page_size == 4096
 
 
+def test_sanitising_merges_neighbours_and_the_larger_type_wins() -> None:
+    """sanitize_e820_map (v3.9) / e820__update_table (6.1): at each change point the overlapping entry with
+    the largest type number wins; consecutive stretches of one type become one entry; sorted."""
+    t = E820Table([E820Entry(MiB, MiB, E820_RAM), E820Entry(0, MiB, E820_RAM), E820Entry(3 * MiB, MiB, E820_RESERVED),
+                   E820Entry(2 * MiB, MiB, E820_RESERVED), E820Entry(0, 6 * MiB, E820_RAM),
+                   E820Entry(5 * MiB, 2 * MiB, E820_ACPI)])
+    t.update_table()
+    assert t.as_tuples() == [(0, 2 * MiB, E820_RAM), (2 * MiB, 2 * MiB, E820_RESERVED), (4 * MiB, MiB, E820_RAM),
+                             (5 * MiB, 2 * MiB, E820_ACPI)]
+
+
 # ---- mem= and memmap= (e820.c parse_memopt, parse_memmap_one; memparse) ------------------------------------
 
 ROM = (0xFFFC_0000, 4 * GiB, E820_RESERVED)  # the BIOS ROM below 4 GiB: not RAM, so mem= leaves it

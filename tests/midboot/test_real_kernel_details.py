@@ -81,6 +81,7 @@ class ModelMemblock:
     memory: list[tuple[int, int]]
     reserves: list[tuple[int, int]]  # every memblock_reserve call before init_mem_mapping, in order
     found: list[tuple[int, int, int, int, int]]  # find_in_range(start, end, size, align) → result
+    console: list[str]
 
 
 _MODEL: dict[str, ModelMemblock] = {}
@@ -116,8 +117,23 @@ def model_memblock(fx: Fixture, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> M
     monkeypatch.setattr(memblock_mod.Memblock, "find_in_range", spy_find)
     r = boot(machine_config(args), kernel, until=Phase.INIT_MEM_MAPPING, trace=False)
     assert r.outcome.value == "stopped", r.reason
-    _MODEL[fx.name] = ModelMemblock(list(r.ctx.mm.memblock.memory), reserves, found)
+    _MODEL[fx.name] = ModelMemblock(list(r.ctx.mm.memblock.memory), reserves, found, list(r.ctx.console))
     return _MODEL[fx.name]
+
+
+E820_LINES = ("BIOS-provided physical RAM map:", "BIOS-e820: ", "user-defined physical RAM map:", "user: ")
+
+
+@pytest.mark.parametrize("path", MIDBOOT, ids=IDS)
+def test_the_e820_map_is_printed_as_the_kernel_printed_it(path: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """e820__memory_setup prints the firmware's map (sanitised) as BIOS-e820; e820__finish_early_params, after
+    mem=/memmap=, the edited one as 'user:' — line for line what the kernel wrote to its console."""
+    fx = load_fixture(path)
+    real = [ln.split("] ", 1)[1] for ln in fx.console.splitlines() if "] " in ln]
+    real = [ln for ln in real if ln.startswith(E820_LINES)]
+    model = [ln for ln in model_memblock(fx, tmp_path, monkeypatch).console if ln.startswith(E820_LINES)]
+    assert model == real
 
 
 @pytest.mark.parametrize("path", MIDBOOT, ids=IDS)

@@ -436,6 +436,15 @@ MUTANTS: tuple[Mutant, ...] = (
       "setup.py", "cleanup_highmap(ctx, 0, st.brk_end)", "cleanup_highmap(ctx, 0, lay[\"_end\"])",
       equivalent="BRK is the image's last section: roundup(_brk_end, 2 MiB) = roundup(_end, 2 MiB) unless BRK "
                  "spans a 2 MiB boundary beyond what is used (not so in either layout)"),
+    m("table_run.zero_run_over_present", "table_run.py:TableRun.zero_run", "a run of new leaves runs over present "
+      "entries", "table_run.py", "return int(nz[0]) if nz.size else len(seg)", "return len(seg)", BUILDERS),
+    m("table_run.stale_after_sync", "table_run.py:TableRun.sync", "the cached entries survive a sync (a lower "
+      "level's accesses come between)", "table_run.py", "        self.cache, self.cache_from = _EMPTY, -1",
+      "        pass",
+      REAL, DECISIONS),
+    m("context.pa_no_phys_base", "context.py:KernelContext.pa", "__pa of a kernel-image address ignores phys_base",
+      "context.py", "return va - START_KERNEL_MAP + self.phys_base", "return va - START_KERNEL_MAP",
+      f"{EARLY_PF}::test_relocated_kernel_merged_boots"),
     # ---- mm_state.py: alloc_low_pages -----------------------------------------------------------------
     m("alloc.brk_one_short", "mm_state.py:alloc_low_page", "the BRK buffer is declared full one page early",
       "mm_state.py", "if self.pgt_buf_end + 1 > self.pgt_buf_top or", "if self.pgt_buf_end + 2 > self.pgt_buf_top or",
@@ -462,6 +471,12 @@ MUTANTS: tuple[Mutant, ...] = (
     m("setup.bios_area_ram", "setup.py:trim_bios_range", "RAM reported in 640 KiB–1 MiB is kept", "setup.py",
       "    table.range_remove(e820mod.BIOS_BEGIN, e820mod.BIOS_END - e820mod.BIOS_BEGIN, e820mod.E820_RAM)\n", "",
       LOWMEM),
+    m("setup.pgt_buf_unaligned", "setup.py:setup_arch_early", "the BRK page-table buffer is carved 8-byte "
+      "aligned, not page aligned", "setup.py", "buf = extend_brk(ctx, st, pages * PAGE_SIZE, PAGE_SIZE)",
+      "buf = extend_brk(ctx, st, pages * PAGE_SIZE, 8)", REAL),
+    m("setup.no_early_trap_pf_init", "setup.py:early_trap_pf_init", "IDT[14] keeps the early handler after "
+      "init_mem_mapping", "setup.py", "    write_gate(ctx, lay[\"idt_table\"], 14, lay[\"page_fault\"])\n", "",
+      f"{IMM}::test_after_init_mem_mapping_the_early_handler_is_inert"),
     m("setup.pgt_buf_v39", "consts.py:V39", "v3.9's INIT_PGT_BUF_SIZE is 6 pages (3.12's), not 5", "consts.py",
       "init_pgt_buf_pages=5,", "init_pgt_buf_pages=6,", DECISIONS),
     m("setup.pgt_buf_61", "consts.py:CURRENT", "6.1's INIT_PGT_BUF_SIZE is 6 pages (no X86_5LEVEL × 4)",
@@ -500,6 +515,11 @@ MUTANTS: tuple[Mutant, ...] = (
     m("e820.smaller_type_wins", "e820.py:E820Table.update_table", "on overlap the smaller type wins", "e820.py",
       "new_type = max(active, default=0)", "new_type = min(active, default=0)",
       f"{REAL}[midboot-qemu64-2g-memmap-init_mem_mapping]"),
+    m("e820.no_adjacent_merge", "e820.py:E820Table.update_table", "adjacent entries of one type are not merged",
+      "e820.py", "if out and out[-1].type == cur_type and out[-1].end == cur_start:", "if False:", LOWMEM, REAL_BYTES),
+    m("e820.end_of_ram_any_type", "e820.py:E820Table.end_of_ram_pfn", "max_pfn from the highest entry of any type",
+      "e820.py", "for e in self.entries if e.type == E820_RAM), default=0)", "for e in self.entries), default=0)",
+      REAL),
     m("e820.mem_keeps_size", "e820.py:parse_mem_options", "mem=SIZE keeps SIZE + 1 GiB", "e820.py",
       "                table.range_remove(size, U64 - size, E820_RAM)\n                continue\n            for one",
       "                table.range_remove(size + (1 << 30), U64 - size, E820_RAM)\n                continue\n"
