@@ -105,6 +105,25 @@ def test_rfc_writes_pud_j_plus_1_unmasked() -> None:
     assert got == {511: pud + 4096 + 0x63}
 
 
+@pytest.mark.parametrize("profile", ["v3.9", "current"])
+def test_relocated_kernel_keeps_brk_tables_and_bm_pte_where_it_was_loaded(profile: str) -> None:
+    """Spec §3.10: __pa of a kernel-image address is va − __START_KERNEL_map + phys_base. Loaded at 64 MiB
+    (phys_base 48 MiB), the BRK page-table pages (early_alloc_pgt_buf: __pa(extend_brk(…))) lie in the
+    loaded image's BRK, and early_ioremap_init links __pa(bm_pte) — the loaded bm_pte — into the fixmap."""
+    at = 64 * MiB
+    r = make_boot(profile=profile, kernel_at=at, until=Phase.INIT_MEM_MAPPING)
+    ctx = r.ctx
+    lay = ctx.layout
+
+    def loaded(name: str) -> int:
+        return lay[name] - lay.text + at
+
+    brk = [e.pa for e in ctx.trace.events if isinstance(e, LowPageAlloc) and e.source == "brk"]
+    assert brk and all(loaded("__brk_base") <= pa < loaded("__brk_limit") for pa in brk)
+    fix = loaded("level2_fixmap_pgt") + 8 * ctx.profile.btmap_pmd
+    assert ctx.platform.mem.read_u64(fix) == loaded("bm_pte") | 0x67
+
+
 # ---- clear_bss --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("profile", "zeroed"), [("v3.9", False), ("current", True)])

@@ -82,6 +82,7 @@ class ModelMemblock:
     reserves: list[tuple[int, int]]  # every memblock_reserve call before init_mem_mapping, in order
     found: list[tuple[int, int, int, int, int]]  # find_in_range(start, end, size, align) → result
     console: list[str]
+    max_pfn: int
 
 
 _MODEL: dict[str, ModelMemblock] = {}
@@ -117,7 +118,8 @@ def model_memblock(fx: Fixture, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> M
     monkeypatch.setattr(memblock_mod.Memblock, "find_in_range", spy_find)
     r = boot(machine_config(args), kernel, until=Phase.INIT_MEM_MAPPING, trace=False)
     assert r.outcome.value == "stopped", r.reason
-    _MODEL[fx.name] = ModelMemblock(list(r.ctx.mm.memblock.memory), reserves, found, list(r.ctx.console))
+    _MODEL[fx.name] = ModelMemblock(list(r.ctx.mm.memblock.memory), reserves, found, list(r.ctx.console),
+                                    r.ctx.mm.max_pfn)
     return _MODEL[fx.name]
 
 
@@ -134,6 +136,18 @@ def test_the_e820_map_is_printed_as_the_kernel_printed_it(path: Path, tmp_path: 
     real = [ln for ln in real if ln.startswith(E820_LINES)]
     model = [ln for ln in model_memblock(fx, tmp_path, monkeypatch).console if ln.startswith(E820_LINES)]
     assert model == real
+
+
+@pytest.mark.parametrize("path", MIDBOOT, ids=IDS)
+def test_max_pfn_is_the_end_of_ram_the_kernel_printed(path: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """e820__end_of_ram_pfn: the end of the highest E820 RAM entry (reserved ones above it, like QEMU's
+    0xfd00000000 window, do not count); setup_arch prints it as 'last_pfn = … max_arch_pfn = …' (the first
+    such line: the second is max_low_pfn)."""
+    fx = load_fixture(path)
+    m = re.search(r"last_pfn = (0x[0-9a-f]+) max_arch_pfn", fx.console)
+    assert m
+    assert model_memblock(fx, tmp_path, monkeypatch).max_pfn == int(m.group(1), 16)
 
 
 @pytest.mark.parametrize("path", MIDBOOT, ids=IDS)
