@@ -244,6 +244,18 @@ def test_rfc_reuses_the_pud_page_only_while_the_pool_has_room() -> None:
     assert resets_of(ctx, n) == 1
 
 
+def test_rfc_has_no_cr3_check() -> None:
+    """Spec §3.6 RFC table: 'CR3 check — none' (the merged handler is inert unless CR3 = early_level4_pgt).
+    With CR3 already on init_top_pgt, the RFC's early_make_pgtable still maps into early_level4_pgt."""
+    r = make_boot(variant="rfc", until=Phase.INIT_MEM_MAPPING)
+    ctx = r.ctx
+    assert ctx.cpu.regs.cr3 == ctx.pa_symbol("init_top_pgt")
+    va = ctx.profile.page_offset + 0x7_4000_0000
+    assert early_make_pgtable(ctx, va) == 0
+    slot = ctx.pa_symbol("early_top_pgt") + 8 * ((va >> 39) & 511)
+    assert ctx.platform.mem.read_u64(slot) & 0xFFF == 0x63
+
+
 # ---- the early IDT entry: early_recursion_flag ------------------------------------------------------------
 
 def _fault_at_depth(ctx: KernelContext, flag: int, va: int) -> str:

@@ -205,6 +205,16 @@ MUTANTS: tuple[Mutant, ...] = (
       "early_fault.py", "pud_p = (pgd & g.pte_pfn_mask) + START_KERNEL_MAP\n",
       "pud_p = (pgd & g.pte_pfn_mask) + START_KERNEL_MAP - ctx.phys_base\n",
       f"{EARLY_PF}::test_rfc_with_relocated_kernel_livelocks_and_says_why"),
+    m("early.rfc_cr3_check", "early_fault.py:early_make_pgtable_rfc", "the RFC declines when CR3 is not the early "
+      "table (the merged code's check)", "early_fault.py", "    if physaddr >= prof.maxmem:\n        return -1",
+      "    if physaddr >= prof.maxmem or ctx.cpu.regs.cr3 & ctx.pgt.pte_pfn_mask != ctx.pa_symbol(\"early_top_pgt\"):"
+      "\n        return -1", DECISIONS),
+    m("early.rfc_flush_pv", "early_fault.py:reset_early_page_tables", "the RFC's reset reloads CR3 through pv_ops "
+      "(it called __native_flush_tlb())", "early_fault.py",
+      "        native_flush_tlb(ctx.cpu)  # the RFC's __native_flush_tlb(): reload CR3",
+      "        ctx.pv.mmu.flush_tlb_user()",
+      equivalent="natively the pv op is native_flush_tlb: the same CR3 reload; only a non-native pv backend "
+                 "could tell, and the RFC was never run on one"),
     m("early.rfc_pud_wrap", "head_64.py:_identity_map", "the RFC masks PUD[j+1] like the merged code",
       "head_64.py", "j + 1 if rfc else (j + 1) % g.ptrs_per_pud", "(j + 1) % g.ptrs_per_pud", DECISIONS),
     m("early.recursion_v39", "consts.py:V39", "v3.9 halts on the third entry, not at early_recursion_flag == 2",
