@@ -22,6 +22,7 @@ from earlymm.platform.pc import MachineConfig, pc_e820
 from earlymm.tools.argtypes import int_range
 from earlymm.tools.boot_progress import BootProgress
 from earlymm.tools.boot_report import render_text, save_core, to_json
+from earlymm.tools.html import BootRecorder, write_boot_html
 
 # The most RAM the modelled 4-level kernel can map: MAXMEM = 1 << MAX_PHYSMEM_BITS (46), 64 TiB (spec §2
 # constants table; arch/x86/include/asm/sparsemem.h). The boot model runs 4-level paging only.
@@ -64,6 +65,10 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
                         "ends in .gz). FILE must be a new or regular file: devices, FIFOs, sockets and directories "
                         f"are refused, and {SYMLINK_POLICY}; it is replaced atomically, and on any error (a "
                         "full disk) nothing is left")
+    p.add_argument("--html", metavar="FILE",
+                   help="also write one self-contained HTML page: the timeline (phases, CR3 switches, each early #PF, "
+                        "pool pages in use), the tables at each event, a zoomable address-space map and a page-table "
+                        f"tree explorer (FILE: a new or regular file, replaced atomically; {SYMLINK_POLICY})")
     p.add_argument("--trace", action="store_true", help="print every event")
     p.add_argument("--progress", action="store_true",
                    help="report progress on stderr even when it is not a terminal (a terminal gets it anyway)")
@@ -179,11 +184,12 @@ def main(args: argparse.Namespace) -> int:
     if args.mem is not None and args.mem > MAX_MEM_4LEVEL:
         raise UsageError(f"--mem {size_text(args.mem)}: 4-level paging maps at most {size_text(MAX_MEM_4LEVEL)} of "
                          "RAM (MAXMEM = 2^46, MAX_PHYSMEM_BITS 46), and the boot model runs 4-level paging")
-    if args.save_core is not None:
-        try:
-            check_target(args.save_core, "core")  # before the boot: a bad path should not cost a run
-        except WriteError as e:
-            raise UsageError(str(e)) from None
+    for path, what in ((args.save_core, "core"), (args.html, "HTML file")):
+        if path is not None:
+            try:
+                check_target(path, what)  # before the boot: a bad path should not cost a run
+            except WriteError as e:
+                raise UsageError(str(e)) from None
     machine = machine_config(args)
     kernel = KernelConfig(PROFILES[args.profile], Variant(args.variant), PoolAccess(args.pool_access), args.pool,
                           force_nx=args.force_nx)
@@ -191,9 +197,11 @@ def main(args: argparse.Namespace) -> int:
     if args.progress or sys.stderr.isatty():
         ram = sum(r.end - r.start for r in machine.ram())
         progress = BootProgress(sys.stderr, ram, tty=sys.stderr.isatty())
+    recorder = BootRecorder() if args.html is not None else None
+    listeners = ([progress.on_event] if progress else []) + ([recorder.on_event] if recorder else [])
     try:
-        result = boot(machine, kernel, until=until, trace=True, image_size=args.image_size,
-                      listeners=[progress.on_event] if progress else [])
+        result = boot(machine, kernel, until=until, trace=True, image_size=args.image_size, listeners=listeners,
+                      pv=recorder.attach if recorder else None)
     except ValueError as e:
         raise UsageError(str(e)) from None
     finally:
@@ -206,6 +214,11 @@ def main(args: argparse.Namespace) -> int:
             raise UsageError(str(e)) from None
         except (OSError, ValueError, ImageError) as e:
             raise UsageError(f"cannot write core {args.save_core}: {e}") from None
+    if recorder is not None:
+        try:
+            write_boot_html(args.html, result, recorder)
+        except WriteError as e:
+            raise UsageError(str(e)) from None
     if args.json:
         json.dump(to_json(result, events=args.trace), sys.stdout, indent=1)
         sys.stdout.write("\n")

@@ -8,7 +8,8 @@ from typing import Any
 
 from earlymm.arch.modes import Features
 from earlymm.cli.common import EXIT_INCOMPLETE, Parser, UsageError, add_max_inflate, hexint
-from earlymm.images import ImageError, open_image
+from earlymm.images import ImageError, WriteError, open_image
+from earlymm.images.safe_write import SYMLINK_POLICY, check_target
 from earlymm.tools.argtypes import int_range
 from earlymm.tools.machine_view import RegOverrides, SetupError, image_source, infer_registers
 from earlymm.tools.ptdump import render
@@ -38,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         p.add_argument(f"--{r}", type=hexint, help=f"{r.upper()} (default: from the image's CPU note)")
     p.add_argument("--efer", type=hexint, help="EFER (QEMU does not record it; default: long mode with NXE when "
                                                "the CPU note shows 64-bit code)")
-    p.add_argument("--format", choices=FORMATS, default="linux", help="output format (default linux)")
+    p.add_argument("--format", choices=FORMATS, help="output format (default linux; with --html, no dump is printed "
+                                                     "unless a format is given)")
     p.add_argument("--crlf", action="store_true", help="end lines with \\r\\n, as QEMU's monitor does")
     p.add_argument("--check-wx", action="store_true",
                    help="report writable+executable mappings as the kernel's boot-time W+X check does")
@@ -57,6 +59,10 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
                    help=f"read at most this many distinct tables (default {DEFAULT_MAX_TABLES})")
     p.add_argument("--max-leaves", type=int_range(1, 1 << 32, "--max-leaves"), default=DEFAULT_MAX_LEAVES,
                    help=f"beyond this many leaves, collapse repeated subtrees (default {DEFAULT_MAX_LEAVES})")
+    p.add_argument("--html", metavar="FILE",
+                   help="also write one self-contained HTML page: a zoomable map of the address space coloured by "
+                        "effective rights and a page-table tree explorer (FILE: a new or regular file, replaced "
+                        f"atomically; {SYMLINK_POLICY})")
     add_max_inflate(p)
     p.set_defaults(func=main)
 
@@ -87,6 +93,11 @@ def main(args: argparse.Namespace) -> int:
         features = Features.parse(args.features, args.maxphyaddr)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if args.html is not None:
+        try:
+            check_target(args.html, "HTML file")  # before the work: a bad path should not cost a dump
+        except WriteError as e:
+            raise UsageError(str(e)) from None
     image = _open(args.image, args.max_inflate)
     cpus = getattr(image, "cpus", [])
     if cpus and not 0 <= args.cpu < len(cpus):
@@ -100,11 +111,20 @@ def main(args: argparse.Namespace) -> int:
             spaces.append(open_space(source, regs, features, absent_zero=absent_zero))
         except SetupError as e:
             raise UsageError(str(e)) from None
+    if args.html is not None:
+        from earlymm.tools.html import write_ptdump_html
+
+        try:
+            write_ptdump_html(args.html, spaces, args.image, max_tables=args.max_tables)
+        except WriteError as e:
+            raise UsageError(str(e)) from None
     try:
         if args.check_wx or args.check_user_kernel:
             out = render.run_audits(spaces, check_wx=args.check_wx, check_user_kernel=args.check_user_kernel)
+        elif args.html is not None and args.format is None:
+            return 0
         else:
-            out = render.dump(spaces, args.format, args.image, crlf=args.crlf, max_tables=args.max_tables,
+            out = render.dump(spaces, args.format or "linux", args.image, crlf=args.crlf, max_tables=args.max_tables,
                               max_leaves=args.max_leaves)
     except render.RenderError as e:
         raise UsageError(str(e)) from None
