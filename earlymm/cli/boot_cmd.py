@@ -169,7 +169,9 @@ def cpu_identity(args: argparse.Namespace) -> CpuIdentity:
         raise UsageError(str(e)) from None
 
 
-def main(args: argparse.Namespace) -> int:
+def configure(args: argparse.Namespace) -> tuple[MachineConfig, KernelConfig, Phase | None]:
+    """The machine, the kernel and where to stop, from parsed ``earlymm boot`` arguments (``UsageError`` on
+    bad input). ``earlymm matrix`` runs its configurations through here, so its commands reproduce."""
     until = None
     if args.until:
         try:
@@ -184,15 +186,20 @@ def main(args: argparse.Namespace) -> int:
     if args.mem is not None and args.mem > MAX_MEM_4LEVEL:
         raise UsageError(f"--mem {size_text(args.mem)}: 4-level paging maps at most {size_text(MAX_MEM_4LEVEL)} of "
                          "RAM (MAXMEM = 2^46, MAX_PHYSMEM_BITS 46), and the boot model runs 4-level paging")
+    machine = machine_config(args)
+    kernel = KernelConfig(PROFILES[args.profile], Variant(args.variant), PoolAccess(args.pool_access), args.pool,
+                          force_nx=args.force_nx)
+    return machine, kernel, until
+
+
+def main(args: argparse.Namespace) -> int:
     for path, what in ((args.save_core, "core"), (args.html, "HTML file")):
         if path is not None:
             try:
                 check_target(path, what)  # before the boot: a bad path should not cost a run
             except WriteError as e:
                 raise UsageError(str(e)) from None
-    machine = machine_config(args)
-    kernel = KernelConfig(PROFILES[args.profile], Variant(args.variant), PoolAccess(args.pool_access), args.pool,
-                          force_nx=args.force_nx)
+    machine, kernel, until = configure(args)
     progress = None
     if args.progress or sys.stderr.isatty():
         ram = sum(r.end - r.start for r in machine.ram())
