@@ -16,7 +16,7 @@ from typing import Any
 from earlymm.hw.events import CrWrite, Event, FaultRaised, TlbFlush
 from earlymm.kernel.boot import BootResult
 from earlymm.kernel.consts import START_KERNEL_MAP
-from earlymm.kernel.events import PhaseEntered, PoolAlloc, PoolReset, RunEnded
+from earlymm.kernel.events import HandlerOutcome, PhaseEntered, PoolAlloc, PoolReset, RunEnded
 from earlymm.tools.boot_report import describe, stats
 from earlymm.tools.html.dag import DEFAULT_MAX_TABLES, DagStore, level_info
 from earlymm.tools.html.snapshots import BootRecorder
@@ -105,6 +105,8 @@ def timeline(result: BootResult) -> dict[str, Any]:
         if isinstance(e, TlbFlush):
             continue
         text = describe(e)
+        if isinstance(e, HandlerOutcome) and text is None:  # the summary leaves these out; a click needs them
+            text = f"early handler: {e.outcome} {e.cr2:#x}"
         if text is None:
             continue
         key = isinstance(e, PhaseEntered | RunEnded) or (isinstance(e, CrWrite) and e.reg == "cr3")
