@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from earlymm.cli import boot_cmd
 from earlymm.cli.common import EXIT_CRASH, EXIT_OK, Parser, UsageError, parse_size
@@ -48,9 +48,19 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p.set_defaults(func=main)
 
 
+class _Refused(Exception):
+    """earlymm boot's parser refused a value (the message it would have printed)."""
+
+
+class _QuietParser(Parser):
+    def error(self, message: str) -> NoReturn:
+        raise _Refused(message)
+
+
 def boot_parser() -> Parser:
-    p = Parser(prog="earlymm")
-    boot_cmd.add_parser(p.add_subparsers(dest="command", parser_class=Parser))
+    """``earlymm boot``'s own parser, raising ``_Refused`` instead of printing and exiting."""
+    p = _QuietParser(prog="earlymm")
+    boot_cmd.add_parser(p.add_subparsers(dest="command", parser_class=_QuietParser))
     return p
 
 
@@ -86,9 +96,8 @@ def _run_one(parser: Parser, index: int, argv: list[str]) -> dict[str, Any]:
         machine, kernel, until = boot_cmd.configure(args)
         rec["ram"] = sum(r.end - r.start for r in machine.ram())
         result = boot(machine, kernel, until=until, trace=True, image_size=args.image_size)
-    except (UsageError, ValueError, SystemExit) as e:
-        rec.update(outcome="bad-input", reason=str(e) if not isinstance(e, SystemExit) else "rejected by the "
-                   "earlymm boot parser")
+    except (UsageError, ValueError, _Refused) as e:
+        rec.update(outcome="bad-input", reason=str(e))
     except Exception as e:  # a bug in the model: an outcome of its own, the rest of the grid still runs
         rec.update(outcome="internal-error", reason=f"{type(e).__name__}: {e}")
     else:
@@ -142,8 +151,8 @@ def build_grid(args: argparse.Namespace) -> list[grid.Config]:
     for what, argv in checks:  # every value once through earlymm boot's own parser, before any boot runs
         try:
             parser.parse_args(["boot", *argv])
-        except SystemExit:
-            raise UsageError(f"{what}: not valid for earlymm boot ({' '.join(argv)})") from None
+        except _Refused as e:
+            raise UsageError(f"{what}: not valid for earlymm boot: {e}") from None
     return grid.expand(mems, values)
 
 
@@ -173,7 +182,7 @@ def main(args: argparse.Namespace) -> int:
 
         try:
             write_html(args.html, {"kind": "matrix", "title": f"earlymm matrix: {len(configs)} configurations",
-                                   "source": "", "matrix": doc})
+                                   "source": "", "matrix": report.html_doc(configs, records, groups)})
         except WriteError as e:
             raise UsageError(str(e)) from None
     if args.json:

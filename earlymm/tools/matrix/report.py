@@ -14,7 +14,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from earlymm.tools.matrix.grid import AXES, Config, size_key
+from earlymm.tools.matrix.grid import Config, size_key
 
 OK_OUTCOMES = ("booted", "stopped")
 _HEX = re.compile(r"0x[0-9a-fA-F]+")
@@ -122,4 +122,23 @@ def text(configs: list[Config], records: list[dict[str, Any]], groups: list[Grou
     return out
 
 
-AXIS_NAMES = ["memory"] + [a.name for a in AXES if a.name not in ("mem", "holes", "e820")]
+def html_doc(configs: list[Config], records: list[dict[str, Any]], groups: list[Group]) -> dict[str, Any]:
+    """The page's data, compact: each configuration is a row of value indices (one per axis) and its group."""
+    axes = grid_axes(configs)
+    names = list(axes)
+    pos = {k: {v: i for i, v in enumerate(vals)} for k, vals in axes.items()}
+    group_of = {i: gi for gi, g in enumerate(groups) for i in g.members}
+    rows = []
+    for c in configs:
+        label = c.label()
+        rows.append([group_of[c.index], *[pos[k][label[k]] for k in names], c.index])
+    keys = varied(configs)
+    return {
+        "configurations": len(configs), "failed": sum(len(g.members) for g in groups if not g.ok),
+        "axes": [[k, axes[k]] for k in names], "rows": rows,
+        "commands": [command(r["argv"]) for r in records],
+        "groups": [{"outcome": g.outcome, "phase": g.phase, "reason": g.pattern, "count": len(g.members), "ok": g.ok,
+                    "smallest": g.smallest, "command": command(records[g.smallest]["argv"]),
+                    "smallest_config": ", ".join(f"{k} {configs[g.smallest].label()[k]}" for k in keys)}
+                   for g in groups],
+    }
