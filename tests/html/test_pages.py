@@ -166,3 +166,41 @@ def test_boot_timeline_shows_the_tables_at_each_event(browser: Browser, pages: d
     assert page.eval("document.querySelectorAll('#tree .badge.changed').length") >= 1
     assert page.errors() == []
     assert page.screenshot(tmp_path / "boot.png") > 1000
+
+
+def test_matrix_page(browser: Browser, tmp_path: Path) -> None:
+    out = tmp_path / "matrix.html"
+    assert run("matrix", "--pool-access", "high-map,page-offset", "--pool", "16,64", "--workers", "1",
+               "--html", str(out)) == 1
+    page = opened(browser, out)
+    groups = page.eval("[...document.querySelectorAll('#groups tbody tr')].map(r => r.cells[1].textContent)")
+    assert groups == ["halt in x86_64_start_kernel", "booted"]
+    cells = page.eval("[...document.querySelectorAll('#pivot-table td')].map(t => t.textContent)")
+    assert sorted(cells) == ["0/1", "0/1", "1/1", "1/1"]  # pool-access × pool: page-offset halts, whatever the pool
+    page.eval("document.querySelector('#groups tbody tr').click()")
+    assert "--pool-access page-offset" in page.eval("document.getElementById('cell-detail').textContent")
+    assert page.errors() == []
+    assert page.screenshot(tmp_path / "matrix.png") > 1000
+
+
+def test_hostile_self_map_stays_small_and_draws(browser: Browser, tmp_path: Path) -> None:
+    # one page whose 512 entries all point back at it: 2^36 leaves through four levels of the same table
+    import struct
+
+    image = tmp_path / "selfmap.raw"
+    image.write_bytes(bytes(0x1000) + struct.pack("<512Q", *[0x1000 | 7] * 512))
+    out = tmp_path / "selfmap.html"
+    assert run("ptdump", str(image), "--cr3", "0x1000", "--cr0", "0x80050033", "--cr4", "0x20", "--efer", "0xd01",
+               "--html", str(out)) == 0
+    data = json.loads(re.search(r'id="earlymm-data">(.*?)</script>', out.read_text(), re.S)[1])  # type: ignore[index]
+    assert len(data["nodes"]) == 4 and data["nodes"][data["views"][0]["roots"][0]["root"]][4] == 512 ** 4
+    assert out.stat().st_size < 150_000
+    page = opened(browser, out)
+    assert 0 < page.eval("document.querySelectorAll('#map-segments rect.seg').length") < 3000
+    page.eval("document.getElementById('zoom-in').click(); document.getElementById('zoom-in').click()")
+    page.eval("document.querySelector('#tree .trow.kind-table .tog').click()")
+    # the table is its own child: shown once, with its 512 aliases listed; the first entry expands into it
+    assert page.eval("document.querySelectorAll('#tree .tnode[data-node]').length") == 2
+    aliases = page.eval("document.querySelector('#tree .tnode .tnode .aliases').textContent")
+    assert aliases.startswith("aliases: PML4E[0]")
+    assert page.errors() == []
