@@ -57,7 +57,8 @@ def main() -> None:
     ap.add_argument("--dask", action="store_true", help="also time a local Dask cluster")
     ap.add_argument("--no-inline", action="store_true", help="skip the one-process row")
     args = ap.parse_args()
-    print(f"earlymm {git_state()}, {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"earlymm {git_state()}, {os.cpu_count()} CPUs, python {sys.version.split()[0]}, load average {load}")
     rows: list[tuple[str, float]] = []
     wall, doc = matrix(["--workers", str(args.workers)])
     n = int(doc["configurations"])  # type: ignore[call-overload]
