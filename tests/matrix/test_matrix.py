@@ -129,3 +129,9 @@ def test_a_configuration_the_loader_refuses_is_an_outcome(capsys: pytest.Capture
     bad = [g for g in doc["groups"] if g["outcome"] == "bad-input"]
     assert len(bad) == 1 and "not inside RAM" in bad[0]["smallest_reason"]
     assert bad[0]["command"] == "earlymm boot --mem 2G --kernel-at 0x100000000"
+
+
+def test_progress_bar_on_request(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _text, err = matrix(capsys, "--pool", "16,64", "--progress", "--workers", "1")
+    assert code == 0
+    assert "booting" in err and "2/2" in err

@@ -31,7 +31,8 @@ from earlymm.tools.ptdump.semantics import Row, Semantics
 
 MASK_BAD, MASK_HOLE, MASK_SKIPPED = 1 << 8, 1 << 9, 1 << 10
 DEFAULT_MAX_TABLES = 8192  # per view
-DEFAULT_MAX_NODES = 40_000  # over the whole document
+DEFAULT_MAX_NODES = 80_000  # over the whole document
+DEFAULT_MAX_GROUPS = 500_000  # over the whole document: about 25 MB of page, whatever the tables hold
 
 Group = list[Any]  # [idx, count, kind, entry hex, target hex, flags index, rights code, child id]
 
@@ -59,14 +60,17 @@ class DagStore:
     """Nodes shared by every view of one document."""
 
     max_nodes: int = DEFAULT_MAX_NODES
+    max_groups: int = DEFAULT_MAX_GROUPS
+    groups: int = 0
     nodes: list[list[Any]] = field(default_factory=list)  # [table hex, depth, groups, mask, leaves]
+    reads: int = 0  # tables read over all views (a boot's snapshots stop when this passes their budget)
     flag_names: list[list[str]] = field(default_factory=list)
     _flag_index: dict[tuple[int, int, str, bool], int] = field(default_factory=dict)
     _last: dict[tuple[int, int, str], tuple[_Template, list[int], int]] = field(default_factory=dict)
 
     @property
     def full(self) -> bool:
-        return len(self.nodes) >= self.max_nodes
+        return len(self.nodes) >= self.max_nodes or self.groups >= self.max_groups
 
     def view(self, mem: PhysMem, sem: Semantics, root_addr: int, *, max_tables: int = DEFAULT_MAX_TABLES
              ) -> ViewResult:
@@ -88,6 +92,7 @@ class DagStore:
                 memo[key] = -HOLE
                 return -HOLE
             result.tables += 1
+            self.reads += 1
             raw = bytes(q)
             cache_key = (addr, depth, sem.mode.value)
             last = self._last.get(cache_key)
@@ -127,6 +132,7 @@ class DagStore:
                 mask |= MASK_HOLE if -kid == HOLE else MASK_SKIPPED
             groups.append(g)
         self.nodes.append([f"{addr:x}", depth, groups, mask, leaves])
+        self.groups += len(groups)
         return len(self.nodes) - 1
 
     def _flags(self, sem: Semantics, row: Row, e: int, leaf: bool) -> int:
