@@ -175,6 +175,9 @@ def main(args: argparse.Namespace) -> int:
             raise UsageError(str(e)) from None
     records.sort(key=lambda r: r["index"])
     elapsed = time.perf_counter() - start
+    if records and all(r["outcome"] == "bad-input" for r in records):
+        # nothing could even start (a value earlymm boot refuses in every combination): bad input, not a table
+        raise UsageError(f"no configuration is valid for earlymm boot; #0: {records[0]['reason']}")
     groups = report.group(configs, records)
     doc = report.to_json(configs, records, groups)
     if args.html is not None:

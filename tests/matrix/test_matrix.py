@@ -135,3 +135,18 @@ def test_progress_bar_on_request(capsys: pytest.CaptureFixture[str]) -> None:
     code, _text, err = matrix(capsys, "--pool", "16,64", "--progress", "--workers", "1")
     assert code == 0
     assert "booting" in err and "2/2" in err
+
+
+BAD_VALUES = {"kernel-at": ["0x1100000", "-1", "0x", "16M", "1e6"], "mem": ["0", "1M", "4Q", "-4G"],
+              "ramdisk": ["garbage", "0x1000:", ":16M"], "pool": ["0", "5000", "x"], "variant": ["RFC", ""],
+              "profile": ["v2.6"], "until": ["nowhere"], "nx": ["maybe"], "holes": ["swiss"]}
+
+
+@pytest.mark.parametrize("axis, value", [(a, v) for a, vs in BAD_VALUES.items() for v in vs])
+def test_a_value_no_boot_accepts_is_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path, axis: str,
+                                               value: str) -> None:
+    capsys.readouterr()
+    assert main(["matrix", f"--{axis}", value, "--workers", "1", "--e820-dir", str(tmp_path / "maps")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.err.startswith("earlymm matrix: error: "), captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
