@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from pathlib import Path
 
 import pytest
@@ -183,24 +184,37 @@ def test_matrix_page(browser: Browser, tmp_path: Path) -> None:
     assert page.screenshot(tmp_path / "matrix.png") > 1000
 
 
-def test_hostile_self_map_stays_small_and_draws(browser: Browser, tmp_path: Path) -> None:
-    # one page whose 512 entries all point back at it: 2^36 leaves through four levels of the same table
-    import struct
+SELF_MAPS = {  # one table whose entries all point back at it, in each paging mode (CR0, CR4, EFER, image)
+    "4-level": ("0x80050033", "0x20", "0xd01", lambda: bytes(0x1000) + struct.pack("<512Q", *[0x1000 | 7] * 512), 4,
+                512 ** 4),
+    "32-bit": ("0x80000011", "0x0", "0x0",
+               lambda: bytes(0x1000) + struct.pack("<1024I", *([0x1000 | 7] * 256 + [0] * 768)), 2, 256 * 256),
+    "pae": ("0x80000011", "0x20", "0x0", lambda: bytes(0x1000) + struct.pack("<4Q", *[0x2000 | 1] * 4)
+            + bytes(0x1000 - 32) + struct.pack("<512Q", *([0x2000 | 7] * 128 + [0] * 384)), 3, 4 * 128 * 128),
+}
 
+
+@pytest.mark.parametrize("mode", list(SELF_MAPS))
+def test_hostile_self_map_stays_small_and_draws(browser: Browser, tmp_path: Path, mode: str) -> None:
+    cr0, cr4, efer, image_bytes, nodes, leaves = SELF_MAPS[mode]
     image = tmp_path / "selfmap.raw"
-    image.write_bytes(bytes(0x1000) + struct.pack("<512Q", *[0x1000 | 7] * 512))
+    image.write_bytes(image_bytes())
     out = tmp_path / "selfmap.html"
-    assert run("ptdump", str(image), "--cr3", "0x1000", "--cr0", "0x80050033", "--cr4", "0x20", "--efer", "0xd01",
+    assert run("ptdump", str(image), "--cr3", "0x1000", "--cr0", cr0, "--cr4", cr4, "--efer", efer,
                "--html", str(out)) == 0
     data = json.loads(re.search(r'id="earlymm-data">(.*?)</script>', out.read_text(), re.S)[1])  # type: ignore[index]
-    assert len(data["nodes"]) == 4 and data["nodes"][data["views"][0]["roots"][0]["root"]][4] == 512 ** 4
+    assert data["views"][0]["mode"] == mode
+    assert len(data["nodes"]) == nodes and data["nodes"][data["views"][0]["roots"][0]["root"]][4] == leaves
     assert out.stat().st_size < 150_000
     page = opened(browser, out)
     assert 0 < page.eval("document.querySelectorAll('#map-segments rect.seg').length") < 3000
     page.eval("document.getElementById('zoom-in').click(); document.getElementById('zoom-in').click()")
     page.eval("document.querySelector('#tree .trow.kind-table .tog').click()")
-    # the table is its own child: shown once, with its 512 aliases listed; the first entry expands into it
+    # the table is its own child: shown once, with its aliases listed; the first entry expands into it
     assert page.eval("document.querySelectorAll('#tree .tnode[data-node]').length") == 2
     aliases = page.eval("document.querySelector('#tree .tnode .tnode .aliases').textContent")
-    assert aliases.startswith("aliases: PML4E[0]")
+    assert aliases.startswith("aliases: ")
+    page.eval("earlymm.map.gotoVa(0x1000n)")  # PTE[1] is the table's own second entry: it maps the table's target
+    target = "0x2000" if mode == "pae" else "0x1000"
+    assert f"0x1000 → {target}," in page.eval("document.getElementById('map-detail').textContent")
     assert page.errors() == []
