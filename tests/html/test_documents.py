@@ -73,3 +73,15 @@ def test_a_hostile_string_cannot_end_the_data_script(tmp_path: Path) -> None:
     assert html.count("</script>") == 2  # the data element's and the code's own
     data = re.search(r'id="earlymm-data">(.*?)</script>', html, re.S)
     assert data is not None and json.loads(data[1])["source"] == "</script>"
+
+
+def test_a_long_pool_series_is_thinned_keeping_its_range() -> None:
+    from earlymm.tools.html.documents import thin
+
+    series = [[i, (i % 7) if i % 1000 else 64] for i in range(100_000)]  # thousands of resets, a few peaks
+    got = thin(series)
+    assert len(got) <= 4 * 2000 and got[0] == series[0] and got[-1] == series[-1]
+    assert got == sorted(got) and {p[1] for p in got} == {p[1] for p in series}
+    assert [p for p in got if p[1] == 64] == [p for p in series if p[1] == 64]
+    short = [[0, 0], [5, 2]]
+    assert thin(short) == short

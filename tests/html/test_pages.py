@@ -218,3 +218,17 @@ def test_hostile_self_map_stays_small_and_draws(browser: Browser, tmp_path: Path
     target = "0x2000" if mode == "pae" else "0x1000"
     assert f"0x1000 → {target}," in page.eval("document.getElementById('map-detail').textContent")
     assert page.errors() == []
+
+
+def test_a_crashed_boot_page(browser: Browser, tmp_path: Path) -> None:
+    # __va() for the pool pages: the handler faults inside itself until early_recursion_flag halts it
+    out = tmp_path / "halt.html"
+    assert run("boot", "--pool-access", "page-offset", "--html", str(out)) == 1
+    page = opened(browser, out)
+    assert page.eval("document.querySelector('#boot-summary .fail').textContent").startswith("halt in ")
+    nested = page.eval("[...document.querySelectorAll('#events tr')].filter(r => r.cells[1]?.textContent === "
+                       "'fault_raised').length")
+    assert nested >= 2 and page.eval("document.querySelectorAll('#timeline circle.mark').length") == nested
+    page.eval("document.querySelector('#timeline circle.mark:last-of-type').dispatchEvent(new MouseEvent('click'))")
+    assert "tables as at event" in page.eval("document.getElementById('selected-event').textContent")
+    assert page.errors() == []

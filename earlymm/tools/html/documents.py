@@ -109,20 +109,41 @@ def timeline(result: BootResult) -> dict[str, Any]:
             text = f"early handler: {e.outcome} {e.cr2:#x}"
         if text is None:
             continue
-        key = isinstance(e, PhaseEntered | RunEnded) or (isinstance(e, CrWrite) and e.reg == "cr3")
-        if len(shown) < MAX_EVENTS or key:
+        if len(shown) < MAX_EVENTS or isinstance(e, PhaseEntered | RunEnded):
             shown.append(_event_row(i, e, text))
         else:
             omitted += 1
-    return {"events": shown, "omitted": omitted, "total": len(events), "phases": phases, "pool": pool}
+    return {"events": shown, "omitted": omitted, "total": len(events), "phases": phases, "pool": thin(pool)}
+
+
+def thin(series: list[list[int]], buckets: int = 2000) -> list[list[int]]:
+    """A step series cut to about ``2 * buckets`` points: per bucket of event indices, the points where it is
+    lowest and highest, in order (a pool reset thousands of times still shows its range; the chart is about
+    1,000 pixels wide)."""
+    if len(series) <= 2 * buckets:
+        return series
+    width = (series[-1][0] - series[0][0]) // buckets + 1
+    out: list[list[int]] = []
+    group: list[list[int]] = []
+    for point in series:
+        if group and point[0] // width != group[0][0] // width:
+            out += _extremes(group)
+            group = []
+        group.append(point)
+    return out + _extremes(group)
+
+
+def _extremes(group: list[list[int]]) -> list[list[int]]:
+    lo = min(range(len(group)), key=lambda i: group[i][1])
+    hi = max(range(len(group)), key=lambda i: group[i][1])
+    return [group[i] for i in sorted({0, lo, hi, len(group) - 1})]
 
 
 def boot_document(result: BootResult, recorder: BootRecorder) -> dict[str, Any]:
     ctx = result.ctx
     entry = ctx.platform.entry
     ram = sum(x.end - x.start for x in ctx.platform.ram())
-    markers = boot_markers(result)
-    views = [dict(v, markers=markers) for v in recorder.views]
+    views = recorder.views
     boot = {
         "outcome": result.outcome.value, "crashed": result.outcome.crashed, "reason": result.reason,
         "phase": result.phase, "profile": ctx.profile.name, "variant": ctx.config.variant.value,
@@ -135,4 +156,4 @@ def boot_document(result: BootResult, recorder: BootRecorder) -> dict[str, Any]:
               f"{entry.ramdisk_at:#x}+{entry.ramdisk_size:#x}")
     return {"kind": "boot", "title": f"earlymm boot: {result.outcome.value}", "source": source,
             "modes": recorder.modes, "nodes": recorder.store.nodes, "flags": recorder.store.flag_names,
-            "views": views, "boot": boot}
+            "views": views, "markers": boot_markers(result), "boot": boot}

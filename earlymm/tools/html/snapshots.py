@@ -6,7 +6,7 @@ exactly as without it) and the second to read the tables from ``ctx.platform.mem
 a picture passes: a phase, a CR3 write, a #PF raised and handled, a pool reset, a direct-map range,
 the end of the run. Bounded: at most ``max_snapshots`` snapshots of at most 2048 tables each (the end of
 the run: 32768), and once ``read_budget`` tables have been read (a 64 TiB direct map is 65,000 tables)
-only phases, CR3 writes and the end get one; the page says how many events went without. Reading goes
+only phases and the end get one; the page says how many events went without. Reading goes
 straight to the frames — no MMU access, no A/D update, no TLB fill —
 so recording changes nothing in the run (a test compares the JSON of a boot with and without it).
 
@@ -56,9 +56,10 @@ class BootRecorder:
         ctx = self.ctx
         if ctx is None:
             return
-        key = isinstance(e, _ALWAYS) or (isinstance(e, CrWrite) and e.reg == "cr3")
-        if not key and not isinstance(e, _SNAP):
+        key = isinstance(e, _ALWAYS)
+        if not key and not isinstance(e, _SNAP) and not (isinstance(e, CrWrite) and e.reg == "cr3"):
             return
+        # phases and the end always; the rest (a livelock reloads CR3 thousands of times) within the bounds
         if not key and (len(self.views) >= self.max_snapshots or self.store.full
                         or self.store.reads >= self.read_budget):
             self.dropped += 1

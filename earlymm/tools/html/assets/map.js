@@ -143,7 +143,7 @@ EM.Map = class {
     this.svg.setAttribute("data-lo", EM.hex(this.lo)); this.svg.setAttribute("data-hi", EM.hex(this.hi));
   }
   drawRegions() {
-    const cur = EM.current(), sp = cur.space, marks = cur.view.markers || [];
+    const cur = EM.current(), sp = cur.space, marks = cur.view.markers || EM.data.markers || [];
     const g = EM.svg("g", { id: "map-regions" });
     for (let i = 0; i < marks.length; i++) {
       const a = sp.clampLinear(EM.big(marks[i][0])), b = i + 1 < marks.length ? sp.clampLinear(EM.big(marks[i + 1][0])) : sp.size;
