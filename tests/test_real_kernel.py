@@ -12,13 +12,13 @@ The slow test reruns the whole pipeline (boot, capture, minimize) when QEMU and 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from earlymm.images.minimize import read_capture_text
 from earlymm.images.monitor_text import parse_gva2gpa_file
+from tests.qemu_support import need_tools
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CAPTURES = sorted(p for p in FIXTURES.glob("qemu-*") if p.is_dir())
@@ -59,18 +59,11 @@ def test_translate_matches_qemu(capture: Path, tmp_path: Path, capsys: pytest.Ca
     assert translate_all(capture, tmp_path, capsys) == []
 
 
-def _kernel() -> Path | None:
-    found = sorted((REPO / "captures" / "kernel" / "root" / "boot").glob("vmlinuz-*"))
-    return found[-1] if found else None
-
-
 @pytest.mark.slow
 @pytest.mark.qemu
+@pytest.mark.ci_qemu
 def test_capture_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    kernel = _kernel()
-    if shutil.which("qemu-system-x86_64") is None or kernel is None:
-        pytest.skip("needs qemu-system-x86_64 and a kernel (python -m earlymm.tools.qemu_capture "
-                    "--fetch-kernel captures/kernel)")
+    kernel = need_tools("qemu-system-x86_64")
     from earlymm.tools.qemu_capture import main as capture_main
 
     out, fixture = tmp_path / "cap", tmp_path / "fix"

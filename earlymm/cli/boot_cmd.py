@@ -23,10 +23,13 @@ from earlymm.tools.argtypes import int_range
 from earlymm.tools.boot_progress import BootProgress
 from earlymm.tools.boot_report import render_text, save_core, to_json
 from earlymm.tools.html import BootRecorder, write_boot_html
+from earlymm.tools.midboot.kallsyms import KallsymsError
+from earlymm.tools.midboot.kallsyms import parse as parse_kallsyms
 
 # The most RAM the modelled 4-level kernel can map: MAXMEM = 1 << MAX_PHYSMEM_BITS (46), 64 TiB (spec §2
 # constants table; arch/x86/include/asm/sparsemem.h). The boot model runs 4-level paging only.
 MAX_MEM_4LEVEL = 1 << 46
+MAX_MEM_5LEVEL = 1 << 52  # MAX_PHYSMEM_BITS 52 in 5-level mode: MAXMEM 4 PiB
 E820_MAX_LINE = 4096  # bytes per line of an e820 file: a longer "line" is not an e820 map
 
 def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
@@ -38,12 +41,16 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     mem.add_argument("--e820", help="e820 map file: 'START END TYPE' per line (END exclusive; ram, reserved, "
                                     "acpi, nvs, unusable)")
     p.add_argument("--kernel-at", type=hexint, default=0x100_0000, help="physical load address (2 MiB aligned)")
-    p.add_argument("--image-size", type=size_arg, default=24 << 20, help="kernel image size _end - _text (24M)")
+    p.add_argument("--image-size", type=size_arg, help="kernel image size _end - _text (default 24M)")
+    p.add_argument("--kernel-symbols", metavar="FILE",
+                   help="lay the image out as a real nokaslr build: its /proc/kallsyms (or System.map) text gives "
+                        "the address of every table and variable the model uses, and _end - _text its size")
     p.add_argument("--boot-params-at", type=hexint, default=0x1_4000)
     p.add_argument("--ramdisk", help="ADDR:SIZE (default: 16M near the top of RAM below 2 GiB)")
     p.add_argument("--cmdline", default="root=/dev/sda1 ro console=ttyS0 earlyprintk=serial")
     p.add_argument("--cmdline-at", type=hexint, default=0x2_0000)
-    p.add_argument("--profile", choices=sorted(PROFILES), default="v3.9")
+    p.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                   help="kernel generation to model (default v3.9; current when 5-level options are given)")
     p.add_argument("--pool", type=int_range(1, 4096, "--pool"), default=64,
                    help="EARLY_DYNAMIC_PAGE_TABLES, 1..4096 (default 64)")
     p.add_argument("--variant", choices=[v.value for v in Variant], default="merged")
@@ -59,7 +66,23 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--cpu-stepping", type=hexint, help="CPU stepping (default 9 for intel, 2 for amd)")
     p.add_argument("--hypervisor", action="store_true",
                    help="set the hypervisor bit CPUID.1:ECX[31] (the CPU says it runs under a hypervisor)")
-    p.add_argument("--until", help="stop after: startup_64, x86_64_start_kernel, setup_arch, init_mem_mapping, end")
+    p.add_argument("--paging", type=int, choices=(4, 5), default=4,
+                   help="5: a kernel with 5-level support (CONFIG_X86_5LEVEL, current profile) on a CPU with LA57; the "
+                        "decompressor switches to 5-level paging first (default 4: no decompressor stage)")
+    p.add_argument("--decompressor", choices=("v4.14", "rfc", "merged"),
+                   help="the decompressor's 4↔5-level switch to run: v4.14 (inside the image), rfc (seed 003: 0x7c00 "
+                        "and 0x7000), merged (6.1: a trampoline placed from the BDA/EBDA/e820); default merged with "
+                        "--paging 5")
+    p.add_argument("--loader-paging", type=int, choices=(4, 5), default=4,
+                   help="the paging mode the boot loader hands over in (5 needs a CPU with LA57)")
+    p.add_argument("--no-la57", action="store_true", help="a CPU without 5-level paging (CPUID.7.0:ECX[16] clear)")
+    p.add_argument("--bda-base", type=hexint, metavar="KIB",
+                   help="BIOS data area 0x413: base memory in KiB (default: from the e820 map, as SeaBIOS)")
+    p.add_argument("--ebda", type=hexint, metavar="SEG", help="BIOS data area 0x40e: the EBDA segment")
+    p.add_argument("--efi-loader", choices=("EL32", "EL64"),
+                   help="boot_params' EFI loader signature: an EFI boot (the BDA is then not trusted)")
+    p.add_argument("--until", help="stop after: decompressor, startup_64, x86_64_start_kernel, setup_arch, "
+                                   "init_mem_mapping, end")
     p.add_argument("--save-core", metavar="FILE",
                    help="write the machine as a QEMU-format ELF core at the end of the run (gzip-compressed if FILE "
                         "ends in .gz). FILE must be a new or regular file: devices, FIFOs, sockets and directories "
@@ -152,10 +175,21 @@ def machine_config(args: argparse.Namespace) -> MachineConfig:
             rd_at, rd_size = parse_int(a, bits=52), parse_size(s) if colon else 16 << 20
         except ValueError as e:
             raise UsageError(f"--ramdisk {args.ramdisk!r}: {e} (want ADDR:SIZE)") from None
-    feats = Features(nx=not args.no_nx, gbpages=not args.no_gbpages, pge=not args.no_pge, la57=False, pks=False)
+    top = max((r.end for r in e820), default=0)
+    if top > MAX_MEM_5LEVEL:
+        where = args.e820 if args.e820 else f"--mem {size_text(args.mem or 0)}"
+        why = "" if args.e820 else (" (the PC layout moves 1 GiB of RAM above 4 GiB for the PCI hole: at most "
+                                    "--mem 4095T fits)")
+        raise UsageError(f"{where}: the memory map ends at {top:#x}, beyond the 52-bit physical address space{why}")
+    la57 = (args.paging == 5 or args.loader_paging == 5 or args.decompressor is not None) and not args.no_la57
+    feats = Features(nx=not args.no_nx, gbpages=not args.no_gbpages, pge=not args.no_pge, la57=la57, pks=False)
+    for name, value, top in (("--bda-base", args.bda_base, 0xFFFF), ("--ebda", args.ebda, 0xFFFF)):
+        if value is not None and not 0 <= value <= top:
+            raise UsageError(f"{name} {value:#x}: the BIOS data area holds a 16-bit word (0..0xffff)")
     return MachineConfig(e820=tuple(e820), kernel_at=args.kernel_at, boot_params_at=args.boot_params_at,
                          cmdline=args.cmdline, cmdline_at=args.cmdline_at, ramdisk_at=rd_at, ramdisk_size=rd_size,
-                         features=feats, identity=cpu_identity(args))
+                         features=feats, identity=cpu_identity(args), loader_paging=args.loader_paging,
+                         bda_base_kib=args.bda_base, ebda_segment=args.ebda, efi_loader=args.efi_loader or "")
 
 
 def cpu_identity(args: argparse.Namespace) -> CpuIdentity:
@@ -167,6 +201,17 @@ def cpu_identity(args: argparse.Namespace) -> CpuIdentity:
                            step if args.cpu_stepping is None else args.cpu_stepping, args.hypervisor)
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+
+def read_kernel_symbols(path: str, image_size: int | None) -> dict[str, int]:
+    """``--kernel-symbols``: name → address from /proc/kallsyms or System.map text."""
+    if image_size is not None:
+        raise UsageError("--kernel-symbols gives the image size (_end - _text): drop --image-size")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return dict(parse_kallsyms(f.read()).addresses)
+    except (OSError, UnicodeDecodeError, KallsymsError) as e:
+        raise UsageError(f"cannot read kernel symbols {path}: {e}") from None
 
 
 def configure(args: argparse.Namespace) -> tuple[MachineConfig, KernelConfig, Phase | None]:
@@ -183,13 +228,27 @@ def configure(args: argparse.Namespace) -> tuple[MachineConfig, KernelConfig, Ph
                          "bad_address; the simulated loader refuses it)")
     if args.mem is not None and args.mem < 4 << 20:
         raise UsageError(f"--mem: {args.mem} bytes is smaller than the kernel")
-    if args.mem is not None and args.mem > MAX_MEM_4LEVEL:
+    five = args.paging == 5 or args.loader_paging == 5 or args.decompressor is not None
+    if args.profile is None:
+        args.profile = "current" if five else "v3.9"
+    if five and args.profile != "current":
+        raise UsageError("5-level paging and the decompressor stage need --profile current (v3.9 is 4-level only)")
+    if args.mem is not None and args.mem > MAX_MEM_5LEVEL:
+        raise UsageError(f"--mem {size_text(args.mem)}: even 5-level paging maps at most {size_text(MAX_MEM_5LEVEL)} "
+                         "of RAM (MAXMEM = 2^52)")
+    if args.mem is not None and args.mem > MAX_MEM_4LEVEL and not five:
         raise UsageError(f"--mem {size_text(args.mem)}: 4-level paging maps at most {size_text(MAX_MEM_4LEVEL)} of "
                          "RAM (MAXMEM = 2^46, MAX_PHYSMEM_BITS 46), and the boot model runs 4-level paging")
     machine = machine_config(args)
+    symbols = read_kernel_symbols(args.kernel_symbols, args.image_size) if args.kernel_symbols else None
     kernel = KernelConfig(PROFILES[args.profile], Variant(args.variant), PoolAccess(args.pool_access), args.pool,
-                          force_nx=args.force_nx)
+                          force_nx=args.force_nx, symbols=symbols,
+                          decompressor=args.decompressor or ("merged" if five else None))
     return machine, kernel, until
+
+
+def image_size(args: argparse.Namespace) -> int:
+    return args.image_size if args.image_size is not None else 24 << 20
 
 
 def main(args: argparse.Namespace) -> int:
@@ -207,7 +266,7 @@ def main(args: argparse.Namespace) -> int:
     recorder = BootRecorder() if args.html is not None else None
     listeners = ([progress.on_event] if progress else []) + ([recorder.on_event] if recorder else [])
     try:
-        result = boot(machine, kernel, until=until, trace=True, image_size=args.image_size, listeners=listeners,
+        result = boot(machine, kernel, until=until, trace=True, image_size=image_size(args), listeners=listeners,
                       pv=recorder.attach if recorder else None)
     except ValueError as e:
         raise UsageError(str(e)) from None

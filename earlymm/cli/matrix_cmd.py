@@ -96,7 +96,7 @@ def _run_one(parser: Parser, index: int, argv: list[str]) -> dict[str, Any]:
         args = parser.parse_args(["boot", *argv])
         machine, kernel, until = boot_cmd.configure(args)
         rec["ram"] = sum(r.end - r.start for r in machine.ram())
-        result = boot(machine, kernel, until=until, trace=True, image_size=args.image_size)
+        result = boot(machine, kernel, until=until, trace=True, image_size=boot_cmd.image_size(args))
     except (UsageError, ValueError, _Refused) as e:
         rec.update(outcome="bad-input", reason=str(e))
     except Exception as e:  # a bug in the model: an outcome of its own, the rest of the grid still runs

@@ -187,7 +187,7 @@ class Cpu:
 
     def write_cr0(self, value: int) -> None:
         r, old = self.regs, self.regs.cr0
-        value |= Cr0.ET
+        value = int(value) | int(Cr0.ET)  # a plain int: IntFlag arithmetic on every access is slow
         if value & CR0_RESERVED:
             return self._gp(f"CR0 reserved bits {value & CR0_RESERVED:#x}")
         if value & Cr0.PG and not value & Cr0.PE:
@@ -255,7 +255,7 @@ class Cpu:
         changed = value ^ old
         if r.cr0 & Cr0.PG and not lma and value & Cr4.PAE and changed & (Cr4.PAE | Cr4.PGE | Cr4.PSE | Cr4.SMEP):
             self._load_pdptes(r.cr3)
-        r.cr4 = value
+        r.cr4 = int(value)
         self._cr_changed("cr4", old, value)
         # PGE changes and clearing PCIDE flush everything; changing PAE/PSE or setting SMEP flushes the
         # current PCID's entries, which with PCIDE=0 means everything too (spec §1.9).
@@ -276,7 +276,7 @@ class Cpu:
         if (value ^ old) & Efer.LME and r.cr0 & Cr0.PG:
             return self._gp("changing EFER.LME with paging enabled")
         value = (value & ~int(Efer.LMA)) | (old & Efer.LMA)  # LMA is read-only
-        r.efer = value
+        r.efer = int(value)
         self._cr_changed("efer", old, value)
 
     def _load_pdptes(self, cr3: int) -> None:

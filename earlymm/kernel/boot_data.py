@@ -4,6 +4,9 @@ protocol (arch/x86/include/uapi/asm/bootparam.h; spec §3.4)."""
 
 from __future__ import annotations
 
+import struct
+
+from earlymm.arch.addr import PhysAddr
 from earlymm.kernel.consts import COMMAND_LINE_SIZE
 from earlymm.kernel.context import KernelContext
 from earlymm.platform import bootparams as bp
@@ -45,4 +48,24 @@ def read_e820(ctx: KernelContext) -> list[tuple[int, int, int]]:
         raw = ctx.cpu.read(b + bp.E820_TABLE + 20 * i, 20)
         addr, size = int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:16], "little")
         out.append((addr, size, int.from_bytes(raw[16:20], "little")))
+    return out
+
+
+def setup_data_nodes(ctx: KernelContext) -> list[tuple[int, int, int]]:
+    """``parse_setup_data``'s walk of the ``hdr.setup_data`` list: (physical address, type, data length)
+    of each node, each header read through ``early_memremap`` (boot protocol 2.09 and later)."""
+    from earlymm.kernel.early_ioremap import read_phys
+
+    b = ctx.layout["boot_params"]
+    if ctx.rd(b + bp.VERSION, 2) < 0x0209:
+        return []
+    pa, out, seen = ctx.rd(b + bp.SETUP_DATA), [], set()
+    while pa and pa not in seen:
+        seen.add(pa)
+        hdr = read_phys(ctx, PhysAddr(pa), 16)
+        if hdr is None:
+            break
+        nxt, kind, length = struct.unpack("<QII", hdr)
+        out.append((pa, kind, length))
+        pa = nxt
     return out

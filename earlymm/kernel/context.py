@@ -42,6 +42,8 @@ class KernelConfig:
     pool_access: PoolAccess = PoolAccess.HIGH_MAP
     pool_pages: int = 64
     force_nx: bool = False  # set bit 63 in early_pmd_flags even without NX (the pre-fix kernels)
+    symbols: dict[str, int] | None = None  # a real build's symbol addresses (else the model's own layout)
+    decompressor: str | None = None  # run the decompressor's paging switch first: "v4.14", "rfc" or "merged"
 
 
 @dataclass
@@ -57,16 +59,18 @@ class BootStats:
     low_pages_brk: int = 0
     low_pages_memblock: int = 0
     faults: dict[int, int] = field(default_factory=dict)
+    last_fault: FaultRaised | None = None
 
     def on_event(self, e: Event) -> None:
         if isinstance(e, FaultRaised):
             self.faults[e.vector] = self.faults.get(e.vector, 0) + 1
+            self.last_fault = e
         elif isinstance(e, PoolAlloc):
             self.pool_allocs += 1
             self.pool_high_water = max(self.pool_high_water, e.index + 1)
         elif isinstance(e, PoolReset):
             self.pool_resets += 1
-        elif isinstance(e, FaultDelivered) and e.handler.startswith("early_idt_handlers["):
+        elif isinstance(e, FaultDelivered) and e.handler.startswith("early_idt_handler"):
             self.handler_calls += 1
         elif isinstance(e, HandlerOutcome):
             if e.outcome == "halt":  # stopped by early_recursion_flag before it ran: not a call
@@ -92,11 +96,16 @@ class KernelContext:
     phase: Phase | None = None
     mm: Any = None  # the MmState of mm_init once setup_arch has built it
     observer: Any = None  # invariant checker called at the points spec §3.11 names (not kernel code)
+    ioremap: Any = None  # early_ioremap's slots once early_ioremap_init ran
+    decompressor_layout: Any = None  # where the decompressor sits, when the boot runs it
     pgt: PgtableGeometry = field(init=False)
     pv: PvOps = field(init=False)
+    page_offset: int = field(init=False)  # page_offset_base: __PAGE_OFFSET of the paging mode the kernel runs in
+    maxmem: int = field(init=False)  # MAXMEM = 1 << MAX_PHYSMEM_BITS (46, or 52 in 5-level mode)
 
     def __post_init__(self) -> None:
         self.trace.listeners.append(self.stats.on_event)
+        self.page_offset, self.maxmem = self.profile.page_offset, self.profile.maxmem
         # Until __startup_64 learns otherwise (CR4.LA57), the kernel's tables are 4-level.
         self.pgt = x86_64(l5=False, physical_mask_shift=self.profile.physical_mask_shift)
         self.pv = PvOps(NativeMmuOps(self), NativeCpuOps(self))
@@ -147,13 +156,13 @@ class KernelContext:
 
     def va(self, pa: int) -> int:
         """``__va(pa)``: the direct-map address."""
-        return (pa + self.profile.page_offset) & ((1 << 64) - 1)
+        return (pa + self.page_offset) & ((1 << 64) - 1)
 
     def pa(self, va: int) -> int:
         """``__pa(va)`` (``__phys_addr``): kernel-image addresses via phys_base, others via PAGE_OFFSET."""
         if va >= START_KERNEL_MAP:
             return va - START_KERNEL_MAP + self.phys_base
-        return (va - self.profile.page_offset) & ((1 << 64) - 1)
+        return (va - self.page_offset) & ((1 << 64) - 1)
 
     def pa_symbol(self, name: str) -> int:
         return self.sym(name) - START_KERNEL_MAP + self.phys_base

@@ -30,8 +30,8 @@ def reset_early_page_tables(ctx: KernelContext) -> None:
     ``early_level4_pgt[0..510]``, empty the pool, reload CR3 (spec §3.5)."""
     top = ctx.layout.top_pgt
     ctx.memset(top, 0, (ctx.pgt.ptrs_per_pgd - 1) * ctx.pgt.entry_size)
-    used = ctx.rd(ctx.sym("next_early_pgt"))
-    ctx.wr(ctx.sym("next_early_pgt"), 0)
+    used = ctx.rd(ctx.sym("next_early_pgt"), 4)
+    ctx.wr(ctx.sym("next_early_pgt"), 0, 4)
     ctx.emit(PoolReset(ctx.stats.pool_resets + 1, used))
     if ctx.config.variant is Variant.RFC:
         native_flush_tlb(ctx.cpu)  # the RFC's __native_flush_tlb(): reload CR3
@@ -52,10 +52,10 @@ def _pool_va(ctx: KernelContext, entry_or_phys: int) -> int:
 def _alloc(ctx: KernelContext, level: str, address: int) -> int | None:
     """Take ``early_dynamic_pgts[next_early_pgt++]``; None if the pool is full (caller resets)."""
     nxt = ctx.sym("next_early_pgt")
-    n = ctx.rd(nxt)
+    n = ctx.rd(nxt, 4)
     if n >= ctx.config.pool_pages:
         return None
-    ctx.wr(nxt, n + 1)
+    ctx.wr(nxt, n + 1, 4)
     page_va = ctx.sym("early_dynamic_pgts") + 4096 * n
     ctx.emit(PoolAlloc(n, level, address, page_va - START_KERNEL_MAP + ctx.phys_base))
     return page_va
@@ -84,10 +84,10 @@ def early_make_pgtable(ctx: KernelContext, address: int) -> int:
     when it created a mapping, -1 when it declines (spec §3.6)."""
     if ctx.config.variant is Variant.RFC:
         return early_make_pgtable_rfc(ctx, address)
-    prof, g = ctx.profile, ctx.pgt
-    physaddr = (address - prof.page_offset) & ((1 << 64) - 1)
+    g = ctx.pgt
+    physaddr = (address - ctx.page_offset) & ((1 << 64) - 1)
     # read_cr3() (v3.9) / read_cr3_pa() (6.1): both the pv wrapper
-    if physaddr >= prof.maxmem or ctx.pv.mmu.read_cr3() & g.pte_pfn_mask != ctx.pa_symbol("early_top_pgt"):
+    if physaddr >= ctx.maxmem or ctx.pv.mmu.read_cr3() & g.pte_pfn_mask != ctx.pa_symbol("early_top_pgt"):
         return -1
     pmd = (physaddr & ~(g.pmd_size - 1)) + ctx.rd(ctx.sym("early_pmd_flags"))
     while True:  # "again:" — restarted after a reset
@@ -112,19 +112,18 @@ def early_make_pgtable(ctx: KernelContext, address: int) -> int:
 
 def early_make_pgtable_rfc(ctx: KernelContext, address: int) -> int:
     """Seed 001's patch as posted: no phys_base, a whole PMD page per fault, reset at 63, no CR3 test."""
-    prof = ctx.profile
     n_pool = ctx.config.pool_pages
-    physaddr = (address - prof.page_offset) & ((1 << 64) - 1)
-    if physaddr >= prof.maxmem:
+    physaddr = (address - ctx.page_offset) & ((1 << 64) - 1)
+    if physaddr >= ctx.maxmem:
         return -1
     nxt = ctx.sym("next_early_pgt")
     g = ctx.pgt
     pgd_p = pgd_offset_pgd(g, ctx.layout.top_pgt, address)
     pgd = ctx.rd(pgd_p)
-    if pgd and ctx.rd(nxt) < n_pool:
+    if pgd and ctx.rd(nxt, 4) < n_pool:
         pud_p = (pgd & g.pte_pfn_mask) + START_KERNEL_MAP
     else:
-        if ctx.rd(nxt) >= n_pool - 1:
+        if ctx.rd(nxt, 4) >= n_pool - 1:
             reset_early_page_tables(ctx)
         page = _alloc(ctx, "pud", address)
         assert page is not None
@@ -134,8 +133,8 @@ def early_make_pgtable_rfc(ctx: KernelContext, address: int) -> int:
     pud_p += g.entry_size * g.pud_index(address)
     pmd_p = _alloc(ctx, "pmd", address)
     if pmd_p is None:  # next_early_pgt == EARLY_DYNAMIC_PAGE_TABLES: the RFC indexes past the pool
-        pmd_p = ctx.sym("early_dynamic_pgts") + 4096 * ctx.rd(nxt)
-        ctx.wr(nxt, ctx.rd(nxt) + 1)
+        pmd_p = ctx.sym("early_dynamic_pgts") + 4096 * ctx.rd(nxt, 4)
+        ctx.wr(nxt, ctx.rd(nxt, 4) + 1, 4)
     pmd = (physaddr & ~(g.pud_size - 1)) + (__PAGE_KERNEL_LARGE & ~_PAGE_GLOBAL)
     ctx.cpu.write(pmd_p, b"".join(((pmd + i * g.pmd_size) & ((1 << 64) - 1)).to_bytes(8, "little")
                                   for i in range(g.ptrs_per_pmd)))
@@ -157,9 +156,9 @@ def install_early_idt(ctx: KernelContext) -> None:
     cpu, lay = ctx.cpu, ctx.layout
     base = lay["idt_table"]
     for vec in range(32):
-        stub = lay["early_idt_handlers"] + 10 * vec
+        stub = lay["early_idt_handlers"] + ctx.profile.idt_stub_size * vec
         write_gate(ctx, base, vec, stub)
-        cpu.register_code(stub, f"early_idt_handlers[{vec}]", _stub(ctx, vec))
+        cpu.register_code(stub, f"{ctx.profile.idt_handlers}[{vec}]", _stub(ctx, vec))
     cpu.lidt(base, 256 * 16 - 1)
 
 
@@ -177,9 +176,15 @@ def write_gate(ctx: KernelContext, idt: int, vec: int, target: int) -> None:
 
 
 def early_idt_handler(ctx: KernelContext, frame: ExceptionFrame, vector: int) -> None:
-    """``early_idt_handlers[i]`` + ``early_idt_handler`` (head_64.S @ v3.9, spec §3.7)."""
+    """``early_idt_handlers[i]`` + ``early_idt_handler`` (head_64.S @ v3.9, spec §3.7), or 6.1's
+    ``early_idt_handler_array[i]`` + ``early_idt_handler_common`` → ``do_early_exception``.
+
+    v3.9 halts on entry when ``early_recursion_flag`` is already 2. 6.1 increments the flag first and
+    always tries ``early_make_pgtable`` for a #PF; only a fault nothing handled checks the depth
+    (``early_fixup_exception``: flag > 2 → ``halt_loop``), so a handler that faults in its own page-table
+    accesses recurses without bound in 6.1 — the model's nesting guard then ends the run."""
     cpu = ctx.cpu
-    regs, lay = cpu.regs, ctx.layout
+    regs, lay, prof = cpu.regs, ctx.layout, ctx.profile
     if vector not in ERRCODE_VECTORS:
         regs.rsp -= 8
         ctx.wr(regs.rsp, 0)
@@ -187,11 +192,8 @@ def early_idt_handler(ctx: KernelContext, frame: ExceptionFrame, vector: int) ->
     ctx.wr(regs.rsp, vector)
     flag_va = lay["early_recursion_flag"]
     flag = ctx.rd(flag_va, 4)
-    if flag >= ctx.profile.recursion_halt:
-        ctx.emit(HandlerOutcome(vector, regs.cr2, "halt"))
-        raise Halt(f"early exception handler entered a third time (early_recursion_flag={flag}): "
-                   f"vector {vector}, cr2 {regs.cr2:#x} — hlt loop", outcome="halt",
-                   console="\n".join(ctx.console))
+    if prof.recursion_check_first and flag >= prof.recursion_halt:
+        _halt(ctx, vector, flag)
     ctx.wr(flag_va, flag + 1, 4)
     saved = regs.rsp
     regs.rsp -= 72  # rax, rcx, rdx, rsi, rdi, r8-r11
@@ -200,19 +202,29 @@ def early_idt_handler(ctx: KernelContext, frame: ExceptionFrame, vector: int) ->
     if vector == PF_VECTOR:
         # v3.9's GET_CR2_INTO is the pv read_cr2 under CONFIG_PARAVIRT; 6.1's do_early_exception calls
         # native_read_cr2() on purpose.
-        cr2 = native_read_cr2(cpu) if ctx.profile.early_cr2_native else ctx.pv.mmu.read_cr2()
+        cr2 = native_read_cr2(cpu) if prof.early_cr2_native else ctx.pv.mmu.read_cr2()
         if early_make_pgtable(ctx, cr2) == 0:
             handled = True
             ctx.emit(HandlerOutcome(vector, cr2, "mapped"))
+    if not handled and not prof.recursion_check_first and ctx.rd(flag_va, 4) >= prof.recursion_halt:
+        _halt(ctx, vector, ctx.rd(flag_va, 4))  # early_fixup_exception: early_recursion_flag > 2
     if not handled and early_fixup_exception(ctx, frame):
         handled = True
         ctx.emit(HandlerOutcome(vector, regs.cr2, "fixup"))
     if not handled:
-        msg = ctx.profile.panic_format.format(vector=vector, cs=frame.cs, rip=frame.rip, error=frame.error_code,
-                                              cr2=regs.cr2)
+        msg = prof.panic_format.format(vector=vector, cs=frame.cs, rip=frame.rip, error=frame.error_code,
+                                       cr2=regs.cr2)
         ctx.print(msg)
         ctx.emit(HandlerOutcome(vector, regs.cr2, "panic"))
         raise Halt(msg, outcome="panic", console="\n".join(ctx.console))
     regs.rsp = saved
     ctx.wr(flag_va, ctx.rd(flag_va, 4) - 1, 4)
     regs.rsp += 16 if vector not in ERRCODE_VECTORS else 8
+
+
+def _halt(ctx: KernelContext, vector: int, flag: int) -> None:
+    ctx.emit(HandlerOutcome(vector, ctx.cpu.regs.cr2, "halt"))
+    where = ("early exception handler entered a third time" if ctx.profile.recursion_check_first
+             else "early_fixup_exception: nested early exceptions")
+    raise Halt(f"{where} (early_recursion_flag={flag}): vector {vector}, cr2 {ctx.cpu.regs.cr2:#x} — hlt loop",
+               outcome="halt", console="\n".join(ctx.console))

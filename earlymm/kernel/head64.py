@@ -26,7 +26,7 @@ def x86_64_start_kernel(ctx: KernelContext, real_mode_data: int) -> None:
     if ctx.profile.global_flush_in_start_kernel:
         native_tlb_flush_global_cr4(cpu)  # drop the decompressor's global identity entries
     install_early_idt(ctx)
-    ctx.emit(Note("early IDT loaded: vectors 0-31 → early_idt_handlers"))
+    ctx.emit(Note(f"early IDT loaded: vectors 0-31 → {ctx.profile.idt_handlers}"))
     copy_bootdata(ctx, ctx.va(real_mode_data))
     load_ucode_bsp(ctx)
     if not ctx.profile.clear_top_pgt_first:
@@ -38,5 +38,8 @@ def x86_64_start_kernel(ctx: KernelContext, real_mode_data: int) -> None:
 
 
 def clear_bss(ctx: KernelContext) -> None:
+    """``clear_bss``: zero .bss (6.1: and the BRK area)."""
     lay = ctx.layout
     ctx.memset(lay["__bss_start"], 0, lay["__bss_stop"] - lay["__bss_start"])
+    if ctx.profile.clear_brk:
+        ctx.memset(lay["__brk_base"], 0, lay["__brk_limit"] - lay["__brk_base"])

@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from earlymm.arch.addr import PhysAddr
+from earlymm.arch.cpuid import Vendor
 from earlymm.arch.flags import Cr4
 from earlymm.kernel.consts import _PAGE_GLOBAL, _PAGE_NX, ISA_END_ADDRESS, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PUD_SIZE
 from earlymm.kernel.context import KernelContext
-from earlymm.kernel.cpufeature import X86Feature, boot_cpu_has
+from earlymm.kernel.cpufeature import X86Feature, boot_cpu_has, x86_cpuid_vendor
 from earlymm.kernel.events import DirectMapRange, Note
 from earlymm.kernel.init_64 import PG_LEVEL_1G, PG_LEVEL_2M, flush_tlb_all, kernel_physical_mapping_init
 from earlymm.kernel.mm_state import MmState
@@ -20,13 +21,27 @@ def set_in_cr4(ctx: KernelContext, mask: int) -> None:
     ctx.pv.cpu.write_cr4(ctx.pv.cpu.read_cr4() | mask)
 
 
+def pti_check_boottime_disable(ctx: KernelContext) -> bool:
+    """6.1 ``pti_check_boottime_disable`` (arch/x86/mm/pti.c): ``pti=on|off|auto``, ``nopti`` and
+    ``mitigations=off`` on the command line; in auto mode PTI is on where the CPU has the Meltdown bug.
+    Difference: ``cpu_set_bug_bits``' whitelists are reduced to the vendor — AMD (and Hygon) CPUs are
+    NO_MELTDOWN, Intel CPUs are taken to have the bug (the model's CPUs report no ARCH_CAP_RDCL_NO)."""
+    words = ctx.cpu.read(ctx.sym("boot_command_line"), 2048).split(b"\0", 1)[0].decode("latin-1").split()
+    if "nopti" in words or "pti=off" in words or "mitigations=off" in words:
+        return False
+    if "pti=on" in words:
+        return True
+    return x86_cpuid_vendor(ctx.cpu) is Vendor.INTEL
+
+
 def probe_page_size_mask(ctx: KernelContext, st: MmState) -> None:
-    """Model of ``probe_page_size_mask()`` (arch/x86/mm/init.c @ v3.9)."""
+    """Model of ``probe_page_size_mask()`` (arch/x86/mm/init.c @ v3.9 and 6.1: there 1 GiB pages need
+    PSE, and PTI keeps _PAGE_GLOBAL out of ``__default_kernel_pte_mask``)."""
     cpu = ctx.cpu
     pse, pge = boot_cpu_has(cpu, X86Feature.PSE), boot_cpu_has(cpu, X86Feature.PGE)
     if pse:
         st.page_size_mask |= PG_LEVEL_2M
-    if boot_cpu_has(cpu, X86Feature.GBPAGES):  # direct_gbpages
+    if boot_cpu_has(cpu, X86Feature.GBPAGES) and (pse or not ctx.profile.gbpages_need_pse):  # direct_gbpages
         st.page_size_mask |= PG_LEVEL_1G
     if pse:
         set_in_cr4(ctx, int(Cr4.PSE))
@@ -37,6 +52,9 @@ def probe_page_size_mask(ctx: KernelContext, st: MmState) -> None:
         st.supported_pte_mask &= ~_PAGE_GLOBAL
     if not boot_cpu_has(cpu, X86Feature.NX):
         st.supported_pte_mask &= ~_PAGE_NX
+    st.default_kernel_pte_mask = st.supported_pte_mask
+    if ctx.profile.pti and st.pti:
+        st.default_kernel_pte_mask &= ~_PAGE_GLOBAL  # "except when with PTI where the kernel is mostly non-Global"
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +149,10 @@ def init_range_memory_mapping(ctx: KernelContext, st: MmState, r_start: int, r_e
 
 
 def init_mem_mapping(ctx: KernelContext, st: MmState) -> None:
+    if ctx.profile.pti:
+        st.pti = pti_check_boottime_disable(ctx)
+        if st.pti:
+            ctx.emit(Note("pti_check_boottime_disable: page-table isolation on (the direct map loses _PAGE_GLOBAL)"))
     probe_page_size_mask(ctx, st)
     end = st.max_pfn << PAGE_SHIFT
     init_memory_mapping(ctx, st, 0, ISA_END_ADDRESS)  # the ISA range, regardless of holes

@@ -13,7 +13,6 @@ from earlymm.arch.addr import Pfn, VirtAddr
 from earlymm.kernel.consts import (
     __PAGE_KERNEL,
     __PAGE_KERNEL_LARGE,
-    _KERNPG_TABLE,
     _PAGE_PSE,
     _PAGE_TABLE,
     START_KERNEL_MAP,
@@ -23,14 +22,14 @@ from earlymm.kernel.cpufeature import X86Feature, boot_cpu_has
 from earlymm.kernel.events import Note
 from earlymm.kernel.mm_state import MmState
 from earlymm.kernel.paravirt.ops import SetOp
-from earlymm.kernel.pgtable import p4d_offset, pgd_offset_pgd
+from earlymm.kernel.pgtable import PgLevel, p4d_offset, pgd_offset_pgd
 from earlymm.kernel.table_run import TableRun
 
 PG_LEVEL_2M, PG_LEVEL_1G = 1 << 2, 1 << 3  # (1 << PG_LEVEL_2M), (1 << PG_LEVEL_1G)
 LARGE_FLAG_BITS = 0x8000_0000_0000_0FFF & ~_PAGE_PSE
-# What the model links new direct-map tables with. Linux's pmd_populate_kernel/pud_populate write
-# _PAGE_TABLE (issue 9 tracks the difference); the golden outputs guard today's value.
-DIRECT_MAP_TABLE_FLAGS = _KERNPG_TABLE
+# pmd_populate_kernel/pud_populate/p4d_populate link a new table with _PAGE_TABLE (US set: the leaves
+# decide who may use a page), v3.9 and 6.1 alike (arch/x86/include/asm/pgalloc.h).
+DIRECT_MAP_TABLE_FLAGS = _PAGE_TABLE
 
 
 def pfn_pte(ctx: KernelContext, st: MmState, pa: int, prot: int) -> int:
@@ -91,16 +90,24 @@ def phys_pmd_init(ctx: KernelContext, st: MmState, pmd_page: int, addr: int, end
     g, mmu = ctx.pgt, ctx.pv.mmu
     t = TableRun(ctx, pmd_page)
     last = end
-    i, size = g.pmd_index(addr), g.pmd_size
-    while i < g.ptrs_per_pmd:
+    i, size, ptrs = g.pmd_index(addr), g.pmd_size, g.ptrs_per_pmd
+    while i < ptrs:
         nxt = (addr & ~(size - 1)) + size
         new_prot = prot
         if addr >= end:
-            if not st.e820_any_mapped(addr & ~(size - 1), nxt):
-                t.set(SetOp.PMD, i, mmu.make_entry(0))
+            skip = st.ram_run(addr & ~(size - 1), size, ptrs - i)  # entries left alone: they cover RAM
+            if skip:
+                addr, i = (addr & ~(size - 1)) + skip * size, i + skip
+                continue
+            t.set(SetOp.PMD, i, mmu.make_entry(0))  # past the end and no RAM: cleared
             addr, i = nxt, i + 1
             continue
         val = t.val(i)
+        if val and val & _PAGE_PSE and mask & PG_LEVEL_2M:
+            n = t.large_run(i, min(ptrs - i, (end - addr + size - 1) // size))  # large leaves kept
+            addr = last = (addr & ~(size - 1)) + n * size
+            i += n
+            continue
         if val:
             if not val & _PAGE_PSE:
                 t.sync()
@@ -142,16 +149,24 @@ def phys_pud_init(ctx: KernelContext, st: MmState, pud_page: int, addr: int, end
     g, mmu = ctx.pgt, ctx.pv.mmu
     t = TableRun(ctx, pud_page)
     last = end
-    i, size = g.pud_index(addr), g.pud_size
-    while i < g.ptrs_per_pud:
+    i, size, ptrs = g.pud_index(addr), g.pud_size, g.ptrs_per_pud
+    while i < ptrs:
         nxt = (addr & ~(size - 1)) + size
-        prot = __PAGE_KERNEL
+        prot = __PAGE_KERNEL & st.default_kernel_pte_mask  # PAGE_KERNEL
         if addr >= end:
-            if not st.e820_any_mapped(addr & ~(size - 1), nxt):
-                t.set(SetOp.PUD, i, mmu.make_entry(0))
+            skip = st.ram_run(addr & ~(size - 1), size, ptrs - i)  # entries left alone: they cover RAM
+            if skip:
+                addr, i = (addr & ~(size - 1)) + skip * size, i + skip
+                continue
+            t.set(SetOp.PUD, i, mmu.make_entry(0))  # past the end and no RAM: cleared
             addr, i = nxt, i + 1
             continue
         val = t.val(i)
+        if val and val & _PAGE_PSE and mask & PG_LEVEL_1G:
+            n = t.large_run(i, min(ptrs - i, (end - addr + size - 1) // size))  # large leaves kept
+            addr = last = (addr & ~(size - 1)) + n * size
+            i += n
+            continue
         if val:
             if not val & _PAGE_PSE:
                 t.sync()
@@ -166,13 +181,13 @@ def phys_pud_init(ctx: KernelContext, st: MmState, pud_page: int, addr: int, end
         elif mask & PG_LEVEL_1G:
             n = t.zero_run(i, min(g.ptrs_per_pud - i, (end - addr + size - 1) // size))
             base = addr & ~(size - 1)
-            t.set_many(SetOp.PTE, i, pfn_ptes(ctx, st, base, size, n, __PAGE_KERNEL_LARGE))
+            t.set_many(SetOp.PTE, i, pfn_ptes(ctx, st, base, size, n, __PAGE_KERNEL_LARGE & st.default_kernel_pte_mask))
             st.pages_1g += n
             addr = last = base + n * size
             i += n
             continue
         if mask & PG_LEVEL_1G:
-            t.set(SetOp.PTE, i, pfn_pte(ctx, st, addr & ~(size - 1), __PAGE_KERNEL_LARGE))
+            t.set(SetOp.PTE, i, pfn_pte(ctx, st, addr & ~(size - 1), __PAGE_KERNEL_LARGE & st.default_kernel_pte_mask))
             st.pages_1g += 1
             last = nxt
             addr, i = nxt, i + 1
@@ -200,12 +215,42 @@ def pud_populate(ctx: KernelContext, pud: VirtAddr, pmd_page: int) -> None:
     ctx.pv.mmu.set_pud(pud, ctx.pv.mmu.make_entry(pa | DIRECT_MAP_TABLE_FLAGS))
 
 
-def top_populate(ctx: KernelContext, pgd: VirtAddr, vaddr: int, pud_page: int) -> None:
-    """Link a new pud page under the pgd: v3.9's ``pgd_populate`` (``set_pgd``); 6.1's folded-p4d
-    ``p4d_populate_init`` (``set_p4d`` on ``p4d_offset(pgd, vaddr)``, the pgd entry itself). Both notify
-    ``paravirt_alloc_pud`` first and link with ``_PAGE_TABLE``."""
-    pa = ctx.pa(pud_page)
+def phys_p4d_init(ctx: KernelContext, st: MmState, p4d_page: int, paddr: int, paddr_end: int, mask: int) -> int:
+    """Model of 6.1 ``phys_p4d_init()``: with the p4d folded the page *is* a pud page; in 5-level mode one
+    pud table per 512 GiB, linked by ``p4d_populate_init`` (``paravirt_alloc_pud`` + ``set_p4d``)."""
+    g, mmu = ctx.pgt, ctx.pv.mmu
+    if g.folded(PgLevel.P4D):
+        return phys_pud_init(ctx, st, p4d_page, paddr, paddr_end, mask)
+    vaddr, vend = ctx.va(paddr), ctx.va(paddr_end)
+    last = paddr_end
+    p4d_size = 1 << g.p4d_shift
+    while vaddr < vend:
+        p4d = VirtAddr(p4d_page + g.entry_size * g.p4d_index(vaddr))
+        vnext = (vaddr & ~(p4d_size - 1)) + p4d_size
+        val = _val(ctx, p4d)
+        if val:
+            last = phys_pud_init(ctx, st, ctx.va(val & g.pte_pfn_mask), ctx.pa(vaddr), paddr_end, mask)
+        else:
+            pud_page = st.alloc_low_page(ctx, "pud")
+            last = phys_pud_init(ctx, st, pud_page, ctx.pa(vaddr), paddr_end, mask)
+            pa = ctx.pa(pud_page)
+            mmu.alloc_pud(Pfn(pa >> 12))
+            mmu.set_p4d(p4d, mmu.make_entry(pa | _PAGE_TABLE))
+        vaddr = vnext
+    return last
+
+
+def top_populate(ctx: KernelContext, pgd: VirtAddr, vaddr: int, page: int) -> None:
+    """Link a new table under the pgd: v3.9's ``pgd_populate`` (``set_pgd`` of a pud page); 6.1's
+    folded-p4d ``p4d_populate_init`` (``set_p4d`` on ``p4d_offset(pgd, vaddr)``, the pgd entry itself), or
+    in 5-level mode ``pgd_populate_init`` of a p4d page. Each notifies ``paravirt_alloc_*`` first and links
+    with ``_PAGE_TABLE``."""
+    pa = ctx.pa(page)
     mmu = ctx.pv.mmu
+    if not ctx.pgt.folded(PgLevel.P4D):
+        mmu.alloc_p4d(Pfn(pa >> 12))
+        mmu.set_pgd(pgd, mmu.make_entry(pa | _PAGE_TABLE))
+        return
     mmu.alloc_pud(Pfn(pa >> 12))
     if ctx.profile.p4d_level:
         mmu.set_p4d(VirtAddr(p4d_offset(ctx, pgd, vaddr)), mmu.make_entry(pa | _PAGE_TABLE))
@@ -214,21 +259,23 @@ def top_populate(ctx: KernelContext, pgd: VirtAddr, vaddr: int, pud_page: int) -
 
 
 def kernel_physical_mapping_init(ctx: KernelContext, st: MmState, start: int, end: int, mask: int) -> int:
-    """Map [start, end) at ``__va`` into ``init_level4_pgt`` (reached via ``pgd_offset_k``)."""
+    """Map [start, end) at ``__va`` into ``init_level4_pgt`` (reached via ``pgd_offset_k``); 6.1's
+    ``__kernel_physical_mapping_init``, through ``phys_p4d_init``."""
     g = ctx.pgt
     vstart, vend = ctx.va(start), ctx.va(end)
     last = end
+    below = "pud" if g.folded(PgLevel.P4D) else "p4d"
     while vstart < vend:
         pgd = VirtAddr(pgd_offset_pgd(g, ctx.layout.init_pgt, vstart))  # pgd_offset_k(vstart)
         nxt = min((vstart & ~(g.pgdir_size - 1)) + g.pgdir_size, vend)
         val = _val(ctx, pgd)
         if val:
-            last = phys_pud_init(ctx, st, ctx.va(val & g.pte_pfn_mask), ctx.pa(vstart), ctx.pa(vend), mask)
+            last = phys_p4d_init(ctx, st, ctx.va(val & g.pte_pfn_mask), ctx.pa(vstart), ctx.pa(vend), mask)
             vstart = nxt
             continue
-        pud_page = st.alloc_low_page(ctx, "pud")
-        last = phys_pud_init(ctx, st, pud_page, ctx.pa(vstart), ctx.pa(vend), mask)
-        top_populate(ctx, pgd, vstart, pud_page)
+        page = st.alloc_low_page(ctx, below)
+        last = phys_p4d_init(ctx, st, page, ctx.pa(vstart), ctx.pa(vend), mask)
+        top_populate(ctx, pgd, vstart, page)
         vstart = nxt
     flush_tlb_all(ctx)
     return last

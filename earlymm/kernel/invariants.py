@@ -12,6 +12,7 @@ from earlymm.hw.memory import PhysMem
 from earlymm.hw.walk import OK
 from earlymm.kernel.consts import _PAGE_GLOBAL, _PAGE_PRESENT, _PAGE_PSE, PMD_SIZE, START_KERNEL_MAP
 from earlymm.kernel.context import KernelContext
+from earlymm.kernel.pgtable import PgLevel, PgtableGeometry
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,9 +22,9 @@ class Check:
     detail: str = ""
 
 
-def _phys_read(ctx: KernelContext, va: int) -> int:
+def _phys_read(ctx: KernelContext, va: int, size: int = 8) -> int:
     res = ctx.cpu.mmu.probe(va)
-    return ctx.platform.mem.read_u64(res.pa) if res.outcome == OK else 0
+    return ctx.platform.mem.read_int(res.pa, size) if res.outcome == OK else 0
 
 
 def after_startup_64(ctx: KernelContext) -> list[Check]:
@@ -31,10 +32,11 @@ def after_startup_64(ctx: KernelContext) -> list[Check]:
     mem = ctx.platform.mem
     phys_base = mem.read_u64(lay["phys_base"] - START_KERNEL_MAP + kernel_at - (lay.text - START_KERNEL_MAP))
     top_pa = lay.top_pgt - START_KERNEL_MAP + phys_base
-    l3 = lay["level3_kernel_pgt"] - START_KERNEL_MAP + phys_base
+    below = "level4_kernel_pgt" if ctx.pgt.pgtable_l5_enabled else "level3_kernel_pgt"
+    l3 = lay[below] - START_KERNEL_MAP + phys_base
     e511 = mem.read_u64(top_pa + 511 * 8)
-    out = [Check("startup_64: early_top_pgt[511] → level3_kernel_pgt", e511 & ctx.profile.pte_pfn_mask == l3,
-                 f"entry {e511:#x}, level3_kernel_pgt at {l3:#x}")]
+    out = [Check(f"startup_64: early_top_pgt[511] → {below}", e511 & ctx.pgt.pte_pfn_mask == l3,
+                 f"entry {e511:#x}, {below} at {l3:#x}")]
     bad_high, bad_ident, glob = [], [], []
     for off in range(0, lay.image_size, PMD_SIZE):
         r = ctx.cpu.mmu.probe(lay.text + off)
@@ -61,30 +63,32 @@ def after_reset(ctx: KernelContext) -> list[Check]:
     nonzero = [i for i in range(511) if mem.read_u64(top + 8 * i)]
     stale = [e for e in ctx.cpu.mmu.tlb.entries() if not e.global_]
     return [Check("reset: early_top_pgt[0..510] = 0, next_early_pgt = 0, CR3 reloaded",
-                  not nonzero and _phys_read(ctx, lay["next_early_pgt"]) == 0
-                  and ctx.cpu.regs.cr3 & ctx.profile.pte_pfn_mask == top, f"nonzero slots {nonzero[:4]}"),
+                  not nonzero and _phys_read(ctx, lay["next_early_pgt"], 4) == 0
+                  and ctx.cpu.regs.cr3 & ctx.pgt.pte_pfn_mask == top, f"nonzero slots {nonzero[:4]}"),
             Check("reset: only global translations survive in the TLB", not stale,
                   f"{len(stale)} non-global entries" if stale else "")]
 
 
 def early_mapping(ctx: KernelContext, address: int) -> list[str]:
     """Invariant 3 for one ``early_make_pgtable`` result: violations (empty when all is well)."""
-    mem, prof, lay = ctx.platform.mem, ctx.profile, ctx.layout
+    mem, lay = ctx.platform.mem, ctx.layout
     phys_base = _phys_read(ctx, lay["phys_base"])
     pool0 = lay["early_dynamic_pgts"] - START_KERNEL_MAP + phys_base
     pool1 = pool0 + 4096 * ctx.config.pool_pages
-    table = ctx.cpu.regs.cr3 & prof.pte_pfn_mask
+    table = ctx.cpu.regs.cr3 & ctx.pgt.pte_pfn_mask
     out = []
-    for level, shift in (("pgd", 39), ("pud", 30)):
+    g = ctx.pgt
+    uppers = [("pgd", g.pgdir_shift)] + ([("p4d", g.p4d_shift)] if g.pgtable_l5_enabled else []) + [("pud", 30)]
+    for level, shift in uppers:
         e = mem.read_u64(table + 8 * ((address >> shift) & 511))
-        nxt = e & prof.pte_pfn_mask
+        nxt = e & ctx.pgt.pte_pfn_mask
         if not pool0 <= nxt < pool1:
             out.append(f"{level} entry {e:#x} for {address:#x} points outside early_dynamic_pgts "
                        f"[{pool0:#x}, {pool1:#x})")
             return out
         table = nxt
     pmd = mem.read_u64(table + 8 * ((address >> 21) & 511))
-    want = (((address - prof.page_offset) & ~(PMD_SIZE - 1)) & ((1 << 64) - 1)) | 0xE3
+    want = (((address - ctx.page_offset) & ~(PMD_SIZE - 1)) & ((1 << 64) - 1)) | 0xE3
     if ctx.cpu.features.nx or ctx.config.force_nx:
         want |= 1 << 63
     if pmd != want:
@@ -95,10 +99,10 @@ def early_mapping(ctx: KernelContext, address: int) -> list[str]:
 def after_init_mem_mapping(ctx: KernelContext) -> list[Check]:
     mem, prof = ctx.platform.mem, ctx.profile
     init_pa = ctx.pa_symbol("init_top_pgt")
-    ok_cr3 = ctx.cpu.regs.cr3 & prof.pte_pfn_mask == init_pa
+    ok_cr3 = ctx.cpu.regs.cr3 & ctx.pgt.pte_pfn_mask == init_pa
     same511 = mem.read_u64(init_pa + 511 * 8) == mem.read_u64(ctx.pa_symbol("early_top_pgt") + 511 * 8)
     missing = []
-    maxmem = prof.maxmem
+    maxmem = ctx.maxmem
     ranges = [(0, 0x100000)] + [(r.start, min(r.end, maxmem)) for r in ctx.platform.ram() if r.start < maxmem]
     for s, e in ranges:
         step = max((e - s) // 64, 4096) & ~0xFFF
@@ -134,47 +138,61 @@ def _entries(mem: PhysMem, table: int) -> np.ndarray | None:
     return None if view is None else np.frombuffer(view, dtype="<u8")
 
 
+def _lower_tables(mem: PhysMem, g: PgtableGeometry, top: int, slots: range) -> Iterator[tuple[np.ndarray, int]]:
+    """(entries, depth) of every table below ``slots`` of the top table, down to the pmd level (depth 1 is
+    the level under the pgd)."""
+    mask, present, pse = np.uint64(g.pte_pfn_mask), np.uint64(1), np.uint64(_PAGE_PSE)
+    levels = g.levels()
+    stack = [(int(e) & g.pte_pfn_mask, 1) for e in (mem.read_u64(top + 8 * i) for i in slots) if e & 1]
+    while stack:
+        table, depth = stack.pop()
+        entries = _entries(mem, table)
+        if entries is None:
+            continue
+        yield entries, depth
+        if levels[depth] in (PgLevel.PMD, PgLevel.PTE):
+            continue
+        live = (entries & present).astype(bool)
+        if levels[depth] is PgLevel.PUD:
+            live &= ~(entries & pse).astype(bool)
+        stack += [(int(e & mask), depth + 1) for e in entries[live]]
+
+
 def table_leaves(ctx: KernelContext) -> Iterator[tuple[np.ndarray, int]]:
     """Physical addresses of the large leaves in the direct-map slots of the current top table, one
     (array of pa, page size) group per table, streamed (a 64 TiB direct map in 2 MiB pages has 32 M)."""
     mem, g = ctx.platform.mem, ctx.pgt
-    mask = np.uint64(g.pte_pfn_mask)
-    present, pse = np.uint64(1), np.uint64(_PAGE_PSE)
-    top = ctx.cpu.regs.cr3 & g.pte_pfn_mask
-    first = g.pgd_index(ctx.profile.page_offset)
-    for i in range(first, min(first + (ctx.profile.maxmem >> g.pgdir_shift), g.ptrs_per_pgd - 1)):
-        pgd = mem.read_u64(top + 8 * i)
-        puds = _entries(mem, pgd & g.pte_pfn_mask) if pgd & 1 else None
-        if puds is None:
+    mask, present, pse = np.uint64(g.pte_pfn_mask), np.uint64(1), np.uint64(_PAGE_PSE)
+    first = g.pgd_index(ctx.page_offset)
+    slots = range(first, min(first + max(ctx.maxmem >> g.pgdir_shift, 1), g.ptrs_per_pgd - 1))
+    levels = g.levels()
+    for entries, depth in _lower_tables(mem, g, ctx.cpu.regs.cr3 & g.pte_pfn_mask, slots):
+        if levels[depth] not in (PgLevel.PUD, PgLevel.PMD):
             continue
-        live = (puds & present).astype(bool)
-        big = live & (puds & pse).astype(bool)
-        yield puds[big] & mask & ~np.uint64(g.pud_size - 1), g.pud_size
-        for pud in puds[live & ~big]:
-            pmds = _entries(mem, int(pud & mask))
-            if pmds is not None:
-                sel = (pmds & present).astype(bool) & (pmds & pse).astype(bool)
-                yield pmds[sel] & mask & ~np.uint64(g.pmd_size - 1), g.pmd_size
+        size = g.pud_size if levels[depth] is PgLevel.PUD else g.pmd_size
+        sel = (entries & present).astype(bool) & (entries & pse).astype(bool)
+        yield entries[sel] & mask & ~np.uint64(size - 1), size
 
 
 def table_pages_by_level(ctx: KernelContext) -> dict[str, int]:
     """Distinct page-table pages reachable from CR3, by level (the final map's cost)."""
     mem, g = ctx.platform.mem, ctx.pgt
-    mask, present, pse = np.uint64(g.pte_pfn_mask), np.uint64(1), np.uint64(_PAGE_PSE)
-    names = ("pgd", "pud", "pmd", "pte")
-    counts = {"pgd": 1, "pud": 0, "pmd": 0, "pte": 0}
+    levels = g.levels()
+    counts = {lv.name.lower(): 0 for lv in levels}
+    counts["pgd"] = 1
     seen: set[int] = set()
+    mask, present, pse = np.uint64(g.pte_pfn_mask), np.uint64(1), np.uint64(_PAGE_PSE)
     frontier = [(ctx.cpu.regs.cr3 & g.pte_pfn_mask, 0)]
     while frontier:
-        table, lvl = frontier.pop()
-        e = _entries(mem, table) if lvl < 3 else None
+        table, depth = frontier.pop()
+        e = _entries(mem, table) if depth < len(levels) - 1 else None
         if e is None:
             continue
         sel = (e & present).astype(bool)
-        if lvl > 0:
+        if levels[depth] in (PgLevel.PUD, PgLevel.PMD):
             sel &= ~(e & pse).astype(bool)
         for nxt in set((e[sel] & mask).tolist()) - seen:
             seen.add(nxt)
-            counts[names[lvl + 1]] += 1
-            frontier.append((nxt, lvl + 1))
+            counts[levels[depth + 1].name.lower()] += 1
+            frontier.append((nxt, depth + 1))
     return counts

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
+from earlymm.arch.addr import merge_ranges
 from earlymm.hw.faults import Halt
 from earlymm.kernel.consts import PAGE_SHIFT, PAGE_SIZE
 from earlymm.kernel.context import KernelContext
@@ -28,6 +30,8 @@ class MmState:
     can_use_brk_pgt: bool = True
     page_size_mask: int = 0
     supported_pte_mask: int = (1 << 64) - 1
+    default_kernel_pte_mask: int = (1 << 64) - 1  # 6.x __default_kernel_pte_mask: what PAGE_KERNEL keeps
+    pti: bool = False  # X86_FEATURE_PTI (6.x)
     brk_end: int = 0
     pfn_mapped: list[tuple[int, int]] = field(default_factory=list)
     pages_4k: int = 0
@@ -35,11 +39,36 @@ class MmState:
     pages_1g: int = 0
     table_pages: dict[str, int] = field(default_factory=dict)
     e820: list[tuple[int, int, int]] = field(default_factory=list)  # the kernel's copy: (addr, size, type)
+    _spans: dict[int, list[tuple[int, int]]] = field(default_factory=dict, repr=False)
+
+    def ram_run(self, base: int, size: int, limit: int) -> int:
+        """How many consecutive ``size`` blocks from ``base`` (at most ``limit``) each overlap e820 RAM: the
+        entries past a range's end that the builders leave alone, counted without asking block by block."""
+        spans = self._spans.get(E820_RAM)
+        if spans is None:
+            self.e820_any_mapped(0, 0)
+            spans = self._spans[E820_RAM]
+        k = 0
+        while k < limit:
+            lo = base + k * size
+            i = bisect.bisect_right(spans, (lo, 1 << 64)) - 1
+            if i >= 0 and spans[i][1] > lo:
+                end = spans[i][1]
+            elif i + 1 < len(spans) and spans[i + 1][0] < lo + size:
+                end = spans[i + 1][1]
+            else:
+                return k
+            k = max(k + 1, min(limit, (end - base + size - 1) // size))
+        return min(k, limit)
 
     def e820_any_mapped(self, start: int, end: int, kind: int = E820_RAM) -> bool:
         """``e820_any_mapped(start, end, type)`` over the kernel's e820 (E820_RESERVED_KERN is not
-        modelled)."""
-        return any(t == kind and a < end and start < a + n for a, n, t in self.e820)
+        modelled): a binary search, since the builders ask once per entry past a range's end."""
+        spans = self._spans.get(kind)
+        if spans is None:
+            spans = self._spans[kind] = merge_ranges((a, a + n) for a, n, t in self.e820 if t == kind)
+        i = bisect.bisect_right(spans, (start, 1 << 64)) - 1
+        return (i >= 0 and spans[i][1] > start) or (i + 1 < len(spans) and spans[i + 1][0] < end)
 
     def alloc_low_page(self, ctx: KernelContext, level: str) -> int:
         """``alloc_low_pages(1)``: BRK buffer first, else memblock within the already-mapped range;

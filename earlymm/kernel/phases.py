@@ -8,6 +8,7 @@ import enum
 class Phase(str, enum.Enum):
     """Where a boot path can stop (``--until``); each native x86-64 phase is a kernel function."""
 
+    DECOMPRESSOR = "decompressor"
     STARTUP_64 = "startup_64"
     X86_64_START_KERNEL = "x86_64_start_kernel"
     SETUP_ARCH = "setup_arch"
@@ -34,6 +35,7 @@ class BootOutcome(str, enum.Enum):
     TRIPLE_FAULT = "triple_fault"
     LIVELOCK = "livelock"
     FAULT = "fault"
+    LOST_CONTROL = "lost_control"
 
     @property
     def crashed(self) -> bool:

@@ -33,6 +33,7 @@ class TableRun:
         self.op: SetOp | None = None
         self.start = 0
         self.chunks: list[np.ndarray] = []
+        self.scalars: list[int] = []  # single stores not yet gathered into a chunk
         self.count = 0
 
     def ptr(self, i: int) -> VirtAddr:
@@ -61,22 +62,42 @@ class TableRun:
         nz = np.flatnonzero(seg)
         return int(nz[0]) if nz.size else len(seg)
 
+    def large_run(self, i: int, limit: int) -> int:
+        """How many entries from ``i`` on (at most ``limit``) are present large leaves (P and PS)."""
+        at = self._load(i)
+        seg = self.cache[at:at + limit]
+        bad = np.flatnonzero((seg & np.uint64(0x81)) != np.uint64(0x81))
+        return int(bad[0]) if bad.size else len(seg)
+
     def set(self, op: SetOp, i: int, val: int) -> None:
         """Queue ``op(entry i, val)`` (``val`` already ``make_*``-converted)."""
-        self.set_many(op, i, np.array([val], dtype=np.uint64))
+        if self.op is not op or i != self.start + self.count:
+            self._issue()
+            self.op, self.start = op, i
+        self.scalars.append(val)
+        self.count += 1
+        if self.cache_from <= i < self.cache_from + len(self.cache):
+            self.cache[i - self.cache_from] = val
 
     def set_many(self, op: SetOp, i: int, vals: np.ndarray) -> None:
         """Queue ``op`` on entries ``i``, ``i + 1``, … (the fast path for a run of new leaves)."""
         if self.op is not op or i != self.start + self.count:
             self._issue()
             self.op, self.start = op, i
+        self._flush_scalars()
         self.chunks.append(vals)
         self.count += len(vals)
         lo, hi = max(i, self.cache_from), min(i + len(vals), self.cache_from + len(self.cache))
         if lo < hi:
             self.cache[lo - self.cache_from:hi - self.cache_from] = vals[lo - i:hi - i]
 
+    def _flush_scalars(self) -> None:
+        if self.scalars:
+            self.chunks.append(np.array(self.scalars, dtype=np.uint64))
+            self.scalars = []
+
     def _issue(self) -> None:
+        self._flush_scalars()
         if self.op is not None and self.count:
             vals = self.chunks[0] if len(self.chunks) == 1 else np.concatenate(self.chunks)
             self.ctx.pv.mmu.set_entries(self.op, self.ptr(self.start), vals)

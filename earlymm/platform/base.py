@@ -48,6 +48,11 @@ class Platform(Protocol):
     @property
     def entry(self) -> BootEntry: ...
 
+    @property
+    def dmi(self) -> tuple[str, ...]:
+        """The firmware's identification strings (SMBIOS) that ``dmi_setup`` keeps."""
+        ...
+
     def memory_map(self) -> tuple[Region, ...]:
         """The firmware's map (e820 on a PC): what the platform has, not what the kernel believes."""
         ...

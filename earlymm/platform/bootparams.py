@@ -11,6 +11,7 @@ from earlymm.hw.memory import PhysMem, Region, RegionType
 EXT_RAMDISK_IMAGE = 0x0C0
 EXT_RAMDISK_SIZE = 0x0C4
 EXT_CMD_LINE_PTR = 0x0C8
+EFI_LOADER_SIGNATURE = 0x1C0  # efi_info.efi_loader_signature
 E820_ENTRIES = 0x1E8
 SENTINEL = 0x1EF
 BOOT_FLAG = 0x1FE
@@ -24,6 +25,10 @@ CMD_LINE_PTR = 0x228
 XLOADFLAGS = 0x236
 E820_TABLE = 0x2D0
 E820_MAX = 128
+SETUP_DATA = 0x250  # hdr.setup_data: physical address of the first struct setup_data (boot protocol 2.09)
+SETUP_E820_EXT = 1
+BDA_BASE_MEM_KIB = 0x413  # BIOS data area: conventional memory size in KiB
+BDA_EBDA_SEGMENT = 0x40E  # BIOS data area: EBDA segment
 MICROCODE_PATHS = {Vendor.INTEL: b"kernel/x86/microcode/GenuineIntel.bin",
                    Vendor.AMD: b"kernel/x86/microcode/AuthenticAMD.bin"}
 MICROCODE_SIZE = 2048
@@ -31,8 +36,21 @@ AMD_UCODE_MAGIC = 0x0041_4D44  # "DMA\0" (arch/x86/kernel/cpu/microcode/amd.c UC
 AMD_PATCH_SIZE = 3200  # F17H_MPB_MAX_SIZE
 
 
+def _e820_entries(e820: tuple[Region, ...], types: dict[RegionType, int]) -> list[Region]:
+    return [r for r in sorted(e820, key=lambda r: r.start) if r.kind in types]
+
+
+def e820_ext_size(e820: tuple[Region, ...], types: dict[RegionType, int]) -> int:
+    """Bytes of the SETUP_E820_EXT node for the entries beyond the zero page's 128 (0 if none)."""
+    extra = len(_e820_entries(e820, types)) - E820_MAX
+    return 16 + 20 * extra if extra > 0 else 0
+
+
 def write_boot_params(mem: PhysMem, at: int, e820: tuple[Region, ...], types: dict[RegionType, int], *,
-                      cmdline_at: int, ramdisk_at: int, ramdisk_size: int) -> None:
+                      cmdline_at: int, ramdisk_at: int, ramdisk_size: int, setup_data_at: int = 0,
+                      efi_loader: str = "") -> None:
+    """The zero page. An e820 map longer than its 128 slots continues in one ``SETUP_E820_EXT`` node at
+    ``setup_data_at``, linked from ``hdr.setup_data``, as boot loaders (and kexec) do."""
     page = bytearray(4096)
     struct.pack_into("<H", page, BOOT_FLAG, 0xAA55)
     page[HEADER:HEADER + 4] = b"HdrS"
@@ -46,10 +64,18 @@ def write_boot_params(mem: PhysMem, at: int, e820: tuple[Region, ...], types: di
     struct.pack_into("<I", page, EXT_RAMDISK_SIZE, ramdisk_size >> 32)
     struct.pack_into("<I", page, CMD_LINE_PTR, cmdline_at & 0xFFFF_FFFF)
     struct.pack_into("<I", page, EXT_CMD_LINE_PTR, cmdline_at >> 32)
-    entries = [r for r in sorted(e820, key=lambda r: r.start) if r.kind in types][:E820_MAX]
-    page[E820_ENTRIES] = len(entries)
-    for i, r in enumerate(entries):
+    page[EFI_LOADER_SIGNATURE:EFI_LOADER_SIGNATURE + 4] = efi_loader.encode().ljust(4, b"\0")
+    entries = _e820_entries(e820, types)
+    page[E820_ENTRIES] = min(len(entries), E820_MAX)
+    for i, r in enumerate(entries[:E820_MAX]):
         struct.pack_into("<QQI", page, E820_TABLE + 20 * i, r.start, r.end - r.start, types[r.kind])
+    rest = entries[E820_MAX:]
+    if rest:
+        node = bytearray(struct.pack("<QII", 0, SETUP_E820_EXT, 20 * len(rest)))
+        for r in rest:
+            node += struct.pack("<QQI", r.start, r.end - r.start, types[r.kind])
+        mem.write(setup_data_at, bytes(node))
+        struct.pack_into("<Q", page, SETUP_DATA, setup_data_at)
     mem.write(at, bytes(page))
 
 

@@ -3,10 +3,11 @@ simulated machine as a QEMU-format core. Pure functions over a ``BootResult``.""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
-from earlymm.hw.events import CrWrite, Event, FaultRaised, TlbFlush
+from earlymm.hw.events import CrWrite, Event, FaultRaised, ModeChange, TlbFlush
 from earlymm.hw.memory import ZERO_FRAME, Buffer
 from earlymm.images import CpuState, write_qemu_core
 from earlymm.images.cpustate import Segment
@@ -53,13 +54,32 @@ def stats(r: BootResult) -> dict[str, Any]:
     return out
 
 
+def kernel_var(r: BootResult, name: str, size: int = 8) -> int:
+    """A kernel variable read physically where the loader put the image (no MMU, so never a fault)."""
+    lay = r.ctx.layout
+    return r.ctx.platform.mem.read_int(r.ctx.platform.entry.kernel_at + lay[name] - lay.text, size)
+
+
+def machine_state(r: BootResult) -> dict[str, Any]:
+    """Registers and the early-boot variables at the end of the run, for comparing with a real kernel
+    stopped at the same point (``earlymm.tools.midboot``). The core ``--save-core`` writes has no EFER."""
+    regs, lay, at = r.ctx.cpu.regs, r.ctx.layout, r.ctx.platform.entry.kernel_at
+    return {"cr0": f"{regs.cr0:#x}", "cr3": f"{regs.cr3:#x}", "cr4": f"{regs.cr4:#x}", "efer": f"{regs.efer:#x}",
+            "early_top_pgt": f"{at + lay.top_pgt - lay.text:#x}", "init_top_pgt": f"{at + lay.init_pgt - lay.text:#x}",
+            "symbols": {n: f"{lay[n]:#x}" for n in ("early_top_pgt", "early_dynamic_pgts", "init_top_pgt",
+                                                    "level3_kernel_pgt", "level2_kernel_pgt", "level2_fixmap_pgt",
+                                                    "level1_fixmap_pgt", "bm_pte", "__brk_base", "__brk_limit")},
+            "next_early_pgt": f"{kernel_var(r, 'next_early_pgt', 4):#x}",
+            "phys_base": f"{kernel_var(r, 'phys_base'):#x}"}
+
+
 def to_json(r: BootResult, *, events: bool) -> dict[str, Any]:
     ctx = r.ctx
     out: dict[str, Any] = {
         "outcome": r.outcome.value, "reason": r.reason, "phase": r.phase, "completed": r.completed,
         "profile": ctx.profile.name, "source_ref": ctx.profile.source_ref, "variant": ctx.config.variant.value,
         "kernel_at": f"{ctx.platform.entry.kernel_at:#x}", "ramdisk_at": f"{ctx.platform.entry.ramdisk_at:#x}",
-        "stats": stats(r),
+        "stats": stats(r), "machine_state": machine_state(r),
         "invariants": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in r.observer.final()],
         "console": ctx.console,
     }
@@ -86,7 +106,10 @@ def describe(e: Event) -> str | None:
     if isinstance(e, HandlerOutcome) and e.outcome != "mapped":
         return f"     early handler: {e.outcome}"
     if isinstance(e, CrWrite):
-        return f"   {e.reg} {e.old:#x} -> {e.new:#x}"
+        if e.old != e.new:
+            return f"   {e.reg} {e.old:#x} -> {e.new:#x}"
+        # Writing the same value changes nothing, except that a CR3 write flushes the TLB.
+        return f"   {e.reg} reloaded ({e.new:#x}): non-global TLB entries flushed" if e.reg == "cr3" else None
     if isinstance(e, Note):
         return f"   {e.what}"
     if isinstance(e, RunEnded):
@@ -97,6 +120,8 @@ def describe(e: Event) -> str | None:
         return f"   console: {e.text}"
     if isinstance(e, LowPageAlloc):
         return f"     page-table page {e.pa:#x} from {e.source}"
+    if isinstance(e, ModeChange):
+        return f"   CPU now in {e.mode} mode"
     if isinstance(e, TlbFlush):
         return None
     return None
@@ -123,14 +148,44 @@ def timeline(r: BootResult, *, limit: int = 40) -> list[str]:
         lines.append(text)
     if skipped:
         lines.append(f"     … {skipped} more fault/pool/table events")
-    return lines
+    return fold_repeats(lines)
+
+
+_COUNTER = re.compile(r"#\d+")
+
+
+def fold_repeats(lines: list[str], max_block: int = 6) -> list[str]:
+    """Runs of a block of up to ``max_block`` lines repeated back to back, shown once with a count (a pool
+    of one page resets thousands of times, each time the same three lines). Lines compare with their
+    running counters (``#12``) blanked."""
+    keys = [_COUNTER.sub("#", ln) for ln in lines]
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        best_k, best_reps = 0, 1
+        for k in range(1, max_block + 1):
+            reps = 1
+            while keys[i + reps * k:i + (reps + 1) * k] == keys[i:i + k] and i + (reps + 1) * k <= len(lines):
+                reps += 1
+            if reps > 1 and reps * k > best_reps * best_k:
+                best_k, best_reps = k, reps
+        if best_reps > 2:
+            out += lines[i:i + best_k]
+            n = "line" if best_k == 1 else f"{best_k} lines"
+            out.append(f"     … the {n} above repeated {best_reps - 1} more times")
+            i += best_k * best_reps
+        else:
+            out.append(lines[i])
+            i += 1
+    return out
 
 
 def render_text(r: BootResult, *, trace: bool) -> str:
     ctx = r.ctx
     entry = ctx.platform.entry
     ram = sum(x.end - x.start for x in ctx.platform.ram())
-    out = [f"earlymm boot: Linux {ctx.profile.name} x86-64 ({ctx.config.variant.value} early #PF handler, "
+    version = ctx.profile.source_ref.split(" (")[0]
+    out = [f"earlymm boot: Linux {ctx.profile.name} ({version}) x86-64 ({ctx.config.variant.value} early #PF handler, "
            f"pool {ctx.config.pool_pages}), {ram >> 20} MiB RAM, kernel at {entry.kernel_at:#x}, "
            f"ramdisk at {entry.ramdisk_at:#x}+{entry.ramdisk_size:#x}", ""]
     if trace:
@@ -147,7 +202,7 @@ def render_text(r: BootResult, *, trace: bool) -> str:
             f"pool high-water {s['pool_high_water']}/{s['pool_size']}"]
     if "final_table_pages" in s:
         t, d = s["final_table_pages"], s["direct_map_leaves"]
-        out.append(f"final page tables: pgd {t['pgd']}, pud {t['pud']}, pmd {t['pmd']}, pte {t['pte']} pages; "
+        out.append("final page tables: " + ", ".join(f"{k} {v}" for k, v in t.items()) + " pages; "
                    f"direct map leaves 4K {d['4K']}, 2M {d['2M']}, 1G {d['1G']}; "
                    f"table pages from brk {s['low_pages']['brk']}, memblock {s['low_pages']['memblock']}")
     out.append("")

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 from earlymm.images import ImageError
-from earlymm.images.cpio import CpioEntry, gzip_newc
 from earlymm.images.minimize import add_pti_kernel_tables, minimize
 from earlymm.images.monitor_text import choose_samples, parse_info_tlb
 from earlymm.images.qmp import Qmp, QmpError
@@ -37,17 +36,8 @@ from earlymm.images.safe_write import (
     write_text,
 )
 from earlymm.tools.argtypes import OneLineParser, positive_float
+from earlymm.tools.initramfs import READY, build_initramfs
 
-READY = "EARLYMM_INIT_READY"
-INIT_SCRIPT = f"""#!/bin/busybox sh
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t sysfs sys /sys
-echo "{READY} $(/bin/busybox uname -r)"
-while :; do /bin/busybox sleep 3600; done
-"""
-# With --user-cr3 /init spins in user space after reporting, so a stop usually lands at CPL 3 and
-# (with pti=on) CR3 then holds the PTI user page table: the kernel PGD's next page, bit 12 set.
-BUSY_INIT_SCRIPT = INIT_SCRIPT.replace("while :; do /bin/busybox sleep 3600; done", "while :; do :; done")
 USER_MODE_TRIES = 200
 KERNEL_PKG_RE = re.compile(r"^(linux-image-6\.1\.0-(\d+)-amd64-unsigned)\s")
 
@@ -80,18 +70,6 @@ def fetch_kernel(dest: Path) -> tuple[Path, Path]:
             _run(["dpkg", "-x", str(deb), str(dest / "root")])
     kernel = sorted((dest / "root" / "boot").glob("vmlinuz-*"))[-1]
     return kernel, dest / "root" / "bin" / "busybox"
-
-
-def build_initramfs(busybox: Path, busy_user: bool = False) -> bytes:
-    return gzip_newc([
-        CpioEntry.directory("bin"), CpioEntry.directory("dev"), CpioEntry.directory("proc"),
-        CpioEntry.directory("sys"), CpioEntry.directory("tmp"),
-        CpioEntry.file("bin/busybox", busybox.read_bytes(), 0o755),
-        CpioEntry.symlink("bin/sh", "busybox"),
-        # Without /dev/console in the initramfs the kernel starts /init with no stdout.
-        CpioEntry.chardev("dev/console", 5, 1), CpioEntry.chardev("dev/null", 1, 3, 0o666),
-        CpioEntry.file("init", (BUSY_INIT_SCRIPT if busy_user else INIT_SCRIPT).encode(), 0o755),
-    ])
 
 
 def _wait_ready(console: Path, proc: subprocess.Popen[bytes], timeout: float) -> tuple[str, float]:
@@ -238,7 +216,9 @@ def _parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m earlymm.tools.qemu_capture",
         description="Capture a Linux guest's page tables and QEMU's view of them.",
-        epilog="Subcommand: 'minimize CAPTURE_DIR FIXTURE_DIR' keeps only the page-table pages reachable "
+        epilog="Subcommands: 'midboot --out DIR [--cpu --mem --append]' stops a nokaslr kernel at "
+               "x86_64_start_kernel, init_mem_mapping and idt_setup_early_pf and records its tables (see "
+               "'midboot --help'); 'minimize CAPTURE_DIR FIXTURE_DIR' keeps only the page-table pages reachable "
                "from each CPU's CR3 (and, for a PTI user CR3, from the kernel PGD before it) plus the pages "
                "gva2gpa samples land on (core.elf.gz), and copies the text files. " + OUTPUT_POLICY)
     p.add_argument("--kernel", help="vmlinuz to boot (default: newest under captures/kernel/root/boot)")
@@ -275,6 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     """Exit 0 done, 1 the capture failed (QEMU, the guest, I/O), 2 bad arguments or output paths."""
     argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv[:1] == ["midboot"]:
+            from earlymm.tools.midboot import capture as midboot
+
+            try:
+                return midboot.main(argv[1:])
+            except midboot.CaptureError as e:
+                raise CaptureError(str(e)) from None
         if argv[:1] == ["minimize"]:
             a = _minimize_parser().parse_args(argv[1:])
             src = Path(a.capture_dir)

@@ -59,6 +59,12 @@ CONFIGS: dict[str, list[str]] = {
     "cur-nogb-8G-pool2": ["--profile", "current", "--no-gbpages", "--mem", "8G", "--pool", "2"],
     "cur-nogb-above4g": ["--profile", "current", "--no-gbpages", "--mem", "8G",
                          "--kernel-at", "0x140000000"],
+    # recorded when the decompressor stage and 5-level paging arrived (issue 10)
+    "cur-l5-merged": ["--paging", "5", "--mem", "8G"],
+    "cur-l5-rfc-above4g": ["--paging", "5", "--decompressor", "rfc", "--mem", "8G", "--kernel-at", "0x140000000"],
+    "cur-l5-v414-above4g": ["--paging", "5", "--decompressor", "v4.14", "--mem", "8G", "--kernel-at", "0x140000000"],
+    "cur-l5-no5lvl": ["--paging", "5", "--loader-paging", "5", "--cmdline", "root=/dev/sda1 no5lvl"],
+    "cur-l5-80T-pool3": ["--paging", "5", "--mem", "80T", "--pool", "3"],
 }
 
 

@@ -99,3 +99,27 @@ def test_cli_identity_options(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["boot", "--cpu-family", "0x200"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "family" in err
+
+
+def _direct_map_leaf(r: Any) -> int:
+    ctx = r.ctx
+    res = ctx.cpu.mmu.probe(ctx.va(0x4000_0000))
+    assert res.ok
+    return int(res.path[-1])
+
+
+@pytest.mark.parametrize(("profile", "identity", "cmdline", "global_"), [
+    ("current", INTEL6, "root=/dev/sda1", False),  # auto: Intel has the Meltdown bug → PTI
+    ("current", INTEL6, "root=/dev/sda1 nopti", True),
+    ("current", INTEL6, "root=/dev/sda1 pti=off", True),
+    ("current", AMD17, "root=/dev/sda1", True),  # AMD is NO_MELTDOWN
+    ("current", AMD17, "root=/dev/sda1 pti=on", False),
+    ("v3.9", INTEL6, "root=/dev/sda1", True),  # no PTI in 2013
+])
+def test_pti_keeps_global_out_of_the_direct_map(profile: str, identity: CpuIdentity, cmdline: str,
+                                                global_: bool) -> None:
+    """6.1 probe_page_size_mask: "Except when with PTI where the kernel is mostly non-Global" —
+    __default_kernel_pte_mask loses _PAGE_GLOBAL, and PAGE_KERNEL with it (arch/x86/mm/init.c); the
+    midboot-qemu64-1g-pti fixture shows the real kernel's direct map without G under pti=on."""
+    r = make_boot(profile=profile, identity=identity, cmdline=cmdline, until=Phase.INIT_MEM_MAPPING)
+    assert bool(_direct_map_leaf(r) & 0x100) is global_

@@ -26,7 +26,6 @@ from earlymm.tools.ptdump.space import Space
 
 MAX_EVENTS = 3000  # events listed in a boot's timeline (the pool series and phases use all of them)
 LAYOUT_MAX_LEAVES = 1 << 20
-V39_IMAGE = 512 << 20  # KERNEL_IMAGE_SIZE (spec §2.2)
 
 
 def markers_of(layout: regions.Layout) -> list[list[str]]:
@@ -66,12 +65,14 @@ def boot_markers(result: BootResult) -> list[list[str]]:
                 (p.page_offset, "Direct map (__PAGE_OFFSET)"), (p.page_offset + p.maxmem, "Hole"),
                 (0xFFFF_C900_0000_0000, "vmalloc"), (0xFFFF_E900_0000_0000, "Hole"),
                 (0xFFFF_EA00_0000_0000, "Vmemmap"), (0xFFFF_EB00_0000_0000, "Hole"),
-                (START_KERNEL_MAP, "Kernel text (__START_KERNEL_map)"), (START_KERNEL_MAP + V39_IMAGE, "Modules"),
+                (START_KERNEL_MAP, "Kernel text (__START_KERNEL_map)"),
+                (START_KERNEL_MAP + p.kernel_image_size, "Modules"),
                 (0xFFFF_FFFF_FF60_0000, "vsyscalls / fixmap")]
         return [[f"{a:x}", n] for a, n in rows]
-    d = regions.L4
-    layout = regions.Layout(False, p.page_offset, d.vmalloc, d.vmalloc + d.vmalloc_size, d.vmemmap,
-                            START_KERNEL_MAP + V39_IMAGE, regions.FIXADDR_TOP - (regions.FIX_SLOTS_6_1 << 12))
+    la57 = result.ctx.cpu.mmu.plan.mode.value == "5-level"
+    d = regions.L5 if la57 else regions.L4
+    layout = regions.Layout(la57, d.page_offset, d.vmalloc, d.vmalloc + d.vmalloc_size, d.vmemmap,
+                            START_KERNEL_MAP + p.kernel_image_size, regions.FIXADDR_TOP - (regions.FIX_SLOTS_6_1 << 12))
     return markers_of(layout)
 
 

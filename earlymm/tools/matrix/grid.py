@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from earlymm.images.safe_write import write_text
+from earlymm.kernel.phases import Phase
 
 GiB, MiB = 1 << 30, 1 << 20
 HOLE_PATTERNS = ("pc", "flat", "holey")
@@ -61,7 +62,16 @@ AXES: tuple[Axis, ...] = (
     Axis("variant", ("merged",), "early #PF handler variants: merged, rfc", "--variant", choices=("merged", "rfc")),
     Axis("pool-access", ("high-map",), "how the handler reaches pool pages: high-map, page-offset", "--pool-access",
          choices=("high-map", "page-offset")),
-    Axis("profile", ("v3.9",), "kernel profiles: v3.9, current", "--profile", choices=("v3.9", "current")),
+    Axis("profile", ("auto",), "kernel profiles: auto (earlymm boot's choice: v3.9, or current with 5-level "
+         "options), v3.9, current", "--profile", choices=("auto", "v3.9", "current")),
+    Axis("paging", ("4",), "paging levels of the kernel: 4, 5 (5: a CONFIG_X86_5LEVEL kernel, current profile)",
+         "--paging", choices=("4", "5")),
+    Axis("decompressor", ("default",), "the decompressor's 4↔5-level switch: default, v4.14, rfc, merged",
+         "--decompressor", choices=("default", "v4.14", "rfc", "merged")),
+    Axis("loader-paging", ("4",), "paging mode the boot loader hands over in: 4, 5", "--loader-paging",
+         choices=("4", "5")),
+    Axis("la57", ("yes",), "CPU has 5-level paging: yes, no", switch=_yes_no("--no-la57", False),
+         choices=("yes", "no")),
     Axis("nx", ("yes",), "CPU has NX: yes, no", switch=_yes_no("--no-nx", False), choices=("yes", "no")),
     Axis("force-nx", ("no",), "bit 63 in early_pmd_flags even without NX: no, yes", switch=_yes_no("--force-nx", True),
          choices=("no", "yes")),
@@ -71,8 +81,8 @@ AXES: tuple[Axis, ...] = (
     Axis("cpu-vendor", ("intel",), "CPUID vendors: intel, amd", "--cpu-vendor", choices=("intel", "amd")),
     Axis("hypervisor", ("no",), "CPUID hypervisor bit: no, yes", switch=_yes_no("--hypervisor", True),
          choices=("no", "yes")),
-    Axis("until", ("end",), "where to stop: startup_64, x86_64_start_kernel, setup_arch, init_mem_mapping, end",
-         "--until", choices=("startup_64", "x86_64_start_kernel", "setup_arch", "init_mem_mapping", "end")),
+    Axis("until", ("end",), f"where to stop: {', '.join(p.value for p in Phase)}", "--until",
+         choices=tuple(p.value for p in Phase)),
 )
 AXIS = {a.name: a for a in AXES}
 MEMORY_AXES = ("mem", "holes", "e820")

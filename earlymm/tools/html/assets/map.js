@@ -109,7 +109,8 @@ EM.Map = class {
   }
   draw() {
     const sp = this.space;
-    if (this.lo === undefined || this.hi > sp.size) { this.lo = 0n; this.hi = sp.size; }
+    if (this.lo === undefined || this.hi > sp.size || this.mode !== sp.mode) { this.lo = 0n; this.hi = sp.size; }
+    this.mode = sp.mode;
     const s = this.svg; s.replaceChildren();
     const defs = EM.svg("defs");
     const pat = EM.svg("pattern", { id: "hatch", width: 5, height: 5, patternUnits: "userSpaceOnUse", patternTransform: "rotate(45)" });

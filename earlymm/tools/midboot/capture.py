@@ -1,0 +1,248 @@
+"""``python -m earlymm.tools.qemu_capture midboot``: stop a real kernel mid-boot and record its tables.
+
+QEMU starts paused (``-S``) with its gdbstub on a loopback port and QMP on a unix socket. gdb (batch mode,
+no script of ours inside it) connects, sets one hardware breakpoint per stop, and for each stop runs
+``continue`` and then a shell handshake: it creates ``stop.N`` and waits for ``go.N``. While gdb waits the
+guest is stopped, and this side records the instant over QMP (``record.record_stop``). Every wait is
+bounded; QEMU and gdb are always killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from earlymm.images.qmp import Qmp, QmpError
+from earlymm.tools.initramfs import build_initramfs  # the same initramfs as a normal capture
+from earlymm.tools.midboot.bootinfo import console_e820, e820_updates, effective_e820
+from earlymm.tools.midboot.kallsyms import Kallsyms, KallsymsError, cache_path, load_kallsyms
+from earlymm.tools.midboot.record import RecordError, StopRecord, record_stop
+
+# Stops in boot order: (symbol, the model's --until phase that ends at the same point)
+STOPS = (("x86_64_start_kernel", "startup_64"), ("init_mem_mapping", "setup_arch"),
+         ("idt_setup_early_pf", "init_mem_mapping"))
+SYMBOLS = ("_text", "_end", "x86_64_start_kernel", "init_mem_mapping", "idt_setup_early_pf", "early_top_pgt",
+           "init_top_pgt", "early_dynamic_pgts", "next_early_pgt", "phys_base", "boot_params", "level3_kernel_pgt",
+           "level2_kernel_pgt", "level2_fixmap_pgt", "level1_fixmap_pgt", "level4_kernel_pgt", "bm_pte", "__brk_base",
+           "__brk_limit", "do_early_exception",
+           # and everything `earlymm boot --kernel-symbols` lays the model's image out from
+           "startup_64", "secondary_startup_64", "early_idt_handler_array", "asm_exc_page_fault", "early_pmd_flags",
+           "early_recursion_flag", "__supported_pte_mask", "max_pfn_mapped", "idt_table", "boot_command_line",
+           "init_thread_union", "empty_zero_page", "__bss_start", "__bss_stop")
+FEATURES = ("pdpe1gb", "nx", "pge", "pse", "la57", "smep", "smap", "pku", "pcid", "lm", "phys-bits", "vendor",
+            "family", "model", "stepping", "hypervisor")
+# loglevel=8 lets the kernel's KERN_DEBUG e820 edits reach the console; memblock=debug logs every memblock
+# reservation and allocation with its caller (which is where page-table pages come from). Neither
+# changes what is mapped.
+BASE_APPEND = "console=ttyS0 earlyprintk=serial nokaslr panic=-1 loglevel=8 memblock=debug"
+TRACE_TAG = "EARLYMM_EXC"
+
+
+class CaptureError(Exception):
+    pass
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _gdb_command(port: int, addrs: list[int], sync: Path, wait_s: int, trace_at: int | None) -> list[str]:
+    """gdb's whole part, as -ex commands. With ``trace_at`` (``do_early_exception``), once the kernel runs
+    at its own addresses a dprintf logs every early exception — vector, CR2 and the faulting RIP
+    (``regs->ip``, pt_regs offset 128) — and lets it go on."""
+    cmd = ["gdb", "-batch", "-nx", "-ex", "set pagination off", "-ex", "set confirm off",
+           "-ex", f"target remote 127.0.0.1:{port}"]
+    cmd += [a for addr in addrs for a in ("-ex", f"hbreak *{addr:#x}")]
+    for i in range(len(addrs)):
+        stop, go = shlex.quote(str(sync / f"stop.{i}")), shlex.quote(str(sync / f"go.{i}"))
+        cmd += ["-ex", "continue", "-ex", f"shell touch {stop}; n=0; while [ ! -e {go} ] && [ $n -lt "
+                f"{wait_s * 10} ]; do sleep 0.1; n=$((n+1)); done"]
+        if i == 0 and trace_at is not None:
+            fmt = f'"{TRACE_TAG} %lx %lx %lx\\n"'
+            cmd += ["-ex", f"dprintf *{trace_at:#x},{fmt},$rsi,$cr2,*(unsigned long *)($rdi+128)"]
+    return cmd
+
+
+def early_exceptions(gdb_log: str, syms: Kallsyms) -> list[dict[str, object]]:
+    """The dprintf lines: vector, CR2 and the faulting RIP with the function it is in."""
+    out: list[dict[str, object]] = []
+    for ln in gdb_log.splitlines():
+        parts = ln.split()
+        if len(parts) == 4 and parts[0] == TRACE_TAG:
+            vec, cr2, rip = (int(x, 16) for x in parts[1:])
+            out.append({"vector": vec, "cr2": f"{cr2:#x}", "rip": f"{rip:#x}", "function": syms.symbolize(rip)})
+    return out
+
+
+def _tail(*paths: Path) -> str:
+    return "\n".join(f"--- {p.name}: {p.read_text(errors='replace')[-1500:]}" for p in paths if p.exists())
+
+
+def _wait_file(path: Path, procs: list[subprocess.Popen[bytes]], timeout: float, logs: list[Path]) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        dead = [p for p in procs if p.poll() is not None]
+        if dead:
+            args = dead[0].args
+            name = Path(str(args[0] if isinstance(args, list) else args)).name
+            raise CaptureError(f"{name} exited ({dead[0].returncode}) before "
+                               f"{path.name}\n{_tail(*logs)}")
+        if time.monotonic() > deadline:
+            raise CaptureError(f"no {path.name} within {timeout:.0f} s\n{_tail(*logs)}")
+        time.sleep(0.05)
+
+
+def cpu_features(q: Qmp) -> dict[str, Any]:
+    """The CPU's own properties as QEMU reports them (qom-get on CPU 0)."""
+    path = q.command("query-cpus-fast")[0]["qom-path"]
+    return {f: q.command("qom-get", path=path, property=f) for f in FEATURES}
+
+
+def package_versions(kernel: Path) -> dict[str, str]:
+    """Debian package versions from the .deb names ``--fetch-kernel`` left beside ``root/``."""
+    out: dict[str, str] = {}
+    for deb in sorted(kernel.parent.parent.parent.glob("*.deb")):
+        name, _, rest = deb.stem.partition("_")
+        out[name] = rest.rsplit("_", 1)[0].replace("%3a", ":")
+    return out
+
+
+def run_capture(kernel: Path, busybox: Path, out: Path, *, cpu: str, mem: str, append: str, qemu: str,
+                timeout: float) -> list[StopRecord]:
+    syms = load_kallsyms(kernel, busybox, qemu, timeout)
+    out.mkdir(parents=True, exist_ok=True)
+    full_append = " ".join(filter(None, [BASE_APPEND, append]))
+    records: list[StopRecord] = []
+    with tempfile.TemporaryDirectory(prefix="earlymm-midboot-") as tmp_s:
+        tmp = Path(tmp_s)
+        initrd, console, sock = tmp / "initramfs.cpio.gz", tmp / "console.log", tmp / "qmp.sock"
+        initrd.write_bytes(build_initramfs(busybox))
+        port = _free_port()
+        qcmd = [qemu, "-machine", "pc", "-accel", "tcg", "-cpu", cpu, "-m", mem, "-smp", "1", "-nodefaults",
+                "-display", "none", "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd), "-append",
+                full_append, "-serial", f"file:{console}", "-qmp", f"unix:{sock},server=on,wait=off", "-S",
+                "-gdb", f"tcp:127.0.0.1:{port}"]
+        qlog, glog = tmp / "qemu.log", tmp / "gdb.log"
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            with open(qlog, "wb") as f:
+                procs.append(subprocess.Popen(qcmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT))
+            with Qmp(str(sock), timeout=60) as q:
+                features, version = cpu_features(q), q.command("query-version")
+                addrs = [syms[s] for s, _ in STOPS]
+                with open(glog, "wb") as f:
+                    procs.append(subprocess.Popen(_gdb_command(port, addrs, tmp, int(timeout),
+                                                               syms.get("do_early_exception")),
+                                                  stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT))
+                for i, (symbol, _phase) in enumerate(STOPS):
+                    _wait_file(tmp / f"stop.{i}", procs, timeout, [qlog, glog, console])
+                    # gdb has printed (and flushed) every dprintf line from before this stop
+                    seen = len(early_exceptions(glog.read_text(errors="replace"), syms))
+                    records.append(record_stop(q, symbol, symbol, syms, out, tmp / "scratch.bin",
+                                               {"early_exceptions_before": seen}))
+                    (tmp / f"go.{i}").touch()
+                with contextlib.suppress(QmpError):  # QEMU may hang up before it replies
+                    q.command("quit", timeout=10)
+        finally:
+            for p in reversed(procs):
+                if p.poll() is None:
+                    p.kill()
+                p.wait(timeout=30)
+        text = console.read_text(errors="replace").replace("\r", "")
+        shown = [a.replace(f"{tmp}/", "").replace(str(kernel), kernel.name).replace(f":{port}", ":PORT") for a in qcmd]
+        faults = early_exceptions(glog.read_text(errors="replace"), syms)
+    (out / "console.log").write_text(text)
+    (out / "early_exceptions.json").write_text(json.dumps(faults, indent=0) + "\n")
+    meta = _meta(kernel, syms, records, text, shown, cpu, mem, full_append, features, version)
+    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return records
+
+
+def _meta(kernel: Path, syms: Kallsyms, records: list[StopRecord], console: str, shown: list[str], cpu: str,
+          mem: str, append: str, features: dict[str, Any], version: dict[str, Any]) -> dict[str, Any]:
+    last = records[-1].info
+    first = records[0].info
+    banner = next((ln.split("] ", 1)[-1] for ln in console.splitlines() if "Linux version" in ln), "")
+    ramdisk_image, ramdisk_size = (int(v, 16) for v in last["boot_params"]["ramdisk"])
+    return {
+        "made_by": shlex.join(["python", "-m", "earlymm.tools.qemu_capture", "midboot", "--cpu", cpu, "--mem", mem,
+                               *(["--append", append.removeprefix(BASE_APPEND).strip()]
+                                 if append != BASE_APPEND else []), "--out", "DIR"]),
+        "kernel_file": kernel.name,
+        "kernel_release": kernel.name.removeprefix("vmlinuz-"), "kernel_banner": banner,
+        "packages": package_versions(kernel), "kallsyms": cache_path(kernel).name,
+        "qemu_version": "{major}.{minor}.{micro}".format(**version["qemu"]), "qemu_package": version.get("package", ""),
+        "qemu_command": shown, "qemu_command_shell": shlex.join(shown),
+        "cpu": cpu, "mem": mem, "append": append, "cpu_features": features,
+        "stops": [{"symbol": s, "model_until": p, "address": f"{syms[s]:#x}"} for s, p in STOPS],
+        "symbols": syms.subset(list(SYMBOLS)),
+        "machine": {
+            "e820": [e.to_json() for e in effective_e820(console)],
+            "e820_tables": {k: [e.to_json() for e in v] for k, v in console_e820(console).items()},
+            "e820_updates": e820_updates(console),
+            "ramdisk": [f"{ramdisk_image:#x}", f"{ramdisk_size:#x}"],
+            "image_size": f"{syms['_end'] - syms['_text']:#x}", "load_address": last["load_address"],
+            "phys_base": last["phys_base"], "boot_params_at": first["registers"].get("RDI"),
+            "cmd_line_ptr": last["boot_params"]["cmd_line"], "cmdline": append,
+            "gbpages": bool(features["pdpe1gb"]), "nx": bool(features["nx"]), "pge": bool(features["pge"]),
+            "pse": bool(features["pse"]), "la57": bool(features["la57"]),
+        },
+        "captured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def add_parser_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kernel", help="vmlinuz (default: newest under captures/kernel/root/boot)")
+    p.add_argument("--busybox", help="static busybox (default: ../bin/busybox beside the kernel's boot/)")
+    p.add_argument("--cpu", default="qemu64", help="QEMU CPU model, e.g. qemu64 or max,la57=off (default qemu64)")
+    p.add_argument("--mem", default="512M", help="guest RAM (default 512M)")
+    p.add_argument("--append", default="", help=f"kernel command line after '{BASE_APPEND}', e.g. "
+                                                "'memmap=64M$0x10000000' or 'mem=1G' (no shell escaping needed)")
+    p.add_argument("--out", required=True, help="fixture directory to write")
+    p.add_argument("--timeout", type=float, default=300, help="seconds allowed for each wait (default 300)")
+    p.add_argument("--qemu", default="qemu-system-x86_64")
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m earlymm.tools.qemu_capture midboot",
+                                description="Stop a nokaslr kernel at x86_64_start_kernel, init_mem_mapping and "
+                                            "idt_setup_early_pf (hardware breakpoints through gdb) and record "
+                                            "each instant's page tables, registers and boot_params.")
+    add_parser_args(p)
+    a = p.parse_args(argv)
+    if a.kernel is None:
+        found = sorted(Path("captures/kernel/root/boot").glob("vmlinuz-*"))
+        if not found:
+            raise CaptureError("no --kernel given and none under captures/kernel (use --fetch-kernel)")
+        a.kernel = str(found[-1])
+    kernel = Path(a.kernel)
+    busybox = Path(a.busybox) if a.busybox else kernel.parent.parent / "bin" / "busybox"
+    for path in (kernel, busybox):
+        if not path.is_file():
+            raise CaptureError(f"{path} does not exist (try --fetch-kernel DIR)")
+    for tool in (a.qemu, "gdb"):
+        if shutil.which(tool) is None:
+            raise CaptureError(f"{tool} not found (apt-get install qemu-system-x86 gdb)")
+    try:
+        records = run_capture(kernel, busybox, Path(a.out), cpu=a.cpu, mem=a.mem, append=a.append, qemu=a.qemu,
+                              timeout=a.timeout)
+    except (RecordError, KallsymsError, ValueError) as e:
+        raise CaptureError(str(e)) from None
+    for r in records:
+        i = r.info
+        print(f"{r.name}: CR3 {i['registers']['CR3']} ({i['cr3_is']}), {i['table_pages']} table pages, "
+              f"next_early_pgt {i['next_early_pgt']}, {i['tlb_lines']} info tlb lines")
+    print(f"recorded into {a.out}")
+    return 0

@@ -1,0 +1,114 @@
+"""Checks a mid-boot recording must pass, shared by the fixture tests and the live capture test.
+
+Every expected value comes from the real kernel or QEMU: kallsyms (symbol addresses), the kernel's own
+tables and counters, the e820 map it printed and the zero page the loader gave it, QEMU's CPU properties
+and its ``info tlb``. Each check returns a list of problems (empty when all is well).
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from earlymm.images.monitor_text import parse_info_tlb
+from earlymm.tools.midboot.bootinfo import console_e820, effective_e820
+from earlymm.tools.midboot.enumerate import Enumeration, Leaf, enumerate_space
+from earlymm.tools.midboot.fixture import Fixture, Stop
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+MIDBOOT = sorted(p for p in FIXTURES.glob("midboot-*") if p.is_dir())
+PAGE_OFFSET = 0xFFFF_8880_0000_0000  # 4-level, nokaslr (spec §2.3)
+START_KERNEL_MAP = 0xFFFF_FFFF_8000_0000
+POOL_PAGES = 64  # EARLY_DYNAMIC_PAGE_TABLES
+PS = 0x80
+
+
+def space(fx: Fixture, stop: Stop, root: str = "cr3") -> Enumeration:
+    return enumerate_space(stop.memory(), stop.regs, fx.features, root=stop.roots[root])
+
+
+def check_stop_basics(fx: Fixture, stop: Stop) -> list[str]:
+    bad = []
+    if int(stop.info["rip"], 16) != fx.symbol(stop.name):
+        bad.append(f"{stop.name}: RIP {stop.info['rip']} is not the symbol's address {fx.symbol(stop.name):#x}")
+    if not 0 <= stop.next_early_pgt <= POOL_PAGES:
+        bad.append(f"{stop.name}: next_early_pgt {stop.next_early_pgt} outside 0..{POOL_PAGES}")
+    want_cr3 = "init_top_pgt" if stop.name == "idt_setup_early_pf" else "early_top_pgt"
+    if stop.regs[1] & ~0xFFF != stop.roots[want_cr3]:
+        bad.append(f"{stop.name}: CR3 {stop.regs[1]:#x} is not {want_cr3} {stop.roots[want_cr3]:#x}")
+    for root in ("cr3", "early_top_pgt", "init_top_pgt"):
+        en = space(fx, stop, root)
+        bad += [f"{stop.name}/{root}: {n.kind} {n.start:#x}: {n.detail}" for n in en.notes]
+        missing = en.tables - {pfn << 12 for pfn in stop.pages}
+        if missing:
+            bad.append(f"{stop.name}/{root}: tables not recorded: {sorted(map(hex, missing))[:5]}")
+    return bad
+
+
+def pool_pages_linked(fx: Fixture, stop: Stop) -> int:
+    """Distinct early_dynamic_pgts pages reachable from early_top_pgt (the kernel's tables, not its counter)."""
+    pool = fx.symbol("early_dynamic_pgts") - START_KERNEL_MAP + int(stop.info["phys_base"], 16)
+    en = space(fx, stop, "early_top_pgt")
+    return len({t for t in en.tables if pool <= t < pool + POOL_PAGES * 4096})
+
+
+def tlb_lines(leaves: list[Leaf]) -> list[str]:
+    """``info tlb`` as QEMU 7.2 prints it (target/i386/monitor.c print_pte): flags of the leaf entry only,
+    bit 7 of a 4 KiB PTE (PAT) not shown."""
+    out = []
+    for lf in leaves:
+        bits = "".join(c if lf.flags >> b & 1 and not (b == 7 and lf.size == 4096) else "-"
+                       for b, c in ((63, "X"), (8, "G"), (7, "P"), (6, "D"), (5, "A"), (4, "C"), (3, "T"), (2, "U"),
+                                    (1, "W")))
+        out.append(f"{lf.va:016x}: {lf.pa:016x} {bits}")
+    return out
+
+
+def check_direct_map(fx: Fixture, stop: Stop) -> list[str]:
+    """After init_mem_mapping: every direct-map leaf maps VA − PAGE_OFFSET, and the direct map covers every
+    page of the RAM the kernel printed (plus the ISA range, mapped regardless, spec §3.8)."""
+    bad = []
+    covered: list[tuple[int, int]] = []
+    for lf in space(fx, stop).leaves:
+        if PAGE_OFFSET <= lf.va < PAGE_OFFSET + (1 << 46):
+            if lf.pa != lf.va - PAGE_OFFSET:
+                bad.append(f"direct-map leaf {lf.va:#x} maps {lf.pa:#x}")
+            covered.append((lf.pa, lf.pa + lf.size))
+    covered.sort()
+    merged: list[list[int]] = []
+    for lo, hi in covered:
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    ram = [(e.start, e.end) for e in effective_e820(fx.console) if e.kind == "usable"] + [(0, 0x10_0000)]
+    for start, end in ram:
+        lo, hi = (start + 0xFFF) & ~0xFFF, end & ~0xFFF
+        if lo < hi and not any(a <= lo and hi <= b for a, b in merged):
+            bad.append(f"RAM [{lo:#x}, {hi:#x}) is not all in the direct map")
+    return bad
+
+
+def check_zero_page_e820(fx: Fixture) -> list[str]:
+    """The firmware's map, twice: as the kernel printed it and as the loader's zero page holds it."""
+    first = fx.stops[0]
+    printed = [e.to_json() for e in console_e820(fx.console)["BIOS-e820"]]
+    given = first.boot_params["e820_table"]
+    return [] if printed == given else [f"console e820 {printed} != zero page e820 {given}"]
+
+
+def check_tlb(fx: Fixture, stop: Stop) -> list[str]:
+    mine = tlb_lines(space(fx, stop).leaves)
+    text = stop.tlb_text()
+    qemu = [ln.rstrip("\r") for ln in text.split("\n") if ln.strip()]
+    if len(parse_info_tlb(text)) != len(qemu):
+        return [f"{stop.name}: info tlb has lines that are not leaves"]
+    if mine != qemu:
+        diff = next(i for i, (a, b) in enumerate(zip([*mine, ""], [*qemu, ""], strict=False)) if a != b)
+        return [f"{stop.name}: line {diff}: enumerator {mine[diff:diff + 1]}, QEMU {qemu[diff:diff + 1]} "
+                f"({len(mine)} vs {len(qemu)} lines)"]
+    return []
+
+
+def entry(stop: Stop, table: int, index: int) -> int:
+    return int(struct.unpack_from("<Q", stop.pages[table >> 12], 8 * index)[0])
