@@ -26,6 +26,7 @@ from earlymm.tools.argtypes import int_range
 from earlymm.tools.boot_progress import BootProgress
 from earlymm.tools.boot_report import render_text, save_core, to_json
 from earlymm.tools.e820_input import E820InputError, read_alternative
+from earlymm.tools.html import BootRecorder, write_boot_html
 from earlymm.tools.midboot.kallsyms import KallsymsError
 from earlymm.tools.midboot.kallsyms import parse as parse_kallsyms
 
@@ -93,6 +94,10 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
                         "ends in .gz). FILE must be a new or regular file: devices, FIFOs, sockets and directories "
                         f"are refused, and {SYMLINK_POLICY}; it is replaced atomically, and on any error (a "
                         "full disk) nothing is left")
+    p.add_argument("--html", metavar="FILE",
+                   help="also write one self-contained HTML page: the timeline (phases, CR3 switches, each early #PF, "
+                        "pool pages in use), the tables at each event, a zoomable address-space map and a page-table "
+                        f"tree explorer (FILE: a new or regular file, replaced atomically; {SYMLINK_POLICY})")
     p.add_argument("--trace", action="store_true", help="print every event")
     p.add_argument("--progress", action="store_true",
                    help="report progress on stderr even when it is not a terminal (a terminal gets it anyway)")
@@ -231,43 +236,58 @@ def read_kernel_symbols(path: str, image_size: int | None) -> dict[str, int]:
         raise UsageError(f"cannot read kernel symbols {path}: {e}") from None
 
 
-def main(args: argparse.Namespace) -> int:
-    check_combination(args)
-    until = None
-    if args.until:
-        try:
-            until = Phase.parse(args.until)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+def parse_until(args: argparse.Namespace) -> Phase | None:
+    if not args.until:
+        return None
+    try:
+        return Phase.parse(args.until)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def configure(args: argparse.Namespace) -> tuple[MachineConfig, KernelConfig, Phase | None]:
+    """The machine, the kernel and where to stop, from parsed ``earlymm boot`` arguments (``UsageError`` on
+    bad input). ``earlymm matrix`` runs its configurations through here, so its commands reproduce."""
+    until = parse_until(args)
     if args.kernel_at % (2 << 20):
         raise UsageError(f"--kernel-at {args.kernel_at:#x} is not 2 MiB aligned (startup_64 would spin in "
                          "bad_address; the simulated loader refuses it)")
     if args.mem is not None and args.mem < 4 << 20:
         raise UsageError(f"--mem: {args.mem} bytes is smaller than the kernel")
-    if args.pv == "xen":
-        return report(args, run_xen(args, until))
     five = resolve_profile(args)
-    if args.save_core is not None:
-        try:
-            check_target(args.save_core, "core")  # before the boot: a bad path should not cost a run
-        except WriteError as e:
-            raise UsageError(str(e)) from None
-    machine = machine_config(args)
-    kernel = kernel_config(args, five)
+    return machine_config(args), kernel_config(args, five), until
+
+
+def image_size(args: argparse.Namespace) -> int:
+    return args.image_size if args.image_size is not None else 24 << 20
+
+
+def main(args: argparse.Namespace) -> int:
+    check_combination(args)
+    for path, what in ((args.save_core, "core"), (args.html, "HTML file")):
+        if path is not None:
+            try:
+                check_target(path, what)  # before the boot: a bad path should not cost a run
+            except WriteError as e:
+                raise UsageError(str(e)) from None
+    if args.pv == "xen":
+        return report(args, run_xen(args, parse_until(args)))
+    machine, kernel, until = configure(args)
     progress = None
     if args.progress or sys.stderr.isatty():
         ram = sum(r.end - r.start for r in machine.ram())
         progress = BootProgress(sys.stderr, ram, tty=sys.stderr.isatty())
+    recorder = BootRecorder() if args.html is not None else None
+    listeners = ([progress.on_event] if progress else []) + ([recorder.on_event] if recorder else [])
     try:
-        result = boot(machine, kernel, until=until, trace=True,
-                      image_size=args.image_size if args.image_size is not None else 24 << 20,
-                      listeners=[progress.on_event] if progress else [])
+        result = boot(machine, kernel, until=until, trace=True, image_size=image_size(args), listeners=listeners,
+                      pv=recorder.attach if recorder else None)
     except ValueError as e:
         raise UsageError(str(e)) from None
     finally:
         if progress:
             progress.close()
-    return report(args, result)
+    return report(args, result, recorder)
 
 
 def resolve_profile(args: argparse.Namespace) -> bool:
@@ -296,23 +316,17 @@ def kernel_config(args: argparse.Namespace, five: bool) -> KernelConfig:
 
 def run_xen(args: argparse.Namespace, until: Phase | None) -> BootResult:
     """The Xen PV boot (``--pv xen``): the domain's options, the v3.9 kernel, the chosen write_cr3."""
-    if args.save_core is not None:
-        try:
-            check_target(args.save_core, "core")
-        except WriteError as e:
-            raise UsageError(str(e)) from None
     feats = Features(nx=not args.no_nx, gbpages=not args.no_gbpages, pge=not args.no_pge, la57=False, pks=False)
     dom = domain_config(args, feats, cpu_identity(args))
     kernel = KernelConfig(PROFILES["v3.9"])
     try:
         return boot_xen(dom, kernel, write_cr3_late=args.xen_write_cr3 == "late", until=until, trace=True,
-                        image_size=args.image_size if args.image_size is not None else 24 << 20,
-                        bug=args.xen_guest_bug or "")
+                        image_size=image_size(args), bug=args.xen_guest_bug or "")
     except ValueError as e:
         raise UsageError(str(e)) from None
 
 
-def report(args: argparse.Namespace, result: BootResult) -> int:
+def report(args: argparse.Namespace, result: BootResult, recorder: BootRecorder | None = None) -> int:
     """Save the core if asked, then print the story (text or JSON); exit 1 for a crash."""
     if args.save_core is not None:
         try:
@@ -321,6 +335,11 @@ def report(args: argparse.Namespace, result: BootResult) -> int:
             raise UsageError(str(e)) from None
         except (OSError, ValueError, ImageError) as e:
             raise UsageError(f"cannot write core {args.save_core}: {e}") from None
+    if recorder is not None:
+        try:
+            write_boot_html(args.html, result, recorder)
+        except WriteError as e:
+            raise UsageError(str(e)) from None
     if args.json:
         json.dump(to_json(result, events=args.trace), sys.stdout, indent=1)
         sys.stdout.write("\n")

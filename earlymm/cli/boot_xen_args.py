@@ -62,6 +62,8 @@ def check_combination(args: argparse.Namespace) -> None:
         if given:
             raise UsageError(f"{given[0]} means nothing for a Xen PV domain (no boot loader, BIOS or e820 of its own; "
                              "the domain builder places the kernel)")
+        if getattr(args, "html", None) is not None:
+            raise UsageError("--html draws native boots; a --pv xen boot is reported as text or --json")
         if args.profile not in (None, "v3.9"):
             raise UsageError("--pv xen models the v3.9 kernel of seed 004 (--profile v3.9)")
         if args.mem is not None and args.mem < 64 << 20:

@@ -10,7 +10,8 @@ from earlymm.arch.modes import Features
 from earlymm.cli.common import EXIT_INCOMPLETE, Parser, UsageError, add_max_inflate, hexint
 from earlymm.cli.image_opts import add_regs_arg, cpu_notes, pick
 from earlymm.cli.symbols_args import add_symbol_args, load_symbolizer
-from earlymm.images import ImageError, open_image
+from earlymm.images import ImageError, WriteError, open_image
+from earlymm.images.safe_write import SYMLINK_POLICY, check_target
 from earlymm.tools.argtypes import int_range
 from earlymm.tools.machine_view import RegOverrides, SetupError, image_source, infer_registers
 from earlymm.tools.ptdump import render
@@ -42,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         p.add_argument(f"--{r}", type=hexint, help=f"{r.upper()} (default: from the image's CPU note)")
     p.add_argument("--efer", type=hexint, help="EFER (QEMU does not record it; default: long mode with NXE when "
                                                "the CPU note shows 64-bit code)")
-    p.add_argument("--format", choices=FORMATS, default="linux", help="output format (default linux)")
+    p.add_argument("--format", choices=FORMATS, help="output format (default linux; with --html, no dump is printed "
+                                                     "unless a format is given)")
     p.add_argument("--crlf", action="store_true", help="end lines with \\r\\n, as QEMU's monitor does")
     p.add_argument("--check-wx", action="store_true",
                    help="report writable+executable mappings as the kernel's boot-time W+X check does")
@@ -63,6 +65,10 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
                    help=f"beyond this many leaves, collapse repeated subtrees (default {DEFAULT_MAX_LEAVES})")
     add_regs_arg(p)
     add_symbol_args(p)
+    p.add_argument("--html", metavar="FILE",
+                   help="also write one self-contained HTML page: a zoomable map of the address space coloured by "
+                        "effective rights and a page-table tree explorer (FILE: a new or regular file, replaced "
+                        f"atomically; {SYMLINK_POLICY})")
     add_max_inflate(p)
     p.set_defaults(func=main)
 
@@ -93,6 +99,11 @@ def main(args: argparse.Namespace) -> int:
         features = Features.parse(args.features, args.maxphyaddr)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if args.html is not None:
+        try:
+            check_target(args.html, "HTML file")  # before the work: a bad path should not cost a dump
+        except WriteError as e:
+            raise UsageError(str(e)) from None
     image = _open(args.image, args.max_inflate)
     note, note_efer = pick(cpu_notes(image, args.regs), args.cpu, args.regs)
     spaces: list[Space] = []
@@ -106,11 +117,20 @@ def main(args: argparse.Namespace) -> int:
             raise UsageError(str(e)) from None
     s0 = spaces[0]  # symbols are read (and a bad file refused) before the dump's work
     sym = load_symbolizer(args, Walker(s0.mem, s0.mode, s0.cr3, s0.cr4, s0.plan.nxe), "ptdump")
+    if args.html is not None:
+        from earlymm.tools.html import write_ptdump_html
+
+        try:
+            write_ptdump_html(args.html, spaces, args.image, max_tables=args.max_tables)
+        except WriteError as e:
+            raise UsageError(str(e)) from None
     try:
         if args.check_wx or args.check_user_kernel:
             out = render.run_audits(spaces, check_wx=args.check_wx, check_user_kernel=args.check_user_kernel)
+        elif args.html is not None and args.format is None:
+            return 0
         else:
-            out = render.dump(spaces, args.format, args.image, crlf=args.crlf, max_tables=args.max_tables,
+            out = render.dump(spaces, args.format or "linux", args.image, crlf=args.crlf, max_tables=args.max_tables,
                               max_leaves=args.max_leaves)
     except render.RenderError as e:
         raise UsageError(str(e)) from None

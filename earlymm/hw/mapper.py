@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from earlymm.arch.entry import addr_mask
 from earlymm.arch.flags import PteFlag
-from earlymm.arch.modes import Level, PagingMode, level_specs
+from earlymm.arch.modes import Level, LevelSpec, PagingMode, level_specs
 from earlymm.hw.memory import PhysMem
 
 P, RW, US, PS = int(PteFlag.P), int(PteFlag.RW), int(PteFlag.US), int(PteFlag.PS)
@@ -50,6 +50,16 @@ class Mapper:
         self.table_flags = table_flags
         self.maxphyaddr = maxphyaddr
         self.root = root if root is not None else alloc.alloc()
+        # Per level, what ``entry_addr`` needs, computed once: a boot's loader maps thousands of pages.
+        pae_pdpt = [mode is PagingMode.PAE and s.level is Level.PDPT for s in self.specs]
+        self._steps = [(s.shift, s.index_mask, s.entry_size, s.level, P if pdpt else table_flags,
+                        s.level not in (Level.PML4, Level.PML5) and not pdpt,  # may PS make this entry a leaf?
+                        addr_mask(mode, s.level, False, maxphyaddr))
+                       for s, pdpt in zip(self.specs, pae_pdpt, strict=True)]
+        self._leaf_specs: dict[int, LevelSpec] = {}
+        for s in self.specs:
+            if s.leaf_size:
+                self._leaf_specs.setdefault(s.leaf_size, s)
 
     def _read(self, addr: int, size: int) -> int:
         return self.mem.read_int(addr, size)
@@ -60,27 +70,26 @@ class Mapper:
     def entry_addr(self, va: int, level: Level, *, create: bool = False) -> int | None:
         """Address of the entry for ``va`` at ``level``, creating missing tables above it if asked."""
         table = self.root
-        for spec in self.specs:
-            ea = table + ((va >> spec.shift) & spec.index_mask) * spec.entry_size
-            if spec.level is level:
+        read = self.mem.read_int
+        for shift, index_mask, size, lvl, flags, ps_matters, table_mask in self._steps:
+            ea = table + ((va >> shift) & index_mask) * size
+            if lvl is level:
                 return ea
-            e = self._read(ea, spec.entry_size)
+            e = read(ea, size)
             if not e & P:
                 if not create:
                     return None
                 new = self.alloc.alloc()
-                flags = P if self.mode is PagingMode.PAE and spec.level is Level.PDPT else self.table_flags
-                self._write(ea, spec.entry_size, new | flags)
+                self._write(ea, size, new | flags)
                 e = new | flags
-            elif spec.level is not Level.PML4 and spec.level is not Level.PML5 and e & PS and not (
-                    self.mode is PagingMode.PAE and spec.level is Level.PDPT):
-                raise ValueError(f"{va:#x}: a large page at {spec.level.entry_name} is in the way")
-            table = e & addr_mask(self.mode, spec.level, False, self.maxphyaddr)
+            elif ps_matters and e & PS:
+                raise ValueError(f"{va:#x}: a large page at {lvl.entry_name} is in the way")
+            table = e & table_mask
         raise ValueError(f"level {level.name} does not exist in {self.mode.value} paging")
 
     def map_page(self, va: int, pa: int, page_size: int = 4096, flags: int = RW) -> int:
         """Map one page; returns the address of the leaf entry written."""
-        spec = next((s for s in self.specs if s.leaf_size == page_size), None)
+        spec = self._leaf_specs.get(page_size)
         if spec is None:
             raise ValueError(f"{self.mode.value} paging has no {page_size:#x}-byte pages")
         if va % page_size or pa % page_size:

@@ -76,6 +76,8 @@ def positive_float(what: str, hi: float) -> Callable[[str], float]:
         body = t.replace(".", "", 1)
         if not t.isascii() or not body.isdigit():
             raise argparse.ArgumentTypeError(f"{what} {text!r}: expected a plain decimal number like 240 or 2.5")
+        if len(t) > 1 and t[0] == "0" and t[1].isdigit():  # strict numbers (README): zero-padding is refused
+            raise argparse.ArgumentTypeError(f"{what} {text!r}: zero-padded numbers are refused as ambiguous")
         v = float(t)
         if not 0 < v <= hi:
             raise argparse.ArgumentTypeError(f"{what} {text!r}: must be above 0 and at most {hi:g}")

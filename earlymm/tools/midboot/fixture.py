@@ -132,7 +132,7 @@ class Fixture:
         """``decompressor.json``: the measured paging switch and the BIOS data area words (``None`` for
         captures made before it was recorded)."""
         path = self.path / "decompressor.json"
-        return _json(path) if path.is_file() else None
+        return read_json(path) if path.is_file() else None
 
     def bda(self) -> bytes:
         """The 256 bytes of the BIOS data area at 0x400, as the capture read them."""
