@@ -22,6 +22,7 @@ class EntryProtocol(enum.Enum):
     """How control reaches the kernel."""
 
     BOOT_PARAMS_64 = "x86-64 boot protocol"  # startup_64, %rsi = boot_params (Documentation/x86/boot)
+    BOOT_PARAMS_32 = "i386 boot protocol"  # startup_32 at 1 MiB, paging off, %esi = boot_params
 
 
 @dataclass(frozen=True, slots=True)
