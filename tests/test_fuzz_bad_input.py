@@ -1,6 +1,7 @@
 """Generated bad input through every command (issue 7, "Done when").
 
 Each example is a command line that must be refused: ``translate``, ``ptdump``, ``boot``, ``gdb-script``,
+``rmap``, ``diff``, bad ``--symbols`` and ``--regs`` files,
 the capture tool's argument parsing, and the gdb commands' argument parsing. For every one: exit status
 2 (the gdb commands: one ``CommandError``), exactly one line on stderr, no traceback and no "internal
 error"; no file opened for writing, created, renamed, removed or re-moded outside the test's directory
@@ -364,6 +365,56 @@ def test_gdb_commands_arguments(files: dict[str, str], monkeypatch: pytest.Monke
             raise AssertionError(f"{kind} {argv} was accepted")
 
         check_refused(kind, call, files["root"])
+
+    with isolated(files["root"], monkeypatch):
+        run()
+
+
+BAD_SYMBOLS = st.sampled_from(["", "ffffffff81000000 T\n", "x" * 5000 + "\n", "0000000000000000 T _text\n",
+                                "ffffffffffffffff B The real System.map is in the linux-image-1-dbg package\n",
+                                "\x7fELF" + "\0" * 60, "\x1f\x8b\x08\x00garbage", "ffffffff81000000 T a b c d\n"])
+BAD_REGS = st.sampled_from(["", "hello\n", "RIP=1 CR0=11 CR3=0\n", "CPU#0\nRIP=1\n",
+                            "RIP=1 CR0=80000011 CR3=0 CR4=0 EFER=" + "f" * 20 + "\n"])
+
+
+@st.composite
+def inspect_argv(draw: st.DrawFn, files: dict[str, str]) -> list[str]:
+    """rmap and diff, and the symbol/registers files of translate, ptdump and rmap."""
+    image = files[draw(st.sampled_from(["core", "gzcore"]))]
+    choice = draw(st.sampled_from(["symbols", "regs", "rmap-pa", "rmap-opt", "diff-operand", "diff-opt"]))
+    n = draw(st.integers(0, 9))
+    command = draw(st.sampled_from(["translate", "ptdump", "rmap"]))
+    where = [image, *(["0x1000"] if command != "ptdump" else [])]
+    if choice == "symbols":
+        path = Path(files["root"]) / f"syms-{n}"
+        path.write_bytes(draw(BAD_SYMBOLS).encode("latin-1"))
+        return [command, *where, "--symbols", draw(st.sampled_from([str(path), files["dir"], files["fifo"],
+                                                                    files["missing"]]))]
+    if choice == "regs":
+        path = Path(files["root"]) / f"regs-{n}.txt"
+        path.write_text(draw(BAD_REGS))
+        return [command, *where, "--regs", draw(st.sampled_from([str(path), files["dir"], files["fifo"]]))]
+    if choice == "rmap-pa":
+        return ["rmap", image, draw(BAD_NUMBER | st.sampled_from(["0x10000000000000", "init_top_pgt"]))]
+    if choice == "rmap-opt":
+        name = draw(st.sampled_from(["--cr3", "--max-aliases", "--max-tables", "--kaslr-offset", "--cpu"]))
+        return ["rmap", image, "0x1000", f"{name}={draw(BAD_NUMBER)}"]
+    if choice == "diff-operand":
+        bad = draw(st.sampled_from(["header", "i386", "noise", "empty", "badgz", "dir", "fifo", "missing"]))
+        return ["diff", *draw(st.permutations([image, files[bad]])),
+                *draw(st.sampled_from([[], ["--json"]]))] if bad != "noise" else ["diff", image, "boot:nowhere"]
+    opts = {"--cr3-a": BAD_NUMBER, "--cpu-b": BAD_NUMBER, "--max-leaves": BAD_NUMBER,
+            "--boot-args": st.sampled_from(["--until end", "--mem", "'x", "--mem 1P", "--kernel-at 0x1100000",
+                                            "--save-core x", "--e820 /nonexistent"])}
+    name = draw(st.sampled_from(sorted(opts)))
+    return ["diff", "boot:startup_64", "boot:end" if name == "--boot-args" else image, f"{name}={draw(opts[name])}"]
+
+
+def test_inspector_commands(files: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    @SETTINGS
+    @given(inspect_argv(files))
+    def run(argv: list[str]) -> None:
+        check_refused(argv[0], lambda: main(argv), files["root"])
 
     with isolated(files["root"], monkeypatch):
         run()

@@ -68,8 +68,17 @@ def test_capture_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
     out, fixture = tmp_path / "cap", tmp_path / "fix"
     assert capture_main(["--kernel", str(kernel), "--out", str(out), "--timeout", "300"]) == 0
-    for name in ("registers.txt", "tlb.txt", "mem.txt", "gva2gpa.txt", "core.elf", "console.log", "meta.json"):
+    for name in ("registers.txt", "tlb.txt", "mem.txt", "gva2gpa.txt", "core.elf", "console.log", "meta.json",
+                 "kallsyms.txt", "memmap.txt"):
         assert (out / name).exists(), name
     assert capture_main(["minimize", str(out), str(fixture)]) == 0
     assert (fixture / "core.elf.gz").stat().st_size < 3 * 1024 * 1024
     assert translate_all(fixture, tmp_path, capsys) == []
+    # the guest's own symbols: init_top_pgt resolves where QEMU's gva2gpa (asked at capture time) says
+    from earlymm.cli.main import main
+
+    capsys.readouterr()
+    main(["translate", str(fixture / "core.elf.gz"), "--symbols", str(fixture / "kallsyms"), "--gva2gpa", "--json",
+          "init_top_pgt"])
+    (got,) = json.loads(capsys.readouterr().out)
+    assert dict(parse_gva2gpa_file(read_capture_text(fixture, "gva2gpa.txt")))[num(got["va"])] == num(got["pa"])

@@ -1,6 +1,7 @@
 """``translate --batch FILE``: JSON Lines of accesses, read strictly.
 
-One object per line with ``va`` (a JSON integer, or a string ``"0x…"``), and optionally ``access``
+One object per line with ``va`` (a JSON integer, or a string ``"0x…"`` — or, with ``--symbols``, a symbol
+``"init_top_pgt"`` / ``"idt_table+0x10"``), and optionally ``access``
 (``"read"``, ``"write"``, ``"exec"``), ``cpl`` (the integer 0 or 3) and ``ac`` (``true``/``false``). Anything
 else is an error naming the line: unknown or repeated keys, a boolean where a number belongs (or the
 reverse), ``Infinity``/``NaN``, numbers with more than 20 digits, nesting Python's parser cannot take,
@@ -10,6 +11,7 @@ lines over 64 KiB. Blank lines are skipped.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -19,6 +21,7 @@ from earlymm.hw.access import AccessKind
 
 MAX_LINE = 1 << 16
 KEYS = ("va", "access", "cpl", "ac")
+Resolver = Callable[[str], "int | None"]  # a symbol reference as an address (translate --symbols)
 
 
 class BatchError(ValueError):
@@ -61,7 +64,7 @@ def _kind(v: Any) -> str:
             dict: "an object", type(None): "null"}.get(type(v), type(v).__name__)
 
 
-def parse_line(line: str, keys: tuple[str, ...] = KEYS) -> Item:
+def parse_line(line: str, keys: tuple[str, ...] = KEYS, resolve: Resolver | None = None) -> Item:
     """One batch line as an ``Item``; raises ``ValueError`` saying what is wrong."""
     try:
         obj = json.loads(line, parse_constant=_no_constant, parse_int=_bounded_int, parse_float=Decimal,
@@ -75,11 +78,14 @@ def parse_line(line: str, keys: tuple[str, ...] = KEYS) -> Item:
         raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))} (allowed: {', '.join(keys)})")
     if "va" not in obj:
         raise ValueError('missing "va"')
-    return Item(_va(obj["va"]), _access(obj), _cpl(obj), _ac(obj))
+    return Item(_va(obj["va"], resolve), _access(obj), _cpl(obj), _ac(obj))
 
 
-def _va(v: Any) -> int:
+def _va(v: Any, resolve: Resolver | None = None) -> int:
     if isinstance(v, str):
+        named = resolve(v) if resolve is not None and v[:2].lower() != "0x" else None
+        if named is not None:
+            return named
         if not v[:2].lower() == "0x":
             raise ValueError(f'va {v!r}: a string va must be "0x" and hex digits (a decimal va is a JSON number)')
         return parse_int(v, what="va")
@@ -118,7 +124,7 @@ def _ac(obj: dict[str, Any]) -> bool | None:
     return v
 
 
-def read_batch(path: str, keys: tuple[str, ...] = KEYS) -> list[Item]:
+def read_batch(path: str, keys: tuple[str, ...] = KEYS, resolve: Resolver | None = None) -> list[Item]:
     """Every access in the file, in order. Raises ``BatchError`` (one line) on the first problem."""
     out: list[Item] = []
     try:
@@ -131,7 +137,7 @@ def read_batch(path: str, keys: tuple[str, ...] = KEYS) -> list[Item]:
                 if not line.strip():
                     continue
                 try:
-                    out.append(parse_line(line, keys))
+                    out.append(parse_line(line, keys, resolve))
                 except ValueError as e:
                     raise BatchError(f"{path}:{n}: {e}") from None
     except (OSError, UnicodeDecodeError) as e:

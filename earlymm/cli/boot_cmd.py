@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from itertools import pairwise
 
@@ -23,6 +24,7 @@ from earlymm.platform.pc import MachineConfig, pc_e820
 from earlymm.tools.argtypes import int_range
 from earlymm.tools.boot_progress import BootProgress
 from earlymm.tools.boot_report import render_text, save_core, to_json
+from earlymm.tools.e820_input import E820InputError, read_alternative
 from earlymm.tools.midboot.kallsyms import KallsymsError
 from earlymm.tools.midboot.kallsyms import parse as parse_kallsyms
 
@@ -31,6 +33,7 @@ from earlymm.tools.midboot.kallsyms import parse as parse_kallsyms
 MAX_MEM_4LEVEL = 1 << 46
 MAX_MEM_5LEVEL = 1 << 52  # MAX_PHYSMEM_BITS 52 in 5-level mode: MAXMEM 4 PiB
 E820_MAX_LINE = 4096  # bytes per line of an e820 file: a longer "line" is not an e820 map
+E820_MAX_LINES = 5_000_000  # a kernel log is read whole; beyond this it is something else
 
 def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser("boot", help="run Linux x86-64's early boot on the simulated machine",
@@ -46,7 +49,8 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     mem = p.add_mutually_exclusive_group()
     mem.add_argument("--mem", type=size_arg, help="RAM size (4G, 64T …); a PC layout with a hole at 3-4 GiB")
     mem.add_argument("--e820", help="e820 map file: 'START END TYPE' per line (END exclusive; ram, reserved, "
-                                    "acpi, nvs, unusable)")
+                                    "acpi, nvs, unusable), or a kernel log (dmesg: its BIOS-e820:/user: lines), or "
+                                    "/sys/firmware/memmap (the directory, or 'grep -r . /sys/firmware/memmap' text)")
     p.add_argument("--kernel-at", type=hexint, default=None,
                    help="physical load address (2 MiB aligned; default 0x1000000)")
     p.add_argument("--image-size", type=size_arg, help="kernel image size _end - _text (default 24M)")
@@ -106,22 +110,21 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
 
 
 def read_e820(path: str) -> list[Region]:
-    """An e820 map file: ``START END TYPE`` per line, ``#`` comments. O(n log n) in the number of lines:
-    regions are collected, sorted once and checked against their neighbours."""
+    """An e820 map file: ``START END TYPE`` per line, ``#`` comments — or a kernel log's ``BIOS-e820:``/``user:``
+    lines, or ``/sys/firmware/memmap`` (the directory or its ``grep -r .`` text; ``tools.e820_input``).
+    O(n log n) in the number of lines: regions are collected, sorted once and checked against their neighbours."""
     kinds: dict[str, RegionType] = {k.value: k for k in RegionType if k is not RegionType.ABSENT}
-    found: list[tuple[Region, int]] = []
     try:
-        with open(path, encoding="utf-8", newline=None) as f:
-            n = 0
-            while line := f.readline(E820_MAX_LINE + 1):
-                n += 1
-                if len(line) > E820_MAX_LINE:
-                    raise UsageError(f"{path}:{n}: line longer than {E820_MAX_LINE} characters (not an e820 map)")
-                region = _e820_line(path, n, line, kinds)
-                if region is not None:
-                    found.append((region, n))
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read e820 file {path}: {getattr(e, 'strerror', None) or e}") from None
+        lines = None if os.path.isdir(path) else _e820_lines(path)
+        other = read_alternative(path, lines)
+    except E820InputError as e:
+        raise UsageError(str(e)) from None
+    if other is not None:
+        found, notes = other
+        for note in notes:
+            sys.stderr.write(f"earlymm boot: note: {note}\n")
+    else:
+        found = [(r, n) for n, ln in enumerate(lines or [], 1) if (r := _e820_line(path, n, ln, kinds)) is not None]
     if not found:
         raise UsageError(f"{path}: no ranges")
     found.sort(key=lambda t: (t[0].start, t[0].end))
@@ -134,6 +137,22 @@ def read_e820(path: str) -> list[Region]:
         return list(RegionMap(r for r, _n in found))
     except ValueError as e:
         raise UsageError(f"{path}: {e}") from None
+
+
+def _e820_lines(path: str) -> list[str]:
+    out: list[str] = []
+    try:
+        with open(path, encoding="utf-8", newline=None) as f:
+            while line := f.readline(E820_MAX_LINE + 1):
+                if len(out) >= E820_MAX_LINES:
+                    raise UsageError(f"{path}: more than {E820_MAX_LINES} lines (not an e820 map or a kernel log)")
+                if len(line) > E820_MAX_LINE:
+                    raise UsageError(f"{path}:{len(out) + 1}: line longer than {E820_MAX_LINE} characters (not an "
+                                     "e820 map)")
+                out.append(line)
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read e820 file {path}: {getattr(e, 'strerror', None) or e}") from None
+    return out
 
 
 def _e820_line(path: str, n: int, line: str, kinds: dict[str, RegionType]) -> Region | None:

@@ -16,6 +16,8 @@ COMMANDS = {
     "translate": ("earlymm.cli.translate_cmd", "walk the page tables of a memory image for given accesses"),
     "ptdump": ("earlymm.cli.ptdump_cmd", "list every mapping of an address space (Linux / QEMU / JSON), or audit"),
     "gdb-script": ("earlymm.cli.gdb_cmd", "print the path of the gdb command file for live QEMU guests"),
+    "rmap": ("earlymm.cli.rmap_cmd", "every virtual address that maps a physical address, in every address space"),
+    "diff": ("earlymm.cli.diff_cmd", "what changed between two cores, two CR3s or two boot phases"),
 }
 
 

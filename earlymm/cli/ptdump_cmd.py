@@ -8,6 +8,8 @@ from typing import Any
 
 from earlymm.arch.modes import Features
 from earlymm.cli.common import EXIT_INCOMPLETE, Parser, UsageError, add_max_inflate, hexint
+from earlymm.cli.image_opts import add_regs_arg, cpu_notes, pick
+from earlymm.cli.symbols_args import add_symbol_args, load_symbolizer
 from earlymm.images import ImageError, open_image
 from earlymm.tools.argtypes import int_range
 from earlymm.tools.machine_view import RegOverrides, SetupError, image_source, infer_registers
@@ -16,6 +18,8 @@ from earlymm.tools.ptdump.engine import DEFAULT_MAX_LEAVES, DEFAULT_MAX_TABLES
 from earlymm.tools.ptdump.partial import open_partial
 from earlymm.tools.ptdump.render import FORMATS
 from earlymm.tools.ptdump.space import Space, open_space
+from earlymm.tools.symbols.annotate import annotate
+from earlymm.tools.symbols.kaslr import Walker
 
 EXIT_FINDINGS = 1
 AUDIT_EPILOG = ("Exit status: 0 success (an audit passed); 1 an audit has findings; 2 bad input; 3 internal error; "
@@ -57,6 +61,8 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
                    help=f"read at most this many distinct tables (default {DEFAULT_MAX_TABLES})")
     p.add_argument("--max-leaves", type=int_range(1, 1 << 32, "--max-leaves"), default=DEFAULT_MAX_LEAVES,
                    help=f"beyond this many leaves, collapse repeated subtrees (default {DEFAULT_MAX_LEAVES})")
+    add_regs_arg(p)
+    add_symbol_args(p)
     add_max_inflate(p)
     p.set_defaults(func=main)
 
@@ -88,18 +94,18 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     image = _open(args.image, args.max_inflate)
-    cpus = getattr(image, "cpus", [])
-    if cpus and not 0 <= args.cpu < len(cpus):
-        raise UsageError(f"--cpu {args.cpu}: the image has {len(cpus)} CPU(s)")
-    note = cpus[args.cpu] if cpus else None
+    note, note_efer = pick(cpu_notes(image, args.regs), args.cpu, args.regs)
     spaces: list[Space] = []
     source, absent_zero = image_source(image, args.absent)
     for cr3 in args.cr3 or [None]:
         try:
-            regs = infer_registers(note, RegOverrides(args.cr0, cr3, args.cr4, args.efer))
+            regs = infer_registers(note, RegOverrides(args.cr0, cr3, args.cr4,
+                                                      args.efer if args.efer is not None else note_efer))
             spaces.append(open_space(source, regs, features, absent_zero=absent_zero))
         except SetupError as e:
             raise UsageError(str(e)) from None
+    s0 = spaces[0]  # symbols are read (and a bad file refused) before the dump's work
+    sym = load_symbolizer(args, Walker(s0.mem, s0.mode, s0.cr3, s0.cr4, s0.plan.nxe), "ptdump")
     try:
         if args.check_wx or args.check_user_kernel:
             out = render.run_audits(spaces, check_wx=args.check_wx, check_user_kernel=args.check_user_kernel)
@@ -108,7 +114,9 @@ def main(args: argparse.Namespace) -> int:
                               max_leaves=args.max_leaves)
     except render.RenderError as e:
         raise UsageError(str(e)) from None
-    for part in out.parts:
+    audit = args.check_wx or args.check_user_kernel
+    parts = out.parts if sym is None else annotate(out.parts, "audit" if audit else args.format, sym)
+    for part in parts:
         sys.stdout.write(part)
     for m in out.messages:
         # audit logs are plain lines (as before); engine notes carry the command's prefix

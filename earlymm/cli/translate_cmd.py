@@ -7,16 +7,18 @@ import json
 import sys
 from typing import Any
 
-from earlymm.arch.addr import parse_int
 from earlymm.arch.modes import Features, PagingMode
 from earlymm.cli.batch import BatchError, Item, read_batch
 from earlymm.cli.common import Parser, UsageError, add_max_inflate, hexint
+from earlymm.cli.image_opts import add_regs_arg, cpu_notes, pick
+from earlymm.cli.symbols_args import add_symbol_args, load_symbolizer, resolve_address
 from earlymm.hw.access import AccessKind
 from earlymm.images import ImageError, open_image
 from earlymm.tools import gva2gpa as g2g
 from earlymm.tools.argtypes import cpl_arg, int_range, uint_bits
 from earlymm.tools.machine_view import RegOverrides, SetupError, image_source, infer_registers, make_cpu
 from earlymm.tools.ptdump.semantics import tool_semantics
+from earlymm.tools.symbols.kaslr import Symbolizer, Walker
 from earlymm.tools.translate import Request, run, to_json, to_text
 
 ABSENT_HELP = ("memory the image lacks: read as zeros (what QEMU does), or report the walk as unreadable; default: "
@@ -31,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("image", help="QEMU dump-guest-memory ELF core, or raw image (offset = physical address); "
                                  ".gz is inflated into a sparse temporary file")
     p.add_argument("va", nargs="*", help="virtual addresses: 0x and hex digits, or decimal digits (zero-padded "
-                                         "digits without 0x are refused as ambiguous)")
+                                         "digits without 0x are refused as ambiguous); with --symbols also a "
+                                         "symbol or symbol+OFFSET")
     for r in ("cr0", "cr3", "cr4", "efer"):
         p.add_argument(f"--{r}", type=hexint, help=f"{r.upper()} (default: from the image's CPU note)")
     p.add_argument("--access", help="read, write or exec (default read)")
@@ -52,26 +55,30 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
                         "command gva2gpa answers (its debug walk), one line 'VA<TAB>gpa: 0x…' or 'VA<TAB>Unmapped' "
                         "per address, as in a capture's gva2gpa.txt")
     p.add_argument("--batch", help="JSON Lines file of accesses, one object per line: {\"va\": \"0x…\" or an integer, "
-                                   "\"access\": \"read\", \"cpl\": 0 or 3, \"ac\": false}; nothing else")
+                                   "\"access\": \"read\", \"cpl\": 0 or 3, \"ac\": false}; nothing else (with "
+                                   "--symbols, \"va\" may be a symbol)")
+    add_regs_arg(p)
+    add_symbol_args(p)
     add_max_inflate(p)
     p.add_argument("--json", action="store_true", help="print a JSON array, one object per access")
     p.set_defaults(func=main)
 
 
-def _items(args: argparse.Namespace) -> list[Item]:
+def _check_items(args: argparse.Namespace) -> None:
     if args.batch and args.va:
         raise UsageError("give virtual addresses either as arguments or with --batch, not both")
+    if not args.batch and not args.va:
+        raise UsageError("no virtual address given (or use --batch FILE)")
+
+
+def _items(args: argparse.Namespace, sym: Symbolizer | None) -> list[Item]:
     if args.batch:
         try:
-            return read_batch(args.batch, ("va",) if args.gva2gpa else ("va", "access", "cpl", "ac"))
+            return read_batch(args.batch, ("va",) if args.gva2gpa else ("va", "access", "cpl", "ac"),
+                              sym.resolve if sym is not None else None)
         except BatchError as e:
             raise UsageError(str(e)) from None
-    if not args.va:
-        raise UsageError("no virtual address given (or use --batch FILE)")
-    try:
-        return [Item(parse_int(v)) for v in args.va]
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    return [Item(resolve_address(v, sym)) for v in args.va]
 
 
 def _check_mode(args: argparse.Namespace) -> AccessKind:
@@ -88,7 +95,7 @@ def _check_mode(args: argparse.Namespace) -> AccessKind:
 
 def main(args: argparse.Namespace) -> int:
     kind = _check_mode(args)
-    items = _items(args)
+    _check_items(args)
     try:
         features = Features.parse(args.features, args.maxphyaddr)
     except ValueError as e:
@@ -97,30 +104,50 @@ def main(args: argparse.Namespace) -> int:
         image = open_image(args.image, max_inflated=args.max_inflate)
     except ImageError as e:
         raise UsageError(str(e)) from None
-    cpus = getattr(image, "cpus", [])
-    if cpus and not 0 <= args.cpu < len(cpus):
-        raise UsageError(f"--cpu {args.cpu}: the image has {len(cpus)} CPU(s)")
-    note = cpus[args.cpu] if cpus else None
+    note, note_efer = pick(cpu_notes(image, args.regs), args.cpu, args.regs)
     source, absent_zero = image_source(image, args.absent)
+    efer = args.efer if args.efer is not None else note_efer
     try:
-        regs = infer_registers(note, RegOverrides(args.cr0, args.cr3, args.cr4, args.efer))
+        regs = infer_registers(note, RegOverrides(args.cr0, args.cr3, args.cr4, efer))
         cpu = make_cpu(source, regs, features, absent_zero=absent_zero, tlb=args.tlb, pkru=args.pkru,
                        pkrs=args.pkrs)
     except SetupError as e:
         raise UsageError(str(e)) from None
+    plan = cpu.mmu.plan
+    sym = load_symbolizer(args, Walker(cpu.mem, plan.mode, regs[1], regs[2], plan.nxe), "translate")
+    items = _items(args, sym)
     if args.gva2gpa:
-        mode = cpu.mmu.plan.mode
-        sem = None if mode is PagingMode.DISABLED else tool_semantics("gva2gpa", mode, regs[2], cpu.mmu.plan.nxe)
+        mode = plan.mode
+        sem = None if mode is PagingMode.DISABLED else tool_semantics("gva2gpa", mode, regs[2], plan.nxe)
         answers = [g2g.gva2gpa(cpu.mem, sem, g2g.root_of(mode, regs[1]), it.va) for it in items]
-        _emit(args.json, [g2g.to_json(a, mode) for a in answers], [g2g.to_text(a) for a in answers], "\n")
+        _emit(args.json, [_g2g_json(a, mode, sym) for a in answers], [_g2g_text(a, sym) for a in answers], "\n")
         return 0
     default_cpl = args.cpl if args.cpl is not None else (note.cpl if note is not None else 0)
     requests = [Request(it.va, it.access if it.access is not None else kind,
                         it.cpl if it.cpl is not None else default_cpl, it.ac if it.ac is not None else args.ac)
                 for it in items]
     outcomes = run(cpu, requests)
-    _emit(args.json, [to_json(cpu, o) for o in outcomes], [to_text(cpu, o) for o in outcomes], "\n\n")
+    _emit(args.json, [to_json(cpu, o, sym) for o in outcomes], [to_text(cpu, o, sym) for o in outcomes], "\n\n")
     return 0
+
+
+def _g2g_json(a: g2g.Answer, mode: PagingMode, sym: Symbolizer | None) -> dict[str, Any]:
+    doc = g2g.to_json(a, mode)
+    if sym is not None:
+        doc["va_symbol"] = sym.va_label(a.va)
+        doc["pa_symbol"] = sym.pa_label(a.pa) if a.pa is not None else None
+    return doc
+
+
+def _g2g_text(a: g2g.Answer, sym: Symbolizer | None) -> str:
+    """QEMU's line; with --symbols, ``\t# <va label> → <pa label>`` after it where there are labels."""
+    line = g2g.to_text(a)
+    if sym is None:
+        return line
+    va_l, pa_l = sym.va_label(a.va), sym.pa_label(a.pa) if a.pa is not None else None
+    if va_l is None and pa_l is None:
+        return line
+    return f"{line}\t# {va_l or '-'}" + (f" → {pa_l}" if pa_l is not None else "")
 
 
 def _emit(as_json: bool, docs: list[dict[str, Any]], texts: list[str], sep: str) -> None:

@@ -79,6 +79,11 @@ class CpuException(Exception):
         self.fault = fault
 
 
+class AccessEmulated(Exception):
+    """Raised by a delivery that performed the faulting access itself (a hypervisor emulating a guest's
+    write to a page-table page): the CPU does not retry the access, it is complete."""
+
+
 class SimulationError(Exception):
     """The simulated machine stopped: a reset, a livelock, a halt. ``events`` are the last ones seen."""
 

@@ -70,9 +70,34 @@ def parse_info_registers(text: str) -> dict[str, int]:
             continue
         for name, value in REG_RE.findall(ln):
             out.setdefault(name, int(value, 16))
+    if "RIP" not in out and "EIP" in out:  # QEMU prints a CPU outside 64-bit mode with 32-bit names
+        out["RIP"] = out["EIP"]
+        for n in GPR_NAMES[:8]:
+            if "E" + n[1:].upper() in out:
+                out.setdefault(n.upper(), out["E" + n[1:].upper()])
     for need in ("RIP", "CR0", "CR3", "CR4"):
         if need not in out:
             raise ValueError(f"info registers: no {need}")
+    return out
+
+
+CPU_HEADER_RE = re.compile(r"^CPU#(\d+)\s*$", re.M)
+
+
+def cpu_states_from_registers_text(text: str) -> list[tuple[CpuState, int | None]]:
+    """Every CPU of an ``info registers`` reply (``info registers -a`` gives one block per ``CPU#n``
+    line, in order): its ``CpuState`` and the ``EFER`` QEMU printed (None if the reply has none — a core's
+    note never has it). Raises ``ValueError`` naming the CPU whose block lacks a register."""
+    text = text.replace("\r", "")
+    heads = list(CPU_HEADER_RE.finditer(text))
+    blocks = [text] if not heads else [text[m.end():heads[i + 1].start() if i + 1 < len(heads) else len(text)]
+                                       for i, m in enumerate(heads)]
+    out = []
+    for i, block in enumerate(blocks):
+        try:
+            out.append((cpu_state_from_registers(block), parse_info_registers(block).get("EFER")))
+        except ValueError as e:
+            raise ValueError(f"CPU#{heads[i][1]}: {e}" if heads else str(e)) from None
     return out
 
 

@@ -93,6 +93,15 @@ class Profile:
     flush_global_after_cr3: bool  # 6.x secondary_startup_64 toggles CR4.PGE right after the CR3 switch
     pti: bool  # 6.x: page-table isolation (pti_check_boottime_disable) drops _PAGE_GLOBAL from kernel maps
     gbpages_need_pse: bool  # 6.x probe_page_size_mask: no PSE, no direct_gbpages
+    # struct page and the vmemmap (spec §2.5): the seed-004 address needs a 56-byte struct page with
+    # ``private`` at 48; PG_pinned is PG_owner_priv_1 (bit 8 of page->flags).
+    struct_page_size: int = 64
+    page_private_offset: int = 48
+    pg_pinned_bit: int = 8
+    vmemmap_base: int = 0xFFFF_EA00_0000_0000
+    # Where a CONFIG_XEN build's head_64.S .data (init_level4_pgt and the tables after it) sits in the
+    # image, as an offset from _text; None: with the other tables at the image's end.
+    xen_pgt_offset: int | None = None
 
     @property
     def maxmem(self) -> int:
@@ -115,6 +124,8 @@ V39 = Profile(
     pf_init="early_trap_pf_init", pf_entry="page_fault", idt_stub_size=10, kernel_image_size=512 << 20,
     clear_brk=False, la57=False, page_offset_l5=0, startup_fn="startup_64",
     flush_global_after_cr3=False, pti=False, gbpages_need_pse=False,
+    # seed 004: init_level4_pgt at pfn 0x1a0c of a kernel linked at 16 MiB, a 56-byte struct page (§2.5)
+    struct_page_size=56, xen_pgt_offset=0xA0C000,
 )
 CURRENT = Profile(
     name="current",

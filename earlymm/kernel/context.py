@@ -98,6 +98,12 @@ class KernelContext:
     observer: Any = None  # invariant checker called at the points spec §3.11 names (not kernel code)
     ioremap: Any = None  # early_ioremap's slots once early_ioremap_init ran
     decompressor_layout: Any = None  # where the decompressor sits, when the boot runs it
+    xen: Any = None  # the Xen PV guest's state (start_info, the p2m list …) on that path
+    brk_end: int = 0  # _brk_end once something used extend_brk before setup_arch (Xen PV); 0: __brk_base
+    early_reservations: list[tuple[int, int]] = field(default_factory=list)  # memblock_reserve before setup_arch
+    # x86_init.resources.memory_setup: fills the e820 table and names who ("BIOS-e820", "Xen"); None: the
+    # default, from boot_params
+    memory_setup: Any = None
     pgt: PgtableGeometry = field(init=False)
     pv: PvOps = field(init=False)
     page_offset: int = field(init=False)  # page_offset_base: __PAGE_OFFSET of the paging mode the kernel runs in

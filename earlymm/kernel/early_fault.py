@@ -8,7 +8,7 @@ inside the handler, recursing until ``early_recursion_flag`` stops it — as see
 
 from __future__ import annotations
 
-from earlymm.arch.addr import PhysAddr
+from earlymm.arch.addr import PhysAddr, VirtAddr
 from earlymm.hw.cpu import ExceptionFrame
 from earlymm.hw.delivery import GATE64, Handler
 from earlymm.hw.faults import ERRCODE_VECTORS, PF_VECTOR, Halt
@@ -171,8 +171,7 @@ def _stub(ctx: KernelContext, vector: int) -> Handler:
 def write_gate(ctx: KernelContext, idt: int, vec: int, target: int) -> None:
     """A 64-bit interrupt gate (type 0xE, P=1, DPL 0) to ``target`` in ``__KERNEL_CS``."""
     lo, hi = GATE64.encode(target, KERNEL_CS)
-    ctx.wr(idt + 16 * vec, lo)
-    ctx.wr(idt + 16 * vec + 8, hi)
+    ctx.pv.cpu.write_idt_entry(VirtAddr(idt), vec, lo, hi)  # write_idt_entry: a pv op
 
 
 def early_idt_handler(ctx: KernelContext, frame: ExceptionFrame, vector: int) -> None:

@@ -98,7 +98,8 @@ def check_la57_support(ctx: KernelContext) -> bool:
 
 
 def _identity_map(ctx: KernelContext, p: int, phys: Callable[[str], int]) -> None:
-    """The switchover identity map: PGD = early_top_pgt, PUD = pool page 0, PMD = pool page 1, each
+    """The switchover identity map: PGD = early_top_pgt, PUD = pool page 0, PMD = pool page 1 (P4D = pool
+    page 2 in 5-level mode), each
     upper entry written twice so a kernel straddling a 1 GiB or 512 GiB boundary stays mapped. The
     stores are head_64.S's own ``movq``s (6.1: ``pgd[i] = …`` in C): no pv_ops this early."""
     lay, prof, cfg, g = ctx.layout, ctx.profile, ctx.config, ctx.pgt
@@ -112,16 +113,17 @@ def _identity_map(ctx: KernelContext, p: int, phys: Callable[[str], int]) -> Non
         ctx.wr(nxt, n + 2 + l5, 4)
     else:
         n = 0  # v3.9: head_64.S uses early_dynamic_pgts[0] and [1]; next_early_pgt starts at 2
+    # head64.c @ 6.1 takes the pud, then the pmd, and only then (la57) the p4d from the pool
     pages = [pool + 4096 * (n + k) for k in range(2 + l5)]
-    for k, (level, page) in enumerate(zip(("p4d", "pud", "pmd")[1 - l5:], pages, strict=True)):
+    for k, (level, page) in enumerate(zip(("pud", "pmd", "p4d"), pages, strict=False)):
         ctx.emit(PoolAlloc(n + k, level, p, page))
-    pud, pmd = pages[-2], pages[-1]
+    pud, pmd = pages[0], pages[1]
     rfc = cfg.variant is Variant.RFC
     w = g.entry_size
     # v3.9 shifts without a mask (shrq $PGDIR_SHIFT), 6.1 takes it modulo PTRS_PER_PGD: the same index,
     # because startup_64 refused a kernel above MAX_PHYSMEM_BITS. i + 1 is not wrapped in either.
     i = g.pgd_index(p)
-    below = pages[0]  # what the pgd entries point at: the p4d page in 5-level mode, else the pud page
+    below = pages[2] if l5 else pud  # what the pgd entries point at: the p4d page in 5-level mode
     ctx.wr(pgd + w * i, below + _KERNPG_TABLE)
     ctx.wr(pgd + w * (i + 1), below + _KERNPG_TABLE)
     if l5:

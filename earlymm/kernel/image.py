@@ -8,9 +8,10 @@ wrong by ``load_delta`` until ``startup_64`` fixes them up — which is the poin
 from __future__ import annotations
 
 import struct
+from typing import Protocol
 
-from earlymm.hw.memory import PhysMem
 from earlymm.kernel.consts import (
+    __PAGE_KERNEL_IDENT_LARGE_EXEC,
     __PAGE_KERNEL_LARGE_EXEC,
     _KERNPG_TABLE,
     _PAGE_TABLE,
@@ -30,7 +31,13 @@ def _page(entries: dict[int, int]) -> bytes:
     return bytes(buf)
 
 
-def install_image(mem: PhysMem, layout: KernelLayout, load_at: int) -> None:
+class ImageSink(Protocol):
+    """Where the loader copies the image: physical memory, or a domain's pseudo-physical frames."""
+
+    def write(self, pa: int, data: bytes) -> None: ...
+
+
+def install_image(mem: ImageSink, layout: KernelLayout, load_at: int) -> None:
     """Copy the image's initialised data to physical ``load_at`` (only the pages that are not zero)."""
     lp = layout.link_phys
 
@@ -47,6 +54,14 @@ def install_image(mem: PhysMem, layout: KernelLayout, load_at: int) -> None:
     fix = layout.profile.fixmap_pmds
     l1 = ("level1_fixmap_pgt", "level1_fixmap_pgt_2")
     mem.write(at("level2_fixmap_pgt"), _page({idx: lp(l1[k]) + _PAGE_TABLE for k, idx in enumerate(fix)}))
+    if "level3_ident_pgt" in layout.symbols:  # CONFIG_XEN: head_64.S's identity tables (spec §3.2)
+        ident = lp("level3_ident_pgt") + _KERNPG_TABLE
+        l4_page_offset = (layout.profile.page_offset >> 39) & 511
+        mem.write(at("init_top_pgt"), _page({0: ident, l4_page_offset: ident,
+                                             511: lp("level3_kernel_pgt") + _PAGE_TABLE}))
+        mem.write(at("level3_ident_pgt"), _page({0: lp("level2_ident_pgt") + _KERNPG_TABLE}))
+        mem.write(at("level2_ident_pgt"), _page({i: i * PMD_SIZE + __PAGE_KERNEL_IDENT_LARGE_EXEC
+                                                 for i in range(512)}))
     # The variables' initial values, each at its own symbol with its C type's size.
     initial = {"phys_base": (0, 8), "early_pmd_flags": (EARLY_PMD_FLAGS, 8),
                "next_early_pgt": (layout.profile.next_early_pgt_initial, 4), "early_recursion_flag": (0, 4),

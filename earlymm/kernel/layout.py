@@ -53,7 +53,15 @@ class KernelLayout:
         return self.symbols[name] - START_KERNEL_MAP
 
 
-def build_layout(profile: Profile, pool_pages: int = 64, image_size: int = 24 << 20) -> KernelLayout:
+XEN_TABLES = ("init_top_pgt", "level3_ident_pgt", "level2_ident_pgt", "level3_kernel_pgt", "level2_kernel_pgt",
+              "level2_fixmap_pgt", "level1_fixmap_pgt", "level1_fixmap_pgt_2")
+
+
+def build_layout(profile: Profile, pool_pages: int = 64, image_size: int = 24 << 20, *, xen: bool = False
+                 ) -> KernelLayout:
+    """The image's symbols. ``xen``: a CONFIG_XEN build — head_64.S's .data also holds the identity tables
+    (``level3_ident_pgt``, ``level2_ident_pgt``), and there are ``startup_xen``, the hypercall page and
+    the Xen variables."""
     if pool_pages < 1:
         raise ValueError("the early page-table pool needs at least one page")
     text = TEXT_VA
@@ -84,6 +92,8 @@ def build_layout(profile: Profile, pool_pages: int = 64, image_size: int = 24 <<
     s["__brk_base"] = s["__bss_stop"]
     s["_end"] = s["__brk_limit"] = s["__brk_base"] + BRK_SIZE
     assert s["_end"] == text + size
+    if xen:
+        _xen_symbols(profile, s)
     if s["_end"] - START_KERNEL_MAP > profile.kernel_image_size:
         # vmlinux.lds.S: ASSERT(_end - LOAD_OFFSET <= KERNEL_IMAGE_SIZE) — such an image does not link
         raise ValueError(f"kernel image of {size:#x} bytes linked at {LINK_PHYS:#x} ends beyond KERNEL_IMAGE_SIZE "
@@ -91,6 +101,21 @@ def build_layout(profile: Profile, pool_pages: int = 64, image_size: int = 24 <<
     assert s["early_idt_handlers"] + NUM_EXCEPTION_VECTORS * IDT_STUB_SIZE <= s["early_idt_handler"]
     assert PMD_SIZE > 0
     return KernelLayout(profile, pool_pages, size, s)
+
+
+def _xen_symbols(profile: Profile, s: dict[str, int]) -> None:
+    text = s["_text"]
+    if profile.xen_pgt_offset is None:
+        raise ValueError(f"the {profile.name} profile has no modelled CONFIG_XEN layout (give --kernel-symbols)")
+    base = text + profile.xen_pgt_offset
+    for i, name in enumerate(XEN_TABLES):
+        s[name] = base + i * PAGE_SIZE
+    s["startup_xen"], s["hypercall_page"] = text + 0x3000, text + 0x4000
+    v = s["kernel_vars"]
+    for i, name in enumerate(("xen_start_info", "xen_cr3", "xen_current_cr3", "max_pfn")):
+        s[name] = v + 0x40 + 8 * i
+    s["level3_user_vsyscall"] = s["__bss_start"] + PAGE_SIZE  # mmu.c: a __page_aligned_bss page
+    s["xen_dummy_shared_info"] = s["__bss_start"] + 2 * PAGE_SIZE
 
 
 # The model's names for what a profile calls otherwise (v3.9 and 6.x spell some symbols differently).

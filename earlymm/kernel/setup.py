@@ -32,10 +32,9 @@ BIOS_START_MIN, BIOS_START_MAX = 0x20000, 0x9F000
 RESERVE_LOW = 64 << 10  # CONFIG_X86_RESERVE_LOW
 
 
-def setup_memory_map(ctx: KernelContext) -> e820mod.E820Table:
-    """``e820__memory_setup`` (v3.9 ``setup_memory_map``) and ``parse_setup_data``'s SETUP_E820_EXT:
-    the zero page's entries, then each extension node read through ``early_memremap``."""
-    table = e820mod.E820Table()
+def default_machine_specific_memory_setup(ctx: KernelContext, table: e820mod.E820Table) -> str:
+    """x86_init's default ``memory_setup``: the zero page's entries, then each SETUP_E820_EXT node read
+    through ``early_memremap``."""
     b = ctx.layout["boot_params"]
     n = min(ctx.rd(b + bp.E820_ENTRIES, 1), bp.E820_MAX)
     raw = ctx.cpu.read(b + bp.E820_TABLE, 20 * n)
@@ -51,10 +50,18 @@ def setup_memory_map(ctx: KernelContext) -> e820mod.E820Table:
         for off in range(16, 16 + length - 19, 20):
             table.append(*struct.unpack_from("<QQI", data, off))
     table.update_table()
+    return "BIOS-e820"
+
+
+def setup_memory_map(ctx: KernelContext) -> e820mod.E820Table:
+    """``e820__memory_setup`` (v3.9 ``setup_memory_map``): ``x86_init.resources.memory_setup`` fills the
+    table and names who provided it; the map is printed under that name."""
+    table = e820mod.E820Table()
+    who = (ctx.memory_setup or default_machine_specific_memory_setup)(ctx, table)
     for e in table.ignored:
         ctx.print(f"e820: too many entries; ignoring [mem {e.addr:#010x}-{e.end - 1:#010x}]")
     ctx.print("BIOS-provided physical RAM map:")
-    for line in table.lines("BIOS-e820"):
+    for line in table.lines(who):
         ctx.print(line)
     return table
 
@@ -123,13 +130,15 @@ def setup_arch_early(ctx: KernelContext) -> MmState:
     """Everything up to ``init_mem_mapping``: returns the mm state it prepared."""
     lay = ctx.layout
     mb = Memblock()
-    st = MmState(mb, brk_end=lay["__brk_base"])
+    st = MmState(mb, brk_end=max(ctx.brk_end, lay["__brk_base"]))
+    for base, size in ctx.early_reservations:  # memblock_reserve() calls made before setup_arch
+        mb.reserve(base, size)
     mb.reserve(ctx.pa_symbol("_text"), lay["__bss_stop"] - lay.text)  # memblock_reserve(_text.._bss_stop)
     rd_image, rd_size = ramdisk_range(ctx)
     if rd_image and rd_size:
         mb.reserve(rd_image, (rd_size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))  # early_reserve_initrd
-    if ctx.profile.bios_regions == "v3.9":
-        reserve_bios_regions(ctx, mb)  # x86_64_start_reservations → reserve_ebda_region
+    if ctx.profile.bios_regions == "v3.9" and not ctx.pv.paravirt_enabled:
+        reserve_bios_regions(ctx, mb)  # x86_64_start_reservations → reserve_ebda_region (not paravirt)
     early_ioremap_init(ctx)
     table = setup_memory_map(ctx)
     if not boot_cpu_has(ctx.cpu, X86Feature.NX):
@@ -146,7 +155,7 @@ def setup_arch_early(ctx: KernelContext) -> MmState:
     st.pgt_buf_top = st.pgt_buf_start + pages
     brk_start = lay["__brk_base"]
     mb.reserve(ctx.pa(brk_start), ((st.brk_end + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)) - brk_start)
-    cleanup_highmap(ctx, 0, st.brk_end)
+    cleanup_highmap(ctx, ctx.rd(lay["max_pfn_mapped"]), st.brk_end)  # 0 natively; set by Xen PV
     mb.current_limit = ISA_END_ADDRESS
     for a, s, t in st.e820:  # memblock_x86_fill() / e820__memblock_setup()
         if t == e820mod.E820_RAM:

@@ -23,12 +23,14 @@ class EntryProtocol(enum.Enum):
 
     BOOT_PARAMS_64 = "x86-64 boot protocol"  # startup_64, %rsi = boot_params (Documentation/x86/boot)
     BOOT_PARAMS_32 = "i386 boot protocol"  # startup_32 at 1 MiB, paging off, %esi = boot_params
+    XEN_PV_64 = "Xen PV"  # startup_xen in ring 3 on the builder's tables, %rsi = start_info (a virtual address)
 
 
 @dataclass(frozen=True, slots=True)
 class BootEntry:
     """The state at the kernel's first instruction: the protocol, the physical load address of ``_text``,
-    and the physical address of the boot data (``boot_params`` for the x86-64 protocol)."""
+    and the address of the boot data: physical ``boot_params`` for the x86-64 protocol, the virtual
+    address of ``start_info`` (what ``%rsi`` holds) for Xen PV."""
 
     protocol: EntryProtocol
     kernel_at: int

@@ -67,7 +67,8 @@ def image_source(image: Any, absent: str | None) -> tuple[FrameSource, bool]:
 def infer_registers(cpu: CpuState | None, ov: RegOverrides) -> tuple[int, int, int, int]:
     """(cr0, cr3, cr4, efer): explicit values win, then the CPU note; EFER is inferred (QEMU omits it)."""
     if cpu is None and ov.cr3 is None:
-        raise SetupError("the image has no CPU state: give --cr3 (and --cr4/--cr0/--efer if not 4-level)")
+        raise SetupError("the image has no CPU state: give --regs FILE (QEMU's info registers), or --cr3 (and "
+                         "--cr4/--cr0/--efer if not 4-level)")
     cr0 = ov.cr0 if ov.cr0 is not None else (cpu.cr0 if cpu else int(DEFAULT_LONG_CR0))
     cr3 = ov.cr3 if ov.cr3 is not None else (cpu.cr3 if cpu else 0)
     cr4 = ov.cr4 if ov.cr4 is not None else (cpu.cr4 if cpu else int(Cr4.PAE | Cr4.PGE))

@@ -35,6 +35,7 @@ from earlymm.images.safe_write import (
     write_bytes,
     write_text,
 )
+from earlymm.tools import capture_symbols
 from earlymm.tools.argtypes import OneLineParser, positive_float
 from earlymm.tools.initramfs import READY, build_initramfs
 
@@ -127,16 +128,17 @@ def _stop_in_user_mode(q: Qmp) -> int:
 
 # Files a capture directory gets; QEMU itself writes console.log, qemu.stderr and core.elf.
 CAPTURE_FILES = ("registers.txt", "tlb.txt", "mem.txt", "gva2gpa.txt", "core.elf", "console.log", "qemu.stderr",
-                 "meta.json")
+                 "meta.json", capture_symbols.KALLSYMS_FILE, capture_symbols.MEMMAP_FILE)
 
 
-def _save_state(q: Qmp, out: Path, la57: bool, mem_bytes: int) -> int:
+def _save_state(q: Qmp, out: Path, la57: bool, mem_bytes: int, extra: list[int]) -> int:
     replies = {}
     for cmd, name in (("info registers", "registers.txt"), ("info tlb", "tlb.txt"), ("info mem", "mem.txt")):
         replies[name] = q.hmp(cmd, timeout=300)
         write_bytes(out / name, replies[name].encode())
     tlb = parse_info_tlb(replies["tlb.txt"])
-    rows = [f"{va:#x}\t{q.hmp(f'gva2gpa {va:#x}').strip()}" for va in choose_samples(tlb, la57, mem_bytes)]
+    vas = sorted(set(choose_samples(tlb, la57, mem_bytes)) | set(extra))
+    rows = [f"{va:#x}\t{q.hmp(f'gva2gpa {va:#x}').strip()}" for va in vas]
     write_text(out / "gva2gpa.txt", "\n".join(rows) + "\n")
     core = out / "core.elf"
     _remove_regular(core)
@@ -168,25 +170,30 @@ def capture(args: argparse.Namespace) -> Path:
     append = " ".join(filter(None, ["console=ttyS0 panic=-1", "" if args.kaslr else "nokaslr", args.append]))
     console = out / "console.log"
     _remove_regular(console)
+    guest: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="earlymm-qemu-") as tmp:
-        initrd = Path(tmp) / "initramfs.cpio.gz"
-        initrd.write_bytes(build_initramfs(busybox, busy_user=args.user_cr3))
+        initrd, report = Path(tmp) / "initramfs.cpio.gz", Path(tmp) / "guest-files.txt"
+        initrd.write_bytes(build_initramfs(busybox, busy_user=args.user_cr3, report_files=args.guest_files))
         sock = str(Path(tmp) / "qmp.sock")  # unix socket paths are limited to ~107 bytes
         cmd = [qemu, "-machine", "pc", "-accel", "tcg", "-cpu", cpu, "-m", args.mem, "-smp", "1",
                "-nodefaults", "-display", "none", "-no-reboot", "-kernel", str(kernel),
                "-initrd", str(initrd), "-append", append, "-serial", f"file:{console}",
-               "-qmp", f"unix:{sock},server=on,wait=off"]
+               "-qmp", f"unix:{sock},server=on,wait=off", *(["-serial", f"file:{report}"] if args.guest_files else [])]
         _remove_regular(out / "qemu.stderr")
         with open(out / "qemu.stderr", "xb") as err:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         quitting = False
         try:
             release, boot_s = _wait_ready(console, proc, args.timeout)
+            extra: list[int] = []
+            if args.guest_files:
+                guest = capture_symbols.save_guest_files(capture_symbols.wait_report(report, proc, args.timeout), out)
+                extra = capture_symbols.symbol_samples((out / capture_symbols.KALLSYMS_FILE).read_text())
             with Qmp(sock, timeout=60) as q:
                 q.command("stop")
                 user_stops = _stop_in_user_mode(q) if args.user_cr3 else 0
                 version = q.command("query-version")
-                samples = _save_state(q, out, la57, _mem_bytes(args.mem))
+                samples = _save_state(q, out, la57, _mem_bytes(args.mem), extra)
                 quitting = True
                 with contextlib.suppress(QmpError):  # QEMU may hang up before replying to quit
                     q.command("quit", timeout=10)
@@ -201,7 +208,7 @@ def capture(args: argparse.Namespace) -> Path:
         "kaslr": args.kaslr, "la57": la57, "kernel_file": kernel.name, "kernel_version": release,
         "kernel_banner": banner[banner.find("Linux version"):], "boot_seconds": round(boot_s, 1),
         "gva2gpa_samples": samples, "command": cmd[1:],
-        **({"user_mode_stops": user_stops} if args.user_cr3 else {}),
+        **({"user_mode_stops": user_stops} if args.user_cr3 else {}), **({"guest_files": guest} if guest else {}),
         "captured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
@@ -238,6 +245,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=positive_float("--timeout", 86400), default=240,
                    help="seconds to wait for /init (default 240)")
     p.add_argument("--qemu", default="qemu-system-x86_64", help="QEMU binary")
+    p.add_argument("--no-guest-files", dest="guest_files", action="store_false",
+                   help="do not save the guest's /proc/kallsyms and /sys/firmware/memmap (kallsyms.txt, memmap.txt, "
+                        "copied over a second serial port; ~30 s under TCG) nor ask gva2gpa about its symbols")
     p.add_argument("--fetch-kernel", metavar="DIR",
                    help="apt-get download a Debian 6.1 amd64 kernel and busybox-static into DIR and exit")
     return p
@@ -270,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             fixture = ensure_directory(a.fixture_dir, "fixture directory")
             summary = minimize(src, fixture)
             summary["pti_kernel_table_pages"] = add_pti_kernel_tables(src, fixture)
+            summary["kallsyms"] = capture_symbols.add_to_fixture(src, fixture)
             print(json.dumps(summary, indent=2))
             return 0
         args = _parser().parse_args(argv)

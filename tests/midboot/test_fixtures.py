@@ -14,15 +14,17 @@ from earlymm.tools.midboot.bootinfo import decode_boot_params
 from earlymm.tools.midboot.fixture import STOP_ORDER, load_fixture
 from tests.midboot.support import (
     MIDBOOT,
-    PAGE_OFFSET,
     START_KERNEL_MAP,
     check_direct_map,
     check_stop_basics,
     check_tlb,
     check_zero_page_e820,
     entry,
+    five_level,
+    page_offset,
     pool_pages_linked,
     space,
+    va_bits,
 )
 
 IDS = [p.name for p in MIDBOOT]
@@ -32,7 +34,10 @@ def test_the_spread_of_machines_is_there() -> None:
     metas = [load_fixture(p).meta for p in MIDBOOT]
     mems = {m["mem"] for m in metas}
     assert {"512M", "2G", "4G", "12G"} <= mems
-    assert {m["cpu"] for m in metas} >= {"qemu64", "max,la57=off"}
+    assert {m["cpu"] for m in metas} >= {"qemu64", "max,la57=off", "qemu64,+la57", "max"}
+    # 5-level paging with RAM above 4 GiB and 1 GiB pages, and an LA57 CPU told no5lvl
+    assert any(m["cpu_features"]["la57"] and m["cpu_features"]["pdpe1gb"] and m["mem"] == "12G" for m in metas)
+    assert any(m["cpu_features"]["la57"] and "no5lvl" in m["append"] for m in metas)
     assert any("memmap=" in m["append"] for m in metas) and any(" mem=" in m["append"] for m in metas)
 
 
@@ -49,6 +54,11 @@ def test_fixture_says_how_it_was_made(path: Path) -> None:
     # QEMU's CPU properties against the kernel's own words (probe_page_size_mask prints this line)
     assert m["cpu_features"]["pdpe1gb"] == ("Using GB pages for direct mapping" in fx.console)
     assert m["cpu_features"]["pdpe1gb"] == m["cpu"].startswith("max")
+    # the paging mode QEMU's CR4 shows against the kernel's own words: setup_arch prints max_arch_pfn =
+    # 1 << (MAX_PHYSMEM_BITS - PAGE_SHIFT), 2^40 with 5-level paging, 2^34 with 4-level
+    arch_pfn = "0x10000000000" if five_level(fx) else "0x400000000"
+    assert f"max_arch_pfn = {arch_pfn}\n" in fx.console
+    assert five_level(fx) == (m["cpu_features"]["la57"] and "no5lvl" not in m["append"].split())
 
 
 @pytest.mark.parametrize("path", MIDBOOT, ids=IDS)
@@ -93,12 +103,12 @@ def test_switchover_map_at_x86_64_start_kernel(path: Path) -> None:
     phys_base = int(stop.info["phys_base"], 16)
     assert load == fx.symbol("_text") - START_KERNEL_MAP + phys_base
     leaves = space(fx, stop).leaves
-    ident = [lf for lf in leaves if lf.va < 1 << 47 and lf.va == lf.pa and not lf.flags & 0x100]
+    ident = [lf for lf in leaves if lf.va < 1 << va_bits(fx) and lf.va == lf.pa and not lf.flags & 0x100]
     for pa in range(load, load + size, 2 << 20):
         assert any(lf.va <= pa < lf.va + lf.size for lf in ident), hex(pa)
     kmap = [lf for lf in leaves if lf.va >= START_KERNEL_MAP and lf.va < START_KERNEL_MAP + (1 << 30)]
     assert kmap and all(lf.pa == lf.va - START_KERNEL_MAP + phys_base for lf in kmap)
-    assert not [lf for lf in leaves if PAGE_OFFSET <= lf.va < START_KERNEL_MAP]
+    assert not [lf for lf in leaves if page_offset(fx) <= lf.va < START_KERNEL_MAP]
 
 
 @pytest.mark.parametrize("path", MIDBOOT, ids=IDS)

@@ -17,7 +17,7 @@ is folded into the pgd, so ``set_pgd`` reaches ``set_pud`` (a PDPT entry) and ``
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
@@ -47,7 +47,7 @@ class PvInitOps(Protocol):
 
 @dataclass
 class I386PvOps(PvOps):
-    init: PvInitOps
+    init: PvInitOps = field(kw_only=True)
 
 
 def peek(ctx: I386Context, va: int, size: int) -> int:
@@ -148,7 +148,7 @@ class NativeInitOps:
 def native_pv_ops(ctx: I386Context) -> I386PvOps:
     """The native backend: plain stores of ``entry_size`` bytes through the MMU, nop notifications, and
     the native page-table hooks."""
-    return I386PvOps(NativeMmuOps(ctx, ctx.pgt.entry_size), NativeCpuOps(ctx), NativeInitOps(ctx))
+    return I386PvOps(NativeMmuOps(ctx, ctx.pgt.entry_size), NativeCpuOps(ctx), init=NativeInitOps(ctx))
 
 
 BACKENDS: Mapping[str, Callable[[I386Context], I386PvOps]] = MappingProxyType({"native": native_pv_ops})

@@ -114,3 +114,10 @@ class NativeCpuOps:
 
     def write_cr4(self, cr4: int) -> None:
         native.native_write_cr4(self.port.cpu, cr4)
+
+    def load_idt(self, base: VirtAddr, limit: int) -> None:
+        self.port.cpu.lidt(base, limit)  # native_load_idt: lidt
+
+    def write_idt_entry(self, idt: VirtAddr, vector: int, lo: int, hi: int) -> None:
+        self.port.wr(idt + 16 * vector, lo)  # native_write_idt_entry: memcpy of the gate
+        self.port.wr(idt + 16 * vector + 8, hi)

@@ -101,11 +101,18 @@ class PvMmuOps(Protocol):
 
 
 class PvCpuOps(Protocol):
-    """The CR4 part of ``pv_ops.cpu`` (``set_in_cr4``, ``__flush_tlb_global`` on v3.9 use it)."""
+    """The parts of ``pv_ops.cpu`` the boot paths use: CR4 (``set_in_cr4``, ``__flush_tlb_global`` on
+    v3.9) and the IDT (``load_idt``, ``write_idt_entry`` — Xen turns them into its trap table)."""
 
     def read_cr4(self) -> int: ...
 
     def write_cr4(self, cr4: int) -> None: ...
+
+    def load_idt(self, base: VirtAddr, limit: int) -> None: ...
+
+    def write_idt_entry(self, idt: VirtAddr, vector: int, lo: int, hi: int) -> None:
+        """Store the 16-byte gate (``lo``, ``hi``) as entry ``vector`` of the table at ``idt``."""
+        ...
 
 
 @dataclass
@@ -115,3 +122,4 @@ class PvOps:
 
     mmu: PvMmuOps
     cpu: PvCpuOps
+    paravirt_enabled: bool = False  # pv_info.paravirt_enabled: not on bare metal (v3.9 skips the EBDA then)

@@ -22,6 +22,9 @@ from earlymm.tools.argtypes import cpl_arg, hexint, int_range, uint_bits
 from earlymm.tools.gdb.physmem import GdbPhysFrames
 from earlymm.tools.gdb.target import CONTROL_REGISTERS, LiveTarget, TargetError
 from earlymm.tools.machine_view import RegOverrides, SetupError, infer_registers, make_cpu
+from earlymm.tools.symbols.kaslr import Symbolizer, Walker, symbolizer_for
+from earlymm.tools.symbols.load import load_symbols
+from earlymm.tools.symbols.table import SymbolError, SymbolTable, parse_symbol_ref
 from earlymm.tools.translate import Request, run, to_json, to_text
 
 TRANSLATE = "earlymm-translate"
@@ -65,6 +68,33 @@ def add_machine_options(p: argparse.ArgumentParser, registers: tuple[str, ...] =
                         "like nx,gbpages,-smap (default all)")
     p.add_argument("--maxphyaddr", type=int_range(32, 52, "MAXPHYADDR"), default=52,
                    help="physical-address width for reserved-bit checks (qemu64 has 40; default 52)")
+    p.add_argument("--symbols", metavar="FILE",
+                   help="kernel symbols (/proc/kallsyms text, System.map or vmlinux ELF): output labelled "
+                        "name+0xoff, and names from FILE usable as addresses (no gdb symbols needed)")
+    p.add_argument("--kaslr-offset", type=hexint, metavar="OFFSET",
+                   help="KASLR slide to add to FILE's addresses (default: derived from the live tables)")
+
+
+def load_table(args: argparse.Namespace) -> SymbolTable | None:
+    """The --symbols file (read before the guest is touched: a bad file costs nothing)."""
+    if args.symbols is None:
+        if args.kaslr_offset is not None:
+            raise CommandError("--kaslr-offset applies to the addresses of --symbols FILE, which was not given")
+        return None
+    try:
+        return load_symbols(args.symbols)
+    except SymbolError as e:
+        raise CommandError(str(e)) from None
+
+
+def live_symbolizer(table: SymbolTable | None, args: argparse.Namespace, cpu: Cpu) -> tuple[Symbolizer | None,
+                                                                                            tuple[str, ...]]:
+    """The symbolizer over the live tables (in physical-memory mode) and its notes."""
+    if table is None:
+        return None, ()
+    plan = cpu.mmu.plan
+    sym = symbolizer_for(table, Walker(cpu.mem, plan.mode, cpu.regs.cr3, cpu.regs.cr4, plan.nxe), args.kaslr_offset)
+    return sym, sym.placement.notes
 
 
 def translate_parser() -> CommandParser:
@@ -153,6 +183,12 @@ MEMORY_MAP_NOTE = ("QEMU's memory map is unavailable (monitor info mtree -f): un
                    "reads as zeros")
 
 
+def _named(sym: Symbolizer, token: str) -> int:
+    va = sym.resolve(token)
+    assert va is not None  # the token was checked to name a symbol of the file
+    return va
+
+
 def translate(target: LiveTarget, argv: list[str]) -> Output:
     """``earlymm-translate``: the text (or JSON) to print. Raises CommandError or HelpRequested."""
     args = translate_parser().parse_args(argv)
@@ -160,7 +196,12 @@ def translate(target: LiveTarget, argv: list[str]) -> Output:
         kind = AccessKind.parse(args.access)
     except ValueError as e:
         raise CommandError(str(e)) from None
-    vas = [address(target, t) for t in args.va]
+    table = load_table(args)
+    # names the symbol file defines are resolved once the tables are known (the KASLR slide); anything else
+    # is a number or a gdb expression, evaluated now in the stub's normal mode
+    named = [table is not None and (ref := parse_symbol_ref(t)) is not None and ref[0] in table.by_name
+             for t in args.va]
+    vas = [0 if n else address(target, t) for t, n in zip(args.va, named, strict=True)]
     if any(not 0 <= va < 1 << 64 for va in vas):
         raise CommandError("addresses must fit in 64 bits")
     try:
@@ -168,15 +209,20 @@ def translate(target: LiveTarget, argv: list[str]) -> Output:
         pkru = args.pkru if args.pkru is not None else (target.register("pkru") or 0)
         cpl = args.cpl if args.cpl is not None else live_cpl(target)
         ram = target.ram_ranges()
-        requests = [Request(va, kind, cpl, args.ac) for va in vas]
         with target.physical_memory() as read:
             frames = GdbPhysFrames(read, ram)
             cpu = _live_cpu(frames, machine, pkru)
-            outcomes = run(cpu, requests)
+            sym, sym_notes = live_symbolizer(table, args, cpu)
+            if sym is not None:
+                try:
+                    vas = [_named(sym, t) if n else va for t, n, va in zip(args.va, named, vas, strict=True)]
+                except SymbolError as e:
+                    raise CommandError(str(e)) from None
+            outcomes = run(cpu, [Request(va, kind, cpl, args.ac) for va in vas])
             if args.json:
-                text = json.dumps([to_json(cpu, o) for o in outcomes], indent=1) + "\n"
+                text = json.dumps([to_json(cpu, o, sym) for o in outcomes], indent=1) + "\n"
             else:
-                text = "\n\n".join(to_text(cpu, o) for o in outcomes) + "\n"
-        return Output(text, machine.notes + (() if ram is not None else (MEMORY_MAP_NOTE,)))
+                text = "\n\n".join(to_text(cpu, o, sym) for o in outcomes) + "\n"
+        return Output(text, machine.notes + (() if ram is not None else (MEMORY_MAP_NOTE,)) + sym_notes)
     except TargetError as e:
         raise CommandError(str(e)) from None

@@ -19,15 +19,19 @@ from earlymm.tools.gdb.commands import (
     LiveMachine,
     Output,
     add_machine_options,
+    live_symbolizer,
+    load_table,
     read_machine,
 )
 from earlymm.tools.gdb.physmem import GdbPhysFrames
 from earlymm.tools.gdb.target import LiveTarget, TargetError
-from earlymm.tools.machine_view import SetupError
+from earlymm.tools.machine_view import SetupError, make_cpu
 from earlymm.tools.ptdump import render
 from earlymm.tools.ptdump.engine import DEFAULT_MAX_LEAVES, DEFAULT_MAX_TABLES
 from earlymm.tools.ptdump.render import FORMATS
 from earlymm.tools.ptdump.space import Space, open_space
+from earlymm.tools.symbols.annotate import annotate
+from earlymm.tools.symbols.kaslr import Symbolizer
 
 PTDUMP = "earlymm-ptdump"
 LIVE_IMAGE = "gdb:live"  # the JSON's "image": where an image path would be, say the tables were live
@@ -58,17 +62,21 @@ def ptdump_parser() -> CommandParser:
     return p
 
 
-def _render(args: argparse.Namespace, spaces: list[Space]) -> tuple[str, list[str]]:
+def _render(args: argparse.Namespace, spaces: list[Space], sym: Symbolizer | None) -> tuple[str, list[str]]:
     try:
         if args.check_wx or args.check_user_kernel:
             out = render.run_audits(spaces, check_wx=args.check_wx, check_user_kernel=args.check_user_kernel)
             verdict = f"{out.findings} finding(s)" + (f"; incomplete: {out.gaps} range(s) not examined"
                                                        if out.gaps else "")
-            return out.text, [*out.messages, verdict]
+            return _text(out.parts, "audit", sym), [*out.messages, verdict]
         out = render.dump(spaces, args.format, LIVE_IMAGE, max_tables=args.max_tables, max_leaves=args.max_leaves)
     except render.RenderError as e:
         raise CommandError(str(e)) from None
-    return out.text, out.messages
+    return _text(out.parts, args.format, sym), out.messages
+
+
+def _text(parts: list[str], fmt: str, sym: Symbolizer | None) -> str:
+    return "".join(parts if sym is None else annotate(parts, fmt, sym))
 
 
 def ptdump(target: LiveTarget, argv: list[str]) -> Output:
@@ -79,6 +87,7 @@ def ptdump(target: LiveTarget, argv: list[str]) -> Output:
             check_target(args.output)  # before reading the guest: a bad path should not cost a dump
         except WriteError as e:
             raise CommandError(str(e)) from None
+    table = load_table(args)
     try:
         machines: list[LiveMachine] = [read_machine(target, args, cr3) for cr3 in args.cr3 or [None]]
         ram = target.ram_ranges()
@@ -87,9 +96,12 @@ def ptdump(target: LiveTarget, argv: list[str]) -> Output:
             try:
                 # absent_zero=False: tables in holes (MMIO, no RAM) are reported unreadable, not as zeros.
                 spaces = [open_space(frames, m.regs, m.features, absent_zero=False) for m in machines]
+                sym, sym_notes = (None, ()) if table is None else live_symbolizer(
+                    table, args, make_cpu(frames, machines[0].regs, machines[0].features, absent_zero=False))
             except SetupError as e:
                 raise CommandError(str(e)) from None
-            text, notes = _render(args, spaces)
+            text, notes = _render(args, spaces, sym)
+            notes = [*sym_notes, *notes]
     except TargetError as e:
         raise CommandError(str(e)) from None
     messages = [*machines[0].notes, *([] if ram is not None else [MEMORY_MAP_NOTE]), *notes]

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from earlymm.tools.machine_view import SetupError
-from earlymm.tools.midboot.compare import compare_stop, summary
+from earlymm.tools.midboot.compare import compare_decompressor, compare_stop, summary
 from earlymm.tools.midboot.enumerate import enumerate_space, flag_text
 from earlymm.tools.midboot.fixture import Fixture, FixtureError, load_fixture
 from earlymm.tools.midboot.model import ModelError, boot_args, e820_text, run_model, symbols_text
@@ -66,7 +66,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
                 except ModelError as e:  # the model refusing the machine is a difference too
                     diffs, figures = [f"model refused the machine: {e}"], {}
                 else:
-                    diffs = compare_stop(stop, fx.features, model, fx.roles(stop))
+                    diffs = compare_stop(stop, fx.features, model, fx.roles(stop)) + compare_decompressor(fx, model)
                     figures = summary(stop, fx.features, model)
                 found |= bool(diffs)
                 report.setdefault(fx.name, {})[name] = {"model_until": stop.model_until, "differences": diffs,

@@ -5,6 +5,13 @@ no script of ours inside it) connects, sets one hardware breakpoint per stop, an
 ``continue`` and then a shell handshake: it creates ``stop.N`` and waits for ``go.N``. While gdb waits the
 guest is stopped, and this side records the instant over QMP (``record.record_stop``). Every wait is
 bounded; QEMU and gdb are always killed.
+
+The same run measures the decompressor's 4→5-level switch (``lowmem``): QEMU logs the CPU state of every
+block it enters below 640 KiB (``-d cpu -dfilter 0x0+0xa0000``), and the long-mode code found there is the
+trampoline — its table is the CR3 the CPU comes back to 64-bit mode with, its code the page it ran in.
+``decompressor.json`` keeps that measurement with the log's window (``decompressor.cpu.log.gz``), and
+``bda.bin.gz`` the BIOS data area (0x400–0x4ff, read at the first stop) whose words at 0x40e and 0x413
+``find_trampoline_placement`` reads.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import gzip
 import json
 import shlex
 import shutil
@@ -26,7 +34,8 @@ from earlymm.images.qmp import Qmp, QmpError
 from earlymm.tools.initramfs import build_initramfs  # the same initramfs as a normal capture
 from earlymm.tools.midboot.bootinfo import console_e820, e820_updates, effective_e820
 from earlymm.tools.midboot.kallsyms import Kallsyms, KallsymsError, cache_path, load_kallsyms
-from earlymm.tools.midboot.record import RecordError, StopRecord, record_stop
+from earlymm.tools.midboot.lowmem import QEMU_LOG_FILTER, LowMemError, bda_words, measure, parse_log, window_text
+from earlymm.tools.midboot.record import QmpFrames, RecordError, StopRecord, record_stop
 
 # Stops in boot order: (symbol, the model's --until phase that ends at the same point)
 STOPS = (("x86_64_start_kernel", "startup_64"), ("init_mem_mapping", "setup_arch"),
@@ -46,6 +55,10 @@ FEATURES = ("pdpe1gb", "nx", "pge", "pse", "la57", "smep", "smap", "pku", "pcid"
 # changes what is mapped.
 BASE_APPEND = "console=ttyS0 earlyprintk=serial nokaslr panic=-1 loglevel=8 memblock=debug"
 TRACE_TAG = "EARLYMM_EXC"
+BDA = (0x400, 0x100)  # the BIOS data area
+MEASURE_METHOD = ("QEMU -d cpu -dfilter 0x0+0xa0000: the CPU state before every block entered below 640 KiB; the "
+                  "window from the first to the last in long mode is the trampoline (its table: CR3 on the way "
+                  "back to 64-bit mode; its code: the page the window ran in) — see earlymm.tools.midboot.lowmem")
 
 
 class CaptureError(Exception):
@@ -133,8 +146,10 @@ def run_capture(kernel: Path, busybox: Path, out: Path, *, cpu: str, mem: str, a
         qcmd = [qemu, "-machine", "pc", "-accel", "tcg", "-cpu", cpu, "-m", mem, "-smp", "1", "-nodefaults",
                 "-display", "none", "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd), "-append",
                 full_append, "-serial", f"file:{console}", "-qmp", f"unix:{sock},server=on,wait=off", "-S",
-                "-gdb", f"tcp:127.0.0.1:{port}"]
+                "-gdb", f"tcp:127.0.0.1:{port}", "-d", "cpu", "-dfilter", QEMU_LOG_FILTER,
+                "-D", str(tmp / "lowmem.log")]
         qlog, glog = tmp / "qemu.log", tmp / "gdb.log"
+        bda = b""
         procs: list[subprocess.Popen[bytes]] = []
         try:
             with open(qlog, "wb") as f:
@@ -152,6 +167,8 @@ def run_capture(kernel: Path, busybox: Path, out: Path, *, cpu: str, mem: str, a
                     seen = len(early_exceptions(glog.read_text(errors="replace"), syms))
                     records.append(record_stop(q, symbol, symbol, syms, out, tmp / "scratch.bin",
                                                {"early_exceptions_before": seen}))
+                    if i == 0:  # untouched since the BIOS: neither the decompressor nor head64.c writes it
+                        bda = QmpFrames(q, tmp / "scratch.bin").read_phys(*BDA)
                     (tmp / f"go.{i}").touch()
                 with contextlib.suppress(QmpError):  # QEMU may hang up before it replies
                     q.command("quit", timeout=10)
@@ -163,11 +180,30 @@ def run_capture(kernel: Path, busybox: Path, out: Path, *, cpu: str, mem: str, a
         text = console.read_text(errors="replace").replace("\r", "")
         shown = [a.replace(f"{tmp}/", "").replace(str(kernel), kernel.name).replace(f":{port}", ":PORT") for a in qcmd]
         faults = early_exceptions(glog.read_text(errors="replace"), syms)
+        decompressor = _decompressor(tmp / "lowmem.log", bda, out)
     (out / "console.log").write_text(text)
     (out / "early_exceptions.json").write_text(json.dumps(faults, indent=0) + "\n")
     meta = _meta(kernel, syms, records, text, shown, cpu, mem, full_append, features, version)
+    meta["machine"]["bios_data_area"] = decompressor["bios_data_area"]
     (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return records
+
+
+def _decompressor(log: Path, bda: bytes, out: Path) -> dict[str, Any]:
+    """``decompressor.json``, ``decompressor.cpu.log.gz`` and ``bda.bin.gz``: the paging switch QEMU's log
+    shows (``null`` when none ran) and the BIOS data area words the placement is computed from."""
+    try:
+        with open(log, encoding="ascii", errors="replace") as f:
+            lines = f.read().splitlines()
+        switch, words = measure(parse_log(lines)), bda_words(bda)
+    except (OSError, LowMemError) as e:
+        raise CaptureError(f"the decompressor's paging switch: {e}") from None
+    (out / "bda.bin.gz").write_bytes(gzip.compress(bda, mtime=0))
+    (out / "decompressor.cpu.log.gz").write_bytes(gzip.compress(window_text(lines).encode(), mtime=0))
+    info = {"method": MEASURE_METHOD, "log": "decompressor.cpu.log.gz", "bios_data_area": words,
+            "bios_data_area_read_at": STOPS[0][0], "switch": switch.to_json() if switch else None}
+    (out / "decompressor.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info
 
 
 def _meta(kernel: Path, syms: Kallsyms, records: list[StopRecord], console: str, shown: list[str], cpu: str,
@@ -206,7 +242,8 @@ def _meta(kernel: Path, syms: Kallsyms, records: list[StopRecord], console: str,
 def add_parser_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", help="vmlinuz (default: newest under captures/kernel/root/boot)")
     p.add_argument("--busybox", help="static busybox (default: ../bin/busybox beside the kernel's boot/)")
-    p.add_argument("--cpu", default="qemu64", help="QEMU CPU model, e.g. qemu64 or max,la57=off (default qemu64)")
+    p.add_argument("--cpu", default="qemu64", help="QEMU CPU model, e.g. qemu64, max,la57=off, or with 5-level "
+                                                   "paging qemu64,+la57 or max (default qemu64)")
     p.add_argument("--mem", default="512M", help="guest RAM (default 512M)")
     p.add_argument("--append", default="", help=f"kernel command line after '{BASE_APPEND}', e.g. "
                                                 "'memmap=64M$0x10000000' or 'mem=1G' (no shell escaping needed)")
@@ -244,5 +281,10 @@ def main(argv: list[str]) -> int:
         i = r.info
         print(f"{r.name}: CR3 {i['registers']['CR3']} ({i['cr3_is']}), {i['table_pages']} table pages, "
               f"next_early_pgt {i['next_early_pgt']}, {i['tlb_lines']} info tlb lines")
+    dec = json.loads((Path(a.out) / "decompressor.json").read_text())
+    sw, words = dec["switch"], dec["bios_data_area"]
+    print(f"BIOS data area: base memory {words['base_mem_kib']} KiB, EBDA segment {words['ebda_segment']:#x}; "
+          + (f"decompressor: {sw['direction']}-level switch, trampoline at {sw['trampoline']} (code {sw['code']})"
+             if sw else "decompressor: no paging switch below 640 KiB"))
     print(f"recorded into {a.out}")
     return 0

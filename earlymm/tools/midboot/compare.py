@@ -4,8 +4,9 @@ Compared, at one stop: the control-register bits that decide how tables are read
 PAE/LA57, EFER.NXE), which top table CR3 holds, every present leaf reachable from CR3 (VA, PA, page size,
 attribute bits), every table link (per level and VA: the attribute bits of the entry that points at a
 lower table; where the tables themselves sit in memory is the allocator's business and not compared),
-``early_top_pgt`` too when CR3 has left it, and the pool pages used (``next_early_pgt``). Differences are
-merged into VA ranges so that one wrong decision reads as one line.
+``early_top_pgt`` too when CR3 has left it, the pool pages used (``next_early_pgt``), and (on a fixture
+that measured it) where the decompressor put its 5-level trampoline. Differences are merged into VA ranges
+so that one wrong decision reads as one line.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from dataclasses import dataclass
 from earlymm.arch.flags import Cr0, Cr4, Efer
 from earlymm.arch.modes import Features
 from earlymm.tools.midboot.enumerate import Enumeration, Leaf, Link, enumerate_space, flag_text
-from earlymm.tools.midboot.fixture import Stop
+from earlymm.tools.midboot.fixture import Fixture, Stop
 from earlymm.tools.midboot.model import ModelStop
 from earlymm.tools.midboot.roles import Roles
 
+# nokaslr bases (page_64_types.h, spec §2.3): the direct map at 0xffff888000000000 (4-level, 64 TiB) or
+# 0xff11000000000000 (5-level, 4 PiB); identity addresses run to 2^47 or 2^56
 REGIONS = ((0xFFFF_8880_0000_0000, 0xFFFF_C880_0000_0000, "direct map"),
+           (0xFF11_0000_0000_0000, 0xFF21_0000_0000_0000, "direct map"),
            (0xFFFF_FFFF_8000_0000, 0xFFFF_FFFF_C000_0000, "kernel image map"),
-           (0xFFFF_FFFF_FF00_0000, 1 << 64, "fixmap/vsyscall"), (0, 1 << 47, "identity map"))
+           (0xFFFF_FFFF_FF00_0000, 1 << 64, "fixmap/vsyscall"), (0, 1 << 56, "identity map"))
 REG_BITS = (("CR0", 0, Cr0.WP, "WP"), ("CR4", 2, Cr4.PSE, "PSE"), ("CR4", 2, Cr4.PAE, "PAE"),
             ("CR4", 2, Cr4.PGE, "PGE"), ("CR4", 2, Cr4.LA57, "LA57"), ("CR4", 2, Cr4.SMEP, "SMEP"),
             ("CR4", 2, Cr4.SMAP, "SMAP"), ("EFER", 3, Efer.NXE, "NXE"))
@@ -193,6 +197,24 @@ def compare_stop(stop: Stop, features: Features, model: ModelStop, real_roles: R
     if stop.next_early_pgt != model.next_early_pgt:
         out.append(f"next_early_pgt (pool pages used): real {stop.next_early_pgt}, model {model.next_early_pgt}")
     return out
+
+
+def compare_decompressor(fx: Fixture, model: ModelStop) -> list[str]:
+    """Where the decompressor's trampoline went: measured in QEMU's CPU log (``decompressor.json``, the
+    table's page; ``None`` when no switch ran) against the model's ``configure_5level_paging``. Nothing
+    to say for a fixture captured without the measurement."""
+    dec = fx.decompressor
+    if dec is None:
+        return []
+    sw = dec["switch"]
+    real = int(sw["trampoline"], 16) if sw else None
+    if real == model.trampoline:
+        return []
+
+    def text(v: int | None) -> str:
+        return "no switch" if v is None else f"trampoline at {v:#x}"
+
+    return [f"decompressor: real {text(real)}, model {text(model.trampoline)}"]
 
 
 def summary(stop: Stop, features: Features, model: ModelStop) -> dict[str, object]:

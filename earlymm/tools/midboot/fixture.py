@@ -5,7 +5,9 @@ Layout of a fixture directory (written by ``capture``): ``meta.json`` (how it wa
 symbols), ``console.log`` (the serial console up to the last stop), and per stop ``NAME.json``,
 ``NAME.core.elf.gz`` (the table pages and the CPU state, a QEMU-format core that ``earlymm translate`` and
 ``earlymm ptdump`` read), ``NAME.tlb.txt.gz`` (QEMU's ``info tlb``, verbatim) and
-``NAME.boot_params.bin.gz``.
+``NAME.boot_params.bin.gz``. Captures made since the 5-level work also hold ``bda.bin.gz`` (the BIOS data
+area, 0x400–0x4ff), ``decompressor.json`` (the decompressor's paging switch as QEMU's CPU log showed it,
+``lowmem``) and ``decompressor.cpu.log.gz`` (that log's window).
 """
 
 from __future__ import annotations
@@ -119,6 +121,25 @@ class Fixture:
     def firmware_e820(self) -> list[E820Entry]:
         """The map the boot loader handed over in the zero page (``BIOS-e820:``)."""
         return [E820Entry(int(a, 16), int(b, 16), k) for a, b, k in self.meta["machine"]["e820_tables"]["BIOS-e820"]]
+
+    @property
+    def la57(self) -> bool:
+        """The CPU has 5-level paging (the kernel uses it unless ``no5lvl`` is on its command line)."""
+        return bool(self.meta["cpu_features"]["la57"])
+
+    @property
+    def decompressor(self) -> dict[str, Any] | None:
+        """``decompressor.json``: the measured paging switch and the BIOS data area words (``None`` for
+        captures made before it was recorded)."""
+        path = self.path / "decompressor.json"
+        return _json(path) if path.is_file() else None
+
+    def bda(self) -> bytes:
+        """The 256 bytes of the BIOS data area at 0x400, as the capture read them."""
+        try:
+            return gzip.decompress((self.path / "bda.bin.gz").read_bytes())
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise FixtureError(f"{self.path / 'bda.bin.gz'}: {e}") from None
 
     def symbol(self, name: str) -> int:
         return int(self.meta["symbols"][name], 16)

@@ -5,11 +5,18 @@ The inputs are what the real kernel was given or said, never what it did: the e8
 ``boot_params``, the zero page's address (RDI at ``x86_64_start_kernel``), the image size ``_end − _text``
 from kallsyms, the load address QEMU translates ``_text`` to, and the CPU's features as QEMU reports them.
 The model runs as a separate process (``python -m earlymm boot``), exactly as a user would run it.
+
+A CPU with LA57 boots the model with ``--paging 5``: QEMU's ``-kernel`` enters the decompressor's
+``startup_32``, which builds a 4-level identity map and enters long mode (``--loader-paging 4``), and its
+``startup_64`` calls 6.1's ``configure_5level_paging`` (``--decompressor merged``), which places its
+trampoline from the BIOS data area words the capture read (``--bda-base``, ``--ebda``) and the zero page's
+e820 table. ``no5lvl`` on the command line reaches the model's decompressor through ``--cmdline``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -21,6 +28,7 @@ from earlymm.tools.midboot.fixture import Fixture, FixtureError, TableMemory
 from earlymm.tools.midboot.roles import Roles
 
 PROFILE = "current"
+TRAMPOLINE_NOTE = re.compile(r"configure_5level_paging: trampoline at (0x[0-9a-f]+)")
 
 
 class ModelError(Exception):
@@ -45,8 +53,6 @@ def boot_args(fx: Fixture, e820_file: str | Path, symbols_file: str | Path) -> l
     """``earlymm boot`` arguments (without ``--until``/``--save-core``) for the fixture's machine: its
     firmware e820 map, the real build's symbol layout, the loader's placements, the CPU's identity."""
     m = fx.machine
-    if m.get("la57"):
-        raise ModelError(f"{fx.name}: a 5-level machine; the model's boot path is 4-level only")
     rd_at, rd_size = m["ramdisk"]
     args = ["boot", "--profile", PROFILE, "--e820", str(e820_file), "--kernel-at", m["load_address"],
             "--kernel-symbols", str(symbols_file), "--ramdisk", f"{rd_at}:{rd_size}",
@@ -60,6 +66,13 @@ def boot_args(fx: Fixture, e820_file: str | Path, symbols_file: str | Path) -> l
              "--cpu-family", hex(f["family"]), "--cpu-model", hex(f["model"]), "--cpu-stepping", hex(f["stepping"])]
     if f["hypervisor"]:
         args.append("--hypervisor")
+    if m.get("la57"):
+        bda = m.get("bios_data_area")
+        if not bda:
+            raise ModelError(f"{fx.name}: a CPU with LA57 but no BIOS data area recorded (re-capture it): the "
+                             "decompressor's trampoline placement needs the words at 0x40e and 0x413")
+        args += ["--paging", "5", "--decompressor", "merged", "--loader-paging", "4",
+                 "--bda-base", hex(bda["base_mem_kib"]), "--ebda", hex(bda["ebda_segment"])]
     return args
 
 
@@ -97,6 +110,16 @@ class ModelStop:
                                   int(self.report.get("stats", {}).get("pool_size", 64)))
 
     @property
+    def trampoline(self) -> int | None:
+        """Where the model's ``configure_5level_paging`` put its trampoline (from its timeline), or ``None``
+        when it switched nothing."""
+        for e in self.report.get("events", []):
+            m = TRAMPOLINE_NOTE.match(str(e.get("what", ""))) if e.get("event") == "note" else None
+            if m:
+                return int(m[1], 16)
+        return None
+
+    @property
     def page_faults(self) -> list[int]:
         """CR2 of every #PF the model raised, in order (from its event trace)."""
         return [int(e["cr2"], 16) for e in self.report.get("events", [])
@@ -126,4 +149,8 @@ def run_model(fx: Fixture, until: str, workdir: Path, *, timeout: float = 600) -
         raise ModelError(f"earlymm boot --until {until}: {e}") from None
     if "machine_state" not in report:
         raise FixtureError("earlymm boot --json has no machine_state (an older earlymm?)")
+    syms = report["machine_state"].get("symbols")
+    if isinstance(syms, dict) and "level4_kernel_pgt" in fx.meta["symbols"]:
+        # boot --json does not name level4_kernel_pgt; --kernel-symbols put the model's where the build has it
+        syms.setdefault("level4_kernel_pgt", fx.meta["symbols"]["level4_kernel_pgt"])
     return ModelStop(until, report["outcome"], report["reason"], report["machine_state"], TableMemory(pages), report)
