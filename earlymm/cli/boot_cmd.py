@@ -35,6 +35,20 @@ MAX_MEM_5LEVEL = 1 << 52  # MAX_PHYSMEM_BITS 52 in 5-level mode: MAXMEM 4 PiB
 E820_MAX_LINE = 4096  # bytes per line of an e820 file: a longer "line" is not an e820 map
 E820_MAX_LINES = 5_000_000  # a kernel log is read whole; beyond this it is something else
 
+class DefaultInt(int):
+    """An option's default value, told apart from the same value given on the command line (``--arch i386``
+    refuses the x86-64 path's options when they are given, and only then)."""
+
+
+class DefaultStr(str):
+    """A string option's default value (see ``DefaultInt``)."""
+
+
+def given(value: object) -> bool:
+    """Whether an option was given: not its default, not an unset flag."""
+    return value is not None and value is not False and not isinstance(value, DefaultInt | DefaultStr)
+
+
 def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser("boot", help="run Linux x86-64's early boot on the simulated machine",
                        description="Run startup_64 → x86_64_start_kernel → setup_arch/init_mem_mapping on the "
@@ -51,8 +65,8 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     mem.add_argument("--e820", help="e820 map file: 'START END TYPE' per line (END exclusive; ram, reserved, "
                                     "acpi, nvs, unusable), or a kernel log (dmesg: its BIOS-e820:/user: lines), or "
                                     "/sys/firmware/memmap (the directory, or 'grep -r . /sys/firmware/memmap' text)")
-    p.add_argument("--kernel-at", type=hexint, default=None,
-                   help="physical load address (2 MiB aligned; default 0x1000000)")
+    p.add_argument("--kernel-at", type=hexint, default=DefaultInt(0x100_0000),
+                   help="physical load address (2 MiB aligned)")
     p.add_argument("--image-size", type=size_arg, help="kernel image size _end - _text (default 24M)")
     p.add_argument("--kernel-symbols", metavar="FILE",
                    help="lay the image out as a real nokaslr build: its /proc/kallsyms (or System.map) text gives "
@@ -64,10 +78,10 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--profile", choices=sorted(PROFILES) + sorted(I386_PROFILES), default=None,
                    help="kernel generation to model (default v3.9; current when 5-level options are given; "
                         "2.6.21 for --arch i386)")
-    p.add_argument("--pool", type=int_range(1, 4096, "--pool"), default=None,
+    p.add_argument("--pool", type=int_range(1, 4096, "--pool"), default=DefaultInt(64),
                    help="EARLY_DYNAMIC_PAGE_TABLES, 1..4096 (default 64)")
-    p.add_argument("--variant", choices=[v.value for v in Variant], default=None, help="default merged")
-    p.add_argument("--pool-access", choices=[v.value for v in PoolAccess], default=None, help="default high-map")
+    p.add_argument("--variant", choices=[v.value for v in Variant], default=DefaultStr("merged"))
+    p.add_argument("--pool-access", choices=[v.value for v in PoolAccess], default=DefaultStr("high-map"))
     p.add_argument("--no-nx", action="store_true", help="a CPU without NX (early_pmd_flags lose bit 63)")
     p.add_argument("--force-nx", action="store_true", help="set bit 63 in early_pmd_flags even without NX")
     p.add_argument("--no-gbpages", action="store_true", help="a CPU without 1 GiB pages")
@@ -79,15 +93,15 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--cpu-stepping", type=hexint, help="CPU stepping (default 9 for intel, 2 for amd)")
     p.add_argument("--hypervisor", action="store_true",
                    help="set the hypervisor bit CPUID.1:ECX[31] (the CPU says it runs under a hypervisor)")
-    p.add_argument("--paging", type=int, choices=(4, 5), default=None,
+    p.add_argument("--paging", type=int, choices=(4, 5), default=DefaultInt(4),
                    help="5: a kernel with 5-level support (CONFIG_X86_5LEVEL, current profile) on a CPU with LA57; the "
                         "decompressor switches to 5-level paging first (default 4: no decompressor stage)")
     p.add_argument("--decompressor", choices=("v4.14", "rfc", "merged"),
                    help="the decompressor's 4↔5-level switch to run: v4.14 (inside the image), rfc (seed 003: 0x7c00 "
                         "and 0x7000), merged (6.1: a trampoline placed from the BDA/EBDA/e820); default merged with "
                         "--paging 5")
-    p.add_argument("--loader-paging", type=int, choices=(4, 5), default=None,
-                   help="the paging mode the boot loader hands over in (5 needs a CPU with LA57; default 4)")
+    p.add_argument("--loader-paging", type=int, choices=(4, 5), default=DefaultInt(4),
+                   help="the paging mode the boot loader hands over in (5 needs a CPU with LA57)")
     p.add_argument("--no-la57", action="store_true", help="a CPU without 5-level paging (CPUID.7.0:ECX[16] clear)")
     p.add_argument("--bda-base", type=hexint, metavar="KIB",
                    help="BIOS data area 0x413: base memory in KiB (default: from the e820 map, as SeaBIOS)")
@@ -264,10 +278,6 @@ def read_kernel_symbols(path: str, image_size: int | None) -> dict[str, int]:
         raise UsageError(f"cannot read kernel symbols {path}: {e}") from None
 
 
-X86_64_DEFAULTS = {"kernel_at": 0x100_0000, "pool": 64, "variant": "merged", "pool_access": "high-map", "paging": 4,
-                   "loader_paging": 4}
-
-
 def main(args: argparse.Namespace) -> int:
     if args.arch == "i386":
         from earlymm.cli.boot_i386 import main_i386
@@ -278,9 +288,6 @@ def main(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} is an option of the i386 boot: give --arch i386")
     if args.profile in I386_PROFILES:
         raise UsageError(f"--profile {args.profile} is an i386 kernel: give --arch i386")
-    for name, default in X86_64_DEFAULTS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, default)
     until = None
     if args.until:
         until = parse_until(args.until, X86_64_PHASES, "x86-64")

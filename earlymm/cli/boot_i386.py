@@ -12,7 +12,7 @@ import json
 import sys
 
 from earlymm.arch.modes import Features
-from earlymm.cli.boot_cmd import cpu_identity, e820_arg, parse_until, print_rich, ramdisk_arg
+from earlymm.cli.boot_cmd import cpu_identity, e820_arg, given, parse_until, print_rich, ramdisk_arg
 from earlymm.cli.common import EXIT_CRASH, EXIT_OK, UsageError, size_text
 from earlymm.images import ImageError, WriteError
 from earlymm.images.safe_write import check_target
@@ -27,7 +27,7 @@ from earlymm.tools.boot_report_i386 import render_text, save_core, to_json
 
 MAX_MEM_I386 = 64 << 30  # a 2.6.21 PAE kernel addresses 36 bits; without PAE it uses 4 GiB of it
 
-# options of the x86-64 path: (flag, given?) — store_true ones are False and valued ones None unless given
+# options of the x86-64 path (their defaults are marked: boot_cmd.given tells them from given values)
 X86_64_ONLY = ("kernel_at", "kernel_symbols", "pool", "variant", "pool_access", "force_nx", "no_gbpages", "paging",
                "decompressor", "loader_paging", "no_la57", "efi_loader")
 
@@ -39,8 +39,7 @@ def _flag(name: str) -> str:
 def check_options(args: argparse.Namespace) -> None:
     """Refuse what means nothing for a 2.6.21 i386 kernel."""
     for name in X86_64_ONLY:
-        value = getattr(args, name)
-        if value is not None and value is not False:
+        if given(getattr(args, name)):
             why = {"kernel_at": f"2.6.21's head.S runs where it was linked: the kernel is loaded at "
                                 f"{LOAD_PHYSICAL_ADDR:#x}",
                    "paging": "i386 paging is 2-level, or PAE with --pae"}.get(name, "it belongs to the x86-64 boot")
