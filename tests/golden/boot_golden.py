@@ -65,6 +65,13 @@ CONFIGS: dict[str, list[str]] = {
     "cur-l5-v414-above4g": ["--paging", "5", "--decompressor", "v4.14", "--mem", "8G", "--kernel-at", "0x140000000"],
     "cur-l5-no5lvl": ["--paging", "5", "--loader-paging", "5", "--cmdline", "root=/dev/sda1 no5lvl"],
     "cur-l5-80T-pool3": ["--paging", "5", "--mem", "80T", "--pool", "3"],
+    # recorded when the 2.6.21 i386 boot arrived (issue 13, native backend)
+    "i386-default": ["--arch", "i386"],
+    "i386-pae": ["--arch", "i386", "--pae"],
+    "i386-1g-nopse": ["--arch", "i386", "--mem", "1G", "--no-pse"],
+    "i386-pae-1g-nopse-nonx": ["--arch", "i386", "--pae", "--mem", "1G", "--no-pse", "--no-nx"],
+    "i386-pae-clobber": ["--arch", "i386", "--pae", "--image-size", "27M", "--until", "pagetable_setup_start"],
+    "i386-e820-holes": ["--arch", "i386", "--e820", "{E820_HOLES}"],
 }
 
 
