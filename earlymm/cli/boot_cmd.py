@@ -20,7 +20,8 @@ from earlymm.kernel.boot import BootResult, boot
 from earlymm.kernel.boot_xen import boot_xen
 from earlymm.kernel.consts import PROFILES
 from earlymm.kernel.context import KernelConfig, PoolAccess, Variant
-from earlymm.kernel.phases import Phase
+from earlymm.kernel.i386.consts import I386_PROFILES
+from earlymm.kernel.phases import X86_64_PHASES, XEN_PV_PHASES, Phase
 from earlymm.platform.pc import MachineConfig, pc_e820
 from earlymm.tools.argtypes import int_range
 from earlymm.tools.boot_progress import BootProgress
@@ -37,16 +38,36 @@ MAX_MEM_5LEVEL = 1 << 52  # MAX_PHYSMEM_BITS 52 in 5-level mode: MAXMEM 4 PiB
 E820_MAX_LINE = 4096  # bytes per line of an e820 file: a longer "line" is not an e820 map
 E820_MAX_LINES = 5_000_000  # a kernel log is read whole; beyond this it is something else
 
+class DefaultInt(int):
+    """An option's default value, told apart from the same value given on the command line (``--arch i386``
+    refuses the x86-64 path's options when they are given, and only then)."""
+
+
+class DefaultStr(str):
+    """A string option's default value (see ``DefaultInt``)."""
+
+
+def given(value: object) -> bool:
+    """Whether an option was given: not its default, not an unset flag."""
+    return value is not None and value is not False and not isinstance(value, DefaultInt | DefaultStr)
+
+
 def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser("boot", help="run Linux x86-64's early boot on the simulated machine",
                        description="Run startup_64 → x86_64_start_kernel → setup_arch/init_mem_mapping on the "
-                                   "CPU model and tell the story of the page tables.")
+                                   "CPU model and tell the story of the page tables; with --arch i386, 2.6.21's "
+                                   "startup_32 → setup_arch → paging_init with the paravirt page-table hooks.")
+    p.add_argument("--arch", choices=("x86-64", "i386"), default="x86-64",
+                   help="the kernel's architecture (default x86-64; i386: Linux 2.6.21, seed 002)")
+    p.add_argument("--pae", action="store_true", help="i386: a PAE kernel (CONFIG_X86_PAE, HIGHMEM64G)")
+    p.add_argument("--no-pse", action="store_true", help="i386: a CPU without PSE (no large pages)")
     mem = p.add_mutually_exclusive_group()
     mem.add_argument("--mem", type=size_arg, help="RAM size (4G, 64T …); a PC layout with a hole at 3-4 GiB")
     mem.add_argument("--e820", help="e820 map file: 'START END TYPE' per line (END exclusive; ram, reserved, "
                                     "acpi, nvs, unusable), or a kernel log (dmesg: its BIOS-e820:/user: lines), or "
                                     "/sys/firmware/memmap (the directory, or 'grep -r . /sys/firmware/memmap' text)")
-    p.add_argument("--kernel-at", type=hexint, default=0x100_0000, help="physical load address (2 MiB aligned)")
+    p.add_argument("--kernel-at", type=hexint, default=DefaultInt(0x100_0000),
+                   help="physical load address (2 MiB aligned)")
     p.add_argument("--image-size", type=size_arg, help="kernel image size _end - _text (default 24M)")
     p.add_argument("--kernel-symbols", metavar="FILE",
                    help="lay the image out as a real nokaslr build: its /proc/kallsyms (or System.map) text gives "
@@ -55,12 +76,13 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--ramdisk", help="ADDR:SIZE (default: 16M near the top of RAM below 2 GiB)")
     p.add_argument("--cmdline", default="root=/dev/sda1 ro console=ttyS0 earlyprintk=serial")
     p.add_argument("--cmdline-at", type=hexint, default=0x2_0000)
-    p.add_argument("--profile", choices=sorted(PROFILES), default=None,
-                   help="kernel generation to model (default v3.9; current when 5-level options are given)")
-    p.add_argument("--pool", type=int_range(1, 4096, "--pool"), default=64,
+    p.add_argument("--profile", choices=sorted(PROFILES) + sorted(I386_PROFILES), default=None,
+                   help="kernel generation to model (default v3.9; current when 5-level options are given; "
+                        "2.6.21 for --arch i386)")
+    p.add_argument("--pool", type=int_range(1, 4096, "--pool"), default=DefaultInt(64),
                    help="EARLY_DYNAMIC_PAGE_TABLES, 1..4096 (default 64)")
-    p.add_argument("--variant", choices=[v.value for v in Variant], default="merged")
-    p.add_argument("--pool-access", choices=[v.value for v in PoolAccess], default="high-map")
+    p.add_argument("--variant", choices=[v.value for v in Variant], default=DefaultStr("merged"))
+    p.add_argument("--pool-access", choices=[v.value for v in PoolAccess], default=DefaultStr("high-map"))
     p.add_argument("--no-nx", action="store_true", help="a CPU without NX (early_pmd_flags lose bit 63)")
     p.add_argument("--force-nx", action="store_true", help="set bit 63 in early_pmd_flags even without NX")
     p.add_argument("--no-gbpages", action="store_true", help="a CPU without 1 GiB pages")
@@ -72,14 +94,14 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--cpu-stepping", type=hexint, help="CPU stepping (default 9 for intel, 2 for amd)")
     p.add_argument("--hypervisor", action="store_true",
                    help="set the hypervisor bit CPUID.1:ECX[31] (the CPU says it runs under a hypervisor)")
-    p.add_argument("--paging", type=int, choices=(4, 5), default=4,
+    p.add_argument("--paging", type=int, choices=(4, 5), default=DefaultInt(4),
                    help="5: a kernel with 5-level support (CONFIG_X86_5LEVEL, current profile) on a CPU with LA57; the "
                         "decompressor switches to 5-level paging first (default 4: no decompressor stage)")
     p.add_argument("--decompressor", choices=("v4.14", "rfc", "merged"),
                    help="the decompressor's 4↔5-level switch to run: v4.14 (inside the image), rfc (seed 003: 0x7c00 "
                         "and 0x7000), merged (6.1: a trampoline placed from the BDA/EBDA/e820); default merged with "
                         "--paging 5")
-    p.add_argument("--loader-paging", type=int, choices=(4, 5), default=4,
+    p.add_argument("--loader-paging", type=int, choices=(4, 5), default=DefaultInt(4),
                    help="the paging mode the boot loader hands over in (5 needs a CPU with LA57)")
     p.add_argument("--no-la57", action="store_true", help="a CPU without 5-level paging (CPUID.7.0:ECX[16] clear)")
     p.add_argument("--bda-base", type=hexint, metavar="KIB",
@@ -88,7 +110,8 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--efi-loader", choices=("EL32", "EL64"),
                    help="boot_params' EFI loader signature: an EFI boot (the BDA is then not trusted)")
     p.add_argument("--until", help="stop after: decompressor, startup_64, x86_64_start_kernel, setup_arch, "
-                                   "init_mem_mapping, end")
+                                   "init_mem_mapping, end; i386: startup_32, setup_arch, pagetable_setup_start, "
+                                   "pagetable_init, paging_init, end")
     p.add_argument("--save-core", metavar="FILE",
                    help="write the machine as a QEMU-format ELF core at the end of the run (gzip-compressed if FILE "
                         "ends in .gz). FILE must be a new or regular file: devices, FIFOs, sockets and directories "
@@ -172,6 +195,18 @@ def _e820_line(path: str, n: int, line: str, kinds: dict[str, RegionType]) -> Re
         raise UsageError(f"{path}:{n}: {e}") from None
 
 
+def parse_until(text: str, phases: tuple[Phase, ...], arch: str) -> Phase:
+    """``--until``: a phase of this architecture's boot path."""
+    names = ", ".join(p.value for p in phases)
+    try:
+        phase = Phase.parse(text)
+    except ValueError:
+        raise UsageError(f"unknown phase {text!r} (one of: {names})") from None
+    if phase not in phases:
+        raise UsageError(f"--until {text}: not a phase of the {arch} boot (one of: {names})")
+    return phase
+
+
 STYLES = (("== ", "bold cyan"), ("  [pass]", "green"), ("  [FAIL]", "bold red"), ("outcome: booted", "bold green"),
           ("outcome: stopped", "bold green"), ("outcome:", "bold red"), ("   #PF", "yellow"),
           ("     reset_early", "magenta"), ("   console:", "bold"))
@@ -188,21 +223,34 @@ def print_rich(text: str) -> None:
         console.print(Text(line, style=style))
 
 
-def machine_config(args: argparse.Namespace) -> MachineConfig:
+def ramdisk_arg(args: argparse.Namespace) -> tuple[int | None, int]:
+    """``--ramdisk ADDR:SIZE``: (address or None for the loader's choice, size)."""
+    if not args.ramdisk:
+        return None, 16 << 20
+    try:
+        a, colon, s = args.ramdisk.partition(":")
+        return parse_int(a, bits=52), parse_size(s) if colon else 16 << 20
+    except ValueError as e:
+        raise UsageError(f"--ramdisk {args.ramdisk!r}: {e} (want ADDR:SIZE)") from None
+
+
+def e820_arg(args: argparse.Namespace, limit: int = MAX_MEM_5LEVEL, space: str = "the 52-bit physical address "
+              "space", fits: str = "4095T") -> list[Region]:
+    """The memory map: ``--e820 FILE`` or the PC layout of ``--mem`` (default 4 GiB), ending at most at
+    ``limit``."""
     e820 = read_e820(args.e820) if args.e820 else pc_e820(args.mem or 4 << 30)
-    rd_at, rd_size = None, 16 << 20
-    if args.ramdisk:
-        try:
-            a, colon, s = args.ramdisk.partition(":")
-            rd_at, rd_size = parse_int(a, bits=52), parse_size(s) if colon else 16 << 20
-        except ValueError as e:
-            raise UsageError(f"--ramdisk {args.ramdisk!r}: {e} (want ADDR:SIZE)") from None
     top = max((r.end for r in e820), default=0)
-    if top > MAX_MEM_5LEVEL:
+    if top > limit:
         where = args.e820 if args.e820 else f"--mem {size_text(args.mem or 0)}"
         why = "" if args.e820 else (" (the PC layout moves 1 GiB of RAM above 4 GiB for the PCI hole: at most "
-                                    "--mem 4095T fits)")
-        raise UsageError(f"{where}: the memory map ends at {top:#x}, beyond the 52-bit physical address space{why}")
+                                    f"--mem {fits} fits)")
+        raise UsageError(f"{where}: the memory map ends at {top:#x}, beyond {space}{why}")
+    return e820
+
+
+def machine_config(args: argparse.Namespace) -> MachineConfig:
+    e820 = e820_arg(args)
+    rd_at, rd_size = ramdisk_arg(args)
     la57 = (args.paging == 5 or args.loader_paging == 5 or args.decompressor is not None) and not args.no_la57
     feats = Features(nx=not args.no_nx, gbpages=not args.no_gbpages, pge=not args.no_pge, la57=la57, pks=False)
     for name, value, top in (("--bda-base", args.bda_base, 0xFFFF), ("--ebda", args.ebda, 0xFFFF)):
@@ -236,19 +284,10 @@ def read_kernel_symbols(path: str, image_size: int | None) -> dict[str, int]:
         raise UsageError(f"cannot read kernel symbols {path}: {e}") from None
 
 
-def parse_until(args: argparse.Namespace) -> Phase | None:
-    if not args.until:
-        return None
-    try:
-        return Phase.parse(args.until)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-
-
 def configure(args: argparse.Namespace) -> tuple[MachineConfig, KernelConfig, Phase | None]:
-    """The machine, the kernel and where to stop, from parsed ``earlymm boot`` arguments (``UsageError`` on
-    bad input). ``earlymm matrix`` runs its configurations through here, so its commands reproduce."""
-    until = parse_until(args)
+    """The machine, the kernel and where to stop, from parsed x86-64 ``earlymm boot`` arguments (``UsageError``
+    on bad input). ``earlymm matrix`` runs its configurations through here, so its commands reproduce."""
+    until = parse_until(args.until, X86_64_PHASES, "x86-64") if args.until else None
     if args.kernel_at % (2 << 20):
         raise UsageError(f"--kernel-at {args.kernel_at:#x} is not 2 MiB aligned (startup_64 would spin in "
                          "bad_address; the simulated loader refuses it)")
@@ -263,6 +302,15 @@ def image_size(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.arch == "i386":
+        from earlymm.cli.boot_i386 import main_i386
+
+        return main_i386(args)
+    for flag, given_flag in (("--pae", args.pae), ("--no-pse", args.no_pse)):
+        if given_flag:
+            raise UsageError(f"{flag} is an option of the i386 boot: give --arch i386")
+    if args.profile in I386_PROFILES:
+        raise UsageError(f"--profile {args.profile} is an i386 kernel: give --arch i386")
     check_combination(args)
     for path, what in ((args.save_core, "core"), (args.html, "HTML file")):
         if path is not None:
@@ -271,7 +319,8 @@ def main(args: argparse.Namespace) -> int:
             except WriteError as e:
                 raise UsageError(str(e)) from None
     if args.pv == "xen":
-        return report(args, run_xen(args, parse_until(args)))
+        until = parse_until(args.until, XEN_PV_PHASES, "Xen PV x86-64") if args.until else None
+        return report(args, run_xen(args, until))
     machine, kernel, until = configure(args)
     progress = None
     if args.progress or sys.stderr.isatty():

@@ -14,7 +14,7 @@ import json
 import struct
 from pathlib import Path
 
-from earlymm.hw.memory import FrameSource
+from earlymm.hw.memory import Buffer, FrameSource
 from earlymm.images.core_writer import write_qemu_core
 from earlymm.images.cpustate import CpuState
 from earlymm.images.monitor_text import parse_gva2gpa_file
@@ -58,6 +58,44 @@ def table_pfns(mem: FrameSource, cpu: CpuState) -> tuple[set[int], set[int]]:
             # PS=1 in a PDPTE/PDE maps a page; in a PML4E/PML5E it is reserved (the walk would fault).
             if e & PRESENT and not e & PS:
                 stack.append(((e & ADDR_MASK) >> 12, level - 1))
+    return found, missing
+
+
+_ENTRIES32 = struct.Struct("<1024I")
+CR4_PSE = 1 << 4
+
+
+def table_pfns_legacy(mem: FrameSource, cpu: CpuState) -> tuple[set[int], set[int]]:
+    """``table_pfns`` for a CPU outside long mode: 32-bit paging (a page directory of 1024 4-byte entries,
+    4 MiB pages when CR4.PSE) or PAE (the 32-byte PDPT at CR3, then 8-byte PDs and PTs)."""
+    found: set[int] = set()
+    missing: set[int] = set()
+    if not cpu.cr0 & CR0_PG:
+        return found, missing
+
+    def have(pfn: int) -> Buffer | None:
+        frame = mem.frame(pfn)
+        (found if frame is not None else missing).add(pfn)
+        return frame
+
+    if not cpu.cr4 & CR4_PAE:
+        pd = have((cpu.cr3 & 0xFFFF_F000) >> 12)
+        if pd is not None:
+            for e in _ENTRIES32.unpack_from(pd, 0):
+                if e & PRESENT and not (e & PS and cpu.cr4 & CR4_PSE):
+                    have(e >> 12)
+        return found, missing
+    pdpt = have((cpu.cr3 & 0xFFFF_F000) >> 12)
+    if pdpt is None:
+        return found, missing
+    for e in struct.unpack_from("<4Q", pdpt, cpu.cr3 & 0xFE0):
+        if not e & PRESENT:
+            continue
+        pd = have((e & ADDR_MASK) >> 12)
+        if pd is not None:
+            for d in _ENTRIES.unpack_from(pd, 0):
+                if d & PRESENT and not d & PS:
+                    have((d & ADDR_MASK) >> 12)
     return found, missing
 
 

@@ -17,6 +17,7 @@ class X86Feature(enum.Enum):
     """(leaf, register index EAX=0 … EDX=3, bit) of the ``X86_FEATURE_*`` bits the model consults."""
 
     PSE = (1, 3, 3)
+    PAE = (1, 3, 6)
     PGE = (1, 3, 13)
     HYPERVISOR = (1, 2, 31)
     NX = (0x8000_0001, 3, 20)

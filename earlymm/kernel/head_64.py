@@ -68,10 +68,11 @@ def startup_64(ctx: KernelContext) -> None:
 
     _identity_map(ctx, p, phys)
 
-    # level2_kernel_pgt: relocate every present entry (6.x first drops those outside _text.._end).
+    # level2_kernel_pgt: relocate every present entry (6.x first drops those outside _text.._end; its loop
+    # runs 'i <= pmd_index(_end)', one PMD past a 2 MiB-aligned _end — head64.c @ v6.1:304).
     g = ctx.pgt
     l2 = phys("level2_kernel_pgt")
-    first, last = g.pmd_index(lay.text), g.pmd_index(lay.end - 1)
+    first, last = g.pmd_index(lay.text), g.pmd_index(lay.end)
     for i in range(g.ptrs_per_pmd):
         e = ctx.rd(l2 + g.entry_size * i)
         if prof.trim_kernel_pmds and not first <= i <= last:

@@ -282,11 +282,12 @@ def kernel_physical_mapping_init(ctx: KernelContext, st: MmState, start: int, en
 
 
 def cleanup_highmap(ctx: KernelContext, max_pfn_mapped: int, brk_end: int) -> int:
-    """Model of ``cleanup_highmap()`` (init_64.c @ v3.9): clear ``level2_kernel_pgt`` entries outside
-    [_text, roundup(_brk_end, 2 MiB)) with ``set_pmd(pmd, __pmd(0))`` (spec §3.8)."""
+    """Model of ``cleanup_highmap()`` (init_64.c @ v3.9 and v6.1): clear ``level2_kernel_pgt`` entries outside
+    [_text, roundup(_brk_end, 2 MiB)) with ``set_pmd(pmd, __pmd(0))`` over KERNEL_IMAGE_SIZE, or up to
+    ``max_pfn_mapped`` where Xen set it (spec §3.8)."""
     lay, g, mmu = ctx.layout, ctx.pgt, ctx.pv.mmu
     vaddr = START_KERNEL_MAP
-    vaddr_end = START_KERNEL_MAP + (max_pfn_mapped << 12 if max_pfn_mapped else 512 << 20)
+    vaddr_end = START_KERNEL_MAP + (max_pfn_mapped << 12 if max_pfn_mapped else ctx.profile.kernel_image_size)
     end = ((brk_end + g.pmd_size - 1) & ~(g.pmd_size - 1)) - 1
     cleared = 0
     pmd = lay["level2_kernel_pgt"]

@@ -114,9 +114,19 @@ def after_init_mem_mapping(ctx: KernelContext) -> list[Check]:
     return [Check(f"init_mem_mapping: CR3 = {prof.init_pgt}", ok_cr3, f"cr3 {ctx.cpu.regs.cr3:#x}"),
             Check(f"init_mem_mapping: {prof.init_pgt}[511] equals the early [511]", same511),
             Check("init_mem_mapping: the direct map covers all RAM and the ISA range", not missing,
-                  f"unmapped: {[hex(a) for a in missing[:4]]}" if missing else ""),
+                  _unmapped_detail(missing, prof.split_merge_before_adjust)),
             Check("init_mem_mapping: no leaf maps a 1 GiB/2 MiB block that is not all RAM", not over_holes,
                   "; ".join(over_holes[:3]))]
+
+
+def _unmapped_detail(missing: list[int], merges_first: bool) -> str:
+    if not missing:
+        return ""
+    text = f"unmapped: {[hex(a) for a in missing[:4]]}"
+    if merges_first:  # the known 3.9.0 failure, not a model error: say so where it shows
+        text += (" — 3.9.0's split_mem_range merges ranges before adjust_range_page_size_mask, so a later 2M range "
+                 "replaces a PUD an earlier range mapped with a 1 GiB page (fixed in 3.10 by 7de3d66b)")
+    return text
 
 
 def _large_over_holes(ctx: KernelContext) -> list[str]:

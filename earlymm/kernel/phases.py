@@ -6,7 +6,8 @@ import enum
 
 
 class Phase(str, enum.Enum):
-    """Where a boot path can stop (``--until``); each native x86-64 phase is a kernel function."""
+    """Where a boot path can stop (``--until``); each phase is a kernel function (or, for the i386 hooks,
+    the point right after one). Which phases a path has is the path's: ``X86_64_PHASES``, ``I386_PHASES``."""
 
     DECOMPRESSOR = "decompressor"
     XEN_START_KERNEL = "xen_start_kernel"  # Xen PV: its first instruction, on the domain builder's tables
@@ -14,7 +15,11 @@ class Phase(str, enum.Enum):
     X86_64_START_KERNEL = "x86_64_start_kernel"
     SETUP_ARCH = "setup_arch"
     INIT_MEM_MAPPING = "init_mem_mapping"
-    PAGETABLE_INIT = "pagetable_init"  # x86_init.paging.pagetable_init, where the path models it (Xen PV)
+    # i386 (2.6.21): head.S, then paging_init with seed 002's hooks
+    STARTUP_32 = "startup_32"
+    PAGETABLE_SETUP_START = "pagetable_setup_start"
+    PAGETABLE_INIT = "pagetable_init"  # i386 pagetable_init; Xen PV: x86_init.paging.pagetable_init
+    PAGING_INIT = "paging_init"
     END = "end"
 
     @classmethod
@@ -23,6 +28,13 @@ class Phase(str, enum.Enum):
             if p.value == text:
                 return p
         raise ValueError(f"unknown phase {text!r} (one of: {', '.join(p.value for p in cls)})")
+
+
+X86_64_PHASES = (Phase.DECOMPRESSOR, Phase.STARTUP_64, Phase.X86_64_START_KERNEL, Phase.SETUP_ARCH,
+                 Phase.INIT_MEM_MAPPING, Phase.END)
+XEN_PV_PHASES = (Phase.XEN_START_KERNEL, Phase.SETUP_ARCH, Phase.INIT_MEM_MAPPING, Phase.PAGETABLE_INIT, Phase.END)
+I386_PHASES = (Phase.STARTUP_32, Phase.SETUP_ARCH, Phase.PAGETABLE_SETUP_START, Phase.PAGETABLE_INIT,
+               Phase.PAGING_INIT, Phase.END)
 
 
 class BootOutcome(str, enum.Enum):

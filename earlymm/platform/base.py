@@ -22,6 +22,7 @@ class EntryProtocol(enum.Enum):
     """How control reaches the kernel."""
 
     BOOT_PARAMS_64 = "x86-64 boot protocol"  # startup_64, %rsi = boot_params (Documentation/x86/boot)
+    BOOT_PARAMS_32 = "i386 boot protocol"  # startup_32 at 1 MiB, paging off, %esi = boot_params
     XEN_PV_64 = "Xen PV"  # startup_xen in ring 3 on the builder's tables, %rsi = start_info (a virtual address)
 
 

@@ -91,9 +91,9 @@ class MachineConfig:
     def in_ram(self, start: int, end: int) -> bool:
         return any(r.start <= start and end <= r.end for r in self.ram())
 
-    def default_ramdisk_at(self, image_size: int) -> int:
-        """The highest 1 MiB-aligned spot below initrd_addr_max (2 GiB for v3.9) clear of the kernel."""
-        limit = 0x8000_0000
+    def default_ramdisk_at(self, image_size: int, limit: int = 0x8000_0000) -> int:
+        """The highest 1 MiB-aligned spot below ``limit`` = initrd_addr_max + 1 (2 GiB for v3.9) clear of
+        the kernel."""
         k0, k1 = self.kernel_at, self.kernel_at + image_size
         for r in sorted(self.ram(), key=lambda r: -r.end):
             top = min(r.end, limit) & ~0xFFFFF
@@ -105,7 +105,8 @@ class MachineConfig:
                     top = k0 & ~0xFFFFF
                     continue
                 return start
-        raise ValueError("no room for the ramdisk below 2 GiB: give --ramdisk ADDR:SIZE")
+        where = f"{limit >> 30} GiB" if not limit % (1 << 30) else f"{limit >> 20} MiB"
+        raise ValueError(f"no room for the ramdisk below {where}: give --ramdisk ADDR:SIZE")
 
 
 @dataclass

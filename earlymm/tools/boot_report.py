@@ -4,6 +4,7 @@ simulated machine as a QEMU-format core. Pure functions over a ``BootResult``.""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,21 +173,31 @@ def describe_xen(e: Event) -> str | None:
     return None
 
 
+COUNTED: tuple[type[Event], ...] = (FaultRaised, PoolAlloc, EarlyMapping, HandlerOutcome, LowPageAlloc, PoolReset,
+                                    Hypercall, TableValidated, TablePinned, PtwrEmulated)
+
+
 def timeline(r: BootResult, *, limit: int = 40) -> list[str]:
     """The story, compressed: every phase, note and CR write; faults and pool events up to ``limit``
     per phase (the rest counted)."""
+    return timeline_of(r.ctx.trace.events, describe, COUNTED, limit=limit)
+
+
+def timeline_of(events: list[Event], describe_fn: Callable[[Event], str | None], counted: tuple[type[Event], ...],
+                *, limit: int = 40) -> list[str]:
+    """``timeline`` over any boot path's events: ``describe_fn`` gives an event's line, ``counted`` the
+    kinds limited to ``limit`` per phase."""
     lines: list[str] = []
     shown = skipped = 0
-    for e in r.ctx.trace.events:
-        text = describe(e)
+    for e in events:
+        text = describe_fn(e)
         if text is None:
             continue
         if isinstance(e, PhaseEntered):
             if skipped:
                 lines.append(f"     … {skipped} more fault/pool/table/hypercall events")
             shown = skipped = 0
-        elif isinstance(e, FaultRaised | PoolAlloc | EarlyMapping | HandlerOutcome | LowPageAlloc | PoolReset
-                        | Hypercall | TableValidated | TablePinned | PtwrEmulated):
+        elif isinstance(e, counted):
             shown += 1
             if shown > limit:
                 skipped += 1

@@ -76,10 +76,11 @@ def infer_registers(cpu: CpuState | None, ov: RegOverrides) -> tuple[int, int, i
         efer = ov.efer
     else:
         # Long mode is active when paging with PAE runs 64-bit code (or, without a note, by default);
-        # Linux enables NXE on every CPU that has NX, so default it on in long mode.
-        long_mode = bool(cr0 & Cr0.PG and cr4 & Cr4.PAE and (cpu is None or cpu.is_64bit_code
-                                                              or cpu.rip >> 63))
-        efer = int(Efer.LME | Efer.LMA | Efer.NXE | Efer.SCE) if long_mode else 0
+        # Linux enables NXE on every CPU that has NX, so default it on in long mode — and in legacy PAE
+        # paging, where a PAE kernel's set_nx() does the same (a table without NX bits reads the same).
+        pae = bool(cr0 & Cr0.PG and cr4 & Cr4.PAE)
+        long_mode = pae and (cpu is None or cpu.is_64bit_code or bool(cpu.rip >> 63))
+        efer = int(Efer.LME | Efer.LMA | Efer.NXE | Efer.SCE) if long_mode else int(Efer.NXE) if pae else 0
     return cr0, cr3, cr4, efer
 
 

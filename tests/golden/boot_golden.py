@@ -69,6 +69,13 @@ CONFIGS: dict[str, list[str]] = {
     "xen-v39-256M": ["--pv", "xen", "--mem", "256M"],
     "xen-v39-late": ["--pv", "xen", "--mem", "256M", "--xen-write-cr3", "late"],
     "xen-v39-writable-pagetable": ["--pv", "xen", "--mem", "128M", "--xen-guest-bug", "writable-pagetable"],
+    # recorded when the 2.6.21 i386 boot arrived (issue 13, native backend)
+    "i386-default": ["--arch", "i386"],
+    "i386-pae": ["--arch", "i386", "--pae"],
+    "i386-1g-nopse": ["--arch", "i386", "--mem", "1G", "--no-pse"],
+    "i386-pae-1g-nopse-nonx": ["--arch", "i386", "--pae", "--mem", "1G", "--no-pse", "--no-nx"],
+    "i386-pae-clobber": ["--arch", "i386", "--pae", "--image-size", "27M", "--until", "pagetable_setup_start"],
+    "i386-e820-holes": ["--arch", "i386", "--e820", "{E820_HOLES}"],
 }
 
 

@@ -127,7 +127,7 @@ def test_failure_midway_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch:
     p = tmp_path / "x.core"
     p.write_bytes(b"previous")
 
-    def boom(out: object, runs: object, notes: object) -> None:
+    def boom(out: object, *_rest: object) -> None:
         out.write(b"partial")  # type: ignore[attr-defined]
         raise OSError("disk full")
 

@@ -288,17 +288,11 @@ def test_61_maps_a_fault_at_recursion_flag_2() -> None:
     assert _fault_at_depth(ctx, 2, ctx.profile.page_offset + 0x1234_5678) == "mapped"
 
 
-@pytest.mark.xfail(strict=True, reason="model bug: early_fault.py:early_idt_handler checks the depth on entry for "
-                   "both profiles (flag >= recursion_halt); 6.1 checks it only in early_fixup_exception, after "
-                   "early_make_pgtable declined — a mappable #PF is handled at any depth")
 def test_61_maps_a_fault_at_recursion_flag_3() -> None:
     ctx = handler_ready("current")
     assert _fault_at_depth(ctx, 3, ctx.profile.page_offset + 0x1234_5678) == "mapped"
 
 
-@pytest.mark.xfail(strict=True, reason="model bug: 6.1's early_fixup_exception sees the flag already incremented "
-                   "(2 → 3 > 2) and halts silently; the model (recursion_halt 3, checked before the increment) "
-                   "prints the PANIC line instead")
 def test_61_unhandled_fault_at_recursion_flag_2_halts_without_a_panic_line() -> None:
     ctx = handler_ready("current")
     assert _fault_at_depth(ctx, 2, ctx.profile.page_offset + (1 << 46) + 0x1000) == "halt"
@@ -432,22 +426,19 @@ def test_split_mem_range_adjusts_before_merging() -> None:
     assert got == [(MiB, 2 * MiB, "4K"), (2 * MiB, GiB, "2M"), (GiB, 2 * GiB + 2 * MiB, "1G")]
 
 
-@pytest.mark.xfail(strict=True, reason="profile inconsistency: the v3.9 profile takes real_end page-aligned as 3.9.0 "
-                   "does, but split_mem_range adjusts before merging as only the stable fix 'x86: Fix "
-                   "adjust_range_size_mask calling position' (3.9.x, 3.10) does; 3.9.0 merges first (issue 9 item 5)")
 def test_v39_mem_2g_keeps_2m_pages_below_the_top_64m() -> None:
     """3.9.0's split_mem_range merged equal masks before adjust_range_page_size_mask — the fix's own example:
     with 2 GiB and 1 GiB pages the last round [1M, 2G−64M) splits into [1M, 2M) 4K, [2M, 1G) 2M,
     [1G, 2G−64M) 2M; merged first, [2M, 2G−64M) is 2M and its enclosing [0, 2G) is not all RAM, so no 1G."""
     r = make_boot(mem=2 * GiB, until=Phase.INIT_MEM_MAPPING)
-    assert ranges(r)[-2:] == [(MiB, 2 * MiB, "4K"), (2 * MiB, 2 * GiB - 64 * MiB, "2M")]
+    got = ranges(r)
+    i = got.index((MiB, 2 * MiB, "4K"))  # the loop's last step; [real_end, end) is mapped after the loop
+    assert got[i + 1] == (2 * MiB, 2 * GiB - 64 * MiB, "2M")
 
 
 # ---- probe_page_size_mask ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("profile", ["v3.9", pytest.param("current", marks=pytest.mark.xfail(
-    strict=True, reason="model bug: init.py:probe_page_size_mask allows 1 GiB pages without PSE; 6.1's sets "
-    "direct_gbpages = 0 when the CPU lacks PSE ('if (boot_cpu_has(X86_FEATURE_PSE) …) … else direct_gbpages = 0')"))])
+@pytest.mark.parametrize("profile", ["v3.9", "current"])
 def test_gbpages_without_pse(profile: str) -> None:
     """v3.9 probe_page_size_mask: 'if (direct_gbpages) page_size_mask |= 1 << PG_LEVEL_1G; if (cpu_has_pse)
     … PG_LEVEL_2M' — a CPU with 1 GiB pages but no PSE gets 1 GiB leaves and no 2 MiB ones. 6.1: no PSE, no
@@ -459,10 +450,6 @@ def test_gbpages_without_pse(profile: str) -> None:
     assert probe(va(5 * GiB)).page_size == (GiB if profile == "v3.9" else 4096)
 
 
-@pytest.mark.xfail(strict=True, reason="model gap: 6.1 init_mem_mapping runs pti_check_boottime_disable, and "
-                   "probe_page_size_mask drops _PAGE_GLOBAL from __default_kernel_pte_mask when X86_FEATURE_PTI is "
-                   "set (pti=on, or a Meltdown-affected CPU such as the default Ivy Bridge); PAGE_KERNEL is masked "
-                   "with it, so the direct map has no G. The model has no PTI")
 def test_61_pti_on_maps_the_direct_map_without_global() -> None:
     from earlymm.arch.cpuid import CpuIdentity, Vendor
 
@@ -479,9 +466,7 @@ def _l2(ctx: KernelContext) -> list[int]:
     return list(np.frombuffer(ctx.platform.mem.read(pa, 4096), dtype="<u8").tolist())
 
 
-@pytest.mark.parametrize("profile", ["v3.9", pytest.param("current", marks=pytest.mark.xfail(
-    strict=True, reason="model bug: init_64.py:cleanup_highmap walks 512 MiB, not KERNEL_IMAGE_SIZE (1 GiB in the "
-    "current profile): level2_kernel_pgt[256..511] keep __startup_64's not-present entries, 6.1 zeroes them"))])
+@pytest.mark.parametrize("profile", ["v3.9", "current"])
 def test_cleanup_highmap_keeps_exactly_text_to_brk_end(profile: str) -> None:
     """Spec §3.8 / init_64.c cleanup_highmap: over [__START_KERNEL_map, +KERNEL_IMAGE_SIZE) every non-none
     PMD below _text or above roundup(_brk_end, 2 MiB) − 1 is set to 0; the rest keep the image mapping."""
@@ -494,9 +479,6 @@ def test_cleanup_highmap_keeps_exactly_text_to_brk_end(profile: str) -> None:
     assert _l2(ctx) == want
 
 
-@pytest.mark.xfail(strict=True, reason="model bug: head_64.py:startup_64 keeps level2_kernel_pgt up to "
-                   "pmd_index(_end - 1); 6.1 __startup_64 keeps 'i <= pmd_index(_end)' — one PMD more when _end is "
-                   "2 MiB aligned, as in the model's own layout")
 def test_61_startup_keeps_the_pmd_at_end() -> None:
     r = make_boot(profile="current", until=Phase.STARTUP_64)
     ctx = r.ctx

@@ -91,8 +91,9 @@ def test_the_printed_command_reproduces_in_a_shell(capsys: pytest.CaptureFixture
 
 
 def test_hole_patterns_write_e820_maps_the_commands_name(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # the current profile: 3.9.0 loses the top of a 2 GiB machine's direct map (see the next test)
     code, doc, _err = matrix(capsys, "--mem", "2G,5G", "--holes", "pc,flat,holey", "--e820-dir", str(tmp_path / "maps"),
-                             "--json")
+                             "--profile", "current", "--json")
     assert doc["configurations"] == 6
     files = sorted(p.name for p in (tmp_path / "maps").iterdir())
     assert files == ["ram-2G-flat.e820", "ram-2G-holey.e820", "ram-5G-flat.e820", "ram-5G-holey.e820"]
@@ -103,6 +104,17 @@ def test_hole_patterns_write_e820_maps_the_commands_name(capsys: pytest.CaptureF
         if "holey" in r["config"]["memory"]:
             assert "--e820" in r["command"]
     assert code == 0
+
+
+def test_v39_fails_on_2g_as_the_fix_says(capsys: pytest.CaptureFixture[str]) -> None:
+    """Commit 7de3d66b ('x86: Fix adjust_range_size_mask calling position', 3.10, for 3.9 stable): with mem=2G,
+    3.9's split_mem_range merged [2M, 1G) and [1G, 2G-64M) as 2M before adjusting, the top was mapped with a 1 GiB
+    page first, and the later 2M range replaced that PUD: [0x7c000000, 2G) unmapped. 5 GiB machines (1 GiB
+    pages over [4G, 5G) kept) boot; the current profile adjusts before merging."""
+    _code, doc, _err = matrix(capsys, "--mem", "2G", "--profile", "v3.9,current", "--json")
+    by = {r["config"]["profile"]: r for r in doc["results"]}
+    assert by["v3.9"]["failed"] == ["init_mem_mapping: the direct map covers all RAM and the ISA range"]
+    assert not by["current"]["failed"]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -222,9 +222,6 @@ def test_level2_kernel_pgt_bytes_below_512m(path: Path, until: str, tmp_path_fac
     assert mine[:256] == real[:256]
 
 
-@pytest.mark.xfail(strict=True, reason="model bug: init_64.py:cleanup_highmap walks 512 MiB ('512 << 20'), not "
-                   "KERNEL_IMAGE_SIZE — 1 GiB in the 6.1 reference config — so level2_kernel_pgt[256..511] keep the "
-                   "not-present entries __startup_64 left; the real kernel has zeros there")
 def test_level2_kernel_pgt_bytes_above_512m(tmp_path_factory: pytest.TempPathFactory) -> None:
     fx = load_fixture(MIDBOOT[0])
     stop = next(s for s in fx.stops if s.model_until == "setup_arch")

@@ -18,13 +18,12 @@ from earlymm.images.cpustate import parse_qemu_cpustate
 from earlymm.images.inflate import DEFAULT_MAX_INFLATED, Opened, OpenError, open_bytes
 from earlymm.images.qemu_core import (
     EARLYMM_NOTE_NAME,
-    EHDR,
     ELF_MAGIC,
     NT_EARLYMM_MEMORY,
-    PHDR,
     PT_LOAD,
     PT_NOTE,
     absent_zero_note,
+    elf_class,
     iter_notes,
 )
 
@@ -83,18 +82,20 @@ def open_partial(path: str | Path, *, max_inflated: int = DEFAULT_MAX_INFLATED) 
 
 def _parse(p: Path, opened: Opened) -> PartialCore:
     data = opened.view
-    if bytes(data[:4]) != ELF_MAGIC or len(data) < EHDR.size:
+    cls = elf_class(data)
+    if bytes(data[:4]) != ELF_MAGIC or cls is None or len(data) < cls.ehdr.size:
         raise ImageError(f"{p}: truncated before the end of its ELF header")
-    f = EHDR.unpack_from(data, 0)
+    f = cls.ehdr.unpack_from(data, 0)
     phoff, phentsize, phnum = f[5], f[9], f[10]
-    if phentsize != PHDR.size or phoff + phnum * PHDR.size > len(data):
+    size = cls.phdr_struct.size
+    if phentsize != size or phoff + phnum * size > len(data):
         raise ImageError(f"{p}: truncated inside its program headers")
     segments: list[tuple[int, int, int]] = []
     missing: list[tuple[int, int]] = []
     cpus: list[CpuState] = []
     absent_zero = False
     for i in range(phnum):
-        p_type, _fl, off, _va, paddr, filesz, _memsz, _al = PHDR.unpack_from(data, phoff + i * PHDR.size)
+        p_type, _fl, off, _va, paddr, filesz, _memsz, _al = cls.phdr(data, phoff + i * size)
         have = max(0, min(filesz, len(data) - off))
         if p_type == PT_LOAD:
             segments.append((paddr, have, off))
