@@ -18,7 +18,7 @@ from earlymm.hw.memory import Region, RegionType
 from earlymm.images.pvkernel import KernelImageError, PvKernelImage, XenNote, load_pv_kernel, read_pv_kernel
 from earlymm.platform.xen.dom0_build import Dom0, Dom0Builder, compute_nr_pages, parse_dom0_mem
 from earlymm.platform.xen.heap import BuddyHeap
-from earlymm.tools.xencap.checks import figures, stop_view
+from earlymm.tools.xencap.checks import check_leaves, check_read_only, figures, stop_view
 from earlymm.tools.xencap.fixture import XenFixture, load_xen_fixture
 from earlymm.tools.xencap.guest import GuestView
 from earlymm.tools.xencap.p2m import P2m
@@ -71,6 +71,7 @@ def test_start_of_day_and_first_instruction(name: str, kernel: PvKernelImage) ->
     assert [(lk.level, lk.va, lk.table_pfn, lk.flags) for lk in mine.links] == \
         [(lk.level, lk.va, lk.table_pfn, lk.flags) for lk in real.links]
     assert figures(mine) == figures(real)  # table pages per level, every one mapped read-only
+    assert check_read_only(stop, mine) == [] and check_leaves(fx, stop, mine) == []  # Xen's rules, as on captures
     got, want = decode_start_info(d.start_info).to_json(), stop.start_info.to_json()
     assert {k: v for k, v in got.items() if k != "shared_info"} == {k: v for k, v in want.items() if k != "shared_info"}
     assert int(stop.info["registers"]["RSI"], 16) == d.vstartinfo_start

@@ -322,7 +322,7 @@ def main(args: argparse.Namespace) -> int:
         from earlymm.cli.boot_xen417 import main_xen417
 
         return main_xen417(args, Features(nx=not args.no_nx, gbpages=not args.no_gbpages, pge=not args.no_pge,
-                                          la57=False, pks=False))
+                                          la57=False, pks=False), read_e820(args.e820) if args.e820 else None)
     if args.pv == "xen":
         until = parse_until(args.until, XEN_PV_PHASES, "Xen PV x86-64") if args.until else None
         return report(args, run_xen(args, until))

@@ -33,15 +33,8 @@ FLAT_KERNEL_CS, FLAT_KERNEL_SS = 0xE033, 0xE02B
 CR0, CR4_PV, EFER = 0x8005_003B, 0x660, 0xD01  # what a 64-bit PV vCPU runs with (the fixtures' registers)
 
 
-def host_e820(args: argparse.Namespace) -> list[Region]:
-    if args.e820 is not None:
-        from earlymm.cli.boot_cmd import read_e820
-
-        return read_e820(args.e820)
-    return qemu_pc_e820(args.mem if args.mem is not None else DEFAULT_HOST)
-
-
-def build(args: argparse.Namespace, features: Features) -> Dom0:
+def build(args: argparse.Namespace, features: Features, e820: list[Region] | None) -> Dom0:
+    """``e820``: the host's map from ``--e820`` (read by the caller), else QEMU's ``pc`` map of ``--mem``."""
     if not args.kernel_image:
         raise UsageError("--xen-version 4.17 builds a real kernel: give --kernel-image FILE (a bzImage or vmlinux)")
     try:
@@ -55,7 +48,8 @@ def build(args: argparse.Namespace, features: Features) -> Dom0:
         except OSError as e:
             raise UsageError(f"--dom0-initrd {args.dom0_initrd}: {e.strerror}") from None
     try:
-        return Dom0Builder(kernel, host_e820(args), args.dom0_mem or "", initrd_len, args.cmdline,
+        host = e820 if e820 is not None else qemu_pc_e820(args.mem if args.mem is not None else DEFAULT_HOST)
+        return Dom0Builder(kernel, host, args.dom0_mem or "", initrd_len, args.cmdline,
                            features.gbpages).build()
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -84,11 +78,11 @@ def summary(d: Dom0, gv: GuestView) -> dict[str, Any]:
             "p2m": {"va": f"{d.vphysmap_start:#x}", "size": d.nr_pages}}
 
 
-def main_xen417(args: argparse.Namespace, features: Features) -> int:
+def main_xen417(args: argparse.Namespace, features: Features, e820: list[Region] | None) -> int:
     if args.until not in (None, "xen_start_kernel"):
         raise UsageError(f"--until {args.until}: with --xen-version 4.17 the model stops at xen_start_kernel (the 6.1 "
                          "guest path after it is not modelled yet)")
-    d = build(args, features)
+    d = build(args, features, e820)
     gv = view(d, features)
     if args.save_core is not None:
         frames = [(m, d.mem.read(m << 12, 4096)) for m in sorted(gv.table_mfns)]

@@ -11,9 +11,11 @@ clears them, ``start_info``) carry the dirty bit the CPU set on those writes.
 
 Differences: of Xen's own L4 slots 256–271 only the linear map (258) is filled; the shared_info page is
 one heap page taken before the build (the real one is a xenheap page below 4 GiB, so ``start_info``'s
-``shared_info`` differs); the
-IOMMU, the vCPU's other state and the console ring are not modelled; ``alloc_chunk``'s search for
-higher chunks is reduced to its first choice.
+``shared_info`` differs); the IOMMU, the vCPU's other state and the console ring are not modelled. The
+kernel module goes back to the heap after the load (``discard_initial_images``) before
+``setup_pv_physmap`` and ``alloc_chunk`` take the rest of dom0's memory, as in Xen; since ``heap.py``
+leaves out Xen's small allocations, the p2m past the initial region and the initrd (the physmap pages and
+the chunks) holds the real Xen's big chunks in the same places but not every small one.
 """
 
 from __future__ import annotations
@@ -37,6 +39,51 @@ START_INFO_SIZE, VGA_INFO_SIZE = 1168, 40
 XEN_PROCESSOR_PMBITS = 3  # SIF_PM_MASK bits: Cx and Px handled by dom0 (the fixtures' flags 0x30b)
 SIF_PRIVILEGED, SIF_INITDOMAIN, SIF_MOD_START_PFN = 1, 2, 8
 LINEAR_SLOT = 258
+
+
+class Chunks:
+    """``alloc_chunk``: the rest of dom0's memory in power-of-two chunks — first only from above the DMA
+    zone (``MEMF_no_dma``), then up to 2 MiB at a time from anywhere, each time trying smaller chunks for
+    one at a higher address."""
+
+    def __init__(self, heap: BuddyHeap) -> None:
+        self.heap, self.last_order, self.no_dma = heap, 18, True
+
+    def _try(self, order: int, no_dma: bool) -> int | None:
+        try:
+            return self.heap.alloc(order, no_scrub=True, no_dma=no_dma)
+        except ValueError:
+            return None
+
+    def alloc_chunk(self, max_pages: int) -> tuple[int, int]:
+        order = max(0, (max_pages - 1).bit_length())
+        if order > self.last_order:
+            order = self.last_order
+        elif max_pages & (max_pages - 1):
+            order -= 1
+        page = None
+        while True:
+            page = self._try(order, self.no_dma)
+            if page is not None or order == 0:
+                break
+            order -= 1
+        if page is not None:
+            self.last_order = order
+        elif self.no_dma:
+            self.last_order, self.no_dma = 9, False
+            return self.alloc_chunk(max_pages)
+        if page is None:
+            raise ValueError("Not enough RAM for DOM0 reservation")
+        free_order = order
+        while not self.no_dma and order > 0:
+            order -= 1
+            pg2 = self._try(order, False)
+            if pg2 is not None and pg2 > page:
+                self.heap.free(page, free_order)
+                page, free_order = pg2, order
+            elif pg2 is not None:
+                self.heap.free(pg2, order)
+        return page, free_order
 
 
 class Dom0MemError(ValueError):
@@ -212,6 +259,8 @@ class Dom0Builder:
                  shared_info)
         self._tables(d, initrd_pfn, initrd_mfn, rd_len)
         self._load(d)
+        kmod = mods[0]  # discard_initial_images: the kernel module (with its headroom) back to the heap
+        heap.init_pages(kmod.start >> 12, (kmod.start + kmod.headroom + kmod.length + PAGE - 1) >> 12)
         physmap = self._physmap(d, vphysmap_start, vphysmap_end) if k.p2m_base is not None else []
         self._p2m(d, initrd_pfn, initrd_mfn, rd_len, tot, physmap)
         self._start_info(d, rd_len, initrd_pfn, vinitrd_start, tot, len(physmap))
@@ -335,10 +384,9 @@ class Dom0Builder:
         pfn = count
         p2m[pfn:pfn + len(physmap)] = np.array(physmap, dtype=np.uint64)
         pfn += len(physmap)
-        while pfn < d.nr_pages:  # alloc_chunk: the largest power of two that does not exceed what is left
-            left = d.nr_pages - pfn
-            order = min(left.bit_length() - 1, 18)
-            mfn = d.heap.alloc(order, no_scrub=False)
+        chunks = Chunks(d.heap)
+        while pfn < d.nr_pages:
+            mfn, order = chunks.alloc_chunk(d.nr_pages - pfn)
             p2m[pfn:pfn + (1 << order)] = np.arange(mfn, mfn + (1 << order), dtype=np.uint64)
             pfn += 1 << order
         self.first_p2m_pfn = count

@@ -157,10 +157,14 @@ class BuddyHeap:
                 if lst:
                     lst.rotate(-1)
 
-    def alloc(self, order: int, *, no_scrub: bool = False) -> int:
-        """``alloc_domheap_pages``: zones above the DMA zone first, then all; returns the first mfn."""
+    def alloc(self, order: int, *, no_scrub: bool = False, no_dma: bool = False) -> int:
+        """``alloc_domheap_pages``: zones above the DMA zone first, then (unless ``MEMF_no_dma``) all;
+        returns the first mfn."""
         top = max((z for z, _o in self.lists if self.lists[(z, _o)]), default=0)
-        for lo in ((DMA_ZONE + 1, 1) if top > DMA_ZONE else (1,)):
+        los = (DMA_ZONE + 1,) if no_dma else (DMA_ZONE + 1, 1) if top > DMA_ZONE else (1,)
+        for lo in los:
+            if lo > top:
+                continue
             if not no_scrub:
                 self._rotate(lo, top, order)
             got = self._take(lo, top, order)
