@@ -60,6 +60,8 @@ def test_start_of_day_and_first_instruction(name: str, kernel: PvKernelImage) ->
     fx = load_xen_fixture(ROOT / "tests/fixtures" / name)
     d = build_like(fx, kernel)
     block = d.console[d.console.index("PHYSICAL MEMORY ARRANGEMENT:"):]
+    sod = fx.start_of_day
+    assert d.console[1:3] == [f" Xen  kernel: {sod.xen_kernel}", f" Dom0 kernel: {sod.dom0_kernel}"]
     assert block[:len(fx.start_of_day.lines)] == list(fx.start_of_day.lines)
     stop = fx.stop("xen_start_kernel")
     assert d.cr3 == stop.cr3  # the same machine frame: Dom0 alloc. matched
@@ -116,6 +118,29 @@ def test_bad_input(argv: list[str], words: str, capsys: pytest.CaptureFixture[st
     assert main(["boot", "--pv", "xen", "--xen-version", "4.17", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and "\n" not in err
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--dom0-mem", "64M"], "too small for kernel image"),  # dom0_build.c's panic text
+    (["--dom0-mem", "lots"], "dom0_mem item"),
+    (["--mem", "64M"], "Not enough memory to relocate the dom0 kernel image"),  # setup.c's
+])
+def test_xen_refuses(extra: list[str], words: str, kernel: PvKernelImage, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["boot", "--pv", "xen", "--xen-version", "4.17", "--kernel-image", str(KERNEL), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and "\n" not in err
+
+
+def test_host_from_e820_file(kernel: PvKernelImage, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--e820 gives the host: the fixture's Xen-e820 map as a file, the same Dom0 alloc. line."""
+    fx = load_xen_fixture(ROOT / "tests/fixtures/xen-max-4g-dom0-1g")
+    e820 = tmp_path / "e820"
+    e820.write_text("".join(f"{a} {b} {'ram' if t == 'usable' else t}\n" for a, b, t in fx.meta["machine"]["xen_e820"]))
+    assert main(["boot", "--pv", "xen", "--xen-version", "4.17", "--kernel-image", str(KERNEL), "--e820", str(e820),
+                 "--dom0-mem", "1G", "--json"]) == 0
+    out = capsys.readouterr().out
+    alloc = next(ln for ln in fx.start_of_day.lines if "Dom0 alloc." in ln).split(" (")[0]
+    assert alloc in out
 
 
 def test_dom0_options_need_4_17(capsys: pytest.CaptureFixture[str]) -> None:
