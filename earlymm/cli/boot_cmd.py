@@ -18,6 +18,7 @@ from earlymm.cli.boot_args import (
     parse_until,
     print_rich,
     ramdisk_arg,
+    read_e820,
 )
 from earlymm.cli.boot_xen_args import add_xen_options, check_combination, domain_config
 from earlymm.cli.common import EXIT_CRASH, EXIT_OK, Parser, UsageError, hexint, size_arg, size_text
@@ -174,6 +175,11 @@ def main(args: argparse.Namespace) -> int:
                 check_target(path, what)  # before the boot: a bad path should not cost a run
             except WriteError as e:
                 raise UsageError(str(e)) from None
+    if args.pv == "xen" and args.xen_version == "4.17":
+        from earlymm.cli.boot_xen417 import main_xen417
+
+        return main_xen417(args, Features(nx=not args.no_nx, gbpages=not args.no_gbpages, pge=not args.no_pge,
+                                          la57=False, pks=False), read_e820(args.e820) if args.e820 else None)
     if args.pv == "xen":
         until = parse_until(args.until, XEN_PV_PHASES, "Xen PV x86-64") if args.until else None
         return report(args, run_xen(args, until))
