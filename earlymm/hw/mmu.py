@@ -1,8 +1,9 @@
 """The MMU: ``probe`` (no side effects) and ``translate`` (commits A/D, fills the TLB) (design §7.4).
 
-Both run the same walk (``walk.py``). ``translate`` first consults the TLB, sets the accessed/dirty
-bits the walk asked for with a locked read-modify-write (SDM §4.8), and drops the faulting page's TLB
-entries on a #PF (SDM §4.10.4.1: a #PF invalidates the translations for the faulting address).
+Both run the same walk: ``walk.py``'s, specialised for the current plan by ``fastwalk.py``. ``translate``
+first consults the TLB, sets the accessed/dirty bits the walk asked for with a locked read-modify-write
+(SDM §4.8), and drops the faulting page's TLB entries on a #PF (SDM §4.10.4.1: a #PF invalidates the
+translations for the faulting address).
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 from earlymm.arch.entry import mask
 from earlymm.arch.flags import Cr4
 from earlymm.arch.modes import Features, PagingMode
+from earlymm.hw.fastwalk import Walker, walker_for
 from earlymm.hw.memory import PhysMem
 from earlymm.hw.regs import ControlRegs
 from earlymm.hw.rights import check_rights
 from earlymm.hw.tlb import PscEntry, Tlb, TlbEntry
-from earlymm.hw.walk import OK, PF, WalkPlan, WalkResult, compile_plan, walk
+from earlymm.hw.walk import OK, PF, WalkPlan, WalkResult, compile_plan
 
 
 class Mmu:
@@ -24,6 +26,7 @@ class Mmu:
         self.features = features
         self.tlb = tlb if tlb is not None else Tlb()
         self.plan: WalkPlan = compile_plan(regs.cr0, regs.cr4, regs.efer, features)
+        self.walk: Walker = walker_for(mem, self.plan)
         self.root = 0
         self.pcid = 0
         self.pge = False
@@ -33,6 +36,7 @@ class Mmu:
         """Recompile after any CR0/CR3/CR4/EFER change (the CPU calls this; nothing is cached beyond it)."""
         r = self.regs
         self.plan = compile_plan(r.cr0, r.cr4, r.efer, self.features)
+        self.walk = walker_for(self.mem, self.plan)
         mode = self.plan.mode
         if mode is PagingMode.LEGACY32:
             self.root = r.cr3 & mask(31, 12)
@@ -51,8 +55,7 @@ class Mmu:
               ac: bool | None = None) -> WalkResult:
         """Walk the tables for this access; change nothing (no A/D, no TLB)."""
         r = self.regs
-        return walk(self.mem, self.plan, self.root, va, kind, user, implicit,
-                    r.ac if ac is None else ac, r.pkru, r.pkrs, r.pdptes)
+        return self.walk(self.root, va, kind, user, implicit, r.ac if ac is None else ac, r.pkru, r.pkrs, r.pdptes)
 
     def translate(self, va: int, kind: int = 0, user: bool = False, implicit: bool = False,
                   ac: bool | None = None) -> WalkResult:
@@ -75,7 +78,7 @@ class Mmu:
         if prefixes is not None:
             res = self._walk_with_psc(va, kind, user, implicit, acf, prefixes)
         else:
-            res = walk(self.mem, plan, self.root, va, kind, user, implicit, acf, r.pkru, r.pkrs, r.pdptes)
+            res = self.walk(self.root, va, kind, user, implicit, acf, r.pkru, r.pkrs, r.pdptes)
         if res.ad_updates:
             mem = self.mem
             for u in res.ad_updates:
@@ -109,13 +112,12 @@ class Mmu:
 
     def _walk_with_psc(self, va: int, kind: int, user: bool, implicit: bool, ac: bool,
                        prefixes: list[tuple[int, int]]) -> WalkResult:
-        r, plan = self.regs, self.plan
+        r = self.regs
         hit = self.tlb.psc_lookup(prefixes, self.pcid)
         if hit is None:
-            return walk(self.mem, plan, self.root, va, kind, user, implicit, ac, r.pkru, r.pkrs, r.pdptes)
+            return self.walk(self.root, va, kind, user, implicit, ac, r.pkru, r.pkrs, r.pdptes)
         li, e = hit
-        return walk(self.mem, plan, e.table, va, kind, user, implicit, ac, r.pkru, r.pkrs, r.pdptes,
-                    first=li, acc=e.acc)
+        return self.walk(e.table, va, kind, user, implicit, ac, r.pkru, r.pkrs, r.pdptes, li, e.acc)
 
     def _psc_fill(self, res: WalkResult, prefixes: list[tuple[int, int]]) -> None:
         """Cache each table-pointing entry a successful walk used (their A bits are now set)."""
