@@ -160,7 +160,10 @@ class _Engine:
         """Compute the rows holding positions ``pos`` of level ``li``."""
         lv, w = self.levels[li], self.levels[li].width
         rows, tables, rights = [], [], []
-        for row in np.unique(pos // w).tolist():
+        # The distinct rows, by marking them: np.unique would sort or hash every lane.
+        seen = np.zeros(len(self.ctx[li]), np.bool_)
+        seen[pos >> (w.bit_length() - 1)] = True  # w is a power of two
+        for row in np.flatnonzero(seen).tolist():
             pfn, r = self.ctx[li][row]
             e = self._load(li, pfn)
             if e is None:  # the table itself is unreadable: every lane reaching it is a hole
@@ -193,9 +196,9 @@ class _Engine:
         if lv.rights:
             r = (r & e & np.uint64(6)) | ((r | (e >> np.uint64(63))) & np.uint64(1))
         keys = (((e & np.uint64(lv.taddr)) >> np.uint64(12)) << np.uint64(3)) | r
-        uniq, inv = np.unique(keys, return_inverse=True)
+        uniq, inv = _unique_inverse(keys)
         starts = np.array([self._context(li + 1, k) for k in uniq.tolist()], dtype=np.int64)
-        return starts[inv.ravel()]
+        return starts[inv]
 
     def _leaves(self, lv: _Level, e: U64, r: U64) -> I64:
         plan = self.plan
@@ -251,18 +254,35 @@ class _Engine:
                 node = np.where(bad, 0, self.root_start)
                 res = np.where(bad, -RID_GP, 0)
         last = len(self.levels) - 1
+        pos = np.empty(va.shape, np.int64)
+        code = np.empty(va.shape, np.int64)
         for li, lv in enumerate(self.levels):
-            pos = (vi >> lv.shift) & (lv.width - 1)
+            np.right_shift(vi, lv.shift, out=pos)
+            pos &= lv.width - 1
             pos += node
-            code = self.tabs[li].take(pos)
+            # mode="clip": positions are in range by construction, and "raise" with out= buffers the result
+            self.tabs[li].take(pos, out=code, mode="clip")
             if code.min() == UNKNOWN:
                 self.fill(li, pos[code == UNKNOWN])
-                code = self.tabs[li].take(pos)
-            res = np.minimum(res, code)
+                self.tabs[li].take(pos, out=code, mode="clip")
+            res = np.minimum(res, code, out=res if isinstance(res, np.ndarray) else None)
             if li != last:
-                node = np.maximum(code, 0, out=code)
+                node = np.maximum(code, 0, out=node if isinstance(node, np.ndarray) else None)
         assert isinstance(res, np.ndarray)
         return res
+
+
+def _unique_inverse(keys: U64) -> tuple[U64, I64]:
+    """``np.unique(keys, return_inverse=True)`` by one sort: numpy 2's hash-based unique costs several
+    times more on the few hundred keys a fill has."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    first = np.empty(ordered.size, np.bool_)
+    first[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    inv = np.empty(keys.size, np.int64)
+    inv[order] = np.cumsum(first) - 1
+    return ordered[first], inv
 
 
 def translate_many(mem: PhysMem, plan: WalkPlan, root: int, vas: ArrayLike, kind: int = 0, user: bool = False,
@@ -291,11 +311,11 @@ def translate_many(mem: PhysMem, plan: WalkPlan, root: int, vas: ArrayLike, kind
         rid = -eng.chunk(v)
         cols = eng.results.cols  # fetched per chunk: filling rows may have grown the table
         for k, o in out.items():
-            np.take(cols[k], rid, out=o[s:s + CHUNK])
+            np.take(cols[k], rid, out=o[s:s + CHUNK], mode="clip")
         p = pa[s:s + CHUNK]
-        np.take(cols["mask"], rid, out=p)
+        np.take(cols["mask"], rid, out=p, mode="clip")
         p &= v
-        p |= cols["base"].take(rid)
+        p |= cols["base"].take(rid, mode="clip")
     return BulkResult(pa.reshape(shape), **{k: o.reshape(shape) for k, o in out.items()})
 
 
