@@ -51,16 +51,42 @@ def walker_for(mem: PhysMem, plan: WalkPlan) -> Walker:
     """The specialised walker of ``plan`` over ``mem`` (built on first use, then kept with ``mem``)."""
     w: Walker | None = mem.walkers.get(plan)
     if w is None:
-        by_root: dict[int, dict[int, Any]] = {}
-        mem.derived.append(by_root)
-        namespace: dict[str, Any] = {}
-        exec(_compiled(walker_source(plan)), namespace)
-        w = mem.walkers[plan] = namespace["make"](
-            mem=mem, plan=plan, tables=mem.tables4 if not plan.entry8 else mem.tables8, by_root=by_root,
-            reference=walk, fault=_fault, rights_fault=rights_fault, ad_updates=_ad_updates, new=tuple.__new__,
-            WalkResult=WalkResult, MemoryHole=MemoryHole, NP=Reason.NOT_PRESENT, RSVD=Reason.RESERVED,
-            NONCANONICAL=Reason.NONCANONICAL)
+        w = mem.walkers[plan] = _build(mem, plan)
     return w
+
+
+def _build(mem: PhysMem, plan: WalkPlan) -> Walker:
+    if plan.mode is PagingMode.DISABLED:  # nothing to walk: the reference says it in one line
+        def unpaged(root: int, va: int, kind: int = 0, user: bool = False, implicit: bool = False,
+                    ac: bool = False, pkru: int = 0, pkrs: int = 0, pdptes: tuple[int, ...] = (), first: int = 0,
+                    acc: int = ACC0) -> WalkResult:
+            return walk(mem, plan, root, va, kind, user, implicit, ac, pkru, pkrs, pdptes, first, acc)
+        return unpaged
+    names: dict[str, Any] = dict(
+        mem=mem, plan=plan, tables=mem.tables8 if plan.entry8 else mem.tables4, reference=walk, fault=_fault,
+        rights_fault=rights_fault, ad_updates=_ad_updates, new=tuple.__new__, WalkResult=WalkResult,
+        MemoryHole=MemoryHole, NP=Reason.NOT_PRESENT, RSVD=Reason.RESERVED, NONCANONICAL=Reason.NONCANONICAL)
+    source = _Source(plan)
+    starts: dict[int, Walker] = {}
+
+    def start(k: int) -> Walker:
+        """The walk from level k, for the paging-structure caches: compiled when first asked for (a dump
+        never uses it)."""
+        w = starts.get(k)
+        if w is None:
+            w = starts[k] = _instantiate(source.start(k), names)
+        return w
+
+    by_root: dict[int, dict[int, Any]] = {}
+    mem.derived.append(by_root)
+    return _instantiate(source.main(), {**names, "by_root": by_root, "start": start})
+
+
+def _instantiate(lines: list[str], names: dict[str, Any]) -> Walker:
+    namespace: dict[str, Any] = {}
+    exec(_compiled("\n".join(lines) + "\n"), namespace)
+    walker: Walker = namespace["make"](**names)
+    return walker
 
 
 @functools.lru_cache(maxsize=64)
@@ -69,13 +95,18 @@ def _compiled(source: str) -> CodeType:
 
 
 def walker_source(plan: WalkPlan) -> str:
-    """The Python source of ``plan``'s walker: a ``make(...)`` returning the ``walk`` closure."""
-    return "\n".join(_Source(plan).lines()) + "\n"
+    """The Python source of ``plan``'s walker (and of its starts below the root, if any)."""
+    src = _Source(plan)
+    later = range(1, len(plan.levels)) if plan.va_bits else range(0)
+    return "\n".join([*src.main(), *(line for k in later for line in src.start(k))]) + "\n"
 
 
 class _Source:
     """Writes the walker of one plan. Level ``i`` is ``plan.levels[i]``: its table is ``t{i}``, the entry
     read ``e{i}``; the path of a walk that started at level ``k`` and stopped at ``i`` is t{k}, e{k} … e{i}."""
+
+    HEADER = ("def make(mem, plan, tables, reference, fault, rights_fault, ad_updates, new, WalkResult, MemoryHole, "
+              "NP, RSVD, NONCANONICAL{extra}):")
 
     def __init__(self, plan: WalkPlan) -> None:
         self.plan = plan
@@ -85,19 +116,15 @@ class _Source:
         self.prefix = not plan.pae and self.n >= 2
         self.pshift = self.levels[-2].shift if self.n >= 2 else 0
 
-    def lines(self) -> list[str]:
-        out = ["def make(mem, plan, tables, by_root, reference, fault, rights_fault, ad_updates, new, WalkResult,",
-               "         MemoryHole, NP, RSVD, NONCANONICAL):",
-               "    cur_root = -1",
-               "    pref = {}",
-               ""]
-        later = range(1, self.n) if self.plan.va_bits else range(0)
-        for k in later:  # the starts a paging-structure cache hands over (IA-32e only)
-            out += self.function(k)
-        out += [f"    starts = ({''.join(f'walk_from_{k}, ' for k in later)})", ""]
-        out += self.function(0)
-        out.append("    return walk")
-        return out
+    def main(self) -> list[str]:
+        """``make(..., by_root, start)`` returning ``walk``, the entry point from the root."""
+        return [self.HEADER.format(extra=", by_root, start"), "    cur_root = -1", "    pref = {}", "",
+                *self.function(0), "    return walk"]
+
+    def start(self, k: int) -> list[str]:
+        """``make(...)`` returning ``walk_from_k``: a walk that a paging-structure cache let start at level
+        k, with the accumulator ``acc`` of the entries above."""
+        return [self.HEADER.format(extra=""), *self.function(k), f"    return walk_from_{k}"]
 
     # -- one entry point ------------------------------------------------------------------------------
     def function(self, k: int) -> list[str]:
@@ -116,10 +143,8 @@ class _Source:
                 body.append("    nonlocal cur_root, pref")
             body.append(f"    if first or acc != {ACC0:#x}:")
             if plan.va_bits:
-                body += ["        if first:", f"            return starts[first - 1]({args}, acc)"]
+                body += ["        if first:", f"            return start(first)({args}, acc)"]
             body.append(f"        return reference(mem, plan, {args}, first, acc)")
-        if plan.mode is PagingMode.DISABLED:
-            return self.indent([*body, f"    return reference(mem, plan, {args}, {k}, {base})"])
         if plan.va_bits:
             body += [f"    top = va >> {plan.va_bits - 1}",
                      f"    if top and top != {plan.canon_ones:#x}:",

@@ -49,6 +49,11 @@ class Mapper:
         self.specs = level_specs(mode, gbpages=True, pse=True)
         self.table_flags = table_flags
         self.maxphyaddr = maxphyaddr
+        # Per level: (spec, the table-address bits of its entries, "PS=1 here is a large page in the way").
+        self.levels = [(spec, addr_mask(mode, spec.level, False, maxphyaddr),
+                        spec.level not in (Level.PML4, Level.PML5) and not (mode is PagingMode.PAE and
+                                                                             spec.level is Level.PDPT))
+                       for spec in self.specs]
         self.root = root if root is not None else alloc.alloc()
 
     def _read(self, addr: int, size: int) -> int:
@@ -60,7 +65,7 @@ class Mapper:
     def entry_addr(self, va: int, level: Level, *, create: bool = False) -> int | None:
         """Address of the entry for ``va`` at ``level``, creating missing tables above it if asked."""
         table = self.root
-        for spec in self.specs:
+        for spec, table_addr, ps_is_leaf in self.levels:
             ea = table + ((va >> spec.shift) & spec.index_mask) * spec.entry_size
             if spec.level is level:
                 return ea
@@ -72,10 +77,9 @@ class Mapper:
                 flags = P if self.mode is PagingMode.PAE and spec.level is Level.PDPT else self.table_flags
                 self._write(ea, spec.entry_size, new | flags)
                 e = new | flags
-            elif spec.level is not Level.PML4 and spec.level is not Level.PML5 and e & PS and not (
-                    self.mode is PagingMode.PAE and spec.level is Level.PDPT):
+            elif ps_is_leaf and e & PS:
                 raise ValueError(f"{va:#x}: a large page at {spec.level.entry_name} is in the way")
-            table = e & addr_mask(self.mode, spec.level, False, self.maxphyaddr)
+            table = e & table_addr
         raise ValueError(f"level {level.name} does not exist in {self.mode.value} paging")
 
     def map_page(self, va: int, pa: int, page_size: int = 4096, flags: int = RW) -> int:

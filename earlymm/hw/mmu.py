@@ -18,6 +18,8 @@ from earlymm.hw.rights import check_rights
 from earlymm.hw.tlb import PscEntry, Tlb, TlbEntry
 from earlymm.hw.walk import OK, PF, WalkPlan, WalkResult, compile_plan
 
+_new = tuple.__new__
+
 
 class Mmu:
     def __init__(self, mem: PhysMem, regs: ControlRegs, features: Features, tlb: Tlb | None = None) -> None:
@@ -26,7 +28,8 @@ class Mmu:
         self.features = features
         self.tlb = tlb if tlb is not None else Tlb()
         self.plan: WalkPlan = compile_plan(regs.cr0, regs.cr4, regs.efer, features)
-        self.walk: Walker = walker_for(mem, self.plan)
+        self._walk: Walker | None = None  # the plan's specialised walker, bound on first use
+        self.paging = False
         self.root = 0
         self.pcid = 0
         self.pge = False
@@ -36,8 +39,10 @@ class Mmu:
         """Recompile after any CR0/CR3/CR4/EFER change (the CPU calls this; nothing is cached beyond it)."""
         r = self.regs
         self.plan = compile_plan(r.cr0, r.cr4, r.efer, self.features)
-        self.walk = walker_for(self.mem, self.plan)
+        # Register programming passes through plans that never walk: bind the walker when one does.
+        self._walk = None
         mode = self.plan.mode
+        self.paging = mode is not PagingMode.DISABLED
         if mode is PagingMode.LEGACY32:
             self.root = r.cr3 & mask(31, 12)
         elif mode is PagingMode.PAE:
@@ -51,11 +56,21 @@ class Mmu:
     def mode(self) -> PagingMode:
         return self.plan.mode
 
+    @property
+    def walk(self) -> Walker:
+        """``walk(mem, plan, root, va, …)`` for the current plan, as a function of (root, va, …)."""
+        return self._walk or self._bind()
+
+    def _bind(self) -> Walker:
+        self._walk = walker_for(self.mem, self.plan)
+        return self._walk
+
     def probe(self, va: int, kind: int = 0, user: bool = False, implicit: bool = False,
               ac: bool | None = None) -> WalkResult:
         """Walk the tables for this access; change nothing (no A/D, no TLB)."""
         r = self.regs
-        return self.walk(self.root, va, kind, user, implicit, r.ac if ac is None else ac, r.pkru, r.pkrs, r.pdptes)
+        return (self._walk or self._bind())(self.root, va, kind, user, implicit, r.ac if ac is None else ac, r.pkru,
+                                            r.pkrs, r.pdptes)
 
     def translate(self, va: int, kind: int = 0, user: bool = False, implicit: bool = False,
                   ac: bool | None = None) -> WalkResult:
@@ -64,28 +79,31 @@ class Mmu:
         acf = r.ac if ac is None else ac
         tlb = self.tlb
         plan = self.plan
-        if tlb.enabled and plan.mode is not PagingMode.DISABLED:
+        if tlb.enabled and self.paging:
             e = tlb.lookup(va, self.pcid, self.pge)
             if e is not None and (kind != 1 or e.dirty):
-                why = check_rights(plan, kind, user, implicit, acf, e.user_page, e.writable, e.xd, e.pkey,
-                                   r.pkru, r.pkrs)
-                if why is None:
-                    return WalkResult(va, kind, user, OK, [], e.pa | (va & (e.size - 1)), e.size, acc=e.acc,
-                                      tlb_pkey=e.pkey)
+                acc = e.acc
+                # Without SMAP or keys a supervisor data access needs only RW (with CR0.WP): the common case
+                # needs no call; everything else is check_rights' (the same rules, SDM §4.6).
+                if (not user and kind != 2 and plan.simple and (kind == 0 or acc & 2 or not plan.wp)) or \
+                        check_rights(plan, kind, user, implicit, acf, acc & 4 != 0, acc & 2 != 0, not acc >> 63,
+                                     e.pkey, r.pkru, r.pkrs) is None:
+                    return _new(WalkResult, (va, kind, user, OK, [], e.pa | (va & (e.size - 1)), e.size, 0, None,
+                                             acc, None, 0, e.pkey))
                 # A cached entry that forbids the access is re-walked, as QEMU's softmmu does.
                 tlb.invlpg(va, self.pcid)
         prefixes = self._prefixes(va) if tlb.enabled and tlb.psc_enabled and plan.va_bits else None
         if prefixes is not None:
             res = self._walk_with_psc(va, kind, user, implicit, acf, prefixes)
         else:
-            res = self.walk(self.root, va, kind, user, implicit, acf, r.pkru, r.pkrs, r.pdptes)
+            res = (self._walk or self._bind())(self.root, va, kind, user, implicit, acf, r.pkru, r.pkrs, r.pdptes)
         if res.ad_updates:
             mem = self.mem
             for u in res.ad_updates:
                 cur = mem.read_int(u.addr, u.size)
                 mem.write_int(u.addr, u.size, cur | (u.new & ~u.old))
         if res.outcome == OK:
-            if tlb.enabled and plan.mode is not PagingMode.DISABLED:
+            if tlb.enabled and self.paging:
                 leaf = res.path[-1] | (0x60 if kind == 1 else 0x20)
                 size = res.page_size
                 tlb.fill(TlbEntry(va & -size & ((1 << 64) - 1), res.pa & -size, size, res.acc, res.pkey,
