@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from earlymm.arch.addr import parse_int
 from earlymm.arch.modes import Features
 from earlymm.cli.common import EXIT_CRASH, EXIT_OK, Parser, UsageError, hexint, parse_size, size_arg
 from earlymm.hw.memory import Region, RegionMap, RegionType
-from earlymm.images import ImageError
 from earlymm.kernel.boot import Phase, boot
 from earlymm.kernel.consts import PROFILES
 from earlymm.kernel.context import KernelConfig, PoolAccess, Variant
@@ -129,11 +127,15 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.save_core:
+        from earlymm.images import ImageError  # the images layer only for --save-core
+
         try:
             save_core(result, args.save_core)
         except (OSError, ValueError, ImageError) as e:
             raise UsageError(f"cannot write core {args.save_core}: {e}") from None
     if args.json:
+        import json
+
         json.dump(to_json(result, events=args.trace), sys.stdout, indent=1)
         sys.stdout.write("\n")
     elif sys.stdout.isatty():

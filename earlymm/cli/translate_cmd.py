@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from earlymm.arch.addr import parse_int
@@ -53,6 +52,8 @@ def _requests(args: argparse.Namespace) -> list[Request]:
 
 
 def read_batch(path: str) -> list[Request]:
+    import json  # JSON only for batches and --json: a plain translation does without loading it
+
     out = []
     try:
         with open(path, encoding="utf-8") as f:
@@ -102,6 +103,8 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     outcomes = run(cpu, requests)
     if args.json:
+        import json
+
         json.dump([to_json(cpu, o) for o in outcomes], sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:

@@ -49,11 +49,13 @@ class Mapper:
         self.specs = level_specs(mode, gbpages=True, pse=True)
         self.table_flags = table_flags
         self.maxphyaddr = maxphyaddr
-        # Per level: (spec, the table-address bits of its entries, "PS=1 here is a large page in the way").
-        self.levels = [(spec, addr_mask(mode, spec.level, False, maxphyaddr),
+        # Per level: (spec, index mask, table-address bits of its entries, "PS=1 here is a large page in
+        # the way"), and the level of each page size: computed once, not per page mapped.
+        self.levels = [(spec, spec.index_mask, addr_mask(mode, spec.level, False, maxphyaddr),
                         spec.level not in (Level.PML4, Level.PML5) and not (mode is PagingMode.PAE and
                                                                              spec.level is Level.PDPT))
                        for spec in self.specs]
+        self.leaf_spec = {s.leaf_size: s for s in reversed(self.specs) if s.leaf_size}
         self.root = root if root is not None else alloc.alloc()
 
     def _read(self, addr: int, size: int) -> int:
@@ -65,8 +67,8 @@ class Mapper:
     def entry_addr(self, va: int, level: Level, *, create: bool = False) -> int | None:
         """Address of the entry for ``va`` at ``level``, creating missing tables above it if asked."""
         table = self.root
-        for spec, table_addr, ps_is_leaf in self.levels:
-            ea = table + ((va >> spec.shift) & spec.index_mask) * spec.entry_size
+        for spec, index_mask, table_addr, ps_is_leaf in self.levels:
+            ea = table + ((va >> spec.shift) & index_mask) * spec.entry_size
             if spec.level is level:
                 return ea
             e = self._read(ea, spec.entry_size)
@@ -84,7 +86,7 @@ class Mapper:
 
     def map_page(self, va: int, pa: int, page_size: int = 4096, flags: int = RW) -> int:
         """Map one page; returns the address of the leaf entry written."""
-        spec = next((s for s in self.specs if s.leaf_size == page_size), None)
+        spec = self.leaf_spec.get(page_size)
         if spec is None:
             raise ValueError(f"{self.mode.value} paging has no {page_size:#x}-byte pages")
         if va % page_size or pa % page_size:

@@ -282,7 +282,7 @@ class PhysMem:
         fmt = _FMT[size]
         off = pa & (PAGE_SIZE - 1)
         if off + size <= PAGE_SIZE:
-            f = self.frame(pa >> PAGE_SHIFT)
+            f = self.view.get(pa >> PAGE_SHIFT) or self.frame(pa >> PAGE_SHIFT)  # a frame is never empty
             if f is None:
                 raise MemoryHole(pa)
             return int(fmt.unpack_from(f, off)[0])
@@ -293,7 +293,7 @@ class PhysMem:
         value &= (1 << (8 * size)) - 1
         off = pa & (PAGE_SIZE - 1)
         if off + size <= PAGE_SIZE:
-            fmt.pack_into(self.writable_frame(pa >> PAGE_SHIFT), off, value)
+            fmt.pack_into(self.frames.get(pa >> PAGE_SHIFT) or self.writable_frame(pa >> PAGE_SHIFT), off, value)
             self.writes += 1
         else:
             self.write(pa, value.to_bytes(size, "little"))

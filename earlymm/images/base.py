@@ -9,17 +9,19 @@ otherwise bisect on every read.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import mmap
 import zlib
 from bisect import bisect_right
 from dataclasses import dataclass
-from pathlib import Path
-from types import TracebackType
+from typing import TYPE_CHECKING
 
 from earlymm.arch.addr import PAGE_SHIFT, PAGE_SIZE, merge_ranges
 from earlymm.hw.memory import Buffer
 from earlymm.images.cpustate import CpuState
+
+if TYPE_CHECKING:
+    from pathlib import Path
+    from types import TracebackType
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -63,6 +65,8 @@ class Blob:
             raise ImageError(f"{path}: cannot read: {e.strerror or e}") from e
 
     def _gunzip(self, f: object) -> bytes:
+        import gzip  # only compressed images need it
+
         try:
             with gzip.GzipFile(fileobj=f, mode="rb") as g:  # type: ignore[call-overload]
                 return bytes(g.read())

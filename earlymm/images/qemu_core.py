@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from earlymm.images.base import Blob, FileSegment, ImageError, SegmentImage
 from earlymm.images.cpustate import CpuState, parse_qemu_cpustate
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 ELF_MAGIC = b"\x7fELF"
 ELFCLASS64 = 2

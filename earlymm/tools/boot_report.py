@@ -3,12 +3,9 @@ simulated machine as a QEMU-format core. Pure functions over a ``BootResult``.""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from earlymm.hw.events import CrWrite, Event, FaultRaised, TlbFlush
-from earlymm.images import CpuState, write_qemu_core
-from earlymm.images.cpustate import Segment
 from earlymm.kernel.boot import BootResult
 from earlymm.kernel.events import (
     ConsoleLine,
@@ -23,6 +20,9 @@ from earlymm.kernel.events import (
     RunEnded,
 )
 from earlymm.kernel.invariants import table_pages_by_level
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 CRASH_OUTCOMES = ("panic", "halt", "hang", "oops", "triple_fault", "livelock", "fault")
 
@@ -160,6 +160,8 @@ def render_text(r: BootResult, *, trace: bool) -> str:
 def save_core(r: BootResult, path: str | Path) -> None:
     """The machine's written physical memory and the CPU's registers as a QEMU ``dump-guest-memory``
     core (sparse: only pages the simulation wrote; read it with ``--absent zero``)."""
+    from earlymm.images import CpuState, Segment, write_qemu_core  # only --save-core needs the images layer
+
     ctx = r.ctx
     regs = ctx.cpu.regs
     segs = [Segment() for _ in range(10)]

@@ -11,13 +11,16 @@ from __future__ import annotations
 import mmap
 import zlib
 from bisect import bisect_right
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from earlymm.arch.addr import PAGE_SHIFT, PAGE_SIZE
 from earlymm.hw.memory import Buffer
 from earlymm.images import CpuState, ImageError
 from earlymm.images.cpustate import parse_qemu_cpustate
 from earlymm.images.qemu_core import EHDR, ELF_MAGIC, PHDR, PT_LOAD, PT_NOTE, iter_notes
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class PartialCore:
@@ -67,6 +70,8 @@ def _read(path: Path) -> Buffer:
 
 def open_partial(path: str | Path) -> PartialCore:
     """Open a possibly truncated core. Raises ``ImageError`` if not even the headers survive."""
+    from pathlib import Path  # a truncated core is the rare case: the common start-up does without pathlib
+
     p = Path(path)
     try:
         data = _read(p)

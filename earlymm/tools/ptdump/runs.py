@@ -8,7 +8,6 @@ enforces and what ``info tlb`` (leaf flags only) cannot show.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +98,8 @@ def space_json(tree: Tree, leaves: list[Leaf], cr3: int) -> dict[str, Any]:
 def json_text(image: str, docs: list[dict[str, Any]]) -> str:
     """``{"image": …, "address_spaces": [...]}`` with one run or note per line: readable, and encoded by
     the C JSON encoder (``json.dump`` with ``indent`` falls back to pure Python: ~10 s for a small guest)."""
+    import json  # only the JSON format needs it
+
     out = ["{\"image\": ", json.dumps(image), ",\n \"address_spaces\": ["]
     for i, doc in enumerate(docs):
         head = json.dumps({k: v for k, v in doc.items() if k not in ("runs", "notes")})[1:-1]
