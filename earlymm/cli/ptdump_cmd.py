@@ -12,7 +12,6 @@ from earlymm.images import ImageError, open_image
 from earlymm.tools.machine_view import RegOverrides, SetupError, infer_registers
 from earlymm.tools.ptdump import render
 from earlymm.tools.ptdump.engine import DEFAULT_MAX_LEAVES, DEFAULT_MAX_TABLES
-from earlymm.tools.ptdump.partial import open_partial
 from earlymm.tools.ptdump.render import FORMATS
 from earlymm.tools.ptdump.space import Space, open_space
 
@@ -56,6 +55,8 @@ def _open(path: str) -> Any:
     except ImageError as e:
         if "truncated" not in str(e) and "corrupt gzip" not in str(e):
             raise UsageError(str(e)) from None
+        from earlymm.tools.ptdump.partial import open_partial  # only a damaged core needs it
+
         try:
             image = open_partial(path)
         except ImageError as e2:
