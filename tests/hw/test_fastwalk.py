@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from earlymm.arch.flags import Cr0, Efer
 from earlymm.arch.modes import Features
+from earlymm.hw import memory
 from earlymm.hw.fastwalk import ACC0, walker_for, walker_source
 from earlymm.hw.memory import PhysMem
 from earlymm.hw.plan import compile_plan
+from earlymm.hw.regs import ControlRegs
 from earlymm.hw.walk import WalkPlan, WalkResult, walk
 from tests.hw.forest import Forest, make_forest
 from tests.hw.matrix_support import cr_values
@@ -40,7 +44,7 @@ class FrameDict:
         return [(p << 12, (p + 1) << 12) for p in sorted(self.frames)]
 
 
-def memory(forest: Forest, backed: bool, absent_zero: bool = True) -> PhysMem:
+def memory_of(forest: Forest, backed: bool, absent_zero: bool = True) -> PhysMem:
     if backed:
         return PhysMem(FrameDict(forest.frames), absent_zero=absent_zero)
     mem = PhysMem(absent_zero=absent_zero)
@@ -96,7 +100,7 @@ def test_fast_walk_equals_reference_on_random_forests(seed: int, mode: str, maxp
     forest = make_forest(seed, mode, n_vas=30, maxphyaddr=maxphyaddr)
     rng = random.Random(seed)
     features = Features(maxphyaddr=maxphyaddr, gbpages=gbpages, pse36=pse36)
-    mem = memory(forest, backed)
+    mem = memory_of(forest, backed)
     failures = []
     for _ in range(3):
         failures += compare(mem, random_plan(forest, rng, features), forest, rng)
@@ -112,7 +116,7 @@ def test_fast_walk_sweep_of_modes_and_features() -> None:
         features = Features(maxphyaddr=m, gbpages=seed % 3 != 0, pse36=seed % 5 != 0)
         forest = make_forest(seed, mode, n_vas=16, maxphyaddr=m)
         rng = random.Random(seed)
-        mem = memory(forest, backed=seed % 2 == 0)
+        mem = memory_of(forest, backed=seed % 2 == 0)
         failures += compare(mem, random_plan(forest, rng, features), forest, rng)
     assert not failures, f"{len(failures)} disagreements:\n  " + "\n  ".join(failures[:5])
 
@@ -124,7 +128,7 @@ def test_walks_started_below_the_root(seed: int, mode: str, backed: bool) -> Non
     at level k, with the accumulator of the entries above it (or any accumulator)."""
     forest = make_forest(seed, mode, n_vas=30)
     rng = random.Random(seed)
-    mem = memory(forest, backed)
+    mem = memory_of(forest, backed)
     plan = random_plan(forest, rng, Features())
     fast = walker_for(mem, plan)
     for va, kind, user, implicit, ac, pkru, pkrs in accesses(rng, forest):
@@ -146,7 +150,7 @@ def test_holes_in_an_image(seed: int, mode: str) -> None:
     """An image without absent-as-zero: a table outside the forest is unreadable, a HOLE at that table."""
     forest = make_forest(seed, mode, n_vas=40, p_outside=0.3)
     rng = random.Random(seed)
-    mem = memory(forest, backed=True, absent_zero=False)
+    mem = memory_of(forest, backed=True, absent_zero=False)
     plan = random_plan(forest, rng, Features())
     assert not compare(mem, plan, forest, rng)
 
@@ -163,7 +167,7 @@ def test_caches_follow_writes(seed: int, mode: str, backed: bool) -> None:
     frames are written in place."""
     forest = make_forest(seed, mode, n_vas=30)
     rng = random.Random(seed)
-    mem = memory(forest, backed)
+    mem = memory_of(forest, backed)
     plan = random_plan(forest, rng, Features())
     pdptes = forest.pdptes() if forest.mode == "pae" else ()
     fast = walker_for(mem, plan)
@@ -186,7 +190,7 @@ def test_caches_follow_writes(seed: int, mode: str, backed: bool) -> None:
 
 def test_table_cache_keeps_read_only_frames_as_tuples_and_writable_ones_live() -> None:
     forest = make_forest(7, "4", n_vas=10)
-    mem = memory(forest, backed=True)
+    mem = memory_of(forest, backed=True)
     table = mem.tables8[forest.root]
     assert isinstance(table, tuple) and len(table) == 512
     assert table[0] == mem.read_u64(forest.root)
@@ -203,3 +207,25 @@ def test_source_folds_the_plan_in() -> None:
     assert "0x3ffffffff000" in src  # bits 45:12, MAXPHYADDR 46
     assert "(va >> 39) & 0x1ff" in src and "plan.rows" not in src
     compile(src, "<test>", "exec")
+
+
+def test_table_cache_limit_starts_afresh_without_changing_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With room for only a few tables the cache (and every prefix built on it) keeps starting afresh."""
+    monkeypatch.setattr(memory, "TABLE_CACHE_LIMIT", 3)
+    for seed in range(8):
+        forest = make_forest(seed, MODES[seed % 4], n_vas=30)
+        rng = random.Random(seed)
+        mem = memory_of(forest, backed=True)
+        assert not compare(mem, random_plan(forest, rng, Features()), forest, rng, passes=3)
+        assert len(mem.tables8) <= 3 and len(mem.tables4) <= 3
+
+
+def test_registers_hold_plain_ints() -> None:
+    """CR writes combine values with IntFlag members; the registers keep the same values as plain ints."""
+    regs = ControlRegs()
+    regs.cr0 = Cr0.PE | Cr0.PG
+    regs.efer = 0x500 | Efer.LMA
+    assert type(regs.cr0) is int and regs.cr0 == 0x8000_0001
+    assert type(regs.efer) is int and regs.efer == 0x500 | 0x400
+    regs.cs_l = True
+    assert regs.cs_l is True
