@@ -56,6 +56,8 @@ class Mapper:
                                                                              spec.level is Level.PDPT))
                        for spec in self.specs]
         self.leaf_spec = {s.leaf_size: s for s in reversed(self.specs) if s.leaf_size}
+        # Entries are read through the memory's table view (a live view of a written frame), not byte reads.
+        self.tables, self.eshift = (mem.tables4, 2) if mode is PagingMode.LEGACY32 else (mem.tables8, 3)
         self.root = root if root is not None else alloc.alloc()
 
     def _read(self, addr: int, size: int) -> int:
@@ -71,7 +73,7 @@ class Mapper:
             ea = table + ((va >> spec.shift) & index_mask) * spec.entry_size
             if spec.level is level:
                 return ea
-            e = self._read(ea, spec.entry_size)
+            e = self.tables[ea & -4096][(ea & 4095) >> self.eshift]
             if not e & P:
                 if not create:
                     return None
