@@ -115,6 +115,7 @@ class _Source:
         # The prefix cache needs one root-to-leaf shape: not PAE, whose PDPTEs are registers passed in.
         self.prefix = not plan.pae and self.n >= 2
         self.pshift = self.levels[-2].shift if self.n >= 2 else 0
+        self.large = any(lp.kind == PS_SELECTS for lp in self.levels)
 
     def main(self) -> list[str]:
         """``make(..., by_root, start)`` returning ``walk``, the entry point from the root."""
@@ -170,6 +171,12 @@ class _Source:
                 "        cur_root = root",
                 f"    p = pref.get(va >> {self.pshift})",
                 "    if p is not None:",
+                *(["        if len(p) == 6:  # a large page: everything but the offset is known",
+                   "            head, e, acc, base, lmask, lsize = p",
+                   "            path = [*head]",
+                   "            pa = base | (va & lmask)",
+                   *["            " + line for line in self.granted(0, "e", "lsize")]]
+                  if self.large else []),
                 f"        {names}, t{last}, l{last}, upper = p",
                 f"        e{last} = l{last}[{self.index(last)}]",
                 *["        " + line for line in self.leaf(last, 0, "upper")]]
@@ -196,7 +203,7 @@ class _Source:
             out.append(f"e{i} = l{i}[{self.index(i)}]")
             fastmask = 1 | lp.table_rsvd | (0x80 if lp.kind == PS_SELECTS else 0)
             out += [f"if e{i} & {fastmask:#x} != 1:"]
-            out += ["    " + line for line in self.leaf(i, k, self.upper(k, i, base))]
+            out += ["    " + line for line in self.leaf(i, k, self.upper(k, i, base), store=use_prefix)]
             out.append(f"t{i + 1} = e{i} & {lp.table_addr:#x}")
         return out
 
@@ -211,9 +218,10 @@ class _Source:
                 f"    pref[va >> {self.pshift}] = ({names}, t{last}, l{last}, upper)"]
 
     # -- the entry where the walk stops ---------------------------------------------------------------
-    def leaf(self, i: int, k: int, upper: str) -> list[str]:
+    def leaf(self, i: int, k: int, upper: str, store: bool = False) -> list[str]:
         """``e{i}`` is not a usable table pointer: a fault, or a leaf (then rights, A/D and the result).
-        ``upper`` is the accumulator of the entries above it."""
+        ``upper`` is the accumulator of the entries above it; ``store``: keep a large page read from
+        read-only tables in the prefix cache."""
         plan, lp = self.plan, self.levels[i]
         path = "[" + ", ".join(f"t{j}, e{j}" for j in range(k, i + 1)) + "]"
         out = [f"path = {path}", *([f"acc = {upper}"] if upper != "acc" else []),
@@ -230,11 +238,26 @@ class _Source:
         out.append(f"pa = (e{i} & {lp.leaf_addr:#x}) | (va & {lp.leaf_size - 1:#x})")
         if plan.pse36 and lp.leaf_size == 1 << 22:
             out.append(f"pa |= ((e{i} >> 13) & 0xFF) << 32")
-        ok = f"return new(WalkResult, (va, kind, user, 0, path, pa, {lp.leaf_size:#x}, 0, None, acc, ups, {k}, 0))"
-        checked = [f"refused = rights_fault(plan, va, kind, user, implicit, ac, pkru, pkrs, path, e{i}, acc, {k})",
+        if store and lp.kind == PS_SELECTS:
+            ro = " and ".join(f"l{j}.__class__ is tuple" for j in range(k, i + 1))
+            head = ", ".join(f"t{j}, e{j}" for j in range(k, i + 1))
+            mask = lp.leaf_size - 1
+            out += [f"if {ro}:",
+                    f"    if len(pref) >= {PREFIX_LIMIT}:",
+                    "        pref.clear()",
+                    f"    pref[va >> {self.pshift}] = (({head}), e{i}, acc, pa ^ (va & {mask:#x}), {mask:#x}, "
+                    f"{lp.leaf_size:#x})"]
+        return out + self.granted(k, f"e{i}", f"{lp.leaf_size:#x}")
+
+    def granted(self, k: int, e: str, size: str) -> list[str]:
+        """The leaf ``e`` (page size ``size``) gives ``pa`` with rights ``acc``: check them for this access,
+        note the A/D writes, return the result."""
+        plan = self.plan
+        ok = f"return new(WalkResult, (va, kind, user, 0, path, pa, {size}, 0, None, acc, ups, {k}, 0))"
+        checked = [f"refused = rights_fault(plan, va, kind, user, implicit, ac, pkru, pkrs, path, {e}, acc, {k})",
                    "if refused is not None:",
                    "    return refused",
-                   f"ups = None if acc & 0x20 and (kind != 1 or e{i} & 0x40) else "
+                   f"ups = None if acc & 0x20 and (kind != 1 or {e} & 0x40) else "
                    f"ad_updates(plan, va, path, kind == 1, first={k})",
                    ok]
         # A supervisor read is allowed once the leaf is reached unless SMAP or a protection key may refuse
@@ -244,7 +267,7 @@ class _Source:
             maybe.append("acc & 4")
         if plan.pks:
             maybe.append("pkrs")
-        return [*out, f"if {' or '.join(maybe)}:", *["    " + line for line in checked],
+        return [f"if {' or '.join(maybe)}:", *["    " + line for line in checked],
                 f"ups = None if acc & 0x20 else ad_updates(plan, va, path, False, first={k})", ok]
 
     # -- small pieces ---------------------------------------------------------------------------------
