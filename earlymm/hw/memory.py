@@ -69,6 +69,8 @@ class RegionType(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Region:
+    """One e820 range ``[start, end)`` of one kind."""
+
     start: int
     end: int  # exclusive
     kind: RegionType

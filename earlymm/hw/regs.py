@@ -17,6 +17,8 @@ class CpuMode(enum.Enum):
 
 @dataclass
 class ControlRegs:
+    """The registers paging and exception delivery read."""
+
     cr0: int = 0x10  # ET: the reset value of a modern CPU
     cr2: int = 0
     cr3: int = 0

@@ -32,6 +32,8 @@ class ImageError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class FileSegment:
+    """A run of guest-physical memory stored contiguously in the file."""
+
     start: int  # guest-physical address
     size: int  # bytes backed by the file
     offset: int  # file offset of the first byte
