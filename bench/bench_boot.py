@@ -84,12 +84,12 @@ def describe(r: BootResult) -> dict[str, str]:
     ctx = r.ctx
     mm = ctx.mm
     s = ctx.stats
-    mem = ctx.machine.mem
+    mem = ctx.platform.mem
     low = dict(mm.table_pages) if mm is not None else {}
     final = table_pages_by_level(ctx) if mm is not None else {}
     levels = ("pud", "pmd", "pte")
     return {
-        "outcome": r.outcome,
+        "outcome": r.outcome.value,
         "pool": str(s.pool_allocs),
         "low": "/".join(str(low.get(k, 0)) for k in levels),
         "written": str(s.pool_allocs + sum(low.values())),
@@ -97,7 +97,7 @@ def describe(r: BootResult) -> dict[str, str]:
         "leaves": f"{mm.pages_4k}/{mm.pages_2m}/{mm.pages_1g}" if mm is not None else "-",
         "writes": str(mem.writes),
         "frames": str(len(mem.frames)),
-        "pf": str(ctx.cpu.fault_counts.get(14, 0)),
+        "pf": str(ctx.stats.faults.get(14, 0)),
     }
 
 

@@ -39,10 +39,10 @@ sys.path.insert(0, str(REPO))
 
 from earlymm.arch.modes import Features  # noqa: E402
 from earlymm.images import open_image  # noqa: E402
+from earlymm.tools.initramfs import READY, build_initramfs  # noqa: E402
 from earlymm.tools.machine_view import RegOverrides, infer_registers  # noqa: E402
 from earlymm.tools.ptdump import qemu  # noqa: E402
 from earlymm.tools.ptdump.space import open_space  # noqa: E402
-from earlymm.tools.qemu_capture import READY, build_initramfs  # noqa: E402
 
 
 class RawQmp:

@@ -12,13 +12,13 @@ The slow test reruns the whole pipeline (boot, capture, minimize) when QEMU and 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from earlymm.images.minimize import read_capture_text
 from earlymm.images.monitor_text import parse_gva2gpa_file
+from tests.qemu_support import need_tools
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CAPTURES = sorted(p for p in FIXTURES.glob("qemu-*") if p.is_dir())
@@ -59,24 +59,26 @@ def test_translate_matches_qemu(capture: Path, tmp_path: Path, capsys: pytest.Ca
     assert translate_all(capture, tmp_path, capsys) == []
 
 
-def _kernel() -> Path | None:
-    found = sorted((REPO / "captures" / "kernel" / "root" / "boot").glob("vmlinuz-*"))
-    return found[-1] if found else None
-
-
 @pytest.mark.slow
 @pytest.mark.qemu
+@pytest.mark.ci_qemu
 def test_capture_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    kernel = _kernel()
-    if shutil.which("qemu-system-x86_64") is None or kernel is None:
-        pytest.skip("needs qemu-system-x86_64 and a kernel (python -m earlymm.tools.qemu_capture "
-                    "--fetch-kernel captures/kernel)")
+    kernel = need_tools("qemu-system-x86_64")
     from earlymm.tools.qemu_capture import main as capture_main
 
     out, fixture = tmp_path / "cap", tmp_path / "fix"
     assert capture_main(["--kernel", str(kernel), "--out", str(out), "--timeout", "300"]) == 0
-    for name in ("registers.txt", "tlb.txt", "mem.txt", "gva2gpa.txt", "core.elf", "console.log", "meta.json"):
+    for name in ("registers.txt", "tlb.txt", "mem.txt", "gva2gpa.txt", "core.elf", "console.log", "meta.json",
+                 "kallsyms.txt", "memmap.txt"):
         assert (out / name).exists(), name
     assert capture_main(["minimize", str(out), str(fixture)]) == 0
     assert (fixture / "core.elf.gz").stat().st_size < 3 * 1024 * 1024
     assert translate_all(fixture, tmp_path, capsys) == []
+    # the guest's own symbols: init_top_pgt resolves where QEMU's gva2gpa (asked at capture time) says
+    from earlymm.cli.main import main
+
+    capsys.readouterr()
+    main(["translate", str(fixture / "core.elf.gz"), "--symbols", str(fixture / "kallsyms"), "--gva2gpa", "--json",
+          "init_top_pgt"])
+    (got,) = json.loads(capsys.readouterr().out)
+    assert dict(parse_gva2gpa_file(read_capture_text(fixture, "gva2gpa.txt")))[num(got["va"])] == num(got["pa"])

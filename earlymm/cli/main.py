@@ -15,7 +15,10 @@ COMMANDS = {
     "boot": ("earlymm.cli.boot_cmd", "run Linux x86-64's early boot on the simulated machine"),
     "translate": ("earlymm.cli.translate_cmd", "walk the page tables of a memory image for given accesses"),
     "ptdump": ("earlymm.cli.ptdump_cmd", "list every mapping of an address space (Linux / QEMU / JSON), or audit"),
+    "matrix": ("earlymm.cli.matrix_cmd", "boot every combination of a grid of machines; outcomes grouped by failure"),
     "gdb-script": ("earlymm.cli.gdb_cmd", "print the path of the gdb command file for live QEMU guests"),
+    "rmap": ("earlymm.cli.rmap_cmd", "every virtual address that maps a physical address, in every address space"),
+    "diff": ("earlymm.cli.diff_cmd", "what changed between two cores, two CR3s or two boot phases"),
 }
 
 
@@ -54,9 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # usage errors (already printed as one line), --help, --version
         return int(e.code or 0)
     # argparse stops filling a '*' positional at the first option; addresses given after options
-    # (``translate core --absent zero 0x…``) arrive here and belong to it.
-    if extra and getattr(args, "command", None) == "translate" and not any(e.startswith("-") for e in extra):
-        args.va = list(args.va) + extra
+    # (``translate core --absent zero 0x…``, or after ``--``) arrive here and belong to it. Before a
+    # ``--`` anything that looks like an option is one argparse did not know; after it, nothing is.
+    if extra and getattr(args, "command", None) == "translate":
+        cut = extra.index("--") if "--" in extra else len(extra)
+        before, after = extra[:cut], extra[cut + 1:]
+        unknown = [e for e in before if e.startswith("-")]
+        if unknown:
+            sys.stderr.write(f"earlymm: error: unrecognized arguments: {' '.join(unknown)}\n")
+            return EXIT_USAGE
+        args.va = [v for v in args.va if v != "--"] + before + after
     elif extra:
         sys.stderr.write(f"earlymm: error: unrecognized arguments: {' '.join(extra)}\n")
         return EXIT_USAGE

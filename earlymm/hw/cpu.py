@@ -10,12 +10,24 @@ returns the frame is popped (IRET) and the faulting access is retried. A fault w
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from earlymm.arch.cpuid import CpuIdentity, cpuid_leaf
 from earlymm.arch.entry import mask, pdpte_reserved
 from earlymm.arch.flags import CR0_RESERVED, CR4_RESERVED, EFER_RESERVED, Cr0, Cr4, Efer
 from earlymm.arch.modes import Features, PagingMode
 from earlymm.hw.delivery import Delivery, ExceptionFrame, Handler, IdtDelivery
 from earlymm.hw.events import CrWrite, FaultRaised, ListTrace, ModeChange, TlbFlush
-from earlymm.hw.faults import ERRCODE_VECTORS, Exception_, Fault, GeneralProtection, Livelock, PageFault, Reason
+from earlymm.hw.faults import (
+    ERRCODE_VECTORS,
+    AccessEmulated,
+    Exception_,
+    Fault,
+    GeneralProtection,
+    Livelock,
+    PageFault,
+    Reason,
+)
 from earlymm.hw.memory import PhysMem
 from earlymm.hw.mmu import Mmu
 from earlymm.hw.regs import ControlRegs, CpuMode
@@ -34,9 +46,10 @@ class Cpu:
     """Registers, modes and memory accesses; faults go to ``delivery`` (the IDT on bare metal)."""
 
     def __init__(self, mem: PhysMem, features: Features | None = None, *, trace: ListTrace | None = None,
-                 tlb: Tlb | None = None, delivery: Delivery | None = None, progress_limit: int = 200_000,
-                 fault_limit: int = 5_000) -> None:
+                 tlb: Tlb | None = None, delivery: Delivery | None = None, identity: CpuIdentity | None = None,
+                 progress_limit: int = 200_000, fault_limit: int = 5_000) -> None:
         self.mem = mem
+        self.identity = identity or CpuIdentity()
         self.delivery: Delivery = delivery if delivery is not None else IdtDelivery()
         self.features = features or Features()
         self.regs = ControlRegs()
@@ -48,7 +61,12 @@ class Cpu:
         self.fault_limit = fault_limit
         self._ops_since_progress = 0
         self._faults_since_progress = 0
-        self.fault_counts: dict[int, int] = {}
+        # What CPUID reports may be narrowed by whoever runs below the OS (a hypervisor's feature
+        # levelling: masking MSRs or CPUID faulting); None reports the hardware as it is.
+        self.cpuid_filter: Callable[[int, int, tuple[int, int, int, int]], tuple[int, int, int, int]] | None = None
+        # The store in flight (va, size, value) while it is being translated: a delivery that emulates
+        # the access (AccessEmulated) needs the value.
+        self.pending_store: tuple[int, int, int] | None = None
 
     # -- modes ---------------------------------------------------------------------------------------
     @property
@@ -82,6 +100,11 @@ class Cpu:
             rip &= 0xFFFF_FFFF
         self.fetch(rip)
         self.regs.rip = rip
+
+    def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
+        """The CPUID instruction: (EAX, EBX, ECX, EDX) for this CPU's identity and features."""
+        regs = cpuid_leaf(self.identity, self.features, leaf, subleaf)
+        return regs if self.cpuid_filter is None else self.cpuid_filter(leaf, subleaf, regs)
 
     # -- memory ----------------------------------------------------------------------------------------
     def _pa(self, va: int, kind: int, implicit: bool = False) -> int:
@@ -120,7 +143,14 @@ class Cpu:
 
     def store(self, va: int, size: int, value: int, *, implicit: bool = False) -> None:
         if (va & 0xFFF) + size <= 0x1000:
-            self.mem.write_int(self._pa(va, 1, implicit), size, value)
+            self.pending_store = (va, size, value)
+            try:
+                pa = self._pa(va, 1, implicit)
+            except AccessEmulated:
+                return
+            finally:
+                self.pending_store = None
+            self.mem.write_int(pa, size, value)
         else:
             self.write(va, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"), implicit=implicit)
 
@@ -139,7 +169,19 @@ class Cpu:
         pos = 0
         while pos < len(data):
             n = min(len(data) - pos, 0x1000 - (va & 0xFFF))
-            self.mem.write(self._pa(va, 1, implicit), data[pos:pos + n])
+            # A run of aligned 8-byte stores (memcpy/memset): a fault is taken at its first store, which
+            # is the one an emulating delivery completes; the rest of the chunk is retried after it.
+            self.pending_store = (va, 8, int.from_bytes(data[pos:pos + 8], "little")) if n >= 8 and not va & 7 \
+                else None
+            try:
+                pa = self._pa(va, 1, implicit)
+            except AccessEmulated:
+                step = 8
+                va, pos = va + step, pos + step
+                continue
+            finally:
+                self.pending_store = None
+            self.mem.write(pa, data[pos:pos + n])
             va, pos = va + n, pos + n
 
     # -- control registers (spec §1.8; SDM Vol. 3A §2.5, Vol. 2 MOV CR) ------------------------------
@@ -149,7 +191,8 @@ class Cpu:
         self.code[addr] = (name, handler)
 
     def lidt(self, base: int, limit: int) -> None:
-        self.regs.idt_base, self.regs.idt_limit = base, limit
+        if self._privileged("LIDT"):
+            self.regs.idt_base, self.regs.idt_limit = base, limit
 
     def raise_exception(self, vector: int, error_code: int = 0, detail: str = "") -> None:
         """For guest code that executes a faulting instruction (``ud2``, ``int3`` …)."""
@@ -162,7 +205,6 @@ class Cpu:
         reason = fault.reason.value if isinstance(fault, PageFault | GeneralProtection) else fault.detail
         self.trace.emit(FaultRaised(vec, fault.error_code if vec in ERRCODE_VECTORS else 0, cr2, reason,
                                     self.depth))
-        self.fault_counts[vec] = self.fault_counts.get(vec, 0) + 1
         self.delivery.deliver(self, fault)
 
     def check_progress(self, fault: Fault) -> None:
@@ -181,9 +223,18 @@ class Cpu:
     def _gp(self, detail: str) -> None:
         self.raise_fault(GeneralProtection(Reason.REGISTER, detail))
 
+    def _privileged(self, what: str) -> bool:
+        """MOV to a control register, LIDT and INVLPG need CPL 0 (SDM Vol. 2: #GP(0) otherwise)."""
+        if self.regs.cpl:
+            self._gp(f"{what} at CPL {self.regs.cpl}")
+            return False
+        return True
+
     def write_cr0(self, value: int) -> None:
+        if not self._privileged("MOV to CR0"):
+            return
         r, old = self.regs, self.regs.cr0
-        value |= Cr0.ET
+        value = int(value) | int(Cr0.ET)  # a plain int: IntFlag arithmetic on every access is slow
         if value & CR0_RESERVED:
             return self._gp(f"CR0 reserved bits {value & CR0_RESERVED:#x}")
         if value & Cr0.PG and not value & Cr0.PE:
@@ -216,6 +267,8 @@ class Cpu:
             self._flush(include_global=True)
 
     def write_cr3(self, value: int) -> None:
+        if not self._privileged("MOV to CR3"):
+            return
         r, old = self.regs, self.regs.cr3
         no_flush = False
         if self.mode is not CpuMode.LONG64:
@@ -233,6 +286,8 @@ class Cpu:
             self._flush(include_global=False, pcid=self.mmu.pcid if r.cr4 & Cr4.PCIDE else None)
 
     def write_cr4(self, value: int) -> None:
+        if not self._privileged("MOV to CR4"):
+            return
         r, f, old = self.regs, self.features, self.regs.cr4
         if value & CR4_RESERVED:
             return self._gp(f"CR4 reserved bits {value & CR4_RESERVED:#x}")
@@ -251,7 +306,7 @@ class Cpu:
         changed = value ^ old
         if r.cr0 & Cr0.PG and not lma and value & Cr4.PAE and changed & (Cr4.PAE | Cr4.PGE | Cr4.PSE | Cr4.SMEP):
             self._load_pdptes(r.cr3)
-        r.cr4 = value
+        r.cr4 = int(value)
         self._cr_changed("cr4", old, value)
         # PGE changes and clearing PCIDE flush everything; changing PAE/PSE or setting SMEP flushes the
         # current PCID's entries, which with PCIDE=0 means everything too (spec §1.9).
@@ -264,6 +319,8 @@ class Cpu:
                 self._flush(include_global=True)
 
     def write_efer(self, value: int) -> None:
+        if not self._privileged("WRMSR"):
+            return
         r, old = self.regs, self.regs.efer
         if value & EFER_RESERVED:
             return self._gp(f"EFER reserved bits {value & EFER_RESERVED:#x}")
@@ -272,7 +329,7 @@ class Cpu:
         if (value ^ old) & Efer.LME and r.cr0 & Cr0.PG:
             return self._gp("changing EFER.LME with paging enabled")
         value = (value & ~int(Efer.LMA)) | (old & Efer.LMA)  # LMA is read-only
-        r.efer = value
+        r.efer = int(value)
         self._cr_changed("efer", old, value)
 
     def _load_pdptes(self, cr3: int) -> None:
@@ -293,6 +350,8 @@ class Cpu:
         self.trace.emit(TlbFlush("all" if include_global else "non-global", 0, pcid or 0))
 
     def invlpg(self, va: int) -> None:
+        if not self._privileged("INVLPG"):
+            return
         plan = self.mmu.plan
         if plan.va_bits and va >> (plan.va_bits - 1) not in (0, plan.canon_ones):
             return  # INVLPG of a non-canonical address is a no-op

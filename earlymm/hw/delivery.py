@@ -26,6 +26,7 @@ from earlymm.hw.faults import (
     PageFault,
     Reason,
     TripleFault,
+    describe,
 )
 from earlymm.hw.memory import PhysMem
 from earlymm.hw.mmu import Mmu
@@ -130,18 +131,19 @@ class IdtDelivery:
         if isinstance(fault, PageFault):
             cpu.regs.cr2 = fault.cr2
         code = fault.error_code if fault.vector in ERRCODE_VECTORS else 0
-        self._deliver(cpu, fault.vector, code)
+        self._deliver(cpu, fault.vector, code, describe(fault))
 
-    def _deliver(self, cpu: CpuPort, vector: int, code: int) -> None:
+    def _deliver(self, cpu: CpuPort, vector: int, code: int, what: str) -> None:
         r, fmt = cpu.regs, self.format(cpu)
         try:
             name, handler, frame = self._enter(cpu, fmt, vector, code)
         except _DeliveryFault as inner:
+            why = describe(inner.fault)
             if vector == DF_VECTOR:
-                raise TripleFault(f"fault while delivering #DF ({inner.fault}): triple fault, machine reset",
+                raise TripleFault(f"triple fault, machine reset: {what}; delivering the #DF failed too ({why})",
                                   list(cpu.trace.recent)) from None
-            cpu.trace.emit(DoubleFault(vector, inner.fault.vector, str(inner.fault)))
-            return self._deliver(cpu, DF_VECTOR, 0)
+            cpu.trace.emit(DoubleFault(vector, inner.fault.vector, why))
+            return self._deliver(cpu, DF_VECTOR, 0, f"{what} could not be delivered ({why})")
         cpu.depth += 1
         cpu.trace.emit(FaultDelivered(vector, name, cpu.depth))
         try:

@@ -7,6 +7,7 @@ same ``Event`` base so one stream carries the whole story.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
@@ -102,13 +103,15 @@ class TraceSink(Protocol):
 
 
 class ListTrace:
-    """Keeps every event (``enabled``) and always the last ``keep`` ones, for post-mortem reports."""
+    """Keeps every event (``enabled``) and always the last ``keep`` ones, for post-mortem reports;
+    ``listeners`` see every event as it passes (statistics are derived this way, never booked apart)."""
 
     def __init__(self, enabled: bool = True, keep: int = 64) -> None:
         self.enabled = enabled
         self.events: list[Event] = []
         self.recent: deque[Event] = deque(maxlen=keep)
         self.counts: dict[str, int] = {}
+        self.listeners: list[Callable[[Event], None]] = []
 
     def emit(self, event: Event) -> None:
         self.recent.append(event)
@@ -116,3 +119,5 @@ class ListTrace:
         self.counts[k] = self.counts.get(k, 0) + 1
         if self.enabled:
             self.events.append(event)
+        for listener in self.listeners:
+            listener(event)

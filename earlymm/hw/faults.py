@@ -60,6 +60,20 @@ class Exception_:
 
 Fault = PageFault | GeneralProtection | Exception_
 
+VECTOR_NAMES = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",
+                10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC", 18: "#MC", 19: "#XM"}
+
+
+def describe(fault: Fault) -> str:
+    """A fault in words, as a report shows it: ``#PF at 0x… (error 0x2: entry not present)``,
+    ``#GP(0): CR4.PGE not supported by this CPU``."""
+    name = VECTOR_NAMES.get(fault.vector, f"vector {fault.vector}")
+    if isinstance(fault, PageFault):
+        return f"#PF at {fault.cr2:#x} (error {fault.error_code:#x}: {fault.reason.value})"
+    if isinstance(fault, GeneralProtection):
+        return f"#GP({fault.error_code}): {fault.detail or fault.reason.value}"
+    return f"{name}({fault.error_code})" + (f": {fault.detail}" if fault.detail else "")
+
 
 class CpuException(Exception):
     """Carries an undelivered fault out of guest Python code."""
@@ -67,6 +81,11 @@ class CpuException(Exception):
     def __init__(self, fault: Fault) -> None:
         super().__init__(repr(fault))
         self.fault = fault
+
+
+class AccessEmulated(Exception):
+    """Raised by a delivery that performed the faulting access itself (a hypervisor emulating a guest's
+    write to a page-table page): the CPU does not retry the access, it is complete."""
 
 
 class SimulationError(Exception):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from earlymm.arch.entry import addr_mask
 from earlymm.arch.flags import PteFlag
-from earlymm.arch.modes import Level, PagingMode, level_specs
+from earlymm.arch.modes import Level, LevelSpec, PagingMode, level_specs
 from earlymm.hw.memory import PhysMem
 
 P, RW, US, PS = int(PteFlag.P), int(PteFlag.RW), int(PteFlag.US), int(PteFlag.PS)
@@ -49,16 +49,19 @@ class Mapper:
         self.specs = level_specs(mode, gbpages=True, pse=True)
         self.table_flags = table_flags
         self.maxphyaddr = maxphyaddr
-        # Per level: (spec, index mask, table-address bits of its entries, "PS=1 here is a large page in
-        # the way"), and the level of each page size: computed once, not per page mapped.
-        self.levels = [(spec, spec.index_mask, addr_mask(mode, spec.level, False, maxphyaddr),
-                        spec.level not in (Level.PML4, Level.PML5) and not (mode is PagingMode.PAE and
-                                                                             spec.level is Level.PDPT))
-                       for spec in self.specs]
-        self.leaf_spec = {s.leaf_size: s for s in reversed(self.specs) if s.leaf_size}
         # Entries are read through the memory's table view (a live view of a written frame), not byte reads.
         self.tables, self.eshift = (mem.tables4, 2) if mode is PagingMode.LEGACY32 else (mem.tables8, 3)
         self.root = root if root is not None else alloc.alloc()
+        # Per level, what ``entry_addr`` needs, computed once: a boot's loader maps thousands of pages.
+        pae_pdpt = [mode is PagingMode.PAE and s.level is Level.PDPT for s in self.specs]
+        self._steps = [(s.shift, s.index_mask, s.entry_size, s.level, P if pdpt else table_flags,
+                        s.level not in (Level.PML4, Level.PML5) and not pdpt,  # may PS make this entry a leaf?
+                        addr_mask(mode, s.level, False, maxphyaddr))
+                       for s, pdpt in zip(self.specs, pae_pdpt, strict=True)]
+        self._leaf_specs: dict[int, LevelSpec] = {}
+        for s in self.specs:
+            if s.leaf_size:
+                self._leaf_specs.setdefault(s.leaf_size, s)
 
     def _read(self, addr: int, size: int) -> int:
         return self.mem.read_int(addr, size)
@@ -69,26 +72,26 @@ class Mapper:
     def entry_addr(self, va: int, level: Level, *, create: bool = False) -> int | None:
         """Address of the entry for ``va`` at ``level``, creating missing tables above it if asked."""
         table = self.root
-        for spec, index_mask, table_addr, ps_is_leaf in self.levels:
-            ea = table + ((va >> spec.shift) & index_mask) * spec.entry_size
-            if spec.level is level:
+        tables, eshift = self.tables, self.eshift
+        for shift, index_mask, size, lvl, flags, ps_matters, table_mask in self._steps:
+            ea = table + ((va >> shift) & index_mask) * size
+            if lvl is level:
                 return ea
-            e = self.tables[ea & -4096][(ea & 4095) >> self.eshift]
+            e = tables[ea & -4096][(ea & 4095) >> eshift]
             if not e & P:
                 if not create:
                     return None
                 new = self.alloc.alloc()
-                flags = P if self.mode is PagingMode.PAE and spec.level is Level.PDPT else self.table_flags
-                self._write(ea, spec.entry_size, new | flags)
+                self._write(ea, size, new | flags)
                 e = new | flags
-            elif ps_is_leaf and e & PS:
-                raise ValueError(f"{va:#x}: a large page at {spec.level.entry_name} is in the way")
-            table = e & table_addr
+            elif ps_matters and e & PS:
+                raise ValueError(f"{va:#x}: a large page at {lvl.entry_name} is in the way")
+            table = e & table_mask
         raise ValueError(f"level {level.name} does not exist in {self.mode.value} paging")
 
     def map_page(self, va: int, pa: int, page_size: int = 4096, flags: int = RW) -> int:
         """Map one page; returns the address of the leaf entry written."""
-        spec = self.leaf_spec.get(page_size)
+        spec = self._leaf_specs.get(page_size)
         if spec is None:
             raise ValueError(f"{self.mode.value} paging has no {page_size:#x}-byte pages")
         if va % page_size or pa % page_size:

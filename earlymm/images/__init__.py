@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 from earlymm.images.base import FileSegment, ImageError, SegmentImage
 from earlymm.images.cpustate import GPR_NAMES, SEGMENT_NAMES, CpuState, Segment
 from earlymm.images.qemu_core import QemuCore, RawImage, open_image, open_qemu_core, open_raw_image
+from earlymm.images.safe_write import WriteError
 
 if TYPE_CHECKING:
     from earlymm.images.core_writer import write_qemu_core
@@ -31,6 +32,7 @@ __all__ = [
     "RawImage",
     "Segment",
     "SegmentImage",
+    "WriteError",
     "open_image",
     "open_qemu_core",
     "open_raw_image",

@@ -8,9 +8,6 @@ otherwise bisect on every read.
 
 from __future__ import annotations
 
-import contextlib
-import mmap
-import zlib
 from bisect import bisect_right
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,12 +15,11 @@ from typing import TYPE_CHECKING
 from earlymm.arch.addr import PAGE_SHIFT, PAGE_SIZE, merge_ranges
 from earlymm.hw.memory import Buffer
 from earlymm.images.cpustate import CpuState
+from earlymm.images.inflate import DEFAULT_MAX_INFLATED, OpenError, open_bytes
 
 if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
-
-GZIP_MAGIC = b"\x1f\x8b"
 
 
 class ImageError(Exception):
@@ -44,53 +40,29 @@ class FileSegment:
 
 
 class Blob:
-    """A file's bytes: mmap'd read-only, or decompressed into memory for ``.gz``."""
+    """A file's bytes: mmap'd read-only, or for ``.gz`` inflated into a sparse temporary file and mmap'd
+    (``earlymm.images.inflate``): memory stays bounded whatever the image's size."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, max_inflated: int = DEFAULT_MAX_INFLATED) -> None:
         self.path = str(path)
-        self._mmap: mmap.mmap | None = None
         try:
-            with open(path, "rb") as f:
-                head = f.read(2)
-                if head == GZIP_MAGIC:
-                    f.seek(0)
-                    data = self._gunzip(f)
-                    self.view = memoryview(data)
-                else:
-                    f.seek(0, 2)
-                    if f.tell() == 0:
-                        self.view = memoryview(b"")
-                    else:
-                        self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                        self.view = memoryview(self._mmap)
-        except OSError as e:
-            raise ImageError(f"{path}: cannot read: {e.strerror or e}") from e
-
-    def _gunzip(self, f: object) -> bytes:
-        import gzip  # only compressed images need it
-
-        try:
-            with gzip.GzipFile(fileobj=f, mode="rb") as g:  # type: ignore[call-overload]
-                return bytes(g.read())
-        except (OSError, EOFError, zlib.error) as e:
-            raise ImageError(f"{self.path}: corrupt gzip stream: {e}") from e
+            self._opened = open_bytes(path, limit=max_inflated)
+        except OpenError as e:
+            raise ImageError(f"{path}: {e}") from None
+        self.view = self._opened.view
 
     def __len__(self) -> int:
         return len(self.view)
 
     def close(self) -> None:
-        self.view.release()
-        if self._mmap is not None:
-            # If a caller still holds a frame view, the map goes away with the last view instead.
-            with contextlib.suppress(BufferError):
-                self._mmap.close()
-            self._mmap = None
+        self._opened.close()
 
 
 class SegmentImage:
     """A ``FrameSource`` over file segments, with the CPU states the file recorded (if any)."""
 
     kind = "image"
+    absent_zero = False  # a core's EARLYMM note can say that memory it lacks reads as zeros
 
     def __init__(self, blob: Blob, segments: list[FileSegment], cpus: list[CpuState]) -> None:
         self.path = blob.path

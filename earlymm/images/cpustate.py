@@ -104,9 +104,10 @@ class CpuState:
 
     @property
     def cpl(self) -> int:
-        # In protected mode the CPL equals CS.RPL; QEMU keeps the authoritative copy in hflags,
-        # which the core does not record.
-        return self.cs.selector & 3
+        """The privilege level the CPU ran at: SS.DPL. QEMU keeps the CPL in ``hflags``, which the core
+        does not record, and sets it from SS's DPL whenever SS is loaded (``cpu_x86_load_seg_cache``,
+        target/i386/cpu.h) — also for a null SS in 64-bit mode, whose cached DPL is the RPL."""
+        return self.ss.dpl
 
 
 def parse_qemu_cpustate(desc: bytes | memoryview) -> CpuState:
@@ -165,3 +166,31 @@ def prstatus_rip_rsp(desc: bytes | memoryview) -> tuple[int, int]:
     """(rip, rsp) from an x86-64 ``NT_PRSTATUS`` descriptor; used to cross-check the QEMU note."""
     regs = _USER_REGS.unpack_from(desc, PRSTATUS_REGS_OFFSET)
     return regs[16], regs[19]
+
+
+# The i386 ``struct elf_prstatus`` QEMU writes for a guest outside long mode is 144 bytes: pr_pid at 24,
+# pr_reg (ebx ecx edx esi edi ebp eax, ds es fs gs as 16-bit fields each padded to 32, orig_eax, eip,
+# cs, eflags, esp, ss) at 72 (target/i386/arch_dump.c ``x86_elf_prstatus``, ``x86_fill_elf_prstatus``:
+# 32-bit register values, orig_eax 0).
+PRSTATUS_I386_SIZE = 144
+PRSTATUS_I386_PID_OFFSET = 24
+PRSTATUS_I386_REGS_OFFSET = 72
+_USER_REGS_I386 = struct.Struct("<7I8HII2HII2H")
+
+
+def pack_prstatus_i386(cpu: CpuState, pid: int) -> bytes:
+    g = {n: v & 0xFFFF_FFFF for n, v in zip(GPR_NAMES, cpu.gprs, strict=True)}
+    seg = dict(zip(SEGMENT_NAMES, cpu.segments, strict=True))
+    out = bytearray(PRSTATUS_I386_SIZE)
+    struct.pack_into("<I", out, PRSTATUS_I386_PID_OFFSET, pid)
+    _USER_REGS_I386.pack_into(out, PRSTATUS_I386_REGS_OFFSET, g["rbx"], g["rcx"], g["rdx"], g["rsi"], g["rdi"],
+                              g["rbp"], g["rax"], seg["ds"].selector, 0, seg["es"].selector, 0,
+                              seg["fs"].selector, 0, seg["gs"].selector, 0, 0, cpu.rip & 0xFFFF_FFFF,
+                              seg["cs"].selector, 0, cpu.rflags & 0xFFFF_FFFF, g["rsp"], seg["ss"].selector, 0)
+    return bytes(out)
+
+
+def prstatus_i386_eip_esp(desc: bytes | memoryview) -> tuple[int, int]:
+    """(eip, esp) from an i386 ``NT_PRSTATUS`` descriptor."""
+    f = _USER_REGS_I386.unpack_from(desc, PRSTATUS_I386_REGS_OFFSET)
+    return f[16], f[20]

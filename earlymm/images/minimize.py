@@ -8,17 +8,18 @@ Reserved bits are not checked; a table the hardware would refuse to use is merel
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
-import shutil
 import struct
 from pathlib import Path
 
-from earlymm.hw.memory import FrameSource
+from earlymm.hw.memory import Buffer, FrameSource
 from earlymm.images.core_writer import write_qemu_core
 from earlymm.images.cpustate import CpuState
 from earlymm.images.monitor_text import parse_gva2gpa_file
 from earlymm.images.qemu_core import open_image
+from earlymm.images.safe_write import check_target, ensure_directory, write_bytes, write_text
 
 CR0_PG = 1 << 31
 CR4_PAE = 1 << 5
@@ -60,6 +61,44 @@ def table_pfns(mem: FrameSource, cpu: CpuState) -> tuple[set[int], set[int]]:
     return found, missing
 
 
+_ENTRIES32 = struct.Struct("<1024I")
+CR4_PSE = 1 << 4
+
+
+def table_pfns_legacy(mem: FrameSource, cpu: CpuState) -> tuple[set[int], set[int]]:
+    """``table_pfns`` for a CPU outside long mode: 32-bit paging (a page directory of 1024 4-byte entries,
+    4 MiB pages when CR4.PSE) or PAE (the 32-byte PDPT at CR3, then 8-byte PDs and PTs)."""
+    found: set[int] = set()
+    missing: set[int] = set()
+    if not cpu.cr0 & CR0_PG:
+        return found, missing
+
+    def have(pfn: int) -> Buffer | None:
+        frame = mem.frame(pfn)
+        (found if frame is not None else missing).add(pfn)
+        return frame
+
+    if not cpu.cr4 & CR4_PAE:
+        pd = have((cpu.cr3 & 0xFFFF_F000) >> 12)
+        if pd is not None:
+            for e in _ENTRIES32.unpack_from(pd, 0):
+                if e & PRESENT and not (e & PS and cpu.cr4 & CR4_PSE):
+                    have(e >> 12)
+        return found, missing
+    pdpt = have((cpu.cr3 & 0xFFFF_F000) >> 12)
+    if pdpt is None:
+        return found, missing
+    for e in struct.unpack_from("<4Q", pdpt, cpu.cr3 & 0xFE0):
+        if not e & PRESENT:
+            continue
+        pd = have((e & ADDR_MASK) >> 12)
+        if pd is not None:
+            for d in _ENTRIES.unpack_from(pd, 0):
+                if d & PRESENT and not d & PS:
+                    have((d & ADDR_MASK) >> 12)
+    return found, missing
+
+
 def _read_text(path: Path) -> str:
     if path.suffix == ".gz":
         return gzip.decompress(path.read_bytes()).decode()
@@ -84,7 +123,7 @@ def read_capture_text(directory: Path, name: str) -> str:
 def minimize(capture: Path, fixture: Path) -> dict[str, object]:
     """Write ``fixture/core.elf.gz`` and copies of the text files; return a summary (also saved
     as ``fixture/minimize.json``)."""
-    fixture.mkdir(parents=True, exist_ok=True)
+    ensure_directory(fixture, "fixture directory")
     core = find_text(capture, "core.elf")
     if core is None:
         raise FileNotFoundError(f"{capture}: no core.elf")
@@ -106,11 +145,12 @@ def minimize(capture: Path, fixture: Path) -> dict[str, object]:
         if src is None:
             continue
         for stale in (fixture / name, fixture / (name + ".gz")):
+            check_target(stale)  # only a regular file is ever removed or replaced
             stale.unlink(missing_ok=True)
         if src.suffix != ".gz" and src.stat().st_size > GZIP_TEXT_ABOVE:
-            (fixture / (name + ".gz")).write_bytes(gzip.compress(src.read_bytes(), 9, mtime=0))
+            write_bytes(fixture / (name + ".gz"), gzip.compress(src.read_bytes(), 9, mtime=0))
         else:
-            shutil.copyfile(src, fixture / src.name)
+            write_bytes(fixture / src.name, src.read_bytes())
     summary: dict[str, object] = {
         "source": capture.name,
         "table_pages": len(tables),
@@ -119,5 +159,34 @@ def minimize(capture: Path, fixture: Path) -> dict[str, object]:
         "sample_pages_in_holes": [hex(p << 12) for p in sorted(holes)],
         "referenced_tables_missing": [hex(p << 12) for p in sorted(missing)],
     }
-    (fixture / "minimize.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(fixture / "minimize.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+PTI_USER_BIT = 1 << 12  # PTI_USER_PGTABLE_MASK
+
+
+def add_pti_kernel_tables(capture: Path, fixture: Path) -> int:
+    """A CR3 stopped in user mode under PTI names the user PGD, so ``minimize`` keeps only the user page
+    table; add the kernel PGD's tables (the page before, bit 12 clear) to the fixture's core. Returns
+    the number of pages added (0 when no CPU had a PTI user CR3)."""
+    core = find_text(capture, "core.elf")
+    if core is None:
+        raise FileNotFoundError(f"{capture}: no core.elf")
+    with open_image(core, kind="core") as img:
+        extra: set[int] = set()
+        for cpu in img.cpus:
+            if cpu.cr3 & PTI_USER_BIT:
+                extra |= table_pfns(img, dataclasses.replace(cpu, cr3=cpu.cr3 & ~PTI_USER_BIT))[0]
+        if not extra:
+            return 0
+        with open_image(fixture / "core.elf.gz", kind="core") as fix:
+            frames = {p: bytes(fix.frame(p) or b"") for lo, hi in fix.ranges() for p in range(lo >> 12, hi >> 12)}
+        added = sorted(extra - frames.keys())
+        frames.update((p, bytes(img.frame(p) or b"")) for p in added)
+        write_qemu_core(fixture / "core.elf.gz", sorted(frames.items()), list(img.cpus))
+    summary = json.loads((fixture / "minimize.json").read_text())
+    summary["pti_kernel_table_pages"] = len(added)
+    write_text(fixture / "minimize.json", json.dumps(summary, indent=2) + "\n")
+    return len(added)
+

@@ -7,6 +7,8 @@ Formats (QEMU 7.2, target/i386/monitor.c), lines ending in ``\\r\\n`` over the m
   PTE is PAT and QEMU clears it before printing), D, A, C = PCD, T = PWT, U, W. Present leaves only.
 * ``info mem``: ``%016x-%016x %016x urw`` — start, end, size, effective user/read/write.
 * ``gva2gpa ADDR``: ``gpa: 0x…`` (page offset included; ``gpa: 0`` for zero) or ``Unmapped``.
+* ``info registers``: ``NAME=hex`` pairs (``R8 =…`` padded), segment lines ``CS =sel base limit flags …``,
+  ``GDT=     base limit``.
 """
 
 from __future__ import annotations
@@ -14,8 +16,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from earlymm.images.cpustate import GPR_NAMES, SEGMENT_NAMES, CpuState, Segment
+
 TLB_RE = re.compile(r"^([0-9a-f]{16}): ([0-9a-f]{16}) ([-XGPDACTUW]{9})$")
 MEM_RE = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16}) ([0-9a-f]{16}) ([-u][-r][-w])$")
+REG_RE = re.compile(r"\b([A-Z][A-Z0-9]*) ?=([0-9a-f]+)\b")
+SEG_RE = re.compile(r"^(ES|CS|SS|DS|FS|GS|LDT|TR) ?=([0-9a-f]{4}) ([0-9a-f]{16}) ([0-9a-f]{8}) ([0-9a-f]{8})", re.M)
+TABLE_RE = re.compile(r"^(GDT|IDT)= +([0-9a-f]{16}) ([0-9a-f]{8})", re.M)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +59,58 @@ def parse_info_mem(text: str) -> list[MemLine]:
         if m:
             out.append(MemLine(int(m[1], 16), int(m[2], 16), m[4]))
     return out
+
+
+def parse_info_registers(text: str) -> dict[str, int]:
+    """The scalar registers of the first CPU in an ``info registers`` reply: ``RAX``…``R15``, ``RIP``,
+    ``RFL``, ``CR0``…``CR4``, ``EFER``, ``DR0``… (segment and FPU/XMM lines are left out)."""
+    out: dict[str, int] = {}
+    for ln in lines(text):
+        if SEG_RE.match(ln) or TABLE_RE.match(ln) or ln.startswith(("FPR", "XMM", "YMM", "ZMM", "FCW", "CPU#")):
+            continue
+        for name, value in REG_RE.findall(ln):
+            out.setdefault(name, int(value, 16))
+    if "RIP" not in out and "EIP" in out:  # QEMU prints a CPU outside 64-bit mode with 32-bit names
+        out["RIP"] = out["EIP"]
+        for n in GPR_NAMES[:8]:
+            if "E" + n[1:].upper() in out:
+                out.setdefault(n.upper(), out["E" + n[1:].upper()])
+    for need in ("RIP", "CR0", "CR3", "CR4"):
+        if need not in out:
+            raise ValueError(f"info registers: no {need}")
+    return out
+
+
+CPU_HEADER_RE = re.compile(r"^CPU#(\d+)\s*$", re.M)
+
+
+def cpu_states_from_registers_text(text: str) -> list[tuple[CpuState, int | None]]:
+    """Every CPU of an ``info registers`` reply (``info registers -a`` gives one block per ``CPU#n``
+    line, in order): its ``CpuState`` and the ``EFER`` QEMU printed (None if the reply has none — a core's
+    note never has it). Raises ``ValueError`` naming the CPU whose block lacks a register."""
+    text = text.replace("\r", "")
+    heads = list(CPU_HEADER_RE.finditer(text))
+    blocks = [text] if not heads else [text[m.end():heads[i + 1].start() if i + 1 < len(heads) else len(text)]
+                                       for i, m in enumerate(heads)]
+    out = []
+    for i, block in enumerate(blocks):
+        try:
+            out.append((cpu_state_from_registers(block), parse_info_registers(block).get("EFER")))
+        except ValueError as e:
+            raise ValueError(f"CPU#{heads[i][1]}: {e}" if heads else str(e)) from None
+    return out
+
+
+def cpu_state_from_registers(text: str) -> CpuState:
+    """A ``CpuState`` (what a QEMU core's note holds) from an ``info registers`` reply."""
+    regs = parse_info_registers(text)
+    segs = {m[1].lower(): Segment(int(m[2], 16), int(m[4], 16), int(m[5], 16), int(m[3], 16))
+            for m in SEG_RE.finditer(text.replace("\r", ""))}
+    for m in TABLE_RE.finditer(text.replace("\r", "")):
+        segs[m[1].lower()] = Segment(0, int(m[3], 16), 0, int(m[2], 16))
+    return CpuState(gprs=tuple(regs.get(n.upper(), 0) for n in GPR_NAMES), rip=regs["RIP"],
+                    rflags=regs.get("RFL", 2), segments=tuple(segs.get(n, Segment()) for n in SEGMENT_NAMES),
+                    cr0=regs["CR0"], cr2=regs.get("CR2", 0), cr3=regs["CR3"], cr4=regs["CR4"])
 
 
 def parse_gva2gpa_reply(reply: str) -> int | None:

@@ -1,12 +1,16 @@
 """Linux x86-64 constants per kernel profile (spec §2.1–§2.4).
 
-Two profiles: ``v3.9`` (the seeds' kernel, Linux v3.9 / early 2013) and ``current`` (6.x, 4-level).
+Two profiles: ``v3.9`` (the seeds' kernel, Linux v3.9 / early 2013) and ``current`` (Linux 6.1 as Debian
+builds it: the reference configuration is Debian's ``config-6.1.0-*-amd64`` — CONFIG_X86_5LEVEL,
+CONFIG_RANDOMIZE_BASE and CONFIG_RANDOMIZE_MEMORY on, so INIT_PGT_BUF_SIZE is 4 × 4 pages and
+KERNEL_IMAGE_SIZE 1 GiB — checked against the mid-boot fixtures of that kernel).
 Kernel code reads everything era-dependent from a ``Profile``; nothing here is mutable.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -64,9 +68,41 @@ class Profile:
     real_end_pmd_aligned: bool  # 6.x memory_map_top_down: the top block is PMD-aligned (v3.9: page-aligned)
     clear_top_pgt_first: bool  # 6.x clears init_top_pgt before copy_bootdata; v3.9 after load_ucode_bsp
     recursion_halt: int  # the early handler halts when early_recursion_flag reaches this (v3.9: == 2; 6.x: > 2)
+    recursion_check_first: bool  # v3.9 checks the flag on entry; 6.x only for faults nothing handled
     panic_format: str  # early_printk's PANIC line
     fixmap_pmds: tuple[int, ...]  # level2_fixmap_pgt entries pointing at level1_fixmap_pgt pages
     init_pgt_buf_pages: int  # INIT_PGT_BUF_SIZE / PAGE_SIZE (BRK page-table buffer)
+    early_cr2_native: bool  # 6.x do_early_exception: native_read_cr2(); v3.9 GET_CR2_INTO: the pv op
+    p4d_level: bool  # 6.x code has a p4d level (folded at run time in 4-level mode); v3.9 goes pgd → pud
+    ucode_loader: Literal["v3.9", "6.1"]  # load_ucode_bsp: v3.9 Intel only; 6.1 Intel, AMD, hypervisor check
+    btmap_pmd: int  # level2_fixmap_pgt index of the early_ioremap pmd (bm_pte)
+    btmap_page: int  # first btmap page in that pmd
+    btmap_slots: int  # FIX_BTMAPS_SLOTS (NR_FIX_BTMAPS = 64 pages each)
+    realmode_pages: int  # reserve_real_mode(): the trampoline's size below 1 MiB
+    reserve_first_mb: bool  # 6.x setup_arch: memblock_reserve(0, SZ_1M) after reserve_real_mode
+    bios_regions: Literal["v3.9", "6.1"]  # reserve_ebda_region (v3.9) or reserve_bios_regions (6.1)
+    idt_handlers: str  # early_idt_handlers (v3.9) / early_idt_handler_array (6.x)
+    pf_init: str  # early_trap_pf_init (v3.9) / idt_setup_early_pf (6.x)
+    pf_entry: str  # the real #PF entry it installs: page_fault (v3.9) / asm_exc_page_fault (6.x)
+    idt_stub_size: int  # bytes per early IDT stub (6.x EARLY_IDT_HANDLER_SIZE 9)
+    kernel_image_size: int  # KERNEL_IMAGE_SIZE: 512 MiB, or 1 GiB with CONFIG_RANDOMIZE_BASE
+    clear_brk: bool  # 6.x clear_bss() also zeroes __brk_base..__brk_limit
+    la57: bool  # the kernel can run in 5-level mode (6.x with CONFIG_X86_5LEVEL); check_la57_support reads CR4
+    page_offset_l5: int  # __PAGE_OFFSET_BASE_L5
+    startup_fn: str  # who fixes the tables up: startup_64 (v3.9 head_64.S) / __startup_64 (6.x head64.c)
+    flush_global_after_cr3: bool  # 6.x secondary_startup_64 toggles CR4.PGE right after the CR3 switch
+    pti: bool  # 6.x: page-table isolation (pti_check_boottime_disable) drops _PAGE_GLOBAL from kernel maps
+    gbpages_need_pse: bool  # 6.x probe_page_size_mask: no PSE, no direct_gbpages
+    # struct page and the vmemmap (spec §2.5): the seed-004 address needs a 56-byte struct page with
+    # ``private`` at 48; PG_pinned is PG_owner_priv_1 (bit 8 of page->flags).
+    split_merge_before_adjust: bool = False  # v3.9 split_mem_range: merge, then adjust_range_page_size_mask
+    struct_page_size: int = 64
+    page_private_offset: int = 48
+    pg_pinned_bit: int = 8
+    vmemmap_base: int = 0xFFFF_EA00_0000_0000
+    # Where a CONFIG_XEN build's head_64.S .data (init_level4_pgt and the tables after it) sits in the
+    # image, as an offset from _text; None: with the other tables at the image's end.
+    xen_pgt_offset: int | None = None
 
     @property
     def maxmem(self) -> int:
@@ -82,14 +118,29 @@ V39 = Profile(
     max_physmem_bits=46, top_pgt="early_level4_pgt", init_pgt="init_level4_pgt", next_early_pgt_initial=2,
     trim_kernel_pmds=False, global_flush_in_start_kernel=False, step_shift=5, fixmap_pmds=(506,),
     init_pgt_buf_pages=5, step_grows_on_new_ram=True, real_end_pmd_aligned=False, clear_top_pgt_first=False,
-    recursion_halt=2, panic_format="PANIC: early exception {vector:02x} rip {cs:x}:{rip:x} error {error:x} cr2 {cr2:x}",
+    recursion_halt=2, recursion_check_first=True,
+    panic_format="PANIC: early exception {vector:02x} rip {cs:x}:{rip:x} error {error:x} cr2 {cr2:x}",
+    early_cr2_native=False, ucode_loader="v3.9", p4d_level=False, btmap_pmd=510, btmap_page=0, btmap_slots=4,
+    realmode_pages=6, reserve_first_mb=False, bios_regions="v3.9", idt_handlers="early_idt_handlers",
+    pf_init="early_trap_pf_init", pf_entry="page_fault", idt_stub_size=10, kernel_image_size=512 << 20,
+    clear_brk=False, la57=False, page_offset_l5=0, startup_fn="startup_64",
+    flush_global_after_cr3=False, pti=False, gbpages_need_pse=False,
+    # seed 004: init_level4_pgt at pfn 0x1a0c of a kernel linked at 16 MiB, a 56-byte struct page (§2.5)
+    struct_page_size=56, xen_pgt_offset=0xA0C000, split_merge_before_adjust=True,
 )
 CURRENT = Profile(
-    name="current", source_ref="linux v6.12", page_offset=0xFFFF_8880_0000_0000, physical_mask_shift=52,
+    name="current",
+    source_ref="linux 6.1 (Debian 6.1.0-*-amd64 config: X86_5LEVEL, RANDOMIZE_BASE, RANDOMIZE_MEMORY)",
+    page_offset=0xFFFF_8880_0000_0000, physical_mask_shift=52,
     max_physmem_bits=46, top_pgt="early_top_pgt", init_pgt="init_top_pgt", next_early_pgt_initial=0,
-    trim_kernel_pmds=True, global_flush_in_start_kernel=True, step_shift=8, fixmap_pmds=(507, 506),
-    init_pgt_buf_pages=6, step_grows_on_new_ram=False, real_end_pmd_aligned=True, clear_top_pgt_first=True,
-    recursion_halt=3,
+    trim_kernel_pmds=True, global_flush_in_start_kernel=True, step_shift=8, fixmap_pmds=(506, 507),
+    init_pgt_buf_pages=16, step_grows_on_new_ram=False, real_end_pmd_aligned=True, clear_top_pgt_first=True,
+    recursion_halt=3, recursion_check_first=False,
     panic_format="PANIC: early exception 0x{vector:02x} IP {cs:x}:{rip:x} error {error:x} cr2 0x{cr2:x}",
+    early_cr2_native=True, ucode_loader="6.1", p4d_level=True, btmap_pmd=505, btmap_page=0, btmap_slots=8,
+    realmode_pages=7, reserve_first_mb=True, bios_regions="6.1", idt_handlers="early_idt_handler_array",
+    pf_init="idt_setup_early_pf", pf_entry="asm_exc_page_fault", idt_stub_size=9, kernel_image_size=1 << 30,
+    clear_brk=True, la57=True, page_offset_l5=0xFF11_0000_0000_0000, startup_fn="__startup_64",
+    flush_global_after_cr3=True, pti=True, gbpages_need_pse=True,
 )
 PROFILES = {p.name: p for p in (V39, CURRENT)}

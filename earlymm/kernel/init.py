@@ -3,77 +3,58 @@ build the final direct map into ``init_level4_pgt`` top-down, then ``load_cr3`` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from earlymm.arch.addr import PhysAddr
+from earlymm.arch.cpuid import Vendor
 from earlymm.arch.flags import Cr4
-from earlymm.hw.faults import Halt
 from earlymm.kernel.consts import _PAGE_GLOBAL, _PAGE_NX, ISA_END_ADDRESS, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PUD_SIZE
 from earlymm.kernel.context import KernelContext
-from earlymm.kernel.events import DirectMapRange, LowPageAlloc, Note
-from earlymm.kernel.init_64 import PG_LEVEL_1G, PG_LEVEL_2M, kernel_physical_mapping_init
-from earlymm.kernel.memblock import Memblock
+from earlymm.kernel.cpufeature import X86Feature, boot_cpu_has, x86_cpuid_vendor
+from earlymm.kernel.events import DirectMapRange, Note
+from earlymm.kernel.init_64 import PG_LEVEL_1G, PG_LEVEL_2M, flush_tlb_all, kernel_physical_mapping_init
+from earlymm.kernel.mm_state import MmState
 
 
-@dataclass
-class MmState:
-    """The mm globals of init.c/init_64.c (``max_pfn_mapped``, ``pgt_buf_*``, ``page_size_mask`` …)."""
+def set_in_cr4(ctx: KernelContext, mask: int) -> None:
+    """``set_in_cr4``: read-modify-write CR4 through ``pv_ops.cpu``."""
+    ctx.pv.cpu.write_cr4(ctx.pv.cpu.read_cr4() | mask)
 
-    memblock: Memblock
-    max_pfn: int = 0
-    max_pfn_mapped: int = 0
-    min_pfn_mapped: int = 0
-    pgt_buf_start: int = 0
-    pgt_buf_end: int = 0
-    pgt_buf_top: int = 0
-    can_use_brk_pgt: bool = True
-    page_size_mask: int = 0
-    supported_pte_mask: int = (1 << 64) - 1
-    brk_end: int = 0
-    pfn_mapped: list[tuple[int, int]] = field(default_factory=list)
-    pages_4k: int = 0
-    pages_2m: int = 0
-    pages_1g: int = 0
-    table_pages: dict[str, int] = field(default_factory=dict)
 
-    def alloc_low_page(self, ctx: KernelContext, level: str) -> int:
-        """``alloc_low_pages(1)``: BRK buffer first, else memblock within the already-mapped range;
-        the page is cleared through ``__va`` and its ``__va`` address returned."""
-        if self.pgt_buf_end + 1 > self.pgt_buf_top or not self.can_use_brk_pgt:
-            if self.min_pfn_mapped >= self.max_pfn_mapped:
-                raise Halt("Kernel panic - not syncing: alloc_low_page: ran out of memory", outcome="panic")
-            ret = self.memblock.find_in_range(self.min_pfn_mapped << PAGE_SHIFT, self.max_pfn_mapped << PAGE_SHIFT,
-                                              PAGE_SIZE, PAGE_SIZE)
-            if not ret:
-                raise Halt("Kernel panic - not syncing: alloc_low_page: can not alloc memory", outcome="panic")
-            self.memblock.reserve(ret, PAGE_SIZE)
-            pfn, source = ret >> PAGE_SHIFT, "memblock"
-            ctx.stats.low_pages_memblock += 1
-        else:
-            pfn, source = self.pgt_buf_end, "brk"
-            self.pgt_buf_end += 1
-            ctx.stats.low_pages_brk += 1
-        ctx.emit(LowPageAlloc(pfn << PAGE_SHIFT, source))
-        self.table_pages[level] = self.table_pages.get(level, 0) + 1
-        va = ctx.va(pfn << PAGE_SHIFT)
-        ctx.memset(va, 0, PAGE_SIZE)  # clear_page(__va(pfn << PAGE_SHIFT))
-        return va
+def pti_check_boottime_disable(ctx: KernelContext) -> bool:
+    """6.1 ``pti_check_boottime_disable`` (arch/x86/mm/pti.c): ``pti=on|off|auto``, ``nopti`` and
+    ``mitigations=off`` on the command line; in auto mode PTI is on where the CPU has the Meltdown bug.
+    Difference: ``cpu_set_bug_bits``' whitelists are reduced to the vendor — AMD (and Hygon) CPUs are
+    NO_MELTDOWN, Intel CPUs are taken to have the bug (the model's CPUs report no ARCH_CAP_RDCL_NO)."""
+    words = ctx.cpu.read(ctx.sym("boot_command_line"), 2048).split(b"\0", 1)[0].decode("latin-1").split()
+    if "nopti" in words or "pti=off" in words or "mitigations=off" in words:
+        return False
+    if "pti=on" in words:
+        return True
+    return x86_cpuid_vendor(ctx.cpu) is Vendor.INTEL
 
 
 def probe_page_size_mask(ctx: KernelContext, st: MmState) -> None:
+    """Model of ``probe_page_size_mask()`` (arch/x86/mm/init.c @ v3.9 and 6.1: there 1 GiB pages need
+    PSE, and PTI keeps _PAGE_GLOBAL out of ``__default_kernel_pte_mask``)."""
     cpu = ctx.cpu
-    if cpu.features.pse:
+    pse, pge = boot_cpu_has(cpu, X86Feature.PSE), boot_cpu_has(cpu, X86Feature.PGE)
+    if pse:
         st.page_size_mask |= PG_LEVEL_2M
-    if cpu.features.gbpages:
+    if boot_cpu_has(cpu, X86Feature.GBPAGES) and (pse or not ctx.profile.gbpages_need_pse):  # direct_gbpages
         st.page_size_mask |= PG_LEVEL_1G
-    if cpu.features.pse:
-        cpu.write_cr4(cpu.regs.cr4 | int(Cr4.PSE))
-    if cpu.features.pge:
-        cpu.write_cr4(cpu.regs.cr4 | int(Cr4.PGE))
+    if pse:
+        set_in_cr4(ctx, int(Cr4.PSE))
+    if pge:
+        set_in_cr4(ctx, int(Cr4.PGE))
         st.supported_pte_mask |= _PAGE_GLOBAL
     else:
         st.supported_pte_mask &= ~_PAGE_GLOBAL
-    if not cpu.features.nx:
+    if not boot_cpu_has(cpu, X86Feature.NX):
         st.supported_pte_mask &= ~_PAGE_NX
+    st.default_kernel_pte_mask = st.supported_pte_mask
+    if ctx.profile.pti and st.pti:
+        st.default_kernel_pte_mask &= ~_PAGE_GLOBAL  # "except when with PTI where the kernel is mostly non-Global"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +68,7 @@ class MapRange:
         return "1G" if self.mask & PG_LEVEL_1G else "2M" if self.mask & PG_LEVEL_2M else "4K"
 
 
-def split_mem_range(st: MmState, start: int, end: int) -> list[MapRange]:
+def split_mem_range(st: MmState, start: int, end: int, merges_first: bool = False) -> list[MapRange]:
     """Up to five ranges: 4K head, 2M to the first 1G boundary, 1G, 2M tail, 4K tail; then upgraded
     where the enclosing block is all RAM, and merged (spec §3.8)."""
     mask = st.page_size_mask
@@ -123,29 +104,38 @@ def split_mem_range(st: MmState, start: int, end: int) -> list[MapRange]:
         pos = e << PAGE_SHIFT
     save(pos >> PAGE_SHIFT, limit, 0)
 
-    for i, r in enumerate(mr):  # adjust_range_page_size_mask
-        m = r.mask
-        if mask & PG_LEVEL_2M and not m & PG_LEVEL_2M:
-            lo, hi = rdown(r.start, PMD_SIZE), rup(r.end, PMD_SIZE)
-            if st.memblock.is_region_memory(lo, hi - lo):
-                m |= PG_LEVEL_2M
-        if mask & PG_LEVEL_1G and not m & PG_LEVEL_1G:
-            lo, hi = rdown(r.start, PUD_SIZE), rup(r.end, PUD_SIZE)
-            if st.memblock.is_region_memory(lo, hi - lo):
-                m |= PG_LEVEL_1G
-        mr[i] = MapRange(r.start, r.end, m)
-    merged: list[MapRange] = []
-    for r in mr:
-        if merged and merged[-1].end == r.start and merged[-1].mask == r.mask:
-            merged[-1] = MapRange(merged[-1].start, r.end, r.mask)
-        else:
-            merged.append(r)
-    return merged
+    def adjust(ranges: list[MapRange]) -> list[MapRange]:  # adjust_range_page_size_mask
+        out = []
+        for r in ranges:
+            m = r.mask
+            if mask & PG_LEVEL_2M and not m & PG_LEVEL_2M:
+                lo, hi = rdown(r.start, PMD_SIZE), rup(r.end, PMD_SIZE)
+                if st.memblock.is_region_memory(lo, hi - lo):
+                    m |= PG_LEVEL_2M
+            if mask & PG_LEVEL_1G and not m & PG_LEVEL_1G:
+                lo, hi = rdown(r.start, PUD_SIZE), rup(r.end, PUD_SIZE)
+                if st.memblock.is_region_memory(lo, hi - lo):
+                    m |= PG_LEVEL_1G
+            out.append(MapRange(r.start, r.end, m))
+        return out
+
+    def merge(ranges: list[MapRange]) -> list[MapRange]:  # "try to merge same page size and continuous"
+        merged: list[MapRange] = []
+        for r in ranges:
+            if merged and merged[-1].end == r.start and merged[-1].mask == r.mask:
+                merged[-1] = MapRange(merged[-1].start, r.end, r.mask)
+            else:
+                merged.append(r)
+        return merged
+
+    # v3.9 merges first and adjusts the merged ranges (a 3.11 fix, commit 7de3d66b, swapped the two after
+    # the mem=2G trouble); 6.1 adjusts, then merges.
+    return adjust(merge(mr)) if merges_first else merge(adjust(mr))
 
 
 def init_memory_mapping(ctx: KernelContext, st: MmState, start: int, end: int) -> int:
     ret = 0
-    for r in split_mem_range(st, start, end):
+    for r in split_mem_range(st, start, end, ctx.profile.split_merge_before_adjust):
         ctx.emit(DirectMapRange(r.start, r.end, r.page_size))
         ret = kernel_physical_mapping_init(ctx, st, r.start, r.end, r.mask)
     st.pfn_mapped.append((start >> PAGE_SHIFT, ret >> PAGE_SHIFT))  # add_pfn_range_mapped
@@ -168,6 +158,10 @@ def init_range_memory_mapping(ctx: KernelContext, st: MmState, r_start: int, r_e
 
 
 def init_mem_mapping(ctx: KernelContext, st: MmState) -> None:
+    if ctx.profile.pti:
+        st.pti = pti_check_boottime_disable(ctx)
+        if st.pti:
+            ctx.emit(Note("pti_check_boottime_disable: page-table isolation on (the direct map loses _PAGE_GLOBAL)"))
     probe_page_size_mask(ctx, st)
     end = st.max_pfn << PAGE_SHIFT
     init_memory_mapping(ctx, st, 0, ISA_END_ADDRESS)  # the ISA range, regardless of holes
@@ -196,6 +190,6 @@ def init_mem_mapping(ctx: KernelContext, st: MmState) -> None:
     if real_end < end:
         init_range_memory_mapping(ctx, st, real_end, end)
     lay = ctx.layout
-    ctx.cpu.write_cr3(ctx.pa_symbol("init_top_pgt"))  # load_cr3(swapper_pg_dir)
-    ctx.cpu.flush_tlb(include_global=True)  # __flush_tlb_all()
+    ctx.pv.mmu.write_cr3(PhysAddr(ctx.pa_symbol("init_top_pgt")))  # load_cr3(swapper_pg_dir)
+    flush_tlb_all(ctx)
     ctx.emit(Note(f"load_cr3({ctx.profile.init_pgt}) at {ctx.pa(lay.init_pgt):#x}: the early tables are retired"))

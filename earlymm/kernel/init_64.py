@@ -1,167 +1,301 @@
-"""The 64-bit direct-map builders and ``cleanup_highmap`` (arch/x86/mm/init_64.c @ v3.9), one function
-per level as in Linux. Tables are reached at ``__va`` addresses, so while CR3 is still the early table
-each access may fault and be materialised by the early #PF handler (spec §3.8).
+"""The 64-bit direct-map builders and ``cleanup_highmap`` (arch/x86/mm/init_64.c @ v3.9; 6.1's
+``__kernel_physical_mapping_init``), one function per level as in Linux. Tables are reached at ``__va``
+addresses, so while CR3 is still the early table each access may fault and be materialised by the early
+#PF handler (spec §3.8). Entries are written with the pv wrappers Linux uses there (``set_pte``,
+``set_pmd``, ``pmd_populate_kernel`` …) and read through ``pXd_val``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import numpy as np
 
-from earlymm.hw.memory import RegionType
+from earlymm.arch.addr import Pfn, VirtAddr
 from earlymm.kernel.consts import (
     __PAGE_KERNEL,
     __PAGE_KERNEL_LARGE,
-    _KERNPG_TABLE,
     _PAGE_PSE,
-    PAGE_SIZE,
-    PGDIR_SIZE,
-    PMD_SIZE,
-    PUD_SIZE,
+    _PAGE_TABLE,
     START_KERNEL_MAP,
 )
 from earlymm.kernel.context import KernelContext
+from earlymm.kernel.cpufeature import X86Feature, boot_cpu_has
 from earlymm.kernel.events import Note
-
-if TYPE_CHECKING:
-    from earlymm.kernel.init import MmState
+from earlymm.kernel.mm_state import MmState
+from earlymm.kernel.paravirt.ops import SetOp
+from earlymm.kernel.pgtable import PgLevel, p4d_offset, pgd_offset_pgd
+from earlymm.kernel.table_run import TableRun
 
 PG_LEVEL_2M, PG_LEVEL_1G = 1 << 2, 1 << 3  # (1 << PG_LEVEL_2M), (1 << PG_LEVEL_1G)
 LARGE_FLAG_BITS = 0x8000_0000_0000_0FFF & ~_PAGE_PSE
+# pmd_populate_kernel/pud_populate/p4d_populate link a new table with _PAGE_TABLE (US set: the leaves
+# decide who may use a page), v3.9 and 6.1 alike (arch/x86/include/asm/pgalloc.h).
+DIRECT_MAP_TABLE_FLAGS = _PAGE_TABLE
 
 
-def e820_any_mapped(ctx: KernelContext, start: int, end: int) -> bool:
-    """``e820_any_mapped(start, end, E820_RAM)`` (E820_RESERVED_KERN is not modelled)."""
-    return any(r.kind is RegionType.RAM and r.start < end and start < r.end for r in ctx.machine.config.e820)
+def pfn_pte(ctx: KernelContext, st: MmState, pa: int, prot: int) -> int:
+    """``pfn_pte(pa >> PAGE_SHIFT, prot)``: ``massage_pgprot`` drops what ``__supported_pte_mask`` lacks,
+    then ``__pte`` converts through ``pv_ops`` (``make_pte``)."""
+    return ctx.pv.mmu.make_entry((pa | prot) & st.supported_pte_mask)
 
 
-def _pfn_pte(ctx: KernelContext, st: MmState, pa: int, prot: int) -> int:
-    return (pa | prot) & st.supported_pte_mask
+def pfn_ptes(ctx: KernelContext, st: MmState, base: int, step: int, n: int, prot: int) -> np.ndarray:
+    """``pfn_pte`` for ``n`` consecutive pages of ``step`` bytes from ``base``."""
+    pas = np.uint64(base) + np.arange(n, dtype=np.uint64) * np.uint64(step)
+    return ctx.pv.mmu.make_entries((pas | np.uint64(prot)) & np.uint64(st.supported_pte_mask))
+
+
+def flush_tlb_all(ctx: KernelContext) -> None:
+    """``__flush_tlb_all`` (tlbflush.h @ v3.9): the global flush where the CPU has PGE, else a CR3 reload."""
+    if boot_cpu_has(ctx.cpu, X86Feature.PGE):
+        ctx.pv.mmu.flush_tlb_kernel()
+    else:
+        ctx.pv.mmu.flush_tlb_user()
+
+
+def _val(ctx: KernelContext, ptr: int) -> int:
+    return ctx.entry_val(ctx.rd(ptr, ctx.pgt.entry_size))
 
 
 def phys_pte_init(ctx: KernelContext, st: MmState, pte_page: int, addr: int, end: int, prot: int) -> int:
+    """Model of ``phys_pte_init()`` (init_64.c @ v3.9): 4 KiB leaves with ``set_pte``; present PTEs are
+    kept ("Xen may have set it up"); entries past ``end`` that cover no RAM are cleared."""
+    g, mmu = ctx.pgt, ctx.pv.mmu
+    t = TableRun(ctx, pte_page)
     last = end
-    for i in range((addr >> 12) & 511, 512):
-        pte = pte_page + 8 * i
-        nxt = (addr & ~(PAGE_SIZE - 1)) + PAGE_SIZE
+    i = g.pte_index(addr)
+    while i < g.ptrs_per_pte:
+        nxt = (addr & ~0xFFF) + 0x1000
         if addr >= end:
-            if not e820_any_mapped(ctx, addr & ~(PAGE_SIZE - 1), nxt):
-                ctx.wr(pte, 0)
-            addr = nxt
+            if not st.e820_any_mapped(addr & ~0xFFF, nxt):
+                t.set(SetOp.PTE, i, mmu.make_entry(0))
+        elif not t.val(i):
+            n = t.zero_run(i, min(g.ptrs_per_pte - i, (end - addr + 0xFFF) >> 12))
+            base = addr & ~0xFFF
+            t.set_many(SetOp.PTE, i, pfn_ptes(ctx, st, base, 1 << 12, n, prot))
+            st.pages_4k += n
+            addr = base + (n << 12)
+            last = addr
+            i += n
             continue
-        if ctx.rd(pte):  # "Xen may have set it up" — reuse a present PTE
-            addr = nxt
-            continue
-        ctx.wr(pte, _pfn_pte(ctx, st, addr & ~(PAGE_SIZE - 1), prot))
-        st.pages_4k += 1
-        last = nxt
         addr = nxt
+        i += 1
+    t.sync()
     return last
 
 
 def phys_pmd_init(ctx: KernelContext, st: MmState, pmd_page: int, addr: int, end: int, mask: int, prot: int) -> int:
+    """Model of ``phys_pmd_init()`` (init_64.c @ v3.9): 2 MiB leaves (``set_pte`` on the pmd) where the
+    range allows, else a PTE table from ``alloc_low_pages`` linked by ``pmd_populate_kernel``; a present
+    table is descended into, a present large page kept or split with its protection."""
+    g, mmu = ctx.pgt, ctx.pv.mmu
+    t = TableRun(ctx, pmd_page)
     last = end
-    for i in range((addr >> 21) & 511, 512):
-        pmd = pmd_page + 8 * i
-        nxt = (addr & ~(PMD_SIZE - 1)) + PMD_SIZE
+    i, size, ptrs = g.pmd_index(addr), g.pmd_size, g.ptrs_per_pmd
+    while i < ptrs:
+        nxt = (addr & ~(size - 1)) + size
         new_prot = prot
         if addr >= end:
-            if not e820_any_mapped(ctx, addr & ~(PMD_SIZE - 1), nxt):
-                ctx.wr(pmd, 0)
-            addr = nxt
+            skip = st.ram_run(addr & ~(size - 1), size, ptrs - i)  # entries left alone: they cover RAM
+            if skip:
+                addr, i = (addr & ~(size - 1)) + skip * size, i + skip
+                continue
+            t.set(SetOp.PMD, i, mmu.make_entry(0))  # past the end and no RAM: cleared
+            addr, i = nxt, i + 1
             continue
-        val = ctx.rd(pmd)
+        val = t.val(i)
+        if val and val & _PAGE_PSE and mask & PG_LEVEL_2M:
+            n = t.large_run(i, min(ptrs - i, (end - addr + size - 1) // size))  # large leaves kept
+            addr = last = (addr & ~(size - 1)) + n * size
+            i += n
+            continue
         if val:
             if not val & _PAGE_PSE:
-                last = phys_pte_init(ctx, st, ctx.va(val & ctx.profile.pte_pfn_mask), addr, end, prot)
-                addr = nxt
+                t.sync()
+                last = phys_pte_init(ctx, st, ctx.va(val & g.pte_pfn_mask), addr, end, prot)
+                addr, i = nxt, i + 1
                 continue
             if mask & PG_LEVEL_2M:
                 last = nxt
-                addr = nxt
+                addr, i = nxt, i + 1
                 continue
             new_prot = val & LARGE_FLAG_BITS  # split, keeping the large page's protection
+        elif mask & PG_LEVEL_2M:
+            # set_pte((pte_t *)pmd, pfn_pte(…, prot | _PAGE_PSE)) for each pmd of a run of empty ones
+            n = t.zero_run(i, min(g.ptrs_per_pmd - i, (end - addr + size - 1) // size))
+            base = addr & ~(size - 1)
+            t.set_many(SetOp.PTE, i, pfn_ptes(ctx, st, base, size, n, prot | _PAGE_PSE))
+            st.pages_2m += n
+            addr = last = base + n * size
+            i += n
+            continue
         if mask & PG_LEVEL_2M:
-            ctx.wr(pmd, _pfn_pte(ctx, st, addr & ~(PMD_SIZE - 1), prot | _PAGE_PSE))
+            t.set(SetOp.PTE, i, pfn_pte(ctx, st, addr & ~(size - 1), prot | _PAGE_PSE))
             st.pages_2m += 1
             last = nxt
-            addr = nxt
+            addr, i = nxt, i + 1
             continue
+        t.sync()
         pte_page = st.alloc_low_page(ctx, "pte")
         last = phys_pte_init(ctx, st, pte_page, addr, end, new_prot)
-        ctx.wr(pmd, ctx.pa(pte_page) | _KERNPG_TABLE)
-        addr = nxt
+        pmd_populate_kernel(ctx, t.ptr(i), pte_page)
+        addr, i = nxt, i + 1
+    t.sync()
     return last
 
 
 def phys_pud_init(ctx: KernelContext, st: MmState, pud_page: int, addr: int, end: int, mask: int) -> int:
+    """Model of ``phys_pud_init()`` (init_64.c @ v3.9): 1 GiB leaves where allowed, else PMD tables
+    (``pud_populate``); present entries reused as at the level below."""
+    g, mmu = ctx.pgt, ctx.pv.mmu
+    t = TableRun(ctx, pud_page)
     last = end
-    for i in range((addr >> 30) & 511, 512):
-        pud = pud_page + 8 * i
-        nxt = (addr & ~(PUD_SIZE - 1)) + PUD_SIZE
-        prot = __PAGE_KERNEL
+    i, size, ptrs = g.pud_index(addr), g.pud_size, g.ptrs_per_pud
+    while i < ptrs:
+        nxt = (addr & ~(size - 1)) + size
+        prot = __PAGE_KERNEL & st.default_kernel_pte_mask  # PAGE_KERNEL
         if addr >= end:
-            if not e820_any_mapped(ctx, addr & ~(PUD_SIZE - 1), nxt):
-                ctx.wr(pud, 0)
-            addr = nxt
+            skip = st.ram_run(addr & ~(size - 1), size, ptrs - i)  # entries left alone: they cover RAM
+            if skip:
+                addr, i = (addr & ~(size - 1)) + skip * size, i + skip
+                continue
+            t.set(SetOp.PUD, i, mmu.make_entry(0))  # past the end and no RAM: cleared
+            addr, i = nxt, i + 1
             continue
-        val = ctx.rd(pud)
+        val = t.val(i)
+        if val and val & _PAGE_PSE and mask & PG_LEVEL_1G:
+            n = t.large_run(i, min(ptrs - i, (end - addr + size - 1) // size))  # large leaves kept
+            addr = last = (addr & ~(size - 1)) + n * size
+            i += n
+            continue
         if val:
             if not val & _PAGE_PSE:
-                last = phys_pmd_init(ctx, st, ctx.va(val & ctx.profile.pte_pfn_mask), addr, end, mask, prot)
-                addr = nxt
+                t.sync()
+                last = phys_pmd_init(ctx, st, ctx.va(val & g.pte_pfn_mask), addr, end, mask, prot)
+                addr, i = nxt, i + 1
                 continue
             if mask & PG_LEVEL_1G:
                 last = nxt
-                addr = nxt
+                addr, i = nxt, i + 1
                 continue
             prot = val & LARGE_FLAG_BITS
+        elif mask & PG_LEVEL_1G:
+            n = t.zero_run(i, min(g.ptrs_per_pud - i, (end - addr + size - 1) // size))
+            base = addr & ~(size - 1)
+            t.set_many(SetOp.PTE, i, pfn_ptes(ctx, st, base, size, n, __PAGE_KERNEL_LARGE & st.default_kernel_pte_mask))
+            st.pages_1g += n
+            addr = last = base + n * size
+            i += n
+            continue
         if mask & PG_LEVEL_1G:
-            ctx.wr(pud, _pfn_pte(ctx, st, addr & ~(PUD_SIZE - 1), __PAGE_KERNEL_LARGE))
+            t.set(SetOp.PTE, i, pfn_pte(ctx, st, addr & ~(size - 1), __PAGE_KERNEL_LARGE & st.default_kernel_pte_mask))
             st.pages_1g += 1
             last = nxt
-            addr = nxt
+            addr, i = nxt, i + 1
             continue
+        t.sync()
         pmd_page = st.alloc_low_page(ctx, "pmd")
         last = phys_pmd_init(ctx, st, pmd_page, addr, end, mask, prot)
-        ctx.wr(pud, ctx.pa(pmd_page) | _KERNPG_TABLE)
-        addr = nxt
+        pud_populate(ctx, t.ptr(i), pmd_page)
+        addr, i = nxt, i + 1
+    t.sync()
     return last
 
 
+def pmd_populate_kernel(ctx: KernelContext, pmd: VirtAddr, pte_page: int) -> None:
+    """``pmd_populate_kernel`` (pgalloc.h): tell the hypervisor the page is now a PTE table, link it."""
+    pa = ctx.pa(pte_page)
+    ctx.pv.mmu.alloc_pte(Pfn(pa >> 12))
+    ctx.pv.mmu.set_pmd(pmd, ctx.pv.mmu.make_entry(pa | DIRECT_MAP_TABLE_FLAGS))
+
+
+def pud_populate(ctx: KernelContext, pud: VirtAddr, pmd_page: int) -> None:
+    """``pud_populate`` (pgalloc.h): ``paravirt_alloc_pmd`` then ``set_pud``."""
+    pa = ctx.pa(pmd_page)
+    ctx.pv.mmu.alloc_pmd(Pfn(pa >> 12))
+    ctx.pv.mmu.set_pud(pud, ctx.pv.mmu.make_entry(pa | DIRECT_MAP_TABLE_FLAGS))
+
+
+def phys_p4d_init(ctx: KernelContext, st: MmState, p4d_page: int, paddr: int, paddr_end: int, mask: int) -> int:
+    """Model of 6.1 ``phys_p4d_init()``: with the p4d folded the page *is* a pud page; in 5-level mode one
+    pud table per 512 GiB, linked by ``p4d_populate_init`` (``paravirt_alloc_pud`` + ``set_p4d``)."""
+    g, mmu = ctx.pgt, ctx.pv.mmu
+    if g.folded(PgLevel.P4D):
+        return phys_pud_init(ctx, st, p4d_page, paddr, paddr_end, mask)
+    vaddr, vend = ctx.va(paddr), ctx.va(paddr_end)
+    last = paddr_end
+    p4d_size = 1 << g.p4d_shift
+    while vaddr < vend:
+        p4d = VirtAddr(p4d_page + g.entry_size * g.p4d_index(vaddr))
+        vnext = (vaddr & ~(p4d_size - 1)) + p4d_size
+        val = _val(ctx, p4d)
+        if val:
+            last = phys_pud_init(ctx, st, ctx.va(val & g.pte_pfn_mask), ctx.pa(vaddr), paddr_end, mask)
+        else:
+            pud_page = st.alloc_low_page(ctx, "pud")
+            last = phys_pud_init(ctx, st, pud_page, ctx.pa(vaddr), paddr_end, mask)
+            pa = ctx.pa(pud_page)
+            mmu.alloc_pud(Pfn(pa >> 12))
+            mmu.set_p4d(p4d, mmu.make_entry(pa | _PAGE_TABLE))
+        vaddr = vnext
+    return last
+
+
+def top_populate(ctx: KernelContext, pgd: VirtAddr, vaddr: int, page: int) -> None:
+    """Link a new table under the pgd: v3.9's ``pgd_populate`` (``set_pgd`` of a pud page); 6.1's
+    folded-p4d ``p4d_populate_init`` (``set_p4d`` on ``p4d_offset(pgd, vaddr)``, the pgd entry itself), or
+    in 5-level mode ``pgd_populate_init`` of a p4d page. Each notifies ``paravirt_alloc_*`` first and links
+    with ``_PAGE_TABLE``."""
+    pa = ctx.pa(page)
+    mmu = ctx.pv.mmu
+    if not ctx.pgt.folded(PgLevel.P4D):
+        mmu.alloc_p4d(Pfn(pa >> 12))
+        mmu.set_pgd(pgd, mmu.make_entry(pa | _PAGE_TABLE))
+        return
+    mmu.alloc_pud(Pfn(pa >> 12))
+    if ctx.profile.p4d_level:
+        mmu.set_p4d(VirtAddr(p4d_offset(ctx, pgd, vaddr)), mmu.make_entry(pa | _PAGE_TABLE))
+    else:
+        mmu.set_pgd(pgd, mmu.make_entry(pa | _PAGE_TABLE))
+
+
 def kernel_physical_mapping_init(ctx: KernelContext, st: MmState, start: int, end: int, mask: int) -> int:
-    """Map [start, end) at ``__va`` into ``init_level4_pgt`` (reached via ``pgd_offset_k``)."""
+    """Map [start, end) at ``__va`` into ``init_level4_pgt`` (reached via ``pgd_offset_k``); 6.1's
+    ``__kernel_physical_mapping_init``, through ``phys_p4d_init``."""
+    g = ctx.pgt
     vstart, vend = ctx.va(start), ctx.va(end)
     last = end
+    below = "pud" if g.folded(PgLevel.P4D) else "p4d"
     while vstart < vend:
-        pgd = ctx.layout.init_pgt + 8 * ((vstart >> 39) & 511)
-        nxt = min((vstart & ~(PGDIR_SIZE - 1)) + PGDIR_SIZE, vend)
-        val = ctx.rd(pgd)
+        pgd = VirtAddr(pgd_offset_pgd(g, ctx.layout.init_pgt, vstart))  # pgd_offset_k(vstart)
+        nxt = min((vstart & ~(g.pgdir_size - 1)) + g.pgdir_size, vend)
+        val = _val(ctx, pgd)
         if val:
-            last = phys_pud_init(ctx, st, ctx.va(val & ctx.profile.pte_pfn_mask), ctx.pa(vstart), ctx.pa(vend),
-                                 mask)
+            last = phys_p4d_init(ctx, st, ctx.va(val & g.pte_pfn_mask), ctx.pa(vstart), ctx.pa(vend), mask)
             vstart = nxt
             continue
-        pud_page = st.alloc_low_page(ctx, "pud")
-        last = phys_pud_init(ctx, st, pud_page, ctx.pa(vstart), ctx.pa(vend), mask)
-        ctx.wr(pgd, ctx.pa(pud_page) | 0x067)  # pgd_populate: _PAGE_TABLE
+        page = st.alloc_low_page(ctx, below)
+        last = phys_p4d_init(ctx, st, page, ctx.pa(vstart), ctx.pa(vend), mask)
+        top_populate(ctx, pgd, vstart, page)
         vstart = nxt
-    ctx.cpu.flush_tlb(include_global=True)  # __flush_tlb_all()
+    flush_tlb_all(ctx)
     return last
 
 
 def cleanup_highmap(ctx: KernelContext, max_pfn_mapped: int, brk_end: int) -> int:
-    """Clear ``level2_kernel_pgt`` entries outside [_text, roundup(_brk_end, 2 MiB)) (spec §3.8)."""
-    lay = ctx.layout
+    """Model of ``cleanup_highmap()`` (init_64.c @ v3.9 and v6.1): clear ``level2_kernel_pgt`` entries outside
+    [_text, roundup(_brk_end, 2 MiB)) with ``set_pmd(pmd, __pmd(0))`` over KERNEL_IMAGE_SIZE, or up to
+    ``max_pfn_mapped`` where Xen set it (spec §3.8)."""
+    lay, g, mmu = ctx.layout, ctx.pgt, ctx.pv.mmu
     vaddr = START_KERNEL_MAP
-    vaddr_end = START_KERNEL_MAP + (max_pfn_mapped << 12 if max_pfn_mapped else 512 << 20)
-    end = ((brk_end + PMD_SIZE - 1) & ~(PMD_SIZE - 1)) - 1
+    vaddr_end = START_KERNEL_MAP + (max_pfn_mapped << 12 if max_pfn_mapped else ctx.profile.kernel_image_size)
+    end = ((brk_end + g.pmd_size - 1) & ~(g.pmd_size - 1)) - 1
     cleared = 0
     pmd = lay["level2_kernel_pgt"]
-    while vaddr + PMD_SIZE - 1 < vaddr_end:
-        if ctx.rd(pmd) and (vaddr < lay.text or vaddr > end):
-            ctx.wr(pmd, 0)
+    while vaddr + g.pmd_size - 1 < vaddr_end:
+        if _val(ctx, pmd) and (vaddr < lay.text or vaddr > end):
+            mmu.set_pmd(VirtAddr(pmd), mmu.make_entry(0))
             cleared += 1
-        pmd += 8
-        vaddr += PMD_SIZE
+        pmd += g.entry_size
+        vaddr += g.pmd_size
     ctx.emit(Note(f"cleanup_highmap: {cleared} level2_kernel_pgt entries outside the image cleared"))
     return cleared

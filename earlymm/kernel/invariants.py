@@ -3,11 +3,16 @@ which change nothing), at the points the spec names."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
+from earlymm.hw.memory import PhysMem
 from earlymm.hw.walk import OK
 from earlymm.kernel.consts import _PAGE_GLOBAL, _PAGE_PRESENT, _PAGE_PSE, PMD_SIZE, START_KERNEL_MAP
 from earlymm.kernel.context import KernelContext
+from earlymm.kernel.pgtable import PgLevel, PgtableGeometry
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,26 +22,27 @@ class Check:
     detail: str = ""
 
 
-def _phys_read(ctx: KernelContext, va: int) -> int:
+def _phys_read(ctx: KernelContext, va: int, size: int = 8) -> int:
     res = ctx.cpu.mmu.probe(va)
-    return ctx.machine.mem.read_u64(res.pa) if res.outcome == OK else 0
+    return ctx.platform.mem.read_int(res.pa, size) if res.outcome == OK else 0
 
 
 def after_startup_64(ctx: KernelContext) -> list[Check]:
-    lay, cfg = ctx.layout, ctx.machine.config
-    mem = ctx.machine.mem
-    phys_base = mem.read_u64(lay["phys_base"] - START_KERNEL_MAP + cfg.kernel_at - (lay.text - START_KERNEL_MAP))
+    lay, kernel_at = ctx.layout, ctx.platform.entry.kernel_at
+    mem = ctx.platform.mem
+    phys_base = mem.read_u64(lay["phys_base"] - START_KERNEL_MAP + kernel_at - (lay.text - START_KERNEL_MAP))
     top_pa = lay.top_pgt - START_KERNEL_MAP + phys_base
-    l3 = lay["level3_kernel_pgt"] - START_KERNEL_MAP + phys_base
+    below = "level4_kernel_pgt" if ctx.pgt.pgtable_l5_enabled else "level3_kernel_pgt"
+    l3 = lay[below] - START_KERNEL_MAP + phys_base
     e511 = mem.read_u64(top_pa + 511 * 8)
-    out = [Check("startup_64: early_top_pgt[511] → level3_kernel_pgt", e511 & ctx.profile.pte_pfn_mask == l3,
-                 f"entry {e511:#x}, level3_kernel_pgt at {l3:#x}")]
+    out = [Check(f"startup_64: early_top_pgt[511] → {below}", e511 & ctx.pgt.pte_pfn_mask == l3,
+                 f"entry {e511:#x}, {below} at {l3:#x}")]
     bad_high, bad_ident, glob = [], [], []
     for off in range(0, lay.image_size, PMD_SIZE):
         r = ctx.cpu.mmu.probe(lay.text + off)
-        if r.outcome != OK or r.pa != cfg.kernel_at + off:
+        if r.outcome != OK or r.pa != kernel_at + off:
             bad_high.append(lay.text + off)
-        p = cfg.kernel_at + off
+        p = kernel_at + off
         r = ctx.cpu.mmu.probe(p)
         if r.outcome != OK or r.pa != p:
             bad_ident.append(p)
@@ -52,35 +58,37 @@ def after_startup_64(ctx: KernelContext) -> list[Check]:
 
 def after_reset(ctx: KernelContext) -> list[Check]:
     """Invariant 2, right after ``reset_early_page_tables``."""
-    lay, mem = ctx.layout, ctx.machine.mem
+    lay, mem = ctx.layout, ctx.platform.mem
     top = ctx.pa_symbol("early_top_pgt")
     nonzero = [i for i in range(511) if mem.read_u64(top + 8 * i)]
     stale = [e for e in ctx.cpu.mmu.tlb.entries() if not e.global_]
     return [Check("reset: early_top_pgt[0..510] = 0, next_early_pgt = 0, CR3 reloaded",
-                  not nonzero and _phys_read(ctx, lay["next_early_pgt"]) == 0
-                  and ctx.cpu.regs.cr3 & ctx.profile.pte_pfn_mask == top, f"nonzero slots {nonzero[:4]}"),
+                  not nonzero and _phys_read(ctx, lay["next_early_pgt"], 4) == 0
+                  and ctx.cpu.regs.cr3 & ctx.pgt.pte_pfn_mask == top, f"nonzero slots {nonzero[:4]}"),
             Check("reset: only global translations survive in the TLB", not stale,
                   f"{len(stale)} non-global entries" if stale else "")]
 
 
 def early_mapping(ctx: KernelContext, address: int) -> list[str]:
     """Invariant 3 for one ``early_make_pgtable`` result: violations (empty when all is well)."""
-    mem, prof, lay = ctx.machine.mem, ctx.profile, ctx.layout
+    mem, lay = ctx.platform.mem, ctx.layout
     phys_base = _phys_read(ctx, lay["phys_base"])
     pool0 = lay["early_dynamic_pgts"] - START_KERNEL_MAP + phys_base
     pool1 = pool0 + 4096 * ctx.config.pool_pages
-    table = ctx.cpu.regs.cr3 & prof.pte_pfn_mask
+    table = ctx.cpu.regs.cr3 & ctx.pgt.pte_pfn_mask
     out = []
-    for level, shift in (("pgd", 39), ("pud", 30)):
+    g = ctx.pgt
+    uppers = [("pgd", g.pgdir_shift)] + ([("p4d", g.p4d_shift)] if g.pgtable_l5_enabled else []) + [("pud", 30)]
+    for level, shift in uppers:
         e = mem.read_u64(table + 8 * ((address >> shift) & 511))
-        nxt = e & prof.pte_pfn_mask
+        nxt = e & ctx.pgt.pte_pfn_mask
         if not pool0 <= nxt < pool1:
             out.append(f"{level} entry {e:#x} for {address:#x} points outside early_dynamic_pgts "
                        f"[{pool0:#x}, {pool1:#x})")
             return out
         table = nxt
     pmd = mem.read_u64(table + 8 * ((address >> 21) & 511))
-    want = (((address - prof.page_offset) & ~(PMD_SIZE - 1)) & ((1 << 64) - 1)) | 0xE3
+    want = (((address - ctx.page_offset) & ~(PMD_SIZE - 1)) & ((1 << 64) - 1)) | 0xE3
     if ctx.cpu.features.nx or ctx.config.force_nx:
         want |= 1 << 63
     if pmd != want:
@@ -89,13 +97,13 @@ def early_mapping(ctx: KernelContext, address: int) -> list[str]:
 
 
 def after_init_mem_mapping(ctx: KernelContext) -> list[Check]:
-    mem, prof = ctx.machine.mem, ctx.profile
+    mem, prof = ctx.platform.mem, ctx.profile
     init_pa = ctx.pa_symbol("init_top_pgt")
-    ok_cr3 = ctx.cpu.regs.cr3 & prof.pte_pfn_mask == init_pa
+    ok_cr3 = ctx.cpu.regs.cr3 & ctx.pgt.pte_pfn_mask == init_pa
     same511 = mem.read_u64(init_pa + 511 * 8) == mem.read_u64(ctx.pa_symbol("early_top_pgt") + 511 * 8)
     missing = []
-    maxmem = prof.maxmem
-    ranges = [(0, 0x100000)] + [(r.start, min(r.end, maxmem)) for r in ctx.machine.config.ram() if r.start < maxmem]
+    maxmem = ctx.maxmem
+    ranges = [(0, 0x100000)] + [(r.start, min(r.end, maxmem)) for r in ctx.platform.ram() if r.start < maxmem]
     for s, e in ranges:
         step = max((e - s) // 64, 4096) & ~0xFFF
         for pa in sorted({s, e - 1, *range(s, e, step)}):
@@ -106,73 +114,95 @@ def after_init_mem_mapping(ctx: KernelContext) -> list[Check]:
     return [Check(f"init_mem_mapping: CR3 = {prof.init_pgt}", ok_cr3, f"cr3 {ctx.cpu.regs.cr3:#x}"),
             Check(f"init_mem_mapping: {prof.init_pgt}[511] equals the early [511]", same511),
             Check("init_mem_mapping: the direct map covers all RAM and the ISA range", not missing,
-                  f"unmapped: {[hex(a) for a in missing[:4]]}" if missing else ""),
+                  _unmapped_detail(missing, prof.split_merge_before_adjust)),
             Check("init_mem_mapping: no leaf maps a 1 GiB/2 MiB block that is not all RAM", not over_holes,
                   "; ".join(over_holes[:3]))]
 
 
+def _unmapped_detail(missing: list[int], merges_first: bool) -> str:
+    if not missing:
+        return ""
+    text = f"unmapped: {[hex(a) for a in missing[:4]]}"
+    if merges_first:  # the known 3.9.0 failure, not a model error: say so where it shows
+        text += (" — 3.9.0's split_mem_range merges ranges before adjust_range_page_size_mask, so a later 2M range "
+                 "replaces a PUD an earlier range mapped with a 1 GiB page (fixed in 3.10 by 7de3d66b)")
+    return text
+
+
 def _large_over_holes(ctx: KernelContext) -> list[str]:
     """Large pages are used only where ``memblock_is_region_memory`` allowed them (split_mem_range)."""
-    ram = [(r.start, r.end) for r in ctx.machine.config.ram()]
-    bad = []
-    for va_pa, size in table_leaves(ctx):
-        if size > 4096 and not any(s <= va_pa and va_pa + size <= e for s, e in ram):
-            bad.append(f"{size >> 20} MiB page at pa {va_pa:#x}")
+    ram = sorted((r.start, r.end) for r in ctx.platform.ram())
+    starts = np.array([s for s, _ in ram], dtype=np.uint64)
+    ends = np.array([e for _, e in ram], dtype=np.uint64)
+    bad: list[str] = []
+    for pa, size in table_leaves(ctx):
+        idx = np.searchsorted(starts, pa, side="right").astype(np.int64) - 1
+        inside = (idx >= 0) & (pa + np.uint64(size) <= ends[np.maximum(idx, 0)])
+        if len(bad) < 3:
+            bad += [f"{size >> 20} MiB page at pa {int(a):#x}" for a in pa[~inside][:3]]
     return bad
 
 
-def table_leaves(ctx: KernelContext) -> list[tuple[int, int]]:
-    """(pa, size) of every large leaf in the direct-map slots of the current top table."""
-    mem, prof = ctx.machine.mem, ctx.profile
-    top = ctx.cpu.regs.cr3 & prof.pte_pfn_mask
-    out = []
-    first = (prof.page_offset >> 39) & 511
-    for i in range(first, min(first + (prof.maxmem >> 39), 511)):
-        pgd = mem.read_u64(top + 8 * i)
-        if not pgd & 1:
+def _entries(mem: PhysMem, table: int) -> np.ndarray | None:
+    view = mem.entries8(table >> 12)
+    return None if view is None else np.frombuffer(view, dtype="<u8")
+
+
+def _lower_tables(mem: PhysMem, g: PgtableGeometry, top: int, slots: range) -> Iterator[tuple[np.ndarray, int]]:
+    """(entries, depth) of every table below ``slots`` of the top table, down to the pmd level (depth 1 is
+    the level under the pgd)."""
+    mask, present, pse = np.uint64(g.pte_pfn_mask), np.uint64(1), np.uint64(_PAGE_PSE)
+    levels = g.levels()
+    stack = [(int(e) & g.pte_pfn_mask, 1) for e in (mem.read_u64(top + 8 * i) for i in slots) if e & 1]
+    while stack:
+        table, depth = stack.pop()
+        entries = _entries(mem, table)
+        if entries is None:
             continue
-        pud_t = pgd & prof.pte_pfn_mask
-        for j in range(512):
-            pud = mem.read_u64(pud_t + 8 * j)
-            if not pud & 1:
-                continue
-            if pud & _PAGE_PSE:
-                out.append((pud & prof.pte_pfn_mask & ~((1 << 30) - 1), 1 << 30))
-                continue
-            pmd_t = pud & prof.pte_pfn_mask
-            frame = mem.entries8(pmd_t >> 12)
-            if frame is None:
-                continue
-            for k in range(512):
-                pmd = frame[k]
-                if pmd & 1 and pmd & _PAGE_PSE:
-                    out.append((pmd & prof.pte_pfn_mask & ~(PMD_SIZE - 1), PMD_SIZE))
-    return out
+        yield entries, depth
+        if levels[depth] in (PgLevel.PMD, PgLevel.PTE):
+            continue
+        live = (entries & present).astype(bool)
+        if levels[depth] is PgLevel.PUD:
+            live &= ~(entries & pse).astype(bool)
+        stack += [(int(e & mask), depth + 1) for e in entries[live]]
+
+
+def table_leaves(ctx: KernelContext) -> Iterator[tuple[np.ndarray, int]]:
+    """Physical addresses of the large leaves in the direct-map slots of the current top table, one
+    (array of pa, page size) group per table, streamed (a 64 TiB direct map in 2 MiB pages has 32 M)."""
+    mem, g = ctx.platform.mem, ctx.pgt
+    mask, present, pse = np.uint64(g.pte_pfn_mask), np.uint64(1), np.uint64(_PAGE_PSE)
+    first = g.pgd_index(ctx.page_offset)
+    slots = range(first, min(first + max(ctx.maxmem >> g.pgdir_shift, 1), g.ptrs_per_pgd - 1))
+    levels = g.levels()
+    for entries, depth in _lower_tables(mem, g, ctx.cpu.regs.cr3 & g.pte_pfn_mask, slots):
+        if levels[depth] not in (PgLevel.PUD, PgLevel.PMD):
+            continue
+        size = g.pud_size if levels[depth] is PgLevel.PUD else g.pmd_size
+        sel = (entries & present).astype(bool) & (entries & pse).astype(bool)
+        yield entries[sel] & mask & ~np.uint64(size - 1), size
 
 
 def table_pages_by_level(ctx: KernelContext) -> dict[str, int]:
     """Distinct page-table pages reachable from CR3, by level (the final map's cost)."""
-    mem, prof = ctx.machine.mem, ctx.profile
-    counts = {"pgd": 1, "pud": 0, "pmd": 0, "pte": 0}
-    top = ctx.cpu.regs.cr3 & prof.pte_pfn_mask
+    mem, g = ctx.platform.mem, ctx.pgt
+    levels = g.levels()
+    counts = {lv.name.lower(): 0 for lv in levels}
+    counts["pgd"] = 1
     seen: set[int] = set()
-    frontier = [(top, 0)]
-    names = ("pgd", "pud", "pmd", "pte")
+    mask, present, pse = np.uint64(g.pte_pfn_mask), np.uint64(1), np.uint64(_PAGE_PSE)
+    frontier = [(ctx.cpu.regs.cr3 & g.pte_pfn_mask, 0)]
     while frontier:
-        table, lvl = frontier.pop()
-        if lvl == 3:
+        table, depth = frontier.pop()
+        e = _entries(mem, table) if depth < len(levels) - 1 else None
+        if e is None:
             continue
-        frame = mem.entries8(table >> 12)
-        if frame is None:
-            continue
-        for k in range(512):
-            e = frame[k]
-            if not e & 1 or (lvl > 0 and e & _PAGE_PSE):
-                continue
-            nxt = e & prof.pte_pfn_mask
-            if nxt in seen:
-                continue
+        sel = (e & present).astype(bool)
+        if levels[depth] in (PgLevel.PUD, PgLevel.PMD):
+            sel &= ~(e & pse).astype(bool)
+        for nxt in set((e[sel] & mask).tolist()) - seen:
             seen.add(nxt)
-            counts[names[lvl + 1]] += 1
-            frontier.append((nxt, lvl + 1))
+            counts[levels[depth + 1].name.lower()] += 1
+            frontier.append((nxt, depth + 1))
     return counts

@@ -7,6 +7,7 @@ every allocation.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 from earlymm.arch.addr import merge_ranges
@@ -29,36 +30,39 @@ class Memblock:
     def reserve(self, base: int, size: int) -> None:
         _add(self.reserved, base, base + size)
 
-    def free_ranges_topdown(self, start: int, end: int) -> list[tuple[int, int]]:
-        """Free (memory minus reserved) ranges clamped to [start, end), highest first."""
-        out: list[tuple[int, int]] = []
-        for ms, me in self.memory:
-            lo, hi = max(ms, start), min(me, end)
-            if lo >= hi:
-                continue
-            cur = lo
-            for rs, re in self.reserved:
-                if re <= cur or rs >= hi:
-                    continue
-                if rs > cur:
-                    out.append((cur, rs))
-                cur = max(cur, re)
-            if cur < hi:
-                out.append((cur, hi))
-        return sorted(out, reverse=True)
-
     def find_in_range(self, start: int, end: int, size: int, align: int) -> int:
-        """``memblock_find_in_range``: the highest ``align``-ed free block of ``size``; 0 if none."""
+        """``memblock_find_in_range``, top-down: the highest ``align``-ed free block of ``size`` in
+        [start, end) (memory minus reserved); 0 if none. Both lists are sorted and disjoint, so the search
+        walks down from ``end`` and stops at the first fit."""
         end = min(end, self.current_limit)
-        for lo, hi in self.free_ranges_topdown(start, end):
-            cand = (hi - size) & ~(align - 1)
-            if cand >= lo and cand + size <= hi:
-                return cand
+        mem, res = self.memory, self.reserved
+        for ms, me in reversed(mem[:bisect.bisect_left(mem, (end, 0))]):
+            if me <= start:
+                break
+            lo, hi = max(ms, start), min(me, end)
+            top, j = hi, bisect.bisect_left(res, (hi, 0)) - 1
+            while top > lo:
+                while j >= 0 and res[j][0] >= top:
+                    j -= 1
+                gap_lo = max(lo, res[j][1]) if j >= 0 else lo
+                cand = (top - size) & ~(align - 1)
+                if gap_lo < top and cand >= gap_lo:
+                    return cand
+                if j < 0:
+                    break
+                top = min(top, res[j][0])
+                j -= 1
         return 0
 
     def is_region_memory(self, base: int, size: int) -> bool:
         """``memblock_is_region_memory``: [base, base+size) lies inside one memory region."""
-        return any(s <= base and base + size <= e for s, e in self.memory)
+        i = bisect.bisect_right(self.memory, (base, 1 << 64)) - 1
+        return i >= 0 and self.memory[i][0] <= base and base + size <= self.memory[i][1]
+
+    def trim_memory(self, align: int) -> None:
+        """``memblock_trim_memory``: round every memory region inward to ``align``; drop what vanishes."""
+        out = [((s + align - 1) & ~(align - 1), e & ~(align - 1)) for s, e in self.memory]
+        self.memory = [(s, e) for s, e in out if s < e]
 
     def mem_ranges(self) -> list[tuple[int, int]]:
         return list(self.memory)

@@ -6,13 +6,15 @@ value that real hardware would refuse is refused here too, with the SDM's reason
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from earlymm.arch.flags import Cr0, Cr4, Efer
 from earlymm.arch.modes import Features
 from earlymm.hw.cpu import Cpu
 from earlymm.hw.faults import CpuException
-from earlymm.hw.memory import FrameSource, PhysMem
+from earlymm.hw.memory import ZERO_FRAME, Buffer, FrameSource, PhysMem
 from earlymm.hw.tlb import Tlb
 from earlymm.images import CpuState
 
@@ -35,10 +37,40 @@ class RegOverrides:
     pkrs: int | None = None
 
 
+class ZeroFilled:
+    """Frames the image lacks read as zeros — except frames it lost (a truncated core's cut-off tail),
+    which stay unreadable: zeros there would be a guess, and audits must not pass on guesses."""
+
+    def __init__(self, image: FrameSource, lost: Callable[[int], bool]) -> None:
+        self.image = image
+        self.lost = lost
+
+    def frame(self, pfn: int) -> Buffer | None:
+        f = self.image.frame(pfn)
+        if f is None and not self.lost(pfn):
+            return ZERO_FRAME
+        return f
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return self.image.ranges()
+
+
+def image_source(image: Any, absent: str | None) -> tuple[FrameSource, bool]:
+    """(frame source, absent_zero) for reading ``image``: ``absent`` is the user's ``--absent`` (None: what
+    the image's EARLYMM note says, else "error")."""
+    zero = bool(getattr(image, "absent_zero", False)) if absent is None else absent == "zero"
+    lost = getattr(image, "is_lost", None)
+    if zero and lost is not None:
+        return ZeroFilled(image, lost), False
+    source: FrameSource = image
+    return source, zero
+
+
 def infer_registers(cpu: CpuState | None, ov: RegOverrides) -> tuple[int, int, int, int]:
     """(cr0, cr3, cr4, efer): explicit values win, then the CPU note; EFER is inferred (QEMU omits it)."""
     if cpu is None and ov.cr3 is None:
-        raise SetupError("the image has no CPU state: give --cr3 (and --cr4/--cr0/--efer if not 4-level)")
+        raise SetupError("the image has no CPU state: give --regs FILE (QEMU's info registers), or --cr3 (and "
+                         "--cr4/--cr0/--efer if not 4-level)")
     cr0 = ov.cr0 if ov.cr0 is not None else (cpu.cr0 if cpu else int(DEFAULT_LONG_CR0))
     cr3 = ov.cr3 if ov.cr3 is not None else (cpu.cr3 if cpu else 0)
     cr4 = ov.cr4 if ov.cr4 is not None else (cpu.cr4 if cpu else int(Cr4.PAE | Cr4.PGE))
@@ -46,10 +78,11 @@ def infer_registers(cpu: CpuState | None, ov: RegOverrides) -> tuple[int, int, i
         efer = ov.efer
     else:
         # Long mode is active when paging with PAE runs 64-bit code (or, without a note, by default);
-        # Linux enables NXE on every CPU that has NX, so default it on in long mode.
-        long_mode = bool(cr0 & Cr0.PG and cr4 & Cr4.PAE and (cpu is None or cpu.is_64bit_code
-                                                              or cpu.rip >> 63))
-        efer = int(Efer.LME | Efer.LMA | Efer.NXE | Efer.SCE) if long_mode else 0
+        # Linux enables NXE on every CPU that has NX, so default it on in long mode — and in legacy PAE
+        # paging, where a PAE kernel's set_nx() does the same (a table without NX bits reads the same).
+        pae = bool(cr0 & Cr0.PG and cr4 & Cr4.PAE)
+        long_mode = pae and (cpu is None or cpu.is_64bit_code or bool(cpu.rip >> 63))
+        efer = int(Efer.LME | Efer.LMA | Efer.NXE | Efer.SCE) if long_mode else int(Efer.NXE) if pae else 0
     return cr0, cr3, cr4, efer
 
 

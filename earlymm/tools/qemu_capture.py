@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import datetime
 import json
 import re
@@ -24,22 +23,22 @@ import tempfile
 import time
 from pathlib import Path
 
-from earlymm.images import open_image, write_qemu_core
-from earlymm.images.cpio import CpioEntry, gzip_newc
-from earlymm.images.minimize import find_text, minimize, table_pfns
+from earlymm.images import ImageError
+from earlymm.images.minimize import add_pti_kernel_tables, minimize
 from earlymm.images.monitor_text import choose_samples, parse_info_tlb
 from earlymm.images.qmp import Qmp, QmpError
+from earlymm.images.safe_write import (
+    SYMLINK_POLICY,
+    WriteError,
+    check_target,
+    ensure_directory,
+    write_bytes,
+    write_text,
+)
+from earlymm.tools import capture_symbols
+from earlymm.tools.argtypes import OneLineParser, positive_float
+from earlymm.tools.initramfs import READY, build_initramfs
 
-READY = "EARLYMM_INIT_READY"
-INIT_SCRIPT = f"""#!/bin/busybox sh
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t sysfs sys /sys
-echo "{READY} $(/bin/busybox uname -r)"
-while :; do /bin/busybox sleep 3600; done
-"""
-# With --user-cr3 /init spins in user space after reporting, so a stop usually lands at CPL 3 and
-# (with pti=on) CR3 then holds the PTI user page table: the kernel PGD's next page, bit 12 set.
-BUSY_INIT_SCRIPT = INIT_SCRIPT.replace("while :; do /bin/busybox sleep 3600; done", "while :; do :; done")
 USER_MODE_TRIES = 200
 KERNEL_PKG_RE = re.compile(r"^(linux-image-6\.1\.0-(\d+)-amd64-unsigned)\s")
 
@@ -74,18 +73,6 @@ def fetch_kernel(dest: Path) -> tuple[Path, Path]:
     return kernel, dest / "root" / "bin" / "busybox"
 
 
-def build_initramfs(busybox: Path, busy_user: bool = False) -> bytes:
-    return gzip_newc([
-        CpioEntry.directory("bin"), CpioEntry.directory("dev"), CpioEntry.directory("proc"),
-        CpioEntry.directory("sys"), CpioEntry.directory("tmp"),
-        CpioEntry.file("bin/busybox", busybox.read_bytes(), 0o755),
-        CpioEntry.symlink("bin/sh", "busybox"),
-        # Without /dev/console in the initramfs the kernel starts /init with no stdout.
-        CpioEntry.chardev("dev/console", 5, 1), CpioEntry.chardev("dev/null", 1, 3, 0o666),
-        CpioEntry.file("init", (BUSY_INIT_SCRIPT if busy_user else INIT_SCRIPT).encode(), 0o755),
-    ])
-
-
 def _wait_ready(console: Path, proc: subprocess.Popen[bytes], timeout: float) -> tuple[str, float]:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
@@ -109,8 +96,20 @@ def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
         proc.wait(timeout=30)
 
 
+MEM_RE = re.compile(r"([1-9][0-9]{0,9})([KMGT]?)", re.ASCII)
+
+
+def _mem_arg(text: str) -> str:
+    """QEMU's ``-m``: a whole number of MiB, or with a K/M/G/T suffix (checked here, not by QEMU later)."""
+    t = text.strip().upper()
+    if not MEM_RE.fullmatch(t):
+        raise argparse.ArgumentTypeError(f"--mem {text!r}: expected a whole number with an optional K, M, G or T "
+                                         "suffix, like 512M or 5G")
+    return t
+
+
 def _mem_bytes(mem: str) -> int:
-    m = re.fullmatch(r"(\d+)([KMGT]?)", mem.upper())
+    m = MEM_RE.fullmatch(mem.upper())
     if not m:
         raise CaptureError(f"cannot parse --mem {mem!r}")
     return int(m[1]) << {"": 20, "K": 10, "M": 20, "G": 30, "T": 40}[m[2]]
@@ -127,22 +126,37 @@ def _stop_in_user_mode(q: Qmp) -> int:
     raise CaptureError(f"the CPU was never in user mode in {USER_MODE_TRIES} stops (is /init spinning?)")
 
 
-def _save_state(q: Qmp, out: Path, la57: bool, mem_bytes: int) -> int:
+# Files a capture directory gets; QEMU itself writes console.log, qemu.stderr and core.elf.
+CAPTURE_FILES = ("registers.txt", "tlb.txt", "mem.txt", "gva2gpa.txt", "core.elf", "console.log", "qemu.stderr",
+                 "meta.json", capture_symbols.KALLSYMS_FILE, capture_symbols.MEMMAP_FILE)
+
+
+def _save_state(q: Qmp, out: Path, la57: bool, mem_bytes: int, extra: list[int]) -> int:
+    replies = {}
     for cmd, name in (("info registers", "registers.txt"), ("info tlb", "tlb.txt"), ("info mem", "mem.txt")):
-        (out / name).write_bytes(q.hmp(cmd, timeout=300).encode())
-    tlb = parse_info_tlb((out / "tlb.txt").read_text())
-    rows = [f"{va:#x}\t{q.hmp(f'gva2gpa {va:#x}').strip()}" for va in choose_samples(tlb, la57, mem_bytes)]
-    (out / "gva2gpa.txt").write_text("\n".join(rows) + "\n")
+        replies[name] = q.hmp(cmd, timeout=300)
+        write_bytes(out / name, replies[name].encode())
+    tlb = parse_info_tlb(replies["tlb.txt"])
+    vas = sorted(set(choose_samples(tlb, la57, mem_bytes)) | set(extra))
+    rows = [f"{va:#x}\t{q.hmp(f'gva2gpa {va:#x}').strip()}" for va in vas]
+    write_text(out / "gva2gpa.txt", "\n".join(rows) + "\n")
     core = out / "core.elf"
-    core.unlink(missing_ok=True)
+    _remove_regular(core)
     q.command("dump-guest-memory", timeout=900, paging=False, protocol=f"file:{core.resolve()}",
               format="elf")
     return len(rows)
 
 
+def _remove_regular(path: Path) -> None:
+    """Remove a previous run's file before QEMU writes it anew; anything but a regular file is refused."""
+    check_target(path)
+    path.unlink(missing_ok=True)
+
+
 def capture(args: argparse.Namespace) -> Path:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_directory(args.out)
+    for name in CAPTURE_FILES:  # refuse a FIFO or device among them before QEMU runs
+        check_target(out / name)
     kernel = Path(args.kernel)
     busybox = Path(args.busybox) if args.busybox else kernel.parent.parent / "bin" / "busybox"
     for p in (kernel, busybox):
@@ -155,25 +169,31 @@ def capture(args: argparse.Namespace) -> Path:
     la57 = "la57" in cpu or args.cpu.split(",")[0] == "max"
     append = " ".join(filter(None, ["console=ttyS0 panic=-1", "" if args.kaslr else "nokaslr", args.append]))
     console = out / "console.log"
-    console.unlink(missing_ok=True)
+    _remove_regular(console)
+    guest: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="earlymm-qemu-") as tmp:
-        initrd = Path(tmp) / "initramfs.cpio.gz"
-        initrd.write_bytes(build_initramfs(busybox, busy_user=args.user_cr3))
+        initrd, report = Path(tmp) / "initramfs.cpio.gz", Path(tmp) / "guest-files.txt"
+        initrd.write_bytes(build_initramfs(busybox, busy_user=args.user_cr3, report_files=args.guest_files))
         sock = str(Path(tmp) / "qmp.sock")  # unix socket paths are limited to ~107 bytes
         cmd = [qemu, "-machine", "pc", "-accel", "tcg", "-cpu", cpu, "-m", args.mem, "-smp", "1",
                "-nodefaults", "-display", "none", "-no-reboot", "-kernel", str(kernel),
                "-initrd", str(initrd), "-append", append, "-serial", f"file:{console}",
-               "-qmp", f"unix:{sock},server=on,wait=off"]
-        with open(out / "qemu.stderr", "wb") as err:
+               "-qmp", f"unix:{sock},server=on,wait=off", *(["-serial", f"file:{report}"] if args.guest_files else [])]
+        _remove_regular(out / "qemu.stderr")
+        with open(out / "qemu.stderr", "xb") as err:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         quitting = False
         try:
             release, boot_s = _wait_ready(console, proc, args.timeout)
+            extra: list[int] = []
+            if args.guest_files:
+                guest = capture_symbols.save_guest_files(capture_symbols.wait_report(report, proc, args.timeout), out)
+                extra = capture_symbols.symbol_samples((out / capture_symbols.KALLSYMS_FILE).read_text())
             with Qmp(sock, timeout=60) as q:
                 q.command("stop")
                 user_stops = _stop_in_user_mode(q) if args.user_cr3 else 0
                 version = q.command("query-version")
-                samples = _save_state(q, out, la57, _mem_bytes(args.mem))
+                samples = _save_state(q, out, la57, _mem_bytes(args.mem), extra)
                 quitting = True
                 with contextlib.suppress(QmpError):  # QEMU may hang up before replying to quit
                     q.command("quit", timeout=10)
@@ -188,53 +208,31 @@ def capture(args: argparse.Namespace) -> Path:
         "kaslr": args.kaslr, "la57": la57, "kernel_file": kernel.name, "kernel_version": release,
         "kernel_banner": banner[banner.find("Linux version"):], "boot_seconds": round(boot_s, 1),
         "gva2gpa_samples": samples, "command": cmd[1:],
-        **({"user_mode_stops": user_stops} if args.user_cr3 else {}),
+        **({"user_mode_stops": user_stops} if args.user_cr3 else {}), **({"guest_files": guest} if guest else {}),
         "captured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
     return out
 
 
-PTI_USER_BIT = 1 << 12  # PTI_USER_PGTABLE_MASK
-
-
-def add_pti_kernel_tables(capture: Path, fixture: Path) -> int:
-    """A CR3 stopped in user mode under PTI names the user PGD, so ``minimize`` keeps only the user page
-    table; add the kernel PGD's tables (the page before, bit 12 clear) to the fixture's core. Returns
-    the number of pages added (0 when no CPU had a PTI user CR3)."""
-    core = find_text(capture, "core.elf")
-    if core is None:
-        raise FileNotFoundError(f"{capture}: no core.elf")
-    with open_image(core, kind="core") as img:
-        extra: set[int] = set()
-        for cpu in img.cpus:
-            if cpu.cr3 & PTI_USER_BIT:
-                extra |= table_pfns(img, dataclasses.replace(cpu, cr3=cpu.cr3 & ~PTI_USER_BIT))[0]
-        if not extra:
-            return 0
-        with open_image(fixture / "core.elf.gz", kind="core") as fix:
-            frames = {p: bytes(fix.frame(p) or b"") for lo, hi in fix.ranges() for p in range(lo >> 12, hi >> 12)}
-        added = sorted(extra - frames.keys())
-        frames.update((p, bytes(img.frame(p) or b"")) for p in added)
-        write_qemu_core(fixture / "core.elf.gz", sorted(frames.items()), list(img.cpus))
-    summary = json.loads((fixture / "minimize.json").read_text())
-    summary["pti_kernel_table_pages"] = len(added)
-    (fixture / "minimize.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return len(added)
+OUTPUT_POLICY = (f"Output files must be new or regular files: devices, FIFOs, sockets and directories are refused, "
+                 f"{SYMLINK_POLICY}; each is replaced atomically.")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m earlymm.tools.qemu_capture",
         description="Capture a Linux guest's page tables and QEMU's view of them.",
-        epilog="Subcommand: 'minimize CAPTURE_DIR FIXTURE_DIR' keeps only the page-table pages reachable "
+        epilog="Subcommands: 'midboot --out DIR [--cpu --mem --append]' stops a nokaslr kernel at "
+               "x86_64_start_kernel, init_mem_mapping and idt_setup_early_pf and records its tables (see "
+               "'midboot --help'); 'minimize CAPTURE_DIR FIXTURE_DIR' keeps only the page-table pages reachable "
                "from each CPU's CR3 (and, for a PTI user CR3, from the kernel PGD before it) plus the pages "
-               "gva2gpa samples land on (core.elf.gz), and copies the text files.")
+               "gva2gpa samples land on (core.elf.gz), and copies the text files. " + OUTPUT_POLICY)
     p.add_argument("--kernel", help="vmlinuz to boot (default: newest under captures/kernel/root/boot)")
     p.add_argument("--busybox", help="static busybox (default: ../bin/busybox beside the kernel's boot/)")
     p.add_argument("--la57", action="store_true", help="add +la57 to the CPU model (5-level paging)")
     p.add_argument("--cpu", default="qemu64", help="QEMU CPU model (default qemu64)")
-    p.add_argument("--mem", default="512M", help="guest RAM, e.g. 512M or 5G (default 512M)")
+    p.add_argument("--mem", type=_mem_arg, default="512M", help="guest RAM, e.g. 512M or 5G (default 512M)")
     p.add_argument("--append", default="", help="extra kernel command line")
     p.add_argument("--user-cr3", action="store_true",
                    help="spin in user space after /init reports and stop at CPL 3, so CR3 is the user page "
@@ -242,31 +240,55 @@ def _parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--kaslr", dest="kaslr", action="store_true", help="leave KASLR on")
     g.add_argument("--nokaslr", dest="kaslr", action="store_false", help="boot with nokaslr (default)")
-    p.add_argument("--out", default="captures/qemu", help="output directory (default captures/qemu)")
-    p.add_argument("--timeout", type=float, default=240, help="seconds to wait for /init (default 240)")
+    p.add_argument("--out", default="captures/qemu",
+                   help="output directory (default captures/qemu), created if missing; must be a directory")
+    p.add_argument("--timeout", type=positive_float("--timeout", 86400), default=240,
+                   help="seconds to wait for /init (default 240)")
     p.add_argument("--qemu", default="qemu-system-x86_64", help="QEMU binary")
+    p.add_argument("--no-guest-files", dest="guest_files", action="store_false",
+                   help="do not save the guest's /proc/kallsyms and /sys/firmware/memmap (kallsyms.txt, memmap.txt, "
+                        "copied over a second serial port; ~30 s under TCG) nor ask gva2gpa about its symbols")
     p.add_argument("--fetch-kernel", metavar="DIR",
                    help="apt-get download a Debian 6.1 amd64 kernel and busybox-static into DIR and exit")
     return p
 
 
+def _minimize_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m earlymm.tools.qemu_capture minimize",
+                      description="Shrink a capture directory into a test fixture. " + OUTPUT_POLICY)
+    p.add_argument("capture_dir")
+    p.add_argument("fixture_dir")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 done, 1 the capture failed (QEMU, the guest, I/O), 2 bad arguments or output paths."""
     argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv[:1] == ["midboot"]:
+            from earlymm.tools.midboot import capture as midboot
+
+            try:
+                return midboot.main(argv[1:])
+            except midboot.CaptureError as e:
+                raise CaptureError(str(e)) from None
         if argv[:1] == ["minimize"]:
-            mp = argparse.ArgumentParser(prog="python -m earlymm.tools.qemu_capture minimize")
-            mp.add_argument("capture_dir")
-            mp.add_argument("fixture_dir")
-            a = mp.parse_args(argv[1:])
-            summary = minimize(Path(a.capture_dir), Path(a.fixture_dir))
-            summary["pti_kernel_table_pages"] = add_pti_kernel_tables(Path(a.capture_dir), Path(a.fixture_dir))
+            a = _minimize_parser().parse_args(argv[1:])
+            src = Path(a.capture_dir)
+            if not src.is_dir():
+                raise WriteError(f"capture directory {a.capture_dir!r} is not a directory")
+            fixture = ensure_directory(a.fixture_dir, "fixture directory")
+            summary = minimize(src, fixture)
+            summary["pti_kernel_table_pages"] = add_pti_kernel_tables(src, fixture)
+            summary["kallsyms"] = capture_symbols.add_to_fixture(src, fixture)
             print(json.dumps(summary, indent=2))
             return 0
         args = _parser().parse_args(argv)
-        if args.fetch_kernel:
-            kernel, busybox = fetch_kernel(Path(args.fetch_kernel))
+        if args.fetch_kernel is not None:
+            kernel, busybox = fetch_kernel(ensure_directory(args.fetch_kernel, "kernel directory"))
             print(f"kernel:  {kernel}\nbusybox: {busybox}")
             return 0
+        ensure_directory(args.out)
         if args.kernel is None:
             found = sorted(Path("captures/kernel/root/boot").glob("vmlinuz-*"))
             if not found:
@@ -274,7 +296,12 @@ def main(argv: list[str] | None = None) -> int:
             args.kernel = str(found[-1])
         print(f"captured into {capture(args)}")
         return 0
-    except (CaptureError, QmpError, OSError) as e:
+    except SystemExit as e:  # argparse: --help (0) or a one-line usage error (2)
+        return int(e.code or 0)
+    except WriteError as e:
+        print(f"qemu_capture: error: {e}", file=sys.stderr)
+        return 2
+    except (CaptureError, QmpError, ImageError, OSError, ValueError) as e:
         print(f"qemu_capture: error: {e}", file=sys.stderr)
         return 1
 

@@ -17,6 +17,7 @@ from earlymm.hw.access import AccessKind
 from earlymm.hw.cpu import Cpu
 from earlymm.hw.regs import CpuMode
 from earlymm.hw.walk import GP, HOLE, OK, WalkResult, describe_levels
+from earlymm.tools.symbols.kaslr import Symbolizer
 
 PAGE_NAMES = {1 << 12: "4K", 1 << 21: "2M", 1 << 22: "4M", 1 << 30: "1G"}
 
@@ -58,12 +59,16 @@ def rights_of(r: WalkResult) -> dict[str, bool]:
     return {"user": r.user_page, "write": r.writable, "exec": not r.xd}
 
 
-def to_json(cpu: Cpu, o: Outcome) -> dict[str, Any]:
+def to_json(cpu: Cpu, o: Outcome, sym: Symbolizer | None = None) -> dict[str, Any]:
+    """The outcome as JSON; with ``sym``, ``va_symbol``/``pa_symbol`` and each level's ``table_symbol``
+    (None where nothing labels the address)."""
     r, plan = o.result, cpu.mmu.plan
     levels = []
     for lp, table, idx, ea, e in describe_levels(plan, r):
         row: dict[str, Any] = {"level": lp.level.name, "table": _hex(table), "index": _hex(idx),
                                "entry_addr": _hex(ea), "entry": _hex(e)}
+        if sym is not None:
+            row["table_symbol"] = sym.pa_label(table)
         if e is not None:
             leaf = bool(lp.kind == 2 or (lp.kind == 1 and e & 0x80))
             row["flags"] = Entry(e, lp.level, plan.mode).flag_names(leaf) if e & 1 else []
@@ -75,8 +80,10 @@ def to_json(cpu: Cpu, o: Outcome) -> dict[str, Any]:
                  "cr2": _hex(r.va) if vector == 14 else None,
                  "reason": r.reason.value if r.reason else None,
                  "error_bits": describe_pf_error(r.error_code) if vector == 14 else []}
+    labels = {} if sym is None else {"va_symbol": sym.va_label(o.request.va),
+                                     "pa_symbol": sym.pa_label(r.pa) if r.outcome == OK else None}
     return {
-        "va": _hex(o.request.va), "access": o.request.kind.word, "cpl": o.request.cpl, "ok": r.outcome == OK,
+        "va": _hex(o.request.va), **labels, "access": o.request.kind.word, "cpl": o.request.cpl, "ok": r.outcome == OK,
         "pa": _hex(r.pa) if r.outcome == OK else None,
         "page_size": _hex(r.page_size) if r.outcome == OK else None,
         "mode": o.mode.value, "levels": levels, "fault": fault,
@@ -87,10 +94,16 @@ def to_json(cpu: Cpu, o: Outcome) -> dict[str, Any]:
     }
 
 
-def to_text(cpu: Cpu, o: Outcome) -> str:
+def _tag(sym: Symbolizer | None, label: str | None, text: str = "") -> str:
+    return f"{text}<{label}>" if sym is not None and label is not None else ""
+
+
+def to_text(cpu: Cpu, o: Outcome, sym: Symbolizer | None = None) -> str:
+    """The walk level by level; with ``sym``, the VA, each table and the PA labelled ``<name+0xoff>``."""
     r, plan = o.result, cpu.mmu.plan
     rq = o.request
-    lines = [f"{rq.va:#018x} {rq.kind.word} cpl={rq.cpl}{' ac' if rq.ac else ''} [{o.mode.value} paging]"]
+    va_tag = _tag(sym, sym.va_label(rq.va) if sym else None, " ")
+    lines = [f"{rq.va:#018x}{va_tag} {rq.kind.word} cpl={rq.cpl}{' ac' if rq.ac else ''} [{o.mode.value} paging]"]
     acc_user, acc_write, acc_exec = True, True, True
     for lp, table, idx, ea, e in describe_levels(plan, r):
         head = f"  {lp.level.name:<5} table {table:#014x} [{idx:3d}] @ {ea:#014x} = "
@@ -104,9 +117,11 @@ def to_text(cpu: Cpu, o: Outcome) -> str:
             acc_write &= bool(e & 2)
             acc_exec &= not (plan.nxe and e >> 63)
         so_far = f"{'U' if acc_user else 'S'}{'W' if acc_write else 'R'}{'X' if acc_exec else '-'}"
-        lines.append(head + f"{e:#018x}  {flags:<28} rights {so_far}{'  (leaf)' if leaf else ''}")
+        tab = _tag(sym, sym.pa_label(table) if sym else None, "  table ")
+        lines.append(head + f"{e:#018x}  {flags:<28} rights {so_far}{'  (leaf)' if leaf else ''}{tab}")
     if r.outcome == OK:
-        lines.append(f"  => pa {r.pa:#x} ({PAGE_NAMES.get(r.page_size, hex(r.page_size))} page, "
+        pa_tag = _tag(sym, sym.pa_label(r.pa) if sym else None, " ")
+        lines.append(f"  => pa {r.pa:#x}{pa_tag} ({PAGE_NAMES.get(r.page_size, hex(r.page_size))} page, "
                      f"{'user' if r.user_page else 'supervisor'}, {'writable' if r.writable else 'read-only'}, "
                      f"{'no-exec' if r.xd else 'exec'})")
     elif r.outcome == HOLE:

@@ -171,14 +171,14 @@ def test_registers_missing_and_overrides(gdb_for: Any) -> None:
 
 @pytest.mark.parametrize("args, message", [
     ("", "the following arguments are required: va"),
-    ("0x1000 --cpl 2", "argument --cpl: invalid choice"),
+    ("0x1000 --cpl 2", "argument --cpl: CPL '2': must be 0 (supervisor) or 3 (user)"),
     ("0x1000 --access jump", "unknown access kind 'jump'"),
     ("0x1000 --bogus", "unrecognized arguments: --bogus"),
     ("0x1000 --features warp", "unknown CPU feature 'warp'"),
     ("0x1000 --cr3 zz", "argument --cr3: not a number: 'zz'"),
-    ("0x1000 --maxphyaddr 64", "--maxphyaddr 64: must be between 32 and 52"),
+    ("0x1000 --maxphyaddr 64", "MAXPHYADDR 64 is out of range: must be 32..52"),
     ("nosuchsymbol", "cannot evaluate 'nosuchsymbol' as an address"),
-    ("0x10000000000000000", "addresses must fit in 64 bits"),
+    ("0x10000000000000000", "does not fit in 64 bits"),
 ])
 def test_usage_errors_are_one_line(args: str, message: str, gdb_for: Any) -> None:
     gdb = gdb_for(fixture_stub("qemu-l4"))
@@ -218,3 +218,19 @@ def test_too_old_python_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, gdb_f
     gdb = gdb_for(fixture_stub("qemu-l4"))
     with pytest.raises(GdbError, match=r"earlymm needs 99\.0 or newer"):
         run_command(gdb, "earlymm-translate 0x1000")
+
+
+def test_translate_defaults_to_the_vcpus_cpl(gdb_for: Any) -> None:
+    """Issue 7 item 4, live: a guest stopped in user mode (SS = 0x2b, RPL 3) walks at CPL 3."""
+    stub = fixture_stub("qemu-pti")
+    regs = read_capture_text(FIXTURES / "qemu-pti", "registers.txt")
+    m = re.search(r"^SS =([0-9a-f]{4})", regs, re.M)
+    assert m and re.search(r"\bCPL=3\b", regs)
+    stub.registers["ss"] = int(m[1], 16)
+    gdb = gdb_for(stub)
+    (r,) = translate_json(gdb, "0xfffffe0000000000")  # cpu_entry_area: supervisor-only
+    assert r["cpl"] == 3 and not r["ok"] and int(r["fault"]["error_code"], 16) & 4
+    (r0,) = translate_json(gdb, "0xfffffe0000000000 --cpl 0")
+    assert r0["cpl"] == 0 and r0["ok"]
+    del stub.registers["ss"]
+    assert translate_json(gdb, "0xfffffe0000000000")[0]["cpl"] == 0  # no SS from the stub: ring 0

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -37,7 +36,8 @@ import pytest
 from earlymm.images.monitor_text import choose_samples, parse_gva2gpa_reply, parse_info_tlb
 from earlymm.images.qmp import Qmp
 from earlymm.tools.gdb import script_path
-from earlymm.tools.qemu_capture import READY, build_initramfs
+from earlymm.tools.initramfs import READY, build_initramfs
+from tests.qemu_support import need_tools
 
 REPO = Path(__file__).resolve().parents[2]
 KERNEL_DIR = REPO / "captures" / "kernel" / "root"
@@ -153,12 +153,11 @@ class Stage:
 
 @pytest.mark.slow
 @pytest.mark.qemu
-@pytest.mark.parametrize("cpu", ["qemu64", "qemu64,+la57"])
+@pytest.mark.parametrize("cpu", [pytest.param("qemu64", marks=pytest.mark.ci_qemu), "qemu64,+la57"])
 def test_live_guest_against_qemu(cpu: str, tmp_path: Path) -> None:
+    need_tools("qemu-system-x86_64", "gdb")
     found = _kernel()
-    if shutil.which("qemu-system-x86_64") is None or shutil.which("gdb") is None or found is None:
-        pytest.skip("needs qemu-system-x86_64, gdb and a kernel (python -m earlymm.tools.qemu_capture "
-                    "--fetch-kernel captures/kernel)")
+    assert found is not None
     kernel, busybox, startup_64 = found
     la57 = "la57" in cpu
     initrd, console, sock = tmp_path / "initramfs.cpio.gz", tmp_path / "console.log", tmp_path / "qmp.sock"

@@ -114,7 +114,7 @@ def test_pti_audit_reads_the_user_table_too(attach: Any) -> None:
 
 @pytest.mark.parametrize("args, message", [
     ("--format tlb", "argument --format: invalid choice: 'tlb'"),
-    ("--max-tables 0", "--max-tables must be at least 1"),
+    ("--max-tables 0", "--max-tables 0 is out of range"),
     ("--cr3 nope", "argument --cr3: not a number: 'nope'"),
 ])
 def test_usage_errors(args: str, message: str, attach: Any) -> None:
@@ -133,3 +133,27 @@ def test_mode_restored_when_the_engine_fails(attach: Any) -> None:
     with pytest.raises(GdbError, match="internal error: ZeroDivisionError"):
         run_command(gdb, "earlymm-ptdump")
     assert stub.phys_mode == 0
+
+
+def test_output_refuses_a_fifo_before_reading_the_guest(attach: Any, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    stub = fixture_stub("qemu-l4")
+    gdb = attach(stub)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(GdbError, match="a FIFO, not a regular file"):
+        run_command(gdb, f"earlymm-ptdump --output {fifo}")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and stub.phys_reads == []
+
+
+def test_audit_of_an_unreadable_table_is_incomplete_not_passed(attach: Any) -> None:
+    stub = fixture_stub("qemu-l4")
+    stub.registers["cr3"] = 0x40000000  # beyond the guest's 512 MiB: the top-level table cannot be read
+    gdb = attach(stub)
+    text, err = run_command_streams(gdb, "earlymm-ptdump --check-wx --check-user-kernel")
+    assert text.splitlines() == ["incomplete: unreadable 0x0000000000000000-0x10000000000000000: top-level table "
+                                 "0x40000000 is not in the image"]
+    assert not any("passed" in e for e in err), err
+    assert err[-1] == "earlymm-ptdump: 0 finding(s); incomplete: 1 range(s) not examined"

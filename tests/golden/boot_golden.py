@@ -54,6 +54,28 @@ CONFIGS: dict[str, list[str]] = {
     "cur-page-offset": ["--profile", "current", "--pool-access", "page-offset"],
     "v39-no-nx": ["--no-nx", "--no-gbpages"],
     "v39-until-startup": ["--until", "startup_64"],
+    # recorded before the direct-map builders read and wrote table pages in runs (kernel/table_run.py)
+    "v39-nogb-holes-pool3": ["--no-gbpages", "--e820", "{E820_HOLES}", "--pool", "3"],
+    "cur-nogb-8G-pool2": ["--profile", "current", "--no-gbpages", "--mem", "8G", "--pool", "2"],
+    "cur-nogb-above4g": ["--profile", "current", "--no-gbpages", "--mem", "8G",
+                         "--kernel-at", "0x140000000"],
+    # recorded when the decompressor stage and 5-level paging arrived (issue 10)
+    "cur-l5-merged": ["--paging", "5", "--mem", "8G"],
+    "cur-l5-rfc-above4g": ["--paging", "5", "--decompressor", "rfc", "--mem", "8G", "--kernel-at", "0x140000000"],
+    "cur-l5-v414-above4g": ["--paging", "5", "--decompressor", "v4.14", "--mem", "8G", "--kernel-at", "0x140000000"],
+    "cur-l5-no5lvl": ["--paging", "5", "--loader-paging", "5", "--cmdline", "root=/dev/sda1 no5lvl"],
+    "cur-l5-80T-pool3": ["--paging", "5", "--mem", "80T", "--pool", "3"],
+    # recorded when the Xen PV path arrived (issue 11)
+    "xen-v39-256M": ["--pv", "xen", "--mem", "256M"],
+    "xen-v39-late": ["--pv", "xen", "--mem", "256M", "--xen-write-cr3", "late"],
+    "xen-v39-writable-pagetable": ["--pv", "xen", "--mem", "128M", "--xen-guest-bug", "writable-pagetable"],
+    # recorded when the 2.6.21 i386 boot arrived (issue 13, native backend)
+    "i386-default": ["--arch", "i386"],
+    "i386-pae": ["--arch", "i386", "--pae"],
+    "i386-1g-nopse": ["--arch", "i386", "--mem", "1G", "--no-pse"],
+    "i386-pae-1g-nopse-nonx": ["--arch", "i386", "--pae", "--mem", "1G", "--no-pse", "--no-nx"],
+    "i386-pae-clobber": ["--arch", "i386", "--pae", "--image-size", "27M", "--until", "pagetable_setup_start"],
+    "i386-e820-holes": ["--arch", "i386", "--e820", "{E820_HOLES}"],
 }
 
 

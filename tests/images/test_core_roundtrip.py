@@ -20,6 +20,7 @@ from earlymm.images.cpustate import (
     parse_qemu_cpustate,
 )
 from earlymm.images.qemu_core import EHDR, PHDR, PT_LOAD
+from earlymm.images.safe_write import WriteError
 
 PAGE = 4096
 
@@ -69,7 +70,7 @@ def test_gzip_roundtrip_is_deterministic(tmp_path: Path) -> None:
 
 def test_cpu_state_fields() -> None:
     c = cpu(2)
-    assert c.is_64bit_code and c.cpl == 2
+    assert c.is_64bit_code and c.cpl == 0  # SS.DPL (flags 0x9300), not CS.RPL (2): QEMU takes the CPL from SS
     assert c.gpr("rsp") == c.gprs[GPR_NAMES.index("rsp")]
     assert c.segment("gs") == c.segments[4]
     raw = pack_qemu_cpustate(c)
@@ -126,12 +127,12 @@ def test_failure_midway_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch:
     p = tmp_path / "x.core"
     p.write_bytes(b"previous")
 
-    def boom(out: object, runs: object, notes: object) -> None:
+    def boom(out: object, *_rest: object) -> None:
         out.write(b"partial")  # type: ignore[attr-defined]
         raise OSError("disk full")
 
     monkeypatch.setattr(cw, "_write", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match="disk full"):
         write_qemu_core(p, FRAMES, [])
     assert p.read_bytes() == b"previous"
     assert os.listdir(tmp_path) == ["x.core"]

@@ -93,7 +93,13 @@ def test_note_beyond_eof(tmp_path: Path) -> None:
 
 
 def test_wrong_machine(tmp_path: Path) -> None:
-    assert "EM_386" in expect_error(craft(tmp_path / "c", machine=3), "wrong machine")
+    assert "EM_ARM" in expect_error(craft(tmp_path / "c", machine=40), "wrong machine")
+
+
+def test_em_386_in_elf64_opens(tmp_path: Path) -> None:
+    # what qemu-system-i386 writes for a PC (its BIOS ROM block ends at 4 GiB): ELFCLASS64 with EM_386
+    with open_qemu_core(craft(tmp_path / "c", machine=3)) as im:
+        assert im.machine == 3 and im.ranges() == [(0, PAGE)]
 
 
 def test_not_et_core(tmp_path: Path) -> None:

@@ -4,10 +4,10 @@ what-ifs (RFC variant, relocated kernel, pool reached through __va, no NX, MAXME
 from __future__ import annotations
 
 from earlymm.hw.events import FaultRaised
-from earlymm.kernel.boot import Phase
 from earlymm.kernel.consts import START_KERNEL_MAP
 from earlymm.kernel.early_fault import install_early_idt, reset_early_page_tables
 from earlymm.kernel.events import PoolAlloc, PoolReset
+from earlymm.kernel.phases import Phase
 from earlymm.platform.pc import pc_e820
 
 from .conftest import GiB, MiB, make_boot
@@ -25,13 +25,15 @@ def test_spec_test_vector_fault_at_0xffff880012345678() -> None:
     ctx.rd(0xFFFF_8800_1234_5678)  # faults once, the early handler maps it, the read is retried
     (f,) = [e for e in faults(r) if e.cr2 == 0xFFFF_8800_1234_5678]
     assert f.vector == 14 and f.error_code == 0
-    mem = ctx.machine.mem
+    mem = ctx.platform.mem
     pool = ctx.layout["early_dynamic_pgts"] - START_KERNEL_MAP  # phys_base is 0 here
     top = ctx.pa_symbol("early_top_pgt")
     assert mem.read_u64(top + 8 * 272) == pool + 0x63  # page 0 as the PUD
     assert mem.read_u64(pool + 8 * 0) == pool + 4096 + 0x63  # page 1 as the PMD
     assert mem.read_u64(pool + 4096 + 8 * 0x91) == 0x1220_0000 | 0xE3 | 1 << 63
-    assert [e.index for e in ctx.trace.events if isinstance(e, PoolAlloc)] == [0, 1]
+    # startup_64's two pages (the identity map's PUD and PMD), then the handler's two, after the reset
+    allocs = [(e.index, e.va) for e in ctx.trace.events if isinstance(e, PoolAlloc)]
+    assert allocs == [(0, 0x100_0000), (1, 0x100_0000), (0, 0xFFFF_8800_1234_5678), (1, 0xFFFF_8800_1234_5678)]
 
 
 def test_default_boot_takes_its_first_faults_in_copy_bootdata() -> None:
@@ -135,3 +137,13 @@ def test_current_profile_boots_with_its_own_layout() -> None:
     assert faults(r)[0].cr2 == 0xFFFF_8880_0001_4000  # page_offset_base of 6.x
     # 6.x's __startup_64 takes the switchover pages from the pool itself: 0 → 2
     assert next(e for e in r.ctx.trace.events if isinstance(e, PoolReset)).used == 2
+
+
+def test_61_handler_retries_early_make_pgtable_at_every_depth_so_page_offset_pool_never_ends() -> None:
+    """6.1 early_idt_handler_common increments early_recursion_flag and calls do_early_exception, which
+    tries early_make_pgtable before anything checks the depth (only early_fixup_exception does, for a
+    fault nothing handled): a handler that faults on its own __va pool access recurses without bound —
+    the model's nesting guard reports it instead of the v3.9 halt at depth 2."""
+    r = make_boot(profile="current", pool_access="page-offset")
+    assert r.outcome == "livelock" and "nested 64 deep" in r.reason
+    assert max(f.depth for f in faults(r)) >= 60

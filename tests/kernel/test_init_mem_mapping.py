@@ -4,9 +4,10 @@ page sizes split_mem_range chooses, and CR3 switches to init_level4_pgt (spec §
 from __future__ import annotations
 
 from earlymm.hw.memory import Region, RegionType
-from earlymm.kernel.init import MmState, split_mem_range
+from earlymm.kernel.init import split_mem_range
 from earlymm.kernel.init_64 import PG_LEVEL_1G, PG_LEVEL_2M
 from earlymm.kernel.memblock import Memblock
+from earlymm.kernel.mm_state import MmState
 
 from .conftest import GiB, MiB, make_boot
 
@@ -62,8 +63,13 @@ def test_split_mem_range_matches_the_kernels_five_ranges() -> None:
     st = MmState(mb, page_size_mask=PG_LEVEL_2M | PG_LEVEL_1G)
     got = [(r.start, r.end, r.page_size) for r in split_mem_range(st, 0x123000, 5 * GiB + 0x3456000)]
     # every block is RAM, so adjust_range_page_size_mask upgrades the 4K head/tail and 2M pieces:
-    # the whole range merges into one 1G-mask range
+    # 6.1 adjusts first, so the whole range merges into one 1G-mask range …
     assert got == [(0x123000, 5 * GiB + 0x3456000, "1G")]
+    # … while v3.9 merges first (nothing merges: the five masks differ) and adjusts the five ranges after
+    # (init.c @ v3.9; moved in 3.11 by commit 7de3d66b): five ranges, each upgraded to 1G
+    got = [(r.start, r.end, r.page_size) for r in split_mem_range(st, 0x123000, 5 * GiB + 0x3456000, True)]
+    assert got == [(0x123000, 0x200000, "1G"), (0x200000, GiB, "1G"), (GiB, 5 * GiB, "1G"),
+                   (5 * GiB, 5 * GiB + 0x3400000, "1G"), (5 * GiB + 0x3400000, 5 * GiB + 0x3456000, "1G")]
     mb2 = Memblock()
     mb2.add(0x100000, 5 * GiB + 0x3456000)
     st2 = MmState(mb2, page_size_mask=PG_LEVEL_2M | PG_LEVEL_1G)
@@ -84,3 +90,21 @@ def test_after_init_mem_mapping_the_early_handler_is_inert() -> None:
         assert e.outcome == "oops" and "unable to handle kernel paging request" in e.reason
     else:
         raise AssertionError("expected an oops")
+
+
+def test_invariant_flags_a_large_page_over_a_hole() -> None:
+    """Spec §3.8 split_mem_range: a 2 MiB leaf only where the whole block is RAM. Planting one over the
+    e820 hole must make the §3.11 check fail (the check reads the tables in numpy, streamed)."""
+    from earlymm.kernel import invariants as inv
+    from tests.kernel.conftest import make_boot
+
+    hole = [Region(0, 0x9FC00, RegionType.RAM), Region(0x10_0000, 0x1000_0000, RegionType.RAM),
+            Region(0x1000_0000, 0x1020_0000, RegionType.RESERVED), Region(0x1020_0000, 0x4000_0000, RegionType.RAM)]
+    r = make_boot(e820=hole, gbpages=False)
+    assert r.outcome == "booted" and inv._large_over_holes(r.ctx) == []
+    ctx = r.ctx
+    res = ctx.cpu.mmu.probe(ctx.va(0x1020_0000))  # the 2 MiB leaf right after the hole
+    assert res.ok and res.page_size == 1 << 21
+    leaf_at = res.entry_addr(ctx.cpu.mmu.plan, len(res.path) // 2 - 1)
+    ctx.platform.mem.write_u64(leaf_at - 8, 0x1000_0000 | 0x80 | 0x63)  # plant a 2 MiB leaf over the hole
+    assert inv._large_over_holes(ctx) == ["2 MiB page at pa 0x10000000"]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from earlymm.kernel.boot import Phase
 from earlymm.kernel.consts import START_KERNEL_MAP
 from earlymm.kernel.layout import KernelLayout
+from earlymm.kernel.phases import Phase
 
 from .conftest import GiB, MiB, make_boot
 
@@ -24,7 +24,7 @@ def entries(mem, table: int) -> dict[int, int]:  # type: ignore[no-untyped-def]
 def test_kernel_at_16m_image_24m() -> None:
     r = make_boot(kernel_at=16 * MiB, until=Phase.STARTUP_64)
     assert r.outcome == "stopped"
-    mem, lay = r.ctx.machine.mem, r.ctx.layout
+    mem, lay = r.ctx.platform.mem, r.ctx.layout
     pgd, pud, pmd = tables(lay, 16 * MiB)
     pg = entries(mem, pgd)
     assert pg[0] == pg[1] == pud + 0x63 and set(pg) == {0, 1, 511}
@@ -39,7 +39,7 @@ def test_kernel_at_16m_image_24m() -> None:
 def test_kernel_at_1g_minus_2m_image_6m() -> None:
     p = 0x3FE0_0000
     r = make_boot(kernel_at=p, image_size=6 * MiB, until=Phase.STARTUP_64)
-    mem, lay = r.ctx.machine.mem, r.ctx.layout
+    mem, lay = r.ctx.platform.mem, r.ctx.layout
     assert lay.image_size == 6 * MiB
     _pgd, pud, pmd = tables(lay, p)
     assert entries(mem, pud) == {0: pmd + 0x63, 1: pmd + 0x63}
@@ -53,7 +53,7 @@ def test_kernel_at_1g_minus_2m_image_6m() -> None:
 def test_kernel_at_512g_minus_2m() -> None:
     p = 0x7F_FFE0_0000
     r = make_boot(mem=600 * GiB, kernel_at=p, until=Phase.STARTUP_64)
-    mem, lay = r.ctx.machine.mem, r.ctx.layout
+    mem, lay = r.ctx.platform.mem, r.ctx.layout
     pgd, pud, pmd = tables(lay, p)
     assert {i: v for i, v in entries(mem, pgd).items() if i != 511} == {0: pud + 0x63, 1: pud + 0x63}
     assert entries(mem, pud) == {511: pmd + 0x63, 0: pmd + 0x63}

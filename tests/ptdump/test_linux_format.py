@@ -128,3 +128,36 @@ def test_large_page_pat_is_masked_like_the_kernel_and_4k_pat_is_shown(capsys: py
     small = next(ln for ln in text.splitlines() if ln.startswith("0xffff888000400000"))
     assert "PSE" in large and "PAT" not in large  # note_page masks bit 12 with PTE_FLAGS_MASK
     assert "PAT" in small
+
+
+@pytest.mark.parametrize("fmt", ["linux", "qemu-tlb", "json"])
+def test_notes_inside_shared_sub_tables_carry_their_virtual_addresses(
+        fmt: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 7 item 9: a table the dump replays from a cache (here a PD used by PUD entries 510 and 511)
+    holds a PDE whose page table is not in the image; the note is at each address that PDE maps, not
+    at the PDE's offset inside the PD (the linux format printed 0x3f400000 for 0xffffffffff400000)."""
+    from earlymm.images import CpuState, write_qemu_core
+
+    b = build(PagingMode.LONG4)
+    b.mapper.map(0xFFFF_FFFF_8100_0000, 0x40_0000, 0x1000, 0x2)
+    pud = (b.mem.read_u64(b.mapper.root + 511 * 8) & ~0xFFF) & ((1 << 52) - 1)
+    pd = b.mem.read_u64(pud + 510 * 8) & ~0xFFF & ((1 << 52) - 1)  # 0xffffffff81000000 is in PUD slot 510
+    assert pd
+    b.mem.write_u64(pud + 511 * 8, pd | 0x63)  # slot 511 shares it
+    b.mem.write_u64(pd + 506 * 8, 0x7FF_F000 | 0x63)  # a page table the core will not hold
+    core = tmp_path / "shared.core"
+    write_qemu_core(core, [(p, bytes(b.mem.frame(p) or b"")) for p in b.mem.written_pfns()],
+                    [CpuState(cr0=0x8005_0033, cr3=b.mapper.root, cr4=0x20)])
+    r = cli(capsys, str(core), "--efer", "0xd01", "--format", fmt)
+    assert r.code == 0
+    # PGD 511, PUD 510 or 511, PD 506: 0xffff_ff80_0000_0000 + (510 or 511) << 30 + 506 << 21
+    spans = ["0xffffffffbf400000-0xffffffffbf600000", "0xffffffffff400000-0xffffffffff600000"]
+    detail = "PDE 0x7fff063 points at table 0x7fff000, which is not in the image"
+    if fmt == "json":
+        import json
+
+        notes = json.loads(r.out)["address_spaces"][0]["notes"]
+        assert [(n["va"], n["end"], n["detail"]) for n in notes] == [
+            ("0xffffffffbf400000", "0xffffffffbf600000", detail), ("0xffffffffff400000", "0xffffffffff600000", detail)]
+    else:
+        assert r.err.splitlines() == [f"earlymm ptdump: unreadable {s}: {detail}" for s in spans]

@@ -18,10 +18,13 @@ from earlymm.arch.addr import parse_int
 from earlymm.arch.modes import Features
 from earlymm.hw.access import AccessKind
 from earlymm.hw.cpu import Cpu
-from earlymm.tools.argtypes import hexint
+from earlymm.tools.argtypes import cpl_arg, hexint, int_range, uint_bits
 from earlymm.tools.gdb.physmem import GdbPhysFrames
 from earlymm.tools.gdb.target import CONTROL_REGISTERS, LiveTarget, TargetError
 from earlymm.tools.machine_view import RegOverrides, SetupError, infer_registers, make_cpu
+from earlymm.tools.symbols.kaslr import Symbolizer, Walker, symbolizer_for
+from earlymm.tools.symbols.load import load_symbols
+from earlymm.tools.symbols.table import SymbolError, SymbolTable, parse_symbol_ref
 from earlymm.tools.translate import Request, run, to_json, to_text
 
 TRANSLATE = "earlymm-translate"
@@ -63,8 +66,35 @@ def add_machine_options(p: argparse.ArgumentParser, registers: tuple[str, ...] =
     p.add_argument("--features", default="all",
                    help="CPU features the walk assumes (the stub cannot report CPUID): all, none, or a list "
                         "like nx,gbpages,-smap (default all)")
-    p.add_argument("--maxphyaddr", type=int, default=52,
+    p.add_argument("--maxphyaddr", type=int_range(32, 52, "MAXPHYADDR"), default=52,
                    help="physical-address width for reserved-bit checks (qemu64 has 40; default 52)")
+    p.add_argument("--symbols", metavar="FILE",
+                   help="kernel symbols (/proc/kallsyms text, System.map or vmlinux ELF): output labelled "
+                        "name+0xoff, and names from FILE usable as addresses (no gdb symbols needed)")
+    p.add_argument("--kaslr-offset", type=hexint, metavar="OFFSET",
+                   help="KASLR slide to add to FILE's addresses (default: derived from the live tables)")
+
+
+def load_table(args: argparse.Namespace) -> SymbolTable | None:
+    """The --symbols file (read before the guest is touched: a bad file costs nothing)."""
+    if args.symbols is None:
+        if args.kaslr_offset is not None:
+            raise CommandError("--kaslr-offset applies to the addresses of --symbols FILE, which was not given")
+        return None
+    try:
+        return load_symbols(args.symbols)
+    except SymbolError as e:
+        raise CommandError(str(e)) from None
+
+
+def live_symbolizer(table: SymbolTable | None, args: argparse.Namespace, cpu: Cpu) -> tuple[Symbolizer | None,
+                                                                                            tuple[str, ...]]:
+    """The symbolizer over the live tables (in physical-memory mode) and its notes."""
+    if table is None:
+        return None, ()
+    plan = cpu.mmu.plan
+    sym = symbolizer_for(table, Walker(cpu.mem, plan.mode, cpu.regs.cr3, cpu.regs.cr4, plan.nxe), args.kaslr_offset)
+    return sym, sym.placement.notes
 
 
 def translate_parser() -> CommandParser:
@@ -74,9 +104,11 @@ def translate_parser() -> CommandParser:
                             "kernel has a direct map. A/D updates are shown, never written to the guest.")
     p.add_argument("va", nargs="+", help="virtual addresses: numbers (0x… or decimal) or gdb expressions ($pc)")
     p.add_argument("--access", default="read", help="read, write or exec (default read)")
-    p.add_argument("--cpl", type=int, choices=(0, 3), default=0, help="privilege level of the access (default 0)")
+    p.add_argument("--cpl", type=cpl_arg, help="privilege level of the access, 0 or 3 (default: the vCPU's, "
+                                               "the RPL of its SS selector, or 0 if the stub has no SS)")
     p.add_argument("--ac", action="store_true", help="EFLAGS.AC=1 (SMAP override for explicit accesses)")
-    p.add_argument("--pkru", type=hexint, default=None, help="PKRU (default: the vCPU's if the stub has it, else 0)")
+    p.add_argument("--pkru", type=uint_bits(32, "PKRU"), default=None,
+                   help="PKRU, 32 bits (default: the vCPU's if the stub has it, else 0)")
     p.add_argument("--json", action="store_true", help="print a JSON array, one object per address")
     add_machine_options(p)
     return p
@@ -93,8 +125,6 @@ class LiveMachine:
 
 def read_machine(target: LiveTarget, args: argparse.Namespace, cr3: int | None = None) -> LiveMachine:
     """CR0/CR3/CR4/EFER from the command line (or ``cr3``), else from the stub (QEMU describes all four)."""
-    if not 32 <= args.maxphyaddr <= 52:  # the SDM's range (CPUID.80000008H:EAX[7:0])
-        raise CommandError(f"--maxphyaddr {args.maxphyaddr}: must be between 32 and 52")
     try:
         features = Features.parse(args.features, args.maxphyaddr)
     except ValueError as e:
@@ -127,19 +157,36 @@ def _live_cpu(frames: GdbPhysFrames, machine: LiveMachine, pkru: int) -> Cpu:
 
 
 def address(target: LiveTarget, token: str) -> int:
-    """A number, else a gdb expression (evaluated now, in the stub's normal mode)."""
-    try:
-        return parse_int(token)
-    except ValueError:
-        pass
+    """A number, else a gdb expression (evaluated now, in the stub's normal mode). A token made only of
+    digits (and an ``0x``) is a number and parsed strictly: gdb would read ``0400000`` as octal, so the
+    ambiguous zero-padded form is refused instead of guessed."""
+    t = token.strip()
+    if t[:1].isdigit() and t.isascii() and t.isalnum():
+        try:
+            return parse_int(t)
+        except ValueError as e:
+            raise CommandError(str(e)) from None
     try:
         return target.evaluate(token)
     except TargetError as e:
         raise CommandError(str(e)) from None
 
 
+def live_cpl(target: LiveTarget) -> int:
+    """The vCPU's privilege level: SS.RPL, which equals the CPL outside real mode (QEMU's gdbstub gives
+    the selectors, not the descriptor caches); 0 when the stub does not describe SS."""
+    ss = target.register("ss")
+    return 0 if ss is None else ss & 3
+
+
 MEMORY_MAP_NOTE = ("QEMU's memory map is unavailable (monitor info mtree -f): unassigned physical memory "
                    "reads as zeros")
+
+
+def _named(sym: Symbolizer, token: str) -> int:
+    va = sym.resolve(token)
+    assert va is not None  # the token was checked to name a symbol of the file
+    return va
 
 
 def translate(target: LiveTarget, argv: list[str]) -> Output:
@@ -149,22 +196,33 @@ def translate(target: LiveTarget, argv: list[str]) -> Output:
         kind = AccessKind.parse(args.access)
     except ValueError as e:
         raise CommandError(str(e)) from None
-    vas = [address(target, t) for t in args.va]
+    table = load_table(args)
+    # names the symbol file defines are resolved once the tables are known (the KASLR slide); anything else
+    # is a number or a gdb expression, evaluated now in the stub's normal mode
+    named = [table is not None and (ref := parse_symbol_ref(t)) is not None and ref[0] in table.by_name
+             for t in args.va]
+    vas = [0 if n else address(target, t) for t, n in zip(args.va, named, strict=True)]
     if any(not 0 <= va < 1 << 64 for va in vas):
         raise CommandError("addresses must fit in 64 bits")
     try:
         machine = read_machine(target, args)
         pkru = args.pkru if args.pkru is not None else (target.register("pkru") or 0)
+        cpl = args.cpl if args.cpl is not None else live_cpl(target)
         ram = target.ram_ranges()
-        requests = [Request(va, kind, args.cpl, args.ac) for va in vas]
         with target.physical_memory() as read:
             frames = GdbPhysFrames(read, ram)
             cpu = _live_cpu(frames, machine, pkru)
-            outcomes = run(cpu, requests)
+            sym, sym_notes = live_symbolizer(table, args, cpu)
+            if sym is not None:
+                try:
+                    vas = [_named(sym, t) if n else va for t, n, va in zip(args.va, named, vas, strict=True)]
+                except SymbolError as e:
+                    raise CommandError(str(e)) from None
+            outcomes = run(cpu, [Request(va, kind, cpl, args.ac) for va in vas])
             if args.json:
-                text = json.dumps([to_json(cpu, o) for o in outcomes], indent=1) + "\n"
+                text = json.dumps([to_json(cpu, o, sym) for o in outcomes], indent=1) + "\n"
             else:
-                text = "\n\n".join(to_text(cpu, o) for o in outcomes) + "\n"
-        return Output(text, machine.notes + (() if ram is not None else (MEMORY_MAP_NOTE,)))
+                text = "\n\n".join(to_text(cpu, o, sym) for o in outcomes) + "\n"
+        return Output(text, machine.notes + (() if ram is not None else (MEMORY_MAP_NOTE,)) + sym_notes)
     except TargetError as e:
         raise CommandError(str(e)) from None

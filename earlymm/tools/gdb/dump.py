@@ -9,9 +9,9 @@ guest has no direct map and costs one round of reads per distinct table, however
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from earlymm.tools.argtypes import hexint
+from earlymm.images.safe_write import SYMLINK_POLICY, WriteError, check_target, write_text
+from earlymm.tools.argtypes import hexint, int_range
 from earlymm.tools.gdb.commands import (
     MEMORY_MAP_NOTE,
     CommandError,
@@ -19,15 +19,19 @@ from earlymm.tools.gdb.commands import (
     LiveMachine,
     Output,
     add_machine_options,
+    live_symbolizer,
+    load_table,
     read_machine,
 )
 from earlymm.tools.gdb.physmem import GdbPhysFrames
 from earlymm.tools.gdb.target import LiveTarget, TargetError
-from earlymm.tools.machine_view import SetupError
+from earlymm.tools.machine_view import SetupError, make_cpu
 from earlymm.tools.ptdump import render
 from earlymm.tools.ptdump.engine import DEFAULT_MAX_LEAVES, DEFAULT_MAX_TABLES
 from earlymm.tools.ptdump.render import FORMATS
 from earlymm.tools.ptdump.space import Space, open_space
+from earlymm.tools.symbols.annotate import annotate
+from earlymm.tools.symbols.kaslr import Symbolizer
 
 PTDUMP = "earlymm-ptdump"
 LIVE_IMAGE = "gdb:live"  # the JSON's "image": where an image path would be, say the tables were live
@@ -47,32 +51,43 @@ def ptdump_parser() -> CommandParser:
                    help="report writable+executable mappings as the kernel's boot-time W+X check does")
     p.add_argument("--check-user-kernel", action="store_true",
                    help="report user/kernel isolation problems (see earlymm ptdump --help)")
-    p.add_argument("--max-tables", type=int, default=DEFAULT_MAX_TABLES,
+    p.add_argument("--max-tables", type=int_range(1, 1 << 24, "--max-tables"), default=DEFAULT_MAX_TABLES,
                    help=f"read at most this many distinct tables (default {DEFAULT_MAX_TABLES})")
-    p.add_argument("--max-leaves", type=int, default=DEFAULT_MAX_LEAVES,
+    p.add_argument("--max-leaves", type=int_range(1, 1 << 32, "--max-leaves"), default=DEFAULT_MAX_LEAVES,
                    help=f"beyond this many leaves, collapse repeated subtrees (default {DEFAULT_MAX_LEAVES})")
     p.add_argument("--output", metavar="FILE",
-                   help="write the dump to FILE instead of gdb's screen (a full dump has ~100k lines)")
+                   help="write the dump to FILE instead of gdb's screen (a full dump has ~100k lines). FILE must be "
+                        "new or a regular file: devices, FIFOs, sockets and directories are refused, and "
+                        f"{SYMLINK_POLICY}; it is replaced atomically, and on any error (a full disk) nothing is left")
     return p
 
 
-def _render(args: argparse.Namespace, spaces: list[Space]) -> tuple[str, list[str]]:
+def _render(args: argparse.Namespace, spaces: list[Space], sym: Symbolizer | None) -> tuple[str, list[str]]:
     try:
         if args.check_wx or args.check_user_kernel:
             out = render.run_audits(spaces, check_wx=args.check_wx, check_user_kernel=args.check_user_kernel)
-            return out.text, [*out.messages, f"{out.findings} finding(s)"]
+            verdict = f"{out.findings} finding(s)" + (f"; incomplete: {out.gaps} range(s) not examined"
+                                                       if out.gaps else "")
+            return _text(out.parts, "audit", sym), [*out.messages, verdict]
         out = render.dump(spaces, args.format, LIVE_IMAGE, max_tables=args.max_tables, max_leaves=args.max_leaves)
     except render.RenderError as e:
         raise CommandError(str(e)) from None
-    return out.text, out.messages
+    return _text(out.parts, args.format, sym), out.messages
+
+
+def _text(parts: list[str], fmt: str, sym: Symbolizer | None) -> str:
+    return "".join(parts if sym is None else annotate(parts, fmt, sym))
 
 
 def ptdump(target: LiveTarget, argv: list[str]) -> Output:
     """``earlymm-ptdump``: the dump (or audit findings) to print. Raises CommandError or HelpRequested."""
     args = ptdump_parser().parse_args(argv)
-    for name in ("max_tables", "max_leaves"):
-        if getattr(args, name) < 1:
-            raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.output is not None:
+        try:
+            check_target(args.output)  # before reading the guest: a bad path should not cost a dump
+        except WriteError as e:
+            raise CommandError(str(e)) from None
+    table = load_table(args)
     try:
         machines: list[LiveMachine] = [read_machine(target, args, cr3) for cr3 in args.cr3 or [None]]
         ram = target.ram_ranges()
@@ -81,16 +96,19 @@ def ptdump(target: LiveTarget, argv: list[str]) -> Output:
             try:
                 # absent_zero=False: tables in holes (MMIO, no RAM) are reported unreadable, not as zeros.
                 spaces = [open_space(frames, m.regs, m.features, absent_zero=False) for m in machines]
+                sym, sym_notes = (None, ()) if table is None else live_symbolizer(
+                    table, args, make_cpu(frames, machines[0].regs, machines[0].features, absent_zero=False))
             except SetupError as e:
                 raise CommandError(str(e)) from None
-            text, notes = _render(args, spaces)
+            text, notes = _render(args, spaces, sym)
+            notes = [*sym_notes, *notes]
     except TargetError as e:
         raise CommandError(str(e)) from None
     messages = [*machines[0].notes, *([] if ram is not None else [MEMORY_MAP_NOTE]), *notes]
-    if args.output:
+    if args.output is not None:
         try:
-            Path(args.output).write_text(text)
-        except OSError as e:
-            raise CommandError(f"cannot write {args.output}: {e}") from None
+            write_text(args.output, text)
+        except WriteError as e:
+            raise CommandError(str(e)) from None
         return Output(f"{text.count(chr(10))} lines written to {args.output}\n", tuple(messages))
     return Output(text, tuple(messages))

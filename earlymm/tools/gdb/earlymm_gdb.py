@@ -29,10 +29,13 @@ COMMANDS = (
      "Usage: earlymm-translate VA... [--access read|write|exec] [--cpl 0|3] [--json]\n"
      "Reads CR0/CR3/CR4/EFER from the vCPU and the tables from guest-physical memory\n"
      "(QEMU's physical-memory mode), so it works before the kernel has a direct map.\n"
-     "VA may be a gdb expression ($pc). See earlymm-translate --help for all options."),
+     "VA may be a gdb expression ($pc), or with --symbols FILE (kallsyms, System.map,\n"
+     "vmlinux) a symbol of FILE, slid by the KASLR offset the live tables show.\n"
+     "See earlymm-translate --help for all options."),
     ("earlymm-ptdump", "earlymm.tools.gdb.dump:ptdump",
      "List every present mapping of the live guest's address space.\n"
-     "Usage: earlymm-ptdump [--format linux|qemu-tlb|qemu-mem|json] [--check-wx] [--output FILE]\n"
+     "Usage: earlymm-ptdump [--format linux|qemu-tlb|qemu-mem|json] [--check-wx] [--symbols FILE]\n"
+     "                      [--output FILE]\n"
      "Reads the vCPU's registers and every page table from guest-physical memory\n"
      "(QEMU's physical-memory mode), so it works before the kernel has a direct map.\n"
      "See earlymm-ptdump --help for all options."),

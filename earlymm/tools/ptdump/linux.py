@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from earlymm.arch.entry import mask
-from earlymm.tools.ptdump.engine import LEAF, NONPRESENT, TABLE, Node, Tree, add_note, item_note, root_note
+from earlymm.tools.ptdump.engine import LEAF, NONPRESENT, TABLE, Node, Note, Tree, add_note, item_note, root_note
 from earlymm.tools.ptdump.regions import Marker
 
 LEVEL_NAMES = ("pgd", "p4d", "pud", "pmd", "pte")
@@ -136,18 +136,20 @@ def dump(tree: Tree, markers: list[Marker], *, check_wx: bool = False, text: boo
     out: list[str] | None = [] if text else None
     st = _State(markers, out, check_wx)
     feed = st.run
-    cache: dict[tuple[int, int, int], list[Run] | None] = {}
+    # Per (table, inherited rights): its calls merged into runs, and its notes, both relative to its base.
+    cache: dict[tuple[int, int, int], tuple[list[Run], list[Note]] | None] = {}
     budget = [max_runs]
     seen: set[int] = set()
     collapsed_at = [-1]
     tree.notes.clear()
 
-    def node_runs(node: Node, acc: int, xd: int) -> list[Run] | None:
-        """The node's calls merged into runs relative to its base, or None if there are too many."""
+    def node_runs(node: Node, acc: int, xd: int) -> tuple[list[Run], list[Note]] | None:
+        """The node's calls merged into runs, and its notes, relative to its base; None if too many runs."""
         key = (id(node), acc, xd)
         if key in cache:
             return cache[key]
         runs: list[Run] = []
+        notes: list[Note] = []
 
         def add(*r: int) -> None:
             _merge(runs, r)
@@ -155,15 +157,17 @@ def dump(tree: Tree, markers: list[Marker], *, check_wx: bool = False, text: boo
                 raise _TooMany
 
         try:
-            result = runs if visit(node, 0, acc, xd, add, node_runs) else None
+            result = (runs, notes) if visit(node, 0, acc, xd, add, node_runs, notes) else None
         except _TooMany:
             result = None
         cache[key] = result
         return result
 
     def visit(node: Node, base: int, acc: int, xd: int, emit: Callable[..., None],
-              child_runs: Callable[[Node, int, int], list[Run] | None] | None) -> bool:
-        """Emit the node's calls; False if a sub-table could not be merged (caller must stream)."""
+              child_runs: Callable[[Node, int, int], tuple[list[Run], list[Note]] | None] | None,
+              notes: list[Note]) -> bool:
+        """Emit the node's calls, and its notes at ``base``-relative addresses into ``notes``; False if a
+        sub-table could not be merged (caller must stream)."""
         depth = node.depth
         row = sem.rows[depth]
         level, step = lvl[depth], row.span
@@ -184,7 +188,7 @@ def dump(tree: Tree, markers: list[Marker], *, check_wx: bool = False, text: boo
                 emit(va, prot, (eff_acc & RW_US) | eff_xd, level, step, 1)
             elif kind == TABLE and level <= 1 and e & FLAGS_MASK & ~P4D_OK:
                 # pgd/p4d_none_or_clear_bad(): the kernel reports a "bad" entry, clears it, walks on.
-                add_note(tree.notes, "bad-entry", va, step, f"{row.level.entry_name} {e:#x} has flags a "
+                add_note(notes, "bad-entry", va, step, f"{row.level.entry_name} {e:#x} has flags a "
                          "pgd/p4d must not have: the kernel's walk clears it as bad")
                 emit(va, 0, 0, level, step, 1)
             elif kind == TABLE:
@@ -193,8 +197,9 @@ def dump(tree: Tree, markers: list[Marker], *, check_wx: bool = False, text: boo
                     sub = child_runs(child, eff_acc & RW_US, eff_xd)
                     if sub is None:
                         return False
-                    for r in sub:
+                    for r in sub[0]:
                         emit(va + r[0], *r[1:])
+                    _rebase(notes, sub[1], va)
                 else:
                     stream(child, va, eff_acc & RW_US, eff_xd)
             elif kind == NONPRESENT:
@@ -206,7 +211,7 @@ def dump(tree: Tree, markers: list[Marker], *, check_wx: bool = False, text: boo
                     emit(va, prot, (eff_acc & RW_US) | eff_xd, level, step, 1)
                 # else: the kernel makes no call; the entry joins whatever run is open
             else:
-                item_note(tree.notes, row, kind, e, va)
+                item_note(notes, row, kind, e, va)
                 emit(va, 0, 0, level, step, 1)  # unreadable or not walked: shown as empty
         return True
 
@@ -225,13 +230,14 @@ def dump(tree: Tree, markers: list[Marker], *, check_wx: bool = False, text: boo
                     out.append(line)
             return
         seen.add(id(node))
-        runs = node_runs(node, acc, xd)
-        if runs is not None:
-            budget[0] -= len(runs)
-            for r in runs:
+        cached = node_runs(node, acc, xd)
+        if cached is not None:
+            budget[0] -= len(cached[0])
+            for r in cached[0]:
                 feed(base + r[0], *r[1:])
+            _rebase(tree.notes, cached[1], base)
         else:
-            visit(node, base, acc, xd, counted, None)
+            visit(node, base, acc, xd, counted, None, tree.notes)
 
     def counted(*r: int) -> None:
         budget[0] -= 1
@@ -240,9 +246,15 @@ def dump(tree: Tree, markers: list[Marker], *, check_wx: bool = False, text: boo
     if tree.root is None:
         root_note(tree)
     else:
-        visit(tree.root, 0, U64, 0, counted, None)
+        visit(tree.root, 0, U64, 0, counted, None, tree.notes)
     st.note(0, -1, 0, 0)  # "Flush out the last page"
     return ("".join(out) if out is not None else ""), st.wx
+
+
+def _rebase(notes: list[Note], relative: list[Note], base: int) -> None:
+    """Add a cached table's notes at the address where the table is used this time."""
+    for n in relative:
+        add_note(notes, n.kind, base + n.start, n.end - n.start, n.detail, n.leaves)
 
 
 def _va(base: int, idx: int, step: int, top: bool, canon_high: int) -> int:

@@ -93,20 +93,3 @@ def space_json(tree: Tree, leaves: list[Leaf], cr3: int) -> dict[str, Any]:
         } for r in runs],
         "notes": [note_json(n) for n in tree.notes],
     }
-
-
-def json_text(image: str, docs: list[dict[str, Any]]) -> str:
-    """``{"image": …, "address_spaces": [...]}`` with one run or note per line: readable, and encoded by
-    the C JSON encoder (``json.dump`` with ``indent`` falls back to pure Python: ~10 s for a small guest)."""
-    import json  # only the JSON format needs it
-
-    out = ["{\"image\": ", json.dumps(image), ",\n \"address_spaces\": ["]
-    for i, doc in enumerate(docs):
-        head = json.dumps({k: v for k, v in doc.items() if k not in ("runs", "notes")})[1:-1]
-        out.append(("," if i else "") + "\n  {" + head)
-        for key in ("runs", "notes"):
-            items = ",\n".join("    " + json.dumps(x) for x in doc[key])
-            out.append(f",\n   \"{key}\": [" + (f"\n{items}\n   ]" if items else "]"))
-        out.append("}")
-    out.append("\n ]\n}\n")
-    return "".join(out)

@@ -10,6 +10,9 @@ Three readings of the same tables, because the tools ptdump imitates do not agre
   what ``print_pte`` prints of a leaf masked with per-size masks (which for PAE keep bit 63).
 * ``linux`` — the kernel's ptdump walker (mm/ptdump.c over mm/pagewalk.c): like QEMU's but with
   ``PTE_PFN_MASK`` (bits 51:12) for table addresses.
+* ``gva2gpa`` — QEMU 7.2's debug walk behind the monitor's ``gva2gpa`` (``x86_cpu_get_phys_page_attrs_debug``,
+  target/i386/helper.c): like ``qemu`` but every address (table or page) is masked with
+  ``PG_ADDRESS_MASK`` (bits 51:12), and 32-bit 4 MiB pages take PSE-36's bits 39:32 from bits 20:13.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from earlymm.arch.flags import Cr4
 from earlymm.arch.modes import Level, PagingMode
 from earlymm.hw.walk import ALWAYS_LEAF, PS_SELECTS, WalkPlan
 
-Reading = Literal["arch", "qemu", "linux"]
+Reading = Literal["arch", "qemu", "linux", "gva2gpa"]
 PS = 0x80
 QEMU_TABLE = 0x3_FFFF_FFFF_F000  # QEMU's hard-coded table-address mask for PAE/4/5-level
 LINUX_PFN = mask(51, 12)  # PTE_PFN_MASK with __PHYSICAL_MASK_SHIFT 52 (no SME)
+PG_ADDRESS_MASK = mask(51, 12)  # QEMU's PG_ADDRESS_MASK, used by its debug walk
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +94,8 @@ def arch_semantics(plan: WalkPlan) -> Semantics:
 def tool_semantics(reading: Reading, mode: PagingMode, cr4: int, nxe: bool) -> Semantics:
     """QEMU's or Linux's reading of ``mode`` (``cr4`` only matters for 32-bit PSE)."""
     L = Level
+    if reading == "gva2gpa":
+        return _debug_semantics(mode, cr4, nxe)
     if mode is PagingMode.LEGACY32:
         # tlb_info_32: PSE pages only with CR4.PSE; print masks ~((1 << 21) - 1) and ~0xfff on u32 values.
         pse = PS if cr4 & Cr4.PSE else 0
@@ -115,3 +121,27 @@ def tool_semantics(reading: Reading, mode: PagingMode, cr4: int, nxe: bool) -> S
                 True),
             Row(L.PT, 12, 512, 8, 1, 0, 0, 1 << 12, table, 0, True))
     return Semantics(reading, mode, rows, mode.va_bits, nxe, False)
+
+
+def _debug_semantics(mode: PagingMode, cr4: int, nxe: bool) -> Semantics:
+    """QEMU 7.2's ``x86_cpu_get_phys_page_attrs_debug``: present bits and PS only, PG_ADDRESS_MASK throughout."""
+    L, pg = Level, PG_ADDRESS_MASK
+    if mode is PagingMode.LEGACY32:
+        pse = PS if cr4 & Cr4.PSE else 0
+        rows: tuple[Row, ...] = (Row(L.PD, 22, 1024, 4, pse, 0xFFFF_F000, 0, 1 << 22, 0xFFC0_0000, 0, True),
+                                 Row(L.PT, 12, 1024, 4, 1, 0, 0, 1 << 12, 0xFFFF_F000, 0, True))
+        return Semantics("gva2gpa", mode, rows, 32, False, True)
+    if mode is PagingMode.PAE:
+        rows = (Row(L.PDPT, 30, 4, 8, 0, pg, 0, 0, 0, 0, False),
+                Row(L.PD, 21, 512, 8, PS, pg, 0, 1 << 21, mask(51, 21), 0, True),
+                Row(L.PT, 12, 512, 8, 1, 0, 0, 1 << 12, pg, 0, True))
+        return Semantics("gva2gpa", mode, rows, 32, nxe, False)
+    if not mode.is_ia32e:
+        raise ValueError("paging is disabled: there are no page tables to walk")
+    upper = [Row(L.PML5, 48, 512, 8, 0, pg, 0, 0, 0, 0, True)] if mode is PagingMode.LONG5 else []
+    rows = (*upper,
+            Row(L.PML4, 39, 512, 8, 0, pg, 0, 0, 0, 0, True),
+            Row(L.PDPT, 30, 512, 8, PS, pg, 0, 1 << 30, mask(51, 30), 0, True),
+            Row(L.PD, 21, 512, 8, PS, pg, 0, 1 << 21, mask(51, 21), 0, True),
+            Row(L.PT, 12, 512, 8, 1, 0, 0, 1 << 12, pg, 0, True))
+    return Semantics("gva2gpa", mode, rows, mode.va_bits, nxe, False)

@@ -1,0 +1,110 @@
+"""``earlymm boot --arch i386 [--pae] [--pv native]``: Linux 2.6.21's i386 early boot (seed 002).
+
+The same conventions as the x86-64 boot — the timeline, ``--until``, ``--save-core`` (here a 32-bit
+QEMU-format core), ``--json``, ``--trace`` — with the options that mean something for this kernel. An
+option of the x86-64 boot path is refused in one line (exit 2), never silently ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from earlymm.arch.modes import Features
+from earlymm.cli.boot_args import cpu_identity, e820_arg, given, parse_until, print_rich, ramdisk_arg
+from earlymm.cli.boot_xen_args import check_combination
+from earlymm.cli.common import EXIT_CRASH, EXIT_OK, UsageError, size_text
+from earlymm.images import ImageError, WriteError
+from earlymm.images.safe_write import check_target
+from earlymm.kernel.i386.boot import boot
+from earlymm.kernel.i386.consts import I386_PROFILES, LOAD_PHYSICAL_ADDR
+from earlymm.kernel.i386.context import I386Config
+from earlymm.kernel.i386.layout import DEFAULT_IMAGE_SIZE
+from earlymm.kernel.phases import I386_PHASES
+from earlymm.platform.pc import MachineConfig
+from earlymm.tools.boot_progress import BootProgress
+from earlymm.tools.boot_report_i386 import render_text, save_core, to_json
+
+MAX_MEM_I386 = 64 << 30  # a 2.6.21 PAE kernel addresses 36 bits; without PAE it uses 4 GiB of it
+
+# options of the x86-64 path (their defaults are marked: boot_args.given tells them from given values)
+X86_64_ONLY = ("kernel_at", "kernel_symbols", "pool", "variant", "pool_access", "force_nx", "no_gbpages", "paging",
+               "decompressor", "loader_paging", "no_la57", "efi_loader", "html")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse what means nothing for a 2.6.21 i386 kernel."""
+    if args.pv == "xen":
+        raise UsageError("--arch i386 --pv xen: the i386 Xen PV path of seed 002 is not modelled yet (--pv native)")
+    check_combination(args)  # the Xen-only options need --pv xen
+    for name in X86_64_ONLY:
+        if given(getattr(args, name)):
+            why = {"kernel_at": f"2.6.21's head.S runs where it was linked: the kernel is loaded at "
+                                f"{LOAD_PHYSICAL_ADDR:#x}",
+                   "paging": "i386 paging is 2-level, or PAE with --pae"}.get(name, "it belongs to the x86-64 boot")
+            raise UsageError(f"{_flag(name)} means nothing with --arch i386 ({why})")
+    if args.profile is not None and args.profile not in I386_PROFILES:
+        raise UsageError(f"--profile {args.profile} is an x86-64 kernel; --arch i386 models "
+                         f"{', '.join(I386_PROFILES)}")
+    if args.mem is not None and args.mem < 4 << 20:
+        raise UsageError(f"--mem: {args.mem} bytes is smaller than the kernel")
+    if args.mem is not None and args.mem > MAX_MEM_I386:
+        raise UsageError(f"--mem {size_text(args.mem)}: a 2.6.21 i386 kernel addresses at most "
+                         f"{size_text(MAX_MEM_I386)} (PAE's 36-bit physical addresses)")
+
+
+def machine_config_i386(args: argparse.Namespace) -> MachineConfig:
+    e820 = e820_arg(args, MAX_MEM_I386, "the 64 GiB a 2.6.21 PAE kernel can address", "63G")
+    rd_at, rd_size = ramdisk_arg(args)
+    feats = Features(nx=not args.no_nx, gbpages=False, pse=not args.no_pse, pge=not args.no_pge, la57=False,
+                     pks=False)
+    for name, value in (("--bda-base", args.bda_base), ("--ebda", args.ebda)):
+        if value is not None and not 0 <= value <= 0xFFFF:
+            raise UsageError(f"{name} {value:#x}: the BIOS data area holds a 16-bit word (0..0xffff)")
+    return MachineConfig(e820=tuple(e820), kernel_at=LOAD_PHYSICAL_ADDR, boot_params_at=args.boot_params_at,
+                         cmdline=args.cmdline, cmdline_at=args.cmdline_at, ramdisk_at=rd_at, ramdisk_size=rd_size,
+                         features=feats, identity=cpu_identity(args), bda_base_kib=args.bda_base,
+                         ebda_segment=args.ebda)
+
+
+def main_i386(args: argparse.Namespace) -> int:
+    check_options(args)
+    until = parse_until(args.until, I386_PHASES, "i386") if args.until else None
+    if args.save_core is not None:
+        try:
+            check_target(args.save_core, "core")
+        except WriteError as e:
+            raise UsageError(str(e)) from None
+    machine = machine_config_i386(args)
+    config = I386Config(I386_PROFILES[args.profile or "2.6.21"], pae=args.pae, pv=args.pv or "native",
+                        image_size=args.image_size if args.image_size is not None else DEFAULT_IMAGE_SIZE)
+    progress = None
+    if args.progress or sys.stderr.isatty():
+        progress = BootProgress(sys.stderr, sum(r.end - r.start for r in machine.ram()), tty=sys.stderr.isatty())
+    try:
+        result = boot(machine, config, until=until, trace=True, listeners=[progress.on_event] if progress else [])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    finally:
+        if progress:
+            progress.close()
+    if args.save_core is not None:
+        try:
+            save_core(result, args.save_core)
+        except WriteError as e:
+            raise UsageError(str(e)) from None
+        except (OSError, ValueError, ImageError) as e:
+            raise UsageError(f"cannot write core {args.save_core}: {e}") from None
+    if args.json:
+        json.dump(to_json(result, events=args.trace), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    elif sys.stdout.isatty():
+        print_rich(render_text(result, trace=args.trace))
+    else:
+        sys.stdout.write(render_text(result, trace=args.trace) + "\n")
+    return EXIT_CRASH if result.outcome.crashed else EXIT_OK
