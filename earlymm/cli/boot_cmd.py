@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from earlymm.arch.cpuid import Vendor
@@ -252,6 +251,8 @@ def report(args: argparse.Namespace, result: BootResult, recorder: BootRecorder 
         except WriteError as e:
             raise UsageError(str(e)) from None
     if args.json:
+        import json
+
         json.dump(to_json(result, events=args.trace), sys.stdout, indent=1)
         sys.stdout.write("\n")
     elif sys.stdout.isatty():
