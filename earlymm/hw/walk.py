@@ -168,8 +168,10 @@ def _fault(plan: WalkPlan, va: int, kind: int, user: bool, path: list[int], why:
            first: int = 0, acc: int = 0) -> WalkResult:
     """A not-present or reserved-bit fault at the last entry in ``path``; ``acc`` is the AND of the
     entries above it."""
-    # Entries above the failing one were used, so they get A (SDM §4.8; QEMU does the same) — unless
-    # they all have it already, as kernel tables do. The failing entry itself is left alone.
+    # Entries above the failing one were used, so they get A — unless they all have it already, as
+    # kernel tables do; the failing entry itself is left alone. QEMU stores A level by level exactly so
+    # (tests/hw/test_unicorn_alias.py watches every store); the SDM (§4.8) leaves A on a walk that ends
+    # in a fault to the implementation, so a real CPU may set fewer (spec §7 item 8: unconfirmed).
     ups = [] if acc & 0x20 else _ad_updates(plan, va, path, False, leaf=False, first=first)
     return _new(WalkResult, (va, kind, user, PF, path, 0, 0, error_code_for(plan, kind, user, why), why, 0, ups,
                              first, 0))
