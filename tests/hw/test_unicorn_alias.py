@@ -305,3 +305,32 @@ def test_aliased_walks_match_unicorn_long(unicorn: TracingUnicornMmu) -> None:
     t = run_many(unicorn, range(1000, 1500), n_vas=6, n_env=3)
     check(t, 100_000)
     print(summary(t))
+
+
+def test_quirk_1g_leaf_write_is_two_stores(unicorn: TracingUnicornMmu) -> None:
+    """QEMU_1G_LEAF_ACCESSED_EARLY, shown in the trace: ROOT[1] points at ROOT (a self-map), ROOT[2] is a
+    1 GiB leaf seen through it. A write stores A in ROOT[1], then A in ROOT[2] as soon as it is read as a
+    PDPTE, then A|D after the checks; earlymm (one locked update per use, SDM §4.8) makes one store to
+    ROOT[2], and ``expected_stores`` turns it into QEMU's two."""
+    pool = bytearray(POOL_FRAMES * 0x1000)
+    self_map, big = POOL_BASE | P | RW, 0x4000_0000 | P | RW | PS
+    for addr, value in ((POOL_BASE + 8, self_map), (POOL_BASE + 16, big),
+                        (POOL_BASE + 8 * HARNESS_INDEX, harness_root_entry("4"))):
+        struct.pack_into("<Q", pool, addr - POOL_BASE, value)
+    unicorn.write_pool(bytes(pool))
+    cr0, cr4, efer = control_registers("4", wp=False, nxe=True, smep=False, smap=False, pke=False)
+    va = (1 << 39) | (2 << 30) | 0x1234
+    u = unicorn.access(cr0=cr0, cr4=cr4, efer=efer, cr3=POOL_BASE, va=va, kind=1, user=False)
+    assert u.vector is None and u.pa == 0x4000_1234
+    assert [(x.addr, x.value) for x in unicorn.trace.reads] == [(POOL_BASE + 8, self_map), (POOL_BASE + 16, big)]
+    stores = [(w.addr, w.old, w.new) for w in unicorn.trace.writes]
+    assert stores == [(POOL_BASE + 8, self_map, self_map | A), (POOL_BASE + 16, big, big | A),
+                      (POOL_BASE + 16, big | A, big | A | D)], "quirk gone: update expected_stores"
+    mem = load_model_memory({POOL_BASE + 0x1000 * i: bytearray(pool[0x1000 * i:0x1000 * (i + 1)])
+                             for i in range(POOL_FRAMES)})
+    regs = ControlRegs()
+    regs.cr0, regs.cr4, regs.efer, regs.cr3 = cr0, cr4, efer, POOL_BASE
+    r = Mmu(mem, regs, Features(maxphyaddr=MAXPHYADDR), Tlb(enabled=False)).translate(va, 1, False)
+    assert [(u.addr, u.old, u.new) for u in r.ad_updates or []] == \
+        [(POOL_BASE + 8, self_map, self_map | A), (POOL_BASE + 16, big, big | A | D)]
+    assert expected_stores("4", r, True) == stores
