@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from fractions import Fraction
 from typing import NoReturn
 
 from earlymm.arch.addr import parse_int
@@ -51,6 +50,8 @@ def parse_size(text: str, *, limit: int = 1 << 64) -> int:
         m = _SIZE_RE.fullmatch(t.upper())
         if m is None or len(m[1]) + len(m[2] or "") > 40:
             raise ValueError(f"not a size: {text!r} ({SIZE_EXPECTED})")
+        from fractions import Fraction  # only a size with a fraction needs it (start-up time)
+
         frac = m[2] or ""
         value = Fraction(int(m[1] + frac), 10 ** len(frac)) * SIZE_UNITS[m[3]]
         if value.denominator != 1:
