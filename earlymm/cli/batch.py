@@ -10,10 +10,8 @@ lines over 64 KiB. Blank lines are skipped.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from earlymm.arch.addr import parse_int
@@ -58,6 +56,8 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _kind(v: Any) -> str:
+    from decimal import Decimal
+
     if isinstance(v, bool):
         return "a boolean"
     return {int: "an integer", Decimal: "a fractional number", str: "a string", list: "an array",
@@ -66,6 +66,9 @@ def _kind(v: Any) -> str:
 
 def parse_line(line: str, keys: tuple[str, ...] = KEYS, resolve: Resolver | None = None) -> Item:
     """One batch line as an ``Item``; raises ``ValueError`` saying what is wrong."""
+    import json  # json and decimal only when a batch is read: a plain translation starts without them
+    from decimal import Decimal
+
     try:
         obj = json.loads(line, parse_constant=_no_constant, parse_int=_bounded_int, parse_float=Decimal,
                          object_pairs_hook=_unique)

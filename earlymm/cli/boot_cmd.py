@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from earlymm.arch.cpuid import Vendor
 from earlymm.arch.modes import Features
@@ -21,22 +22,18 @@ from earlymm.cli.boot_args import (
 )
 from earlymm.cli.boot_xen_args import add_xen_options, check_combination, domain_config
 from earlymm.cli.common import EXIT_CRASH, EXIT_OK, Parser, UsageError, hexint, size_arg, size_text
-from earlymm.images import ImageError, WriteError
-from earlymm.images.safe_write import SYMLINK_POLICY, check_target
+from earlymm.images.safe_write import SYMLINK_POLICY, WriteError, check_target
 from earlymm.kernel.boot import BootResult, boot
-from earlymm.kernel.boot_xen import boot_xen
 from earlymm.kernel.consts import PROFILES
 from earlymm.kernel.context import KernelConfig, PoolAccess, Variant
 from earlymm.kernel.i386.consts import I386_PROFILES
 from earlymm.kernel.phases import X86_64_PHASES, XEN_PV_PHASES, Phase
 from earlymm.platform.pc import MachineConfig
 from earlymm.tools.argtypes import int_range
-from earlymm.tools.boot_progress import BootProgress
-from earlymm.tools.boot_report import render_text, save_core, to_json
-from earlymm.tools.html import BootRecorder, write_boot_html
-from earlymm.tools.midboot.kallsyms import KallsymsError
-from earlymm.tools.midboot.kallsyms import parse as parse_kallsyms
+from earlymm.tools.boot_report import render_text, to_json
 
+if TYPE_CHECKING:  # what only some runs use is imported where they use it (start-up time)
+    from earlymm.tools.html import BootRecorder
 
 def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser("boot", help="run Linux x86-64's early boot on the simulated machine",
@@ -133,6 +130,9 @@ def read_kernel_symbols(path: str, image_size: int | None) -> dict[str, int]:
     """``--kernel-symbols``: name → address from /proc/kallsyms or System.map text."""
     if image_size is not None:
         raise UsageError("--kernel-symbols gives the image size (_end - _text): drop --image-size")
+    from earlymm.tools.midboot.kallsyms import KallsymsError
+    from earlymm.tools.midboot.kallsyms import parse as parse_kallsyms
+
     try:
         with open(path, encoding="utf-8") as f:
             return dict(parse_kallsyms(f.read()).addresses)
@@ -185,9 +185,15 @@ def main(args: argparse.Namespace) -> int:
     machine, kernel, until = configure(args)
     progress = None
     if args.progress or sys.stderr.isatty():
+        from earlymm.tools.boot_progress import BootProgress
+
         ram = sum(r.end - r.start for r in machine.ram())
         progress = BootProgress(sys.stderr, ram, tty=sys.stderr.isatty())
-    recorder = BootRecorder() if args.html is not None else None
+    recorder = None
+    if args.html is not None:
+        from earlymm.tools.html import BootRecorder
+
+        recorder = BootRecorder()
     listeners = ([progress.on_event] if progress else []) + ([recorder.on_event] if recorder else [])
     try:
         result = boot(machine, kernel, until=until, trace=True, image_size=image_size(args), listeners=listeners,
@@ -227,6 +233,8 @@ def kernel_config(args: argparse.Namespace, five: bool) -> KernelConfig:
 def run_xen(args: argparse.Namespace, until: Phase | None) -> BootResult:
     """The Xen PV boot (``--pv xen``): the domain's options, the v3.9 kernel, the chosen write_cr3."""
     feats = Features(nx=not args.no_nx, gbpages=not args.no_gbpages, pge=not args.no_pge, la57=False, pks=False)
+    from earlymm.kernel.boot_xen import boot_xen
+
     dom = domain_config(args, feats, cpu_identity(args))
     kernel = KernelConfig(PROFILES["v3.9"])
     try:
@@ -239,6 +247,9 @@ def run_xen(args: argparse.Namespace, until: Phase | None) -> BootResult:
 def report(args: argparse.Namespace, result: BootResult, recorder: BootRecorder | None = None) -> int:
     """Save the core if asked, then print the story (text or JSON); exit 1 for a crash."""
     if args.save_core is not None:
+        from earlymm.images import ImageError
+        from earlymm.tools.boot_report import save_core
+
         try:
             save_core(result, args.save_core)
         except WriteError as e:
@@ -246,6 +257,8 @@ def report(args: argparse.Namespace, result: BootResult, recorder: BootRecorder 
         except (OSError, ValueError, ImageError) as e:
             raise UsageError(f"cannot write core {args.save_core}: {e}") from None
     if recorder is not None:
+        from earlymm.tools.html import write_boot_html
+
         try:
             write_boot_html(args.html, result, recorder)
         except WriteError as e:

@@ -7,15 +7,16 @@ and Xen's options mean nothing on bare metal. Either way the answer is one line 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from earlymm.arch.cpuid import CpuIdentity
-from earlymm.arch.modes import Features
 from earlymm.cli.common import Parser, UsageError, size_text
-from earlymm.kernel.xen.enlighten import GUEST_BUGS
-from earlymm.platform.xen.domain import DomainConfig
-from earlymm.platform.xen.hypervisor import XenIdentity
+from earlymm.kernel.xen.guest_bugs import GUEST_BUGS
 from earlymm.tools.argtypes import int_range
+
+if TYPE_CHECKING:  # the Xen model is loaded only for a --pv xen boot
+    from earlymm.arch.cpuid import CpuIdentity
+    from earlymm.arch.modes import Features
+    from earlymm.platform.xen.domain import DomainConfig
 
 XEN_DEFAULT_MEM = 1 << 30
 # native-only options and their defaults: given with --pv xen they are refused
@@ -104,6 +105,9 @@ def check_combination(args: argparse.Namespace) -> None:
 
 
 def domain_config(args: argparse.Namespace, features: Features, identity: CpuIdentity) -> DomainConfig:
+    from earlymm.platform.xen.domain import DomainConfig
+    from earlymm.platform.xen.hypervisor import XenIdentity
+
     mem = args.mem if args.mem is not None else XEN_DEFAULT_MEM
     ident = XenIdentity(version="4.2.0", domid=7 if args.xen_domid is None else args.xen_domid,
                         pcpu=3 if args.xen_pcpu is None else args.xen_pcpu)

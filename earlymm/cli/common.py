@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
-from fractions import Fraction
 from typing import NoReturn
 
 from earlymm.arch.addr import parse_int
@@ -26,6 +26,26 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(EXIT_USAGE)
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        # argparse builds a formatter for every add_argument (to check the metavar) and sizes it to the
+        # terminal with shutil, whose import (bz2, lzma, fnmatch) is a noticeable part of a command's
+        # start-up; the same width, found as shutil.get_terminal_size finds it, without that import.
+        return self.formatter_class(prog=self.prog, width=terminal_columns() - 2)  # type: ignore[call-arg]  # every stdlib formatter takes width
+
+
+def terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``: $COLUMNS, else the terminal of stdout, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
 
 
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50, "E": 1 << 60}
@@ -51,6 +71,8 @@ def parse_size(text: str, *, limit: int = 1 << 64) -> int:
         m = _SIZE_RE.fullmatch(t.upper())
         if m is None or len(m[1]) + len(m[2] or "") > 40:
             raise ValueError(f"not a size: {text!r} ({SIZE_EXPECTED})")
+        from fractions import Fraction  # only a size with a fraction needs it (start-up time)
+
         frac = m[2] or ""
         value = Fraction(int(m[1] + frac), 10 ** len(frac)) * SIZE_UNITS[m[3]]
         if value.denominator != 1:

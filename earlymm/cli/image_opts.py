@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from earlymm.cli.common import UsageError
-from earlymm.images import CpuState
-from earlymm.tools.regs_input import RegsError, read_regs_file
+
+if TYPE_CHECKING:
+    from earlymm.images import CpuState
 
 REGS_HELP = ("QEMU's 'info registers' reply (or 'info registers -a', one block per CPU) saved in FILE: the CPU "
              "state for a raw image or a core without a note (it replaces a core's notes, and gives EFER exactly)")
@@ -20,6 +21,8 @@ def add_regs_arg(p: argparse.ArgumentParser) -> None:
 def cpu_notes(image: Any, regs_file: str | None) -> list[tuple[CpuState, int | None]]:
     """(state, EFER or None) per CPU: from ``--regs`` if given, else the image's notes (no EFER)."""
     if regs_file is not None:
+        from earlymm.tools.regs_input import RegsError, read_regs_file  # only for --regs
+
         try:
             return read_regs_file(regs_file).cpus
         except RegsError as e:

@@ -18,8 +18,6 @@ from earlymm.tools.ptdump import render
 from earlymm.tools.ptdump.engine import DEFAULT_MAX_LEAVES, DEFAULT_MAX_TABLES
 from earlymm.tools.ptdump.render import FORMATS
 from earlymm.tools.ptdump.space import Space, open_space
-from earlymm.tools.symbols.annotate import annotate
-from earlymm.tools.symbols.kaslr import Walker
 
 EXIT_FINDINGS = 1
 AUDIT_EPILOG = ("Exit status: 0 success (an audit passed); 1 an audit has findings; 2 bad input; 3 internal error; "
@@ -117,7 +115,12 @@ def main(args: argparse.Namespace) -> int:
         except SetupError as e:
             raise UsageError(str(e)) from None
     s0 = spaces[0]  # symbols are read (and a bad file refused) before the dump's work
-    sym = load_symbolizer(args, Walker(s0.mem, s0.mode, s0.cr3, s0.cr4, s0.plan.nxe), "ptdump")
+    walker = None
+    if args.symbols is not None:  # the symbol modules only for --symbols (start-up time)
+        from earlymm.tools.symbols.kaslr import Walker
+
+        walker = Walker(s0.mem, s0.mode, s0.cr3, s0.cr4, s0.plan.nxe)
+    sym = load_symbolizer(args, walker, "ptdump")
     if args.html is not None:
         from earlymm.tools.html import write_ptdump_html
 
@@ -136,7 +139,12 @@ def main(args: argparse.Namespace) -> int:
     except render.RenderError as e:
         raise UsageError(str(e)) from None
     audit = args.check_wx or args.check_user_kernel
-    parts = out.parts if sym is None else annotate(out.parts, "audit" if audit else args.format, sym)
+    if sym is None:
+        parts = out.parts
+    else:
+        from earlymm.tools.symbols.annotate import annotate
+
+        parts = annotate(out.parts, "audit" if audit else args.format, sym)
     for part in parts:
         sys.stdout.write(part)
     for m in out.messages:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from earlymm.arch.addr import parse_int
 from earlymm.cli.common import UsageError, hexint
-from earlymm.tools.symbols.kaslr import Symbolizer, Walker, symbolizer_for
-from earlymm.tools.symbols.load import load_symbols
-from earlymm.tools.symbols.table import SymbolError, parse_symbol_ref
+
+if TYPE_CHECKING:  # the symbol modules are loaded only when --symbols or a name is given
+    from earlymm.tools.symbols.kaslr import Symbolizer, Walker
 
 SYMBOLS_HELP = ("kernel symbols: /proc/kallsyms text, a System.map or a vmlinux ELF. Addresses in the output are "
                 "labelled name+0xoff, and an address argument may be a symbol (init_top_pgt, idt_table+0x10)")
@@ -30,6 +31,10 @@ def load_symbolizer(args: argparse.Namespace, walker: Walker | None, command: st
         if args.kaslr_offset is not None:
             raise UsageError("--kaslr-offset applies to the addresses of --symbols FILE, which was not given")
         return None
+    from earlymm.tools.symbols.kaslr import symbolizer_for
+    from earlymm.tools.symbols.load import load_symbols
+    from earlymm.tools.symbols.table import SymbolError
+
     try:
         table = load_symbols(args.symbols)
     except SymbolError as e:
@@ -46,6 +51,8 @@ def resolve_address(token: str, sym: Symbolizer | None) -> int:
         return parse_int(token)
     except ValueError as e:
         problem = str(e)
+    from earlymm.tools.symbols.table import SymbolError, parse_symbol_ref
+
     named = parse_symbol_ref(token) is not None
     wordy = named and any(c not in NUMBERISH for c in token.strip().partition("+")[0])
     if sym is not None and named:

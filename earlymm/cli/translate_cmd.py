@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from earlymm.arch.modes import Features, PagingMode
 from earlymm.cli.batch import BatchError, Item, read_batch
@@ -12,13 +12,15 @@ from earlymm.cli.common import Parser, UsageError, add_max_inflate, hexint
 from earlymm.cli.image_opts import add_regs_arg, cpu_notes, pick
 from earlymm.cli.symbols_args import add_symbol_args, load_symbolizer, resolve_address
 from earlymm.hw.access import AccessKind
-from earlymm.images import ImageError, open_image
-from earlymm.tools import gva2gpa as g2g
+from earlymm.images.base import ImageError
+from earlymm.images.qemu_core import open_image
 from earlymm.tools.argtypes import cpl_arg, int_range, uint_bits
 from earlymm.tools.machine_view import RegOverrides, SetupError, image_source, infer_registers, make_cpu
-from earlymm.tools.ptdump.semantics import tool_semantics
-from earlymm.tools.symbols.kaslr import Symbolizer, Walker
 from earlymm.tools.translate import Request, run, to_json, to_text
+
+if TYPE_CHECKING:  # batches, symbols and the gva2gpa walk are loaded only when asked for (start-up time)
+    from earlymm.tools import gva2gpa as g2g
+    from earlymm.tools.symbols.kaslr import Symbolizer
 
 ABSENT_HELP = ("memory the image lacks: read as zeros (what QEMU does), or report the walk as unreadable; default: "
                "zero for a core whose EARLYMM note says it is complete (earlymm boot --save-core), else error")
@@ -113,9 +115,17 @@ def main(args: argparse.Namespace) -> int:
     except SetupError as e:
         raise UsageError(str(e)) from None
     plan = cpu.mmu.plan
-    sym = load_symbolizer(args, Walker(cpu.mem, plan.mode, regs[1], regs[2], plan.nxe), "translate")
+    walker = None
+    if args.symbols is not None:  # the placement check walks the kernel's mapping
+        from earlymm.tools.symbols.kaslr import Walker
+
+        walker = Walker(cpu.mem, plan.mode, regs[1], regs[2], plan.nxe)
+    sym = load_symbolizer(args, walker, "translate")
     items = _items(args, sym)
     if args.gva2gpa:
+        from earlymm.tools import gva2gpa as g2g
+        from earlymm.tools.ptdump.semantics import tool_semantics
+
         mode = plan.mode
         sem = None if mode is PagingMode.DISABLED else tool_semantics("gva2gpa", mode, regs[2], plan.nxe)
         answers = [g2g.gva2gpa(cpu.mem, sem, g2g.root_of(mode, regs[1]), it.va) for it in items]
@@ -131,6 +141,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _g2g_json(a: g2g.Answer, mode: PagingMode, sym: Symbolizer | None) -> dict[str, Any]:
+    from earlymm.tools import gva2gpa as g2g
+
     doc = g2g.to_json(a, mode)
     if sym is not None:
         doc["va_symbol"] = sym.va_label(a.va)
@@ -140,6 +152,8 @@ def _g2g_json(a: g2g.Answer, mode: PagingMode, sym: Symbolizer | None) -> dict[s
 
 def _g2g_text(a: g2g.Answer, sym: Symbolizer | None) -> str:
     """QEMU's line; with --symbols, ``\t# <va label> → <pa label>`` after it where there are labels."""
+    from earlymm.tools import gva2gpa as g2g
+
     line = g2g.to_text(a)
     if sym is None:
         return line

@@ -14,10 +14,13 @@ compiles it once (per distinct source) and binds it to one ``PhysMem``. Three th
   in the region reads one entry. It holds nothing from a writable frame, and ``PhysMem`` empties it
   when a table it may hold becomes writable (a copy-on-write A/D update), so it is never stale.
 
-Faults, A/D bookkeeping and rights refusals go through the reference's own helpers (``walk.py``,
-``rights.py``), so the result of every access is the ``WalkResult`` ``walk`` returns, field for field;
-tests/hw/test_fastwalk.py checks that on every mode, feature set and fault kind. A table the image
-does not hold (a hole) is left to ``walk`` itself.
+Faults and rights refusals go through the reference's own helpers (``walk.py``, ``rights.py``), so the
+result of every access is the ``WalkResult`` ``walk`` returns, field for field; tests/hw/test_fastwalk.py
+checks that on every mode, feature set and fault kind. Two kinds of walk are left to ``walk`` itself: one
+that reaches a table the image does not hold (a hole), and one that must set an accessed or dirty bit.
+The second keeps the A/D rules in one place: when one entry serves at two levels of a walk (a
+self-referencing table), what the walk reads and writes depends on the order of those updates, and only
+the reference models it. Kernel tables have their A bits set, so the common walk writes nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from earlymm.arch.modes import PagingMode
 from earlymm.hw.faults import Reason
 from earlymm.hw.memory import MemoryHole, PhysMem
 from earlymm.hw.plan import ALWAYS_LEAF, PS_SELECTS, TABLE_ONLY, XD_BIT, WalkPlan
-from earlymm.hw.walk import WalkResult, _ad_updates, _fault, rights_fault, walk
+from earlymm.hw.walk import WalkResult, _fault, rights_fault, walk
 
 __all__ = ["ACC0", "Walker", "walker_for", "walker_source"]
 
@@ -64,7 +67,7 @@ def _build(mem: PhysMem, plan: WalkPlan) -> Walker:
         return unpaged
     names: dict[str, Any] = dict(
         mem=mem, plan=plan, tables=mem.tables8 if plan.entry8 else mem.tables4, reference=walk, fault=_fault,
-        rights_fault=rights_fault, ad_updates=_ad_updates, new=tuple.__new__, WalkResult=WalkResult,
+        rights_fault=rights_fault, new=tuple.__new__, WalkResult=WalkResult,
         MemoryHole=MemoryHole, NP=Reason.NOT_PRESENT, RSVD=Reason.RESERVED, NONCANONICAL=Reason.NONCANONICAL)
     source = _Source(plan)
     starts: dict[int, Walker] = {}
@@ -105,7 +108,7 @@ class _Source:
     """Writes the walker of one plan. Level ``i`` is ``plan.levels[i]``: its table is ``t{i}``, the entry
     read ``e{i}``; the path of a walk that started at level ``k`` and stopped at ``i`` is t{k}, e{k} … e{i}."""
 
-    HEADER = ("def make(mem, plan, tables, reference, fault, rights_fault, ad_updates, new, WalkResult, MemoryHole, "
+    HEADER = ("def make(mem, plan, tables, reference, fault, rights_fault, new, WalkResult, MemoryHole, "
               "NP, RSVD, NONCANONICAL{extra}):")
 
     def __init__(self, plan: WalkPlan) -> None:
@@ -134,7 +137,7 @@ class _Source:
         plan, main = self.plan, k == 0
         args = "root, va, kind, user, implicit, ac, pkru, pkrs, pdptes"
         if not main:
-            body = [f"def walk_from_{k}({args}, acc):"]
+            body = [f"def walk_from_{k}({args}, acc):", "    acc0 = acc"]
             base = "acc"
         else:
             body = ["def walk(root, va, kind=0, user=False, implicit=False, ac=False, pkru=0, pkrs=0, pdptes=(), "
@@ -224,16 +227,18 @@ class _Source:
         read-only tables in the prefix cache."""
         plan, lp = self.plan, self.levels[i]
         path = "[" + ", ".join(f"t{j}, e{j}" for j in range(k, i + 1)) + "]"
+        defer = self.defer(k)
         out = [f"path = {path}", *([f"acc = {upper}"] if upper != "acc" else []),
                f"if not e{i} & 1:",
-               f"    return fault(plan, va, kind, user, path, NP, {k}, acc)"]
+               f"    return fault(plan, va, kind, user, path, NP, {k}, acc) if acc & 0x20 else {defer}"]
         if lp.kind == TABLE_ONLY:
-            return [*out, f"return fault(plan, va, kind, user, path, RSVD, {k}, acc)"]
+            return [*out, f"return fault(plan, va, kind, user, path, RSVD, {k}, acc) if acc & 0x20 else {defer}"]
         bad = f"e{i} & {lp.leaf_rsvd:#x}" if lp.leaf_rsvd else ""
         if lp.kind == PS_SELECTS:
             bad = f"not e{i} & 0x80" + (f" or {bad}" if bad else "")
         if bad:
-            out += [f"if {bad}:", f"    return fault(plan, va, kind, user, path, RSVD, {k}, acc)"]
+            out += [f"if {bad}:",
+                    f"    return fault(plan, va, kind, user, path, RSVD, {k}, acc) if acc & 0x20 else {defer}"]
         out.append(f"acc = (acc & (e{i} ^ {XD_BIT:#x}))" + (f" | {plan.no_xd:#x}" if plan.no_xd else ""))
         out.append(f"pa = (e{i} & {lp.leaf_addr:#x}) | (va & {lp.leaf_size - 1:#x})")
         if plan.pse36 and lp.leaf_size == 1 << 22:
@@ -252,13 +257,13 @@ class _Source:
     def granted(self, k: int, e: str, size: str) -> list[str]:
         """The leaf ``e`` (page size ``size``) gives ``pa`` with rights ``acc``: check them for this access,
         note the A/D writes, return the result."""
-        plan = self.plan
-        ok = f"return new(WalkResult, (va, kind, user, 0, path, pa, {size}, 0, None, acc, ups, {k}, 0))"
+        plan, defer = self.plan, self.defer(k)
+        ok = f"return new(WalkResult, (va, kind, user, 0, path, pa, {size}, 0, None, acc, None, {k}, 0))"
         checked = [f"refused = rights_fault(plan, va, kind, user, implicit, ac, pkru, pkrs, path, {e}, acc, {k})",
                    "if refused is not None:",
-                   "    return refused",
-                   f"ups = None if acc & 0x20 and (kind != 1 or {e} & 0x40) else "
-                   f"ad_updates(plan, va, path, kind == 1, first={k})",
+                   f"    return refused if acc & 0x20 else {defer}",
+                   f"if not acc & 0x20 or kind == 1 and not {e} & 0x40:",
+                   f"    return {defer}",
                    ok]
         # A supervisor read is allowed once the leaf is reached unless SMAP or a protection key may refuse
         # it: SMAP and PKRU only for a user page, PKRS only for a supervisor page and a non-zero PKRS.
@@ -268,9 +273,14 @@ class _Source:
         if plan.pks:
             maybe.append("pkrs")
         return [f"if {' or '.join(maybe)}:", *["    " + line for line in checked],
-                f"ups = None if acc & 0x20 else ad_updates(plan, va, path, False, first={k})", ok]
+                "if not acc & 0x20:", f"    return {defer}", ok]
 
     # -- small pieces ---------------------------------------------------------------------------------
+    def defer(self, k: int) -> str:
+        """The same walk by the reference: for one that must write an A or D bit (see the module's note)."""
+        acc = "acc0" if k else f"{ACC0:#x}"
+        return f"reference(mem, plan, root, va, kind, user, implicit, ac, pkru, pkrs, pdptes, {k}, {acc})"
+
     def index(self, i: int) -> str:
         lp = self.levels[i]
         return f"(va >> {lp.shift}) & {lp.index_mask:#x}"

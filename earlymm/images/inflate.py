@@ -19,7 +19,6 @@ import errno
 import mmap
 import os
 import stat
-import tempfile
 import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -93,6 +92,8 @@ def open_bytes(path: str | os.PathLike[str], *, limit: int = DEFAULT_MAX_INFLATE
 
 
 def _inflate(f: BinaryIO, limit: int, tolerant: bool) -> Opened:
+    import tempfile  # only a compressed image needs it (start-up time of the common case)
+
     try:
         # the mapping outlives the file object
         with tempfile.TemporaryFile(prefix="earlymm-inflate-") as out:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -89,6 +88,8 @@ def _describe(e: OSError) -> str:
 @contextlib.contextmanager
 def _temp_beside(target: Path) -> Iterator[tuple[int, Path]]:
     """A new, empty file in the target's directory (0666 less the umask); removed unless renamed."""
+    import secrets  # only when a file is written (hashlib's start-up cost)
+
     for _ in range(16):
         tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
         try:

@@ -8,7 +8,7 @@ its whole walk.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from earlymm.arch.entry import Entry
 from earlymm.arch.flags import describe_pf_error
@@ -17,7 +17,9 @@ from earlymm.hw.access import AccessKind
 from earlymm.hw.cpu import Cpu
 from earlymm.hw.regs import CpuMode
 from earlymm.hw.walk import GP, HOLE, OK, WalkResult, describe_levels
-from earlymm.tools.symbols.kaslr import Symbolizer
+
+if TYPE_CHECKING:
+    from earlymm.tools.symbols.kaslr import Symbolizer
 
 PAGE_NAMES = {1 << 12: "4K", 1 << 21: "2M", 1 << 22: "4M", 1 << 30: "1G"}
 

@@ -229,3 +229,62 @@ def test_registers_hold_plain_ints() -> None:
     assert type(regs.efer) is int and regs.efer == 0x500 | 0x400
     regs.cs_l = True
     assert regs.cs_l is True
+
+
+SELF_REF_MODES = {"32": (4, (22, 12), 10), "4": (8, (39, 30, 21, 12), 9), "5": (8, (48, 39, 30, 21, 12), 9)}
+
+
+def self_referencing(mode: str, flags: int) -> tuple[dict[int, bytes], int, list[int]]:
+    """A root whose slot ``r`` points back at the root (Linux's old recursive mapping, Windows' self-map)
+    with ``flags`` (no A, no D), beside one ordinary chain from slot 0 down to a data page; and every VA
+    whose table indices are ``r`` or 0 (so one entry serves at several levels of a walk, up to all of
+    them, the last time as the leaf), each at two offsets."""
+    esize, shifts, bits = SELF_REF_MODES[mode]
+    r = (1 << bits) - 3
+    root, n = 0x1000, len(shifts)
+    frames = {root + 0x1000 * i: bytearray(4096) for i in range(n)}
+    frames[root][r * esize:(r + 1) * esize] = (root | flags).to_bytes(esize, "little")
+    for i in range(n - 1):  # slot 0 of each table points at the next one; the last maps page n+1
+        nxt = root + 0x1000 * (i + 1)
+        frames[nxt - 0x1000][0:esize] = (nxt | flags).to_bytes(esize, "little")
+    frames[root + 0x1000 * (n - 1)][0:esize] = ((root + 0x1000 * n) | flags).to_bytes(esize, "little")
+    vas = []
+    for choice in range(1 << n):
+        va = 0
+        for level, shift in enumerate(shifts):
+            va |= (r if choice >> level & 1 else 0) << shift
+        if mode != "32" and va >> 47 & 1:
+            va |= -1 << 48 & (1 << 64) - 1 if mode == "4" else -1 << 57 & (1 << 64) - 1
+        vas += [va, va | 0x7F8]
+    return {pa: bytes(f) for pa, f in frames.items()}, root, vas
+
+
+@pytest.mark.parametrize("mode", sorted(SELF_REF_MODES))
+@pytest.mark.parametrize("backed", [False, True])
+@pytest.mark.parametrize("flags", [0x7, 0x27, 0x3])  # P|RW|US without A; with A but no D; supervisor-only
+def test_self_referencing_tables_the_fast_walk_agrees_with_the_reference(mode: str, backed: bool,
+                                                                         flags: int) -> None:
+    """An entry used at two or more levels of one walk (a self-map) is where A/D updates are subtle: the
+    specialised walker must give the reference's answer for every access, and after the A/D writes the
+    MMU would commit, again on the memory they leave, until nothing changes."""
+    frames, root, vas = self_referencing(mode, flags)
+    size = SELF_REF_MODES[mode][0]
+    for wp, user_first in ((False, False), (True, True)):
+        if backed:
+            mem = PhysMem(FrameDict(frames), absent_zero=True)
+        else:
+            mem = PhysMem(absent_zero=True)
+            for pa, f in frames.items():
+                mem.write(pa, f)
+        plan = compile_plan(*cr_values(mode, wp=wp, nxe=mode != "32"), Features())
+        fast = walker_for(mem, plan)
+        for _ in range(3):
+            for va in vas:
+                for kind, user in ((1, user_first), (0, not user_first), (2, False), (1, not user_first)):
+                    want = walk(mem, plan, root, va, kind, user)
+                    got = fast(root, va, kind, user)
+                    assert got == want, f"{mode} va={va:#x} kind={kind} user={user}: fast {got} reference {want}"
+                    for u in want.ad_updates or ():  # as Mmu.translate commits them
+                        mem.write_int(u.addr, u.size, mem.read_int(u.addr, u.size) | (u.new & ~u.old))
+        self_map = root + ((1 << SELF_REF_MODES[mode][2]) - 3) * size
+        assert mem.read_int(self_map, size) & 0x20  # the self-map entry was used, so it has A now

@@ -37,11 +37,6 @@ ISA_START_ADDRESS = 0xA0000
 GATE_INTERRUPT_SYSTEM = 0xEE  # set_system_intr_gate: DPL 3
 
 
-GUEST_BUGS = {
-    "writable-pagetable": "xen_setup_kernel_pagetable leaves level2_kernel_pgt writable (set_page_prot with "
-                          "PAGE_KERNEL instead of PAGE_KERNEL_RO): Xen refuses the pin",
-    "native-cpuid": "the kernel executes a raw CPUID, not xen_cpuid: it sees PSE and asks Xen for 2 MiB pages",
-}
 
 
 def startup_xen(ctx: KernelContext, write_cr3_late: bool, bug: str = "") -> None:
