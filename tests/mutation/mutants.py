@@ -447,9 +447,11 @@ MUTANTS: tuple[Mutant, ...] = (
       equivalent="BRK is the image's last section: roundup(_brk_end, 2 MiB) = roundup(_end, 2 MiB) unless BRK "
                  "spans a 2 MiB boundary beyond what is used (not so in either layout)"),
     m("table_run.zero_run_over_present", "table_run.py:TableRun.zero_run", "a run of new leaves runs over present "
-      "entries", "table_run.py", "return int(nz[0]) if nz.size else len(seg)", "return len(seg)", BUILDERS),
+      "entries", "table_run.py", "return (len(seg) - len(seg.lstrip(b\"\\0\"))) // self.size",
+      "return len(seg) // self.size", BUILDERS),
     m("table_run.stale_after_sync", "table_run.py:TableRun.sync", "the cached entries survive a sync (a lower "
-      "level's accesses come between)", "table_run.py", "        self.cache, self.cache_from = _EMPTY, -1",
+      "level's accesses come between)", "table_run.py",
+      "        self.cache, self.cache_from, self.cache_end = b\"\", -1, -1",
       "        pass",
       equivalent="nothing between a sync and the next read writes an entry the loop reads again (lower levels "
                  "write other pages; the link to them is entry i, which the loop never reads again), so every "
