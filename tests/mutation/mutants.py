@@ -447,7 +447,7 @@ MUTANTS: tuple[Mutant, ...] = (
       equivalent="BRK is the image's last section: roundup(_brk_end, 2 MiB) = roundup(_end, 2 MiB) unless BRK "
                  "spans a 2 MiB boundary beyond what is used (not so in either layout)"),
     m("table_run.zero_run_over_present", "table_run.py:TableRun.zero_run", "a run of new leaves runs over present "
-      "entries", "table_run.py", "return (len(seg) - len(seg.lstrip(b\"\\0\"))) // self.size",
+      "entries", "table_run.py", "return int(np.flatnonzero(np.frombuffer(seg, dtype=_DTYPE[self.size]))[0])",
       "return len(seg) // self.size", BUILDERS),
     m("table_run.stale_after_sync", "table_run.py:TableRun.sync", "the cached entries survive a sync (a lower "
       "level's accesses come between)", "table_run.py",
