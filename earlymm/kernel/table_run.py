@@ -33,13 +33,14 @@ _NOT_LARGE = bytes(0 if b & 0x81 == 0x81 else 1 for b in range(256))
 
 
 class TableRun:
-    __slots__ = ("cache", "cache_end", "cache_from", "chunks", "count", "ctx", "op", "page", "scalars", "size",
-                 "start")
+    __slots__ = ("cache", "cache_end", "cache_from", "chunks", "count", "cpu", "fmt", "mmu", "op", "page", "scalars",
+                 "size", "start")
 
     def __init__(self, ctx: KernelContext, page: int) -> None:
-        self.ctx = ctx
+        self.cpu, self.mmu = ctx.cpu, ctx.pv.mmu
         self.page = page
         self.size = ctx.pgt.entry_size
+        self.fmt = _STRUCT[self.size]
         self.cache: bytes | bytearray = b""  # raw entries cache_from..cache_end, as the table holds them
         self.cache_from = self.cache_end = -1
         self.op: SetOp | None = None
@@ -57,14 +58,14 @@ class TableRun:
             if self.count:
                 self._issue()
             n = 4096 // self.size - i
-            self.cache = self.ctx.cpu.read(self.page + self.size * i, n * self.size)
+            self.cache = self.cpu.read(self.page + self.size * i, n * self.size)
             self.cache_from, self.cache_end = i, i + n
         return (i - self.cache_from) * self.size
 
     def val(self, i: int) -> int:
         """``pXd_val(*entry)`` of entry ``i``."""
         at = self._load(i)  # first: it may replace the cache
-        return self.ctx.pv.mmu.entry_val(_STRUCT[self.size].unpack_from(self.cache, at)[0])
+        return self.mmu.entry_val(self.fmt.unpack_from(self.cache, at)[0])
 
     def zero_run(self, i: int, limit: int) -> int:
         """How many entries from ``i`` on (at most ``limit``) read as none (a zero entry is none under
@@ -95,7 +96,7 @@ class TableRun:
         self.scalars.append(val)
         self.count += 1
         if self.cache_from <= i < self.cache_end:
-            _STRUCT[self.size].pack_into(self._writable(), (i - self.cache_from) * self.size, val)
+            self.fmt.pack_into(self._writable(), (i - self.cache_from) * self.size, val)
 
     def set_many(self, op: SetOp, i: int, vals: np.ndarray) -> None:
         """Queue ``op`` on entries ``i``, ``i + 1``, … (the fast path for a run of new leaves)."""
@@ -120,7 +121,7 @@ class TableRun:
         self._flush_scalars()
         if self.op is not None and self.count:
             vals = self.chunks[0] if len(self.chunks) == 1 else np.concatenate(self.chunks)
-            self.ctx.pv.mmu.set_entries(self.op, self.ptr(self.start), vals)
+            self.mmu.set_entries(self.op, self.ptr(self.start), vals)
         self.op, self.chunks, self.count = None, [], 0
 
     def sync(self) -> None:
