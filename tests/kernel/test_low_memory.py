@@ -104,10 +104,9 @@ def test_v39_reserve_ebda_region(monkeypatch: pytest.MonkeyPatch, base_kib: int,
     assert _bios_start(calls) == lowmem
 
 
-@pytest.mark.xfail(strict=True, reason="model bug: setup.py:reserve_bios_regions computes v3.9's 'lowmem - "
-                   "ebda_addr <= 0x10000' in Python ints; head.c declares both unsigned int, so an EBDA above "
-                   "lowmem wraps to a huge difference and lowmem stays")
 def test_v39_ebda_above_lowmem_is_not_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """head.c @ v3.9: ``unsigned int lowmem, ebda_addr;`` — with the EBDA (0x9fc00) above lowmem (512 KiB),
+    ``(lowmem - ebda_addr) <= 0x10000`` compares a wrapped 32-bit difference, so lowmem stays."""
     _, calls = boot_watching_reserves(monkeypatch, bda_base_kib=512, ebda_segment=0x9FC0)
     assert _bios_start(calls) == 0x80000
 
