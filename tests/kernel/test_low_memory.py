@@ -204,12 +204,12 @@ def test_mem_limits_ram() -> None:
     assert [(e.addr, e.end, e.type) for e in t.entries] == [(0, 0x9FC00, E820_RAM), (MiB, 512 * MiB, E820_RAM), ROM]
 
 
-@pytest.mark.xfail(strict=True, reason="model bug: e820.py:parse_mem_options applies mem=0; parse_memopt (v3.9 and "
-                   "6.1) returns -EINVAL for a size of 0: 'don't remove all of memory when handling mem={invalid}'")
 def test_mem_zero_is_ignored() -> None:
+    """parse_memopt (e820.c @ v3.9 and 6.1): ``if (mem_size == 0) return -EINVAL;`` — "don't remove all of
+    memory when handling mem={invalid}"; do_early_param then warns about a malformed early option."""
     t = _table()
     before = t.as_tuples()
-    parse_mem_options(t, "mem=0")
+    assert parse_mem_options(t, "mem=0") == ["malformed mem= option '0' ignored"]
     assert t.as_tuples() == before
 
 
