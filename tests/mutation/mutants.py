@@ -557,9 +557,12 @@ MUTANTS: tuple[Mutant, ...] = (
       "                table.range_remove(size + (1 << 30), U64 - size, E820_RAM)\n                continue\n"
       "            for one", f"{REAL}[midboot-qemu64-4g-mem1500m-init_mem_mapping]"),
     m("e820.mem_all_types", "e820.py:parse_mem_options", "mem=SIZE removes every entry above SIZE, not only RAM",
-      "e820.py", "                size, _ = memparse(val)\n"
+      "e820.py", "                    raise ValueError(val)\n"
       "                table.range_remove(size, U64 - size, E820_RAM)",
-      "                size, _ = memparse(val)\n                table.range_remove(size, U64 - size, None)", LOWMEM),
+      "                    raise ValueError(val)\n                table.range_remove(size, U64 - size, None)", LOWMEM),
+    m("e820.mem_zero_applied", "e820.py:parse_mem_options", "mem=0 removes all RAM (parse_memopt: -EINVAL)",
+      "e820.py", "                if size == 0:  # parse_memopt", "                if False:  # parse_memopt",
+      f"{LOWMEM}::test_mem_zero_is_ignored"),
     m("e820.memmap_reserved_is_ram", "e820.py:parse_mem_options", "memmap=SIZE$ADDR adds RAM", "e820.py",
       "\"$\": E820_RESERVED", "\"$\": E820_RAM", f"{REAL}[midboot-qemu64-2g-memmap-init_mem_mapping]"),
     m("e820.memmap_at_is_reserved", "e820.py:parse_mem_options", "memmap=SIZE@ADDR adds reserved memory",
