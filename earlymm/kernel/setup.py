@@ -33,22 +33,13 @@ RESERVE_LOW = 64 << 10  # CONFIG_X86_RESERVE_LOW
 
 
 def default_machine_specific_memory_setup(ctx: KernelContext, table: e820mod.E820Table) -> str:
-    """x86_init's default ``memory_setup``: the zero page's entries, then each SETUP_E820_EXT node read
-    through ``early_memremap``."""
+    """x86_init's default ``memory_setup`` (v3.9 ``default_machine_specific_memory_setup``, 6.1
+    ``e820__memory_setup_default``): the zero page's entries, sanitized."""
     b = ctx.layout["boot_params"]
     n = min(ctx.rd(b + bp.E820_ENTRIES, 1), bp.E820_MAX)
     raw = ctx.cpu.read(b + bp.E820_TABLE, 20 * n)
     for i in range(n):
         table.append(*struct.unpack_from("<QQI", raw, 20 * i))
-    for pa, kind, length in setup_data_nodes(ctx):
-        if kind != bp.SETUP_E820_EXT:
-            continue
-        data = read_phys(ctx, PhysAddr(pa), 16 + length)
-        if data is None:  # early_memremap refused: the kernel dereferences NULL
-            ctx.rd(0x10, 4)
-            continue
-        for off in range(16, 16 + length - 19, 20):
-            table.append(*struct.unpack_from("<QQI", data, off))
     table.update_table()
     return "BIOS-e820"
 
@@ -64,6 +55,29 @@ def setup_memory_map(ctx: KernelContext) -> e820mod.E820Table:
     for line in table.lines(who):
         ctx.print(line)
     return table
+
+
+def parse_setup_data(ctx: KernelContext, table: e820mod.E820Table) -> None:
+    """Model of ``parse_setup_data()`` (setup.c @ v3.9 and 6.1), right after the map is printed, for its
+    SETUP_E820_EXT nodes: ``parse_e820_ext`` (v3.9) / ``e820__memory_setup_extended`` (6.1) reads the node
+    through ``early_memremap``, appends its entries, sanitizes the table and prints it again as
+    ``extended``. Other node types are not modelled."""
+    for pa, kind, length in setup_data_nodes(ctx):
+        if kind != bp.SETUP_E820_EXT:
+            continue
+        data = read_phys(ctx, PhysAddr(pa), 16 + length)
+        if data is None:  # early_memremap refused: the kernel dereferences NULL
+            ctx.rd(0x10, 4)
+            continue
+        full = len(table.ignored)
+        for off in range(16, 16 + length - 19, 20):
+            table.append(*struct.unpack_from("<QQI", data, off))
+        for e in table.ignored[full:]:  # __e820__range_add says so as it drops each
+            ctx.print(f"e820: too many entries; ignoring [mem {e.addr:#010x}-{e.end - 1:#010x}]")
+        table.update_table()
+        ctx.print("extended physical RAM map:")
+        for line in table.lines("extended"):
+            ctx.print(line)
 
 
 def parse_early_param(ctx: KernelContext, table: e820mod.E820Table) -> None:
@@ -169,6 +183,7 @@ def setup_arch_early(ctx: KernelContext) -> MmState:
         early_ioremap_init(ctx)
         early_reserve_memory(ctx, mb)
     table = setup_memory_map(ctx)
+    parse_setup_data(ctx, table)
     if not boot_cpu_has(ctx.cpu, X86Feature.NX):
         st.supported_pte_mask &= ~_PAGE_NX  # x86_configure_nx()
     parse_early_param(ctx, table)

@@ -259,13 +259,22 @@ def test_e820_entries_beyond_128_come_from_setup_data(profile: str) -> None:
     assert ctx.platform.mem.read(ctx.pa_symbol("bm_pte"), 4096) == bytes(4096)
 
 
-@pytest.mark.xfail(strict=True, reason="model divergence: setup.py:setup_memory_map prints the whole table as "
-                   "'BIOS-e820:'; 6.1 prints boot_params' entries as BIOS-e820, then e820__memory_setup_extended "
-                   "prints 'extended physical RAM map:' and the table as 'extended:'")
-def test_61_prints_the_extended_map() -> None:
-    r = make_boot(profile="current", e820=many_entries(), until=Phase.SETUP_ARCH)
-    assert "extended physical RAM map:" in r.ctx.console
-    assert sum(line.startswith("BIOS-e820:") for line in r.ctx.console) <= 128
+@pytest.mark.parametrize("profile", ["v3.9", "current"])
+def test_the_extended_map_is_printed_after_the_bios_map(profile: str) -> None:
+    """6.1 e820__memory_setup prints boot_params' (at most 128) entries as BIOS-e820, then parse_setup_data →
+    e820__memory_setup_extended appends the SETUP_E820_EXT entries and prints 'extended physical RAM map:'
+    and the whole table as 'extended:' (e820.c @ 6.1); v3.9's setup_memory_map / parse_e820_ext likewise."""
+    r = make_boot(profile=profile, e820=many_entries(), until=Phase.SETUP_ARCH)
+    console = r.ctx.console
+    bios = [line for line in console if line.startswith("BIOS-e820:")]
+    ext = [line for line in console if line.startswith("extended:")]
+    assert console.index("BIOS-provided physical RAM map:") < console.index("extended physical RAM map:")
+    assert 0 < len(bios) <= 128
+    # every map entry is in the extended print: RAM above 4 GiB alternating with reserved ranges
+    assert sum("usable" in line for line in ext) == sum(reg.kind is RAM for reg in many_entries())
+    last = many_entries()[-1]  # the last node entry: only in the extended print
+    assert f"extended: [mem {last.start:#018x}-{last.end - 1:#018x}] reserved" in ext
+    assert not any(f"{last.start:#018x}" in line for line in bios)
 
 
 # ---- boot_params: the command line above 4 GiB -------------------------------------------------------------
