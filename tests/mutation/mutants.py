@@ -472,7 +472,7 @@ MUTANTS: tuple[Mutant, ...] = (
       "        ctx.memset(va, 0, PAGE_SIZE)  # clear_page(__va(pfn << PAGE_SHIFT))\n", "",
       equivalent="BRK is zeroed by clear_bss/the image and memblock hands out RAM the model never wrote"),
     # ---- setup.py / e820.py / memblock.py ---------------------------------------------------------------
-    m("setup.no_e820_ext", "setup.py:setup_memory_map", "SETUP_E820_EXT setup data ignored", "setup.py",
+    m("setup.no_e820_ext", "setup.py:parse_setup_data", "SETUP_E820_EXT setup data ignored", "setup.py",
       "        if kind != bp.SETUP_E820_EXT:\n            continue", "        if True:\n            continue",
       LOWMEM),
     m("setup.no_cmdline_mem", "setup.py:parse_early_param", "mem=/memmap= not applied", "setup.py",
