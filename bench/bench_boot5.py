@@ -13,9 +13,9 @@ between the two is what the 5-level machinery costs on top of the 4-level one.
 Rows, measured in one run and interleaved (5-level, then 4-level, then again), so that a burst of load
 from other processes hits both:
 
-* **process**: the CLI as a subprocess, end to end: interpreter start-up, imports, the boot, rendering
-  the report. Wall time, and the CPU time of the child (user + system), which other processes on the
-  machine disturb less.
+* **process**: the CLI as a subprocess (``python -m earlymm boot …``, this interpreter and environment),
+  end to end: interpreter start-up, imports, the boot, rendering the report. Wall time, and the CPU time
+  of the child (user + system), which other processes on the machine disturb less.
 * **API**: ``earlymm.kernel.boot.boot(machine, kernel, trace=True)`` in this process (what the CLI calls),
   after one untimed warm-up boot of the default machine. Wall time and this process's CPU time.
 
@@ -32,16 +32,17 @@ import io
 import os
 import pstats
 import resource
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from benchlib import git_state
 
+import earlymm
 from earlymm.arch.modes import Features
 from earlymm.kernel.boot import BootResult, boot
 from earlymm.kernel.consts import PROFILES
@@ -94,8 +95,9 @@ def timed(fn: Callable[[], object], children: bool) -> tuple[float, float, objec
 
 
 def cli_command() -> list[str]:
-    exe = shutil.which("earlymm")
-    return [exe] if exe else [sys.executable, "-m", "earlymm"]
+    """``python -m earlymm`` with this interpreter and environment: the process imports the same earlymm
+    as the API rows (``PYTHONPATH`` included), whatever ``earlymm`` on PATH would run."""
+    return [sys.executable, "-m", "earlymm"]
 
 
 def run_cli(case: Case) -> tuple[float, float, str]:
@@ -119,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     print("== bench_boot5")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"python {sys.version.split()[0]}; earlymm at git {git_state()}; {os.cpu_count()} CPUs, "
-          f"load average {load:.2f} at the start")
+    print(f"python {sys.version.split()[0]}; earlymm at git {git_state()} ({Path(earlymm.__file__).parent}); "
+          f"{os.cpu_count()} CPUs, load average {load:.2f} at the start")
     all_cases = cases()
     how = ([] if args.no_cli else ["process"]) + ([] if args.no_api else ["API"])
     if "API" in how:
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 if h == "process":
                     wall, cpu, c.summary[h] = run_cli(c)
                 else:
-                    wall, cpu, res = timed(lambda c=c: boot(c.machine, c.kernel, trace=True), children=False)
+                    wall, cpu, res = timed(partial(boot, c.machine, c.kernel, trace=True), children=False)
                     assert isinstance(res, BootResult)
                     c.summary[h] = summarize(res)
                 c.wall.setdefault(h, []).append(wall)
