@@ -158,7 +158,7 @@ class Cpu:
         return self._pa(va, 2)
 
     def read(self, va: int, size: int, *, implicit: bool = False) -> bytes:
-        if (va & 0xFFF) + size <= 0x1000:  # one page (a table's entries): one access, no gathering
+        if size > 0 and (va & 0xFFF) + size <= 0x1000:  # one page (a table's entries): one access, no gathering
             return self.mem.read(self._pa(va, 0, implicit), size)
         out = bytearray()
         while size > 0:
