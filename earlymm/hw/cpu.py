@@ -158,6 +158,8 @@ class Cpu:
         return self._pa(va, 2)
 
     def read(self, va: int, size: int, *, implicit: bool = False) -> bytes:
+        if size > 0 and (va & 0xFFF) + size <= 0x1000:  # one page (a table's entries): one access, no gathering
+            return self.mem.read(self._pa(va, 0, implicit), size)
         out = bytearray()
         while size > 0:
             n = min(size, 0x1000 - (va & 0xFFF))

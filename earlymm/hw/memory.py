@@ -277,6 +277,12 @@ class PhysMem:
 
     # -- byte level --------------------------------------------------------------------------------
     def read(self, pa: int, size: int) -> bytes:
+        off = pa & (PAGE_SIZE - 1)
+        if size > 0 and off + size <= PAGE_SIZE:  # within one frame: one copy
+            f = self.frame(pa >> PAGE_SHIFT)
+            if f is None:
+                raise MemoryHole(pa)
+            return bytes(memoryview(f)[off:off + size])
         out = bytearray()
         while size > 0:
             off = pa & (PAGE_SIZE - 1)

@@ -152,6 +152,8 @@ def parse_mem_options(table: E820Table, cmdline: str) -> list[str]:
                 if val == "nopentium":
                     continue
                 size, _ = memparse(val)
+                if size == 0:  # parse_memopt: "don't remove all of memory when handling mem={invalid}"
+                    raise ValueError(val)
                 table.range_remove(size, U64 - size, E820_RAM)
                 continue
             for one in val.split(","):

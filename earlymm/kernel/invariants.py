@@ -3,6 +3,7 @@ which change nothing), at the points the spec names."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -136,6 +137,11 @@ def _large_over_holes(ctx: KernelContext) -> list[str]:
     ends = np.array([e for _, e in ram], dtype=np.uint64)
     bad: list[str] = []
     for pa, size in table_leaves(ctx):
+        if isinstance(pa, tuple):  # a whole table of consecutive leaves [lo, hi): one range must hold it
+            i = bisect.bisect_right(ram, (pa[0], 1 << 64)) - 1
+            if i >= 0 and pa[1] <= ram[i][1]:
+                continue
+            pa = np.arange(pa[0], pa[1], size, dtype=np.uint64)
         idx = np.searchsorted(starts, pa, side="right").astype(np.int64) - 1
         inside = (idx >= 0) & (pa + np.uint64(size) <= ends[np.maximum(idx, 0)])
         if len(bad) < 3:
@@ -146,6 +152,21 @@ def _large_over_holes(ctx: KernelContext) -> list[str]:
 def _entries(mem: PhysMem, table: int) -> np.ndarray | None:
     view = mem.entries8(table >> 12)
     return None if view is None else np.frombuffer(view, dtype="<u8")
+
+
+# Low byte of an entry → 1 where it links a table (P set; PS clear where PS makes a leaf), else 0.
+_LINKS_PS = bytes(1 if b & 0x81 == 0x01 else 0 for b in range(256))
+_LINKS_ANY = bytes(b & 1 for b in range(256))
+
+
+def _has_links(mem: PhysMem, table: int, ps_leaf: bool) -> bool:
+    """Whether any entry of the table is present (and not a large leaf where PS selects one): a byte scan,
+    so that the thousands of tables of 1 GiB leaves need no array work."""
+    f = mem.frame(table >> 12)
+    if f is None:
+        return False
+    low = f[::8] if isinstance(f, bytes | bytearray) else bytes(memoryview(f).cast("B")[::8])
+    return 1 in low.translate(_LINKS_PS if ps_leaf else _LINKS_ANY)
 
 
 def _lower_tables(mem: PhysMem, g: PgtableGeometry, top: int, slots: range) -> Iterator[tuple[np.ndarray, int]]:
@@ -162,24 +183,37 @@ def _lower_tables(mem: PhysMem, g: PgtableGeometry, top: int, slots: range) -> I
         yield entries, depth
         if levels[depth] in (PgLevel.PMD, PgLevel.PTE):
             continue
+        if not _has_links(mem, table, levels[depth] is PgLevel.PUD):
+            continue
         live = (entries & present).astype(bool)
         if levels[depth] is PgLevel.PUD:
             live &= ~(entries & pse).astype(bool)
         stack += [(int(e & mask), depth + 1) for e in entries[live]]
 
 
-def table_leaves(ctx: KernelContext) -> Iterator[tuple[np.ndarray, int]]:
+def table_leaves(ctx: KernelContext) -> Iterator[tuple[np.ndarray | tuple[int, int], int]]:
     """Physical addresses of the large leaves in the direct-map slots of the current top table, one
-    (array of pa, page size) group per table, streamed (a 64 TiB direct map in 2 MiB pages has 32 M)."""
+    (array of pa, page size) group per table, streamed (a 64 TiB direct map in 2 MiB pages has 32 M). A table
+    of 512 leaves with one set of flags mapping consecutive blocks — what the builders write, thousands of
+    times in a big direct map — comes as the range ``(lo, hi)`` it maps instead: a byte comparison finds it."""
     mem, g = ctx.platform.mem, ctx.pgt
     mask, present, pse = np.uint64(g.pte_pfn_mask), np.uint64(1), np.uint64(_PAGE_PSE)
     first = g.pgd_index(ctx.page_offset)
     slots = range(first, min(first + max(ctx.maxmem >> g.pgdir_shift, 1), g.ptrs_per_pgd - 1))
     levels = g.levels()
+    steps: dict[int, np.ndarray] = {}
     for entries, depth in _lower_tables(mem, g, ctx.cpu.regs.cr3 & g.pte_pfn_mask, slots):
         if levels[depth] not in (PgLevel.PUD, PgLevel.PMD):
             continue
         size = g.pud_size if levels[depth] is PgLevel.PUD else g.pmd_size
+        e0 = int(entries[0])
+        if e0 & 0x81 == 0x81 and not e0 & (size - 1) & g.pte_pfn_mask:
+            if size not in steps:
+                steps[size] = np.arange(len(entries), dtype=np.uint64) * np.uint64(size)
+            if (steps[size] + np.uint64(e0)).tobytes() == entries.tobytes():
+                lo = e0 & g.pte_pfn_mask
+                yield (lo, lo + len(entries) * size), size
+                continue
         sel = (entries & present).astype(bool) & (entries & pse).astype(bool)
         yield entries[sel] & mask & ~np.uint64(size - 1), size
 
@@ -196,7 +230,7 @@ def table_pages_by_level(ctx: KernelContext) -> dict[str, int]:
     while frontier:
         table, depth = frontier.pop()
         e = _entries(mem, table) if depth < len(levels) - 1 else None
-        if e is None:
+        if e is None or not _has_links(mem, table, levels[depth] in (PgLevel.PUD, PgLevel.PMD)):
             continue
         sel = (e & present).astype(bool)
         if levels[depth] in (PgLevel.PUD, PgLevel.PMD):

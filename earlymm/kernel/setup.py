@@ -33,22 +33,13 @@ RESERVE_LOW = 64 << 10  # CONFIG_X86_RESERVE_LOW
 
 
 def default_machine_specific_memory_setup(ctx: KernelContext, table: e820mod.E820Table) -> str:
-    """x86_init's default ``memory_setup``: the zero page's entries, then each SETUP_E820_EXT node read
-    through ``early_memremap``."""
+    """x86_init's default ``memory_setup`` (v3.9 ``default_machine_specific_memory_setup``, 6.1
+    ``e820__memory_setup_default``): the zero page's entries, sanitized."""
     b = ctx.layout["boot_params"]
     n = min(ctx.rd(b + bp.E820_ENTRIES, 1), bp.E820_MAX)
     raw = ctx.cpu.read(b + bp.E820_TABLE, 20 * n)
     for i in range(n):
         table.append(*struct.unpack_from("<QQI", raw, 20 * i))
-    for pa, kind, length in setup_data_nodes(ctx):
-        if kind != bp.SETUP_E820_EXT:
-            continue
-        data = read_phys(ctx, PhysAddr(pa), 16 + length)
-        if data is None:  # early_memremap refused: the kernel dereferences NULL
-            ctx.rd(0x10, 4)
-            continue
-        for off in range(16, 16 + length - 19, 20):
-            table.append(*struct.unpack_from("<QQI", data, off))
     table.update_table()
     return "BIOS-e820"
 
@@ -64,6 +55,29 @@ def setup_memory_map(ctx: KernelContext) -> e820mod.E820Table:
     for line in table.lines(who):
         ctx.print(line)
     return table
+
+
+def parse_setup_data(ctx: KernelContext, table: e820mod.E820Table) -> None:
+    """Model of ``parse_setup_data()`` (setup.c @ v3.9 and 6.1), right after the map is printed, for its
+    SETUP_E820_EXT nodes: ``parse_e820_ext`` (v3.9) / ``e820__memory_setup_extended`` (6.1) reads the node
+    through ``early_memremap``, appends its entries, sanitizes the table and prints it again as
+    ``extended``. Other node types are not modelled."""
+    for pa, kind, length in setup_data_nodes(ctx):
+        if kind != bp.SETUP_E820_EXT:
+            continue
+        data = read_phys(ctx, PhysAddr(pa), 16 + length)
+        if data is None:  # early_memremap refused: the kernel dereferences NULL
+            ctx.rd(0x10, 4)
+            continue
+        full = len(table.ignored)
+        for off in range(16, 16 + length - 19, 20):
+            table.append(*struct.unpack_from("<QQI", data, off))
+        for e in table.ignored[full:]:  # __e820__range_add says so as it drops each
+            ctx.print(f"e820: too many entries; ignoring [mem {e.addr:#010x}-{e.end - 1:#010x}]")
+        table.update_table()
+        ctx.print("extended physical RAM map:")
+        for line in table.lines("extended"):
+            ctx.print(line)
 
 
 def parse_early_param(ctx: KernelContext, table: e820mod.E820Table) -> None:
@@ -107,8 +121,9 @@ def trim_bios_range(table: e820mod.E820Table) -> None:
 
 
 def reserve_bios_regions(ctx: KernelContext, mb: Memblock) -> None:
-    """v3.9 ``reserve_ebda_region`` / 6.1 ``reserve_bios_regions``: read the BIOS data area through
-    ``__va`` and reserve from the firmware's area up to 1 MiB."""
+    """Model of v3.9 ``reserve_ebda_region()`` (arch/x86/kernel/head.c @ v3.9) / 6.1
+    ``reserve_bios_regions()`` (arch/x86/kernel/ebda.c @ 6.1): read the BIOS data area through ``__va``
+    (base memory first, then the EBDA segment) and reserve from the firmware's area up to 1 MiB."""
     base = ctx.rd(ctx.va(bp.BDA_BASE_MEM_KIB), 2) << 10
     ebda = ctx.rd(ctx.va(bp.BDA_EBDA_SEGMENT), 2) << 4
     if ctx.profile.bios_regions == "6.1":
@@ -117,13 +132,37 @@ def reserve_bios_regions(ctx: KernelContext, mb: Memblock) -> None:
             start = ebda
     else:
         start = base
-        if start - ebda <= 0x10000:
+        # head.c declares lowmem and ebda_addr unsigned int: an EBDA above lowmem wraps the difference to a
+        # huge value, so lowmem stays
+        if (start - ebda) & 0xFFFF_FFFF <= 0x10000:
             start = ebda
         if ebda == 0 and start >= 0x9F000:
             start = 0x9F000
         if start == 0 or start >= 0x100000:
             start = 0x9F000
     mb.reserve(start, 0x100000 - start)
+
+
+def reserve_initrd_range(ctx: KernelContext, mb: Memblock) -> None:
+    """``early_reserve_initrd``: ``memblock_reserve(ramdisk_image, PAGE_ALIGN(ramdisk_end) - ramdisk_image)``."""
+    rd_image, rd_size = ramdisk_range(ctx)
+    if rd_image and rd_size:
+        mb.reserve(rd_image, (rd_size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
+
+
+def early_reserve_memory(ctx: KernelContext, mb: Memblock) -> None:
+    """Model of 6.1 ``early_reserve_memory()`` (arch/x86/kernel/setup.c @ 6.1), called by setup_arch after
+    ``early_ioremap_init`` and before ``e820__memory_setup``: the kernel, the low 64 KiB ("some BIOSes are
+    known to corrupt low memory", and page 0), the ramdisk, then the BIOS regions — all before memory is
+    added to memblock, so ``e820__memblock_setup``'s dump and ``reserve_real_mode``'s search below 1 MiB see
+    them. Differences: ``memblock_x86_reserve_range_setup_data``, ``reserve_ibft_region`` and
+    ``trim_snb_memory`` are not modelled; the kernel is reserved to ``__bss_stop`` (the model's
+    ``__end_of_kernel_reserve``)."""
+    lay = ctx.layout
+    mb.reserve(ctx.pa_symbol("_text"), lay["__bss_stop"] - lay.text)
+    mb.reserve(0, RESERVE_LOW)  # memblock_reserve(0, SZ_64K)
+    reserve_initrd_range(ctx, mb)
+    reserve_bios_regions(ctx, mb)
 
 
 def setup_arch_early(ctx: KernelContext) -> MmState:
@@ -133,14 +172,18 @@ def setup_arch_early(ctx: KernelContext) -> MmState:
     st = MmState(mb, brk_end=max(ctx.brk_end, lay["__brk_base"]))
     for base, size in ctx.early_reservations:  # memblock_reserve() calls made before setup_arch
         mb.reserve(base, size)
-    mb.reserve(ctx.pa_symbol("_text"), lay["__bss_stop"] - lay.text)  # memblock_reserve(_text.._bss_stop)
-    rd_image, rd_size = ramdisk_range(ctx)
-    if rd_image and rd_size:
-        mb.reserve(rd_image, (rd_size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))  # early_reserve_initrd
-    if ctx.profile.bios_regions == "v3.9" and not ctx.pv.paravirt_enabled:
-        reserve_bios_regions(ctx, mb)  # x86_64_start_reservations → reserve_ebda_region (not paravirt)
-    early_ioremap_init(ctx)
+    if ctx.profile.bios_regions == "v3.9":
+        # x86_64_start_reservations: the kernel, the ramdisk, reserve_ebda_region (not paravirt)
+        mb.reserve(ctx.pa_symbol("_text"), lay["__bss_stop"] - lay.text)  # memblock_reserve(_text.._bss_stop)
+        reserve_initrd_range(ctx, mb)
+        if not ctx.pv.paravirt_enabled:
+            reserve_bios_regions(ctx, mb)
+        early_ioremap_init(ctx)
+    else:
+        early_ioremap_init(ctx)
+        early_reserve_memory(ctx, mb)
     table = setup_memory_map(ctx)
+    parse_setup_data(ctx, table)
     if not boot_cpu_has(ctx.cpu, X86Feature.NX):
         st.supported_pte_mask &= ~_PAGE_NX  # x86_configure_nx()
     parse_early_param(ctx, table)
@@ -161,15 +204,14 @@ def setup_arch_early(ctx: KernelContext) -> MmState:
         if t == e820mod.E820_RAM:
             mb.add(a, s)
     mb.trim_memory(PAGE_SIZE)  # memblock_trim_memory(PAGE_SIZE): throw away partial pages
-    if ctx.profile.bios_regions == "6.1":
-        reserve_bios_regions(ctx, mb)
     pages_rm = ctx.profile.realmode_pages
     trampoline = mb.find_in_range(0, ISA_END_ADDRESS, pages_rm * PAGE_SIZE, PAGE_SIZE)  # reserve_real_mode()
     if trampoline:
         mb.reserve(trampoline, pages_rm * PAGE_SIZE)
     if ctx.profile.reserve_first_mb:
         mb.reserve(0, 1 << 20)  # "always reserve the first 1M of RAM"
-    mb.reserve(0, RESERVE_LOW)  # trim_low_memory_range()
+    if ctx.profile.bios_regions == "v3.9":
+        mb.reserve(0, RESERVE_LOW)  # trim_low_memory_range() (6.1: early_reserve_memory)
     mb.current_limit = (1 << 64) - 1
     ctx.emit(Note(f"memblock: {len(mb.memory)} memory ranges, max_pfn {st.max_pfn:#x}, "
                   f"BRK page-table buffer {pages} pages at {st.pgt_buf_start << PAGE_SHIFT:#x}"))

@@ -149,6 +149,9 @@ def validate(cfg: MachineConfig, image_size: int) -> None:
         raise ValueError(f"a 64-bit boot loader hands over in 4- or 5-level paging, not {cfg.loader_paging}")
     if cfg.loader_paging == 5 and not cfg.features.la57:
         raise ValueError("a loader cannot hand over in 5-level paging on a CPU without LA57 (CPUID.7.0:ECX[16])")
+    for name, word in (("BDA base memory (KiB)", cfg.bda_base_kib), ("EBDA segment", cfg.ebda_segment)):
+        if word is not None and not 0 <= word <= 0xFFFF:
+            raise ValueError(f"{name} {word:#x}: the BIOS data area holds a 16-bit word (0..0xffff)")
     if cfg.efi_loader not in ("", "EL32", "EL64"):
         raise ValueError(f"EFI loader signature {cfg.efi_loader!r}: EL32 or EL64")
     rm = RegionMap()

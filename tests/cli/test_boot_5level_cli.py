@@ -53,9 +53,13 @@ def test_saved_5_level_core_is_walked_by_translate(tmp_path: Path, capsys: pytes
 
 @pytest.mark.parametrize("argv, words", [
     (["--paging", "5", "--bda-base", "0x10000"], "--bda-base"),
+    (["--paging", "5", "--bda-base", "-1"], "--bda-base"),
+    (["--paging", "5", "--ebda", "0x10000"], "--ebda"),
     (["--paging", "5", "--ebda", "-1"], "--ebda"),
     (["--paging", "5", "--ebda", "banana"], "--ebda"),
     (["--loader-paging", "5", "--no-la57"], "without LA57"),
+    (["--paging", "5", "--loader-paging", "5", "--no-la57"], "without LA57"),
+    (["--loader-paging", "5", "--no-la57", "--decompressor", "merged", "--mem", "8G"], "without LA57"),
     (["--paging", "5", "--profile", "v3.9"], "--profile current"),
     (["--paging", "5", "--mem", "4P"], "52-bit"),
 ])
@@ -66,3 +70,37 @@ def test_bad_input_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: lis
     err = capsys.readouterr().err
     assert ex.value.code == 2
     assert len(err.strip().splitlines()) == 1 and words in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--loader-paging", "5", "--no-la57"], "without LA57"),
+    (["--paging", "5", "--bda-base", "0x10000"], "16-bit word"),
+    (["--paging", "5", "--ebda", "0x1ffff"], "16-bit word"),
+])
+def test_bad_input_as_a_process_one_line_exit_2(tmp_path: Path, argv: list[str], words: str) -> None:
+    """The same refusals end to end: a real ``earlymm`` process, nothing on stdout, nothing written."""
+    import subprocess
+    import sys
+
+    core = tmp_path / "core.elf"
+    p = subprocess.run([sys.executable, "-m", "earlymm", "boot", *argv, "--save-core", str(core)], capture_output=True,
+                       text=True, check=False, cwd=tmp_path)
+    assert p.returncode == 2 and p.stdout == ""
+    assert len(p.stderr.strip().splitlines()) == 1 and words in p.stderr and "Traceback" not in p.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("field, value", [("bda_base_kib", 0x10000), ("ebda_segment", -1)])
+def test_api_refuses_a_bda_word_out_of_range(field: str, value: int) -> None:
+    """Through the API (no CLI check in front): the machine's validation refuses what the 16-bit BDA word
+    cannot hold, with one line."""
+    from earlymm.arch.modes import Features
+    from earlymm.kernel.boot import boot
+    from earlymm.kernel.consts import PROFILES
+    from earlymm.kernel.context import KernelConfig
+    from earlymm.platform.pc import MachineConfig
+
+    machine = MachineConfig(features=Features(la57=True, pks=False), **{field: value})
+    with pytest.raises(ValueError, match="16-bit word") as ex:
+        boot(machine, KernelConfig(PROFILES["current"], decompressor="merged"))
+    assert "\n" not in str(ex.value)

@@ -108,3 +108,25 @@ def test_invariant_flags_a_large_page_over_a_hole() -> None:
     leaf_at = res.entry_addr(ctx.cpu.mmu.plan, len(res.path) // 2 - 1)
     ctx.platform.mem.write_u64(leaf_at - 8, 0x1000_0000 | 0x80 | 0x63)  # plant a 2 MiB leaf over the hole
     assert inv._large_over_holes(ctx) == ["2 MiB page at pa 0x10000000"]
+
+
+def test_invariant_flags_a_whole_table_of_1g_leaves_over_holes() -> None:
+    """The same check on a pud table the builders filled with 512 consecutive 1 GiB leaves (read as one range,
+    not leaf by leaf): it passes for the real table, and a consecutive table moved down over the PC's holes
+    (the ISA hole below 1 MiB, the PCI hole at 3-4 GiB) fails at the first leaf that is not all RAM."""
+    from earlymm.kernel import invariants as inv
+    from tests.kernel.conftest import make_boot
+
+    r = make_boot(mem=1 << 40)
+    assert r.outcome == "booted" and inv._large_over_holes(r.ctx) == []
+    ctx = r.ctx
+    res = ctx.cpu.mmu.probe(ctx.va(512 << 30))  # the first 1 GiB leaf of the second pud table
+    assert res.ok and res.page_size == 1 << 30
+    table = res.entry_addr(ctx.cpu.mmu.plan, len(res.path) // 2 - 1)
+    assert table & 0xFFF == 0
+    leaf = ctx.platform.mem.read_u64(table)
+    assert leaf & 0x81 == 0x81 and leaf & 0xF_FFFF_FFFF_F000 == 512 << 30
+    ctx.platform.mem.write(table, b"".join(((leaf - (512 << 30)) + (k << 30)).to_bytes(8, "little")
+                                           for k in range(512)))
+    # PC layout (pc_e820): RAM [0, 0x9fc00), [1 MiB, 3 GiB), [4 GiB, …): 0 and 3 GiB are not all RAM
+    assert inv._large_over_holes(ctx) == ["1024 MiB page at pa 0x0", "1024 MiB page at pa 0xc0000000"]

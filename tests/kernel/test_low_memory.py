@@ -104,10 +104,9 @@ def test_v39_reserve_ebda_region(monkeypatch: pytest.MonkeyPatch, base_kib: int,
     assert _bios_start(calls) == lowmem
 
 
-@pytest.mark.xfail(strict=True, reason="model bug: setup.py:reserve_bios_regions computes v3.9's 'lowmem - "
-                   "ebda_addr <= 0x10000' in Python ints; head.c declares both unsigned int, so an EBDA above "
-                   "lowmem wraps to a huge difference and lowmem stays")
 def test_v39_ebda_above_lowmem_is_not_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """head.c @ v3.9: ``unsigned int lowmem, ebda_addr;`` — with the EBDA (0x9fc00) above lowmem (512 KiB),
+    ``(lowmem - ebda_addr) <= 0x10000`` compares a wrapped 32-bit difference, so lowmem stays."""
     _, calls = boot_watching_reserves(monkeypatch, bda_base_kib=512, ebda_segment=0x9FC0)
     assert _bios_start(calls) == 0x80000
 
@@ -205,12 +204,12 @@ def test_mem_limits_ram() -> None:
     assert [(e.addr, e.end, e.type) for e in t.entries] == [(0, 0x9FC00, E820_RAM), (MiB, 512 * MiB, E820_RAM), ROM]
 
 
-@pytest.mark.xfail(strict=True, reason="model bug: e820.py:parse_mem_options applies mem=0; parse_memopt (v3.9 and "
-                   "6.1) returns -EINVAL for a size of 0: 'don't remove all of memory when handling mem={invalid}'")
 def test_mem_zero_is_ignored() -> None:
+    """parse_memopt (e820.c @ v3.9 and 6.1): ``if (mem_size == 0) return -EINVAL;`` — "don't remove all of
+    memory when handling mem={invalid}"; do_early_param then warns about a malformed early option."""
     t = _table()
     before = t.as_tuples()
-    parse_mem_options(t, "mem=0")
+    assert parse_mem_options(t, "mem=0") == ["malformed mem= option '0' ignored"]
     assert t.as_tuples() == before
 
 
@@ -260,13 +259,22 @@ def test_e820_entries_beyond_128_come_from_setup_data(profile: str) -> None:
     assert ctx.platform.mem.read(ctx.pa_symbol("bm_pte"), 4096) == bytes(4096)
 
 
-@pytest.mark.xfail(strict=True, reason="model divergence: setup.py:setup_memory_map prints the whole table as "
-                   "'BIOS-e820:'; 6.1 prints boot_params' entries as BIOS-e820, then e820__memory_setup_extended "
-                   "prints 'extended physical RAM map:' and the table as 'extended:'")
-def test_61_prints_the_extended_map() -> None:
-    r = make_boot(profile="current", e820=many_entries(), until=Phase.SETUP_ARCH)
-    assert "extended physical RAM map:" in r.ctx.console
-    assert sum(line.startswith("BIOS-e820:") for line in r.ctx.console) <= 128
+@pytest.mark.parametrize("profile", ["v3.9", "current"])
+def test_the_extended_map_is_printed_after_the_bios_map(profile: str) -> None:
+    """6.1 e820__memory_setup prints boot_params' (at most 128) entries as BIOS-e820, then parse_setup_data →
+    e820__memory_setup_extended appends the SETUP_E820_EXT entries and prints 'extended physical RAM map:'
+    and the whole table as 'extended:' (e820.c @ 6.1); v3.9's setup_memory_map / parse_e820_ext likewise."""
+    r = make_boot(profile=profile, e820=many_entries(), until=Phase.SETUP_ARCH)
+    console = r.ctx.console
+    bios = [line for line in console if line.startswith("BIOS-e820:")]
+    ext = [line for line in console if line.startswith("extended:")]
+    assert console.index("BIOS-provided physical RAM map:") < console.index("extended physical RAM map:")
+    assert 0 < len(bios) <= 128
+    # every map entry is in the extended print: RAM above 4 GiB alternating with reserved ranges
+    assert sum("usable" in line for line in ext) == sum(reg.kind is RAM for reg in many_entries())
+    last = many_entries()[-1]  # the last node entry: only in the extended print
+    assert f"extended: [mem {last.start:#018x}-{last.end - 1:#018x}] reserved" in ext
+    assert not any(f"{last.start:#018x}" in line for line in bios)
 
 
 # ---- boot_params: the command line above 4 GiB -------------------------------------------------------------

@@ -171,10 +171,10 @@ def test_early_reservations_match_the_dump(path: Path, tmp_path: Path, monkeypat
     assert merge_ranges(early) == merge_ranges(real_memblock(fx).reserved_at_dump)
 
 
-@pytest.mark.xfail(strict=True, reason="model divergence: setup.py:setup_arch_early reserves [0, 64K) last (v3.9's "
-                   "trim_low_memory_range place) for 6.1 too; 6.1's early_reserve_memory reserves it first, so it is "
-                   "in e820__memblock_setup's dump and reserved before reserve_real_mode looks below 1 MiB")
 def test_61_reserves_the_low_64k_before_the_dump(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """6.1 setup.c early_reserve_memory: ``memblock_reserve(0, SZ_64K)`` right after the kernel, before
+    e820__memory_setup — so [0, 64K) is in e820__memblock_setup's dump, and reserved before
+    reserve_real_mode looks below 1 MiB: everything reserved before the trampoline is the dump."""
     fx = load_fixture(MIDBOOT[0])
     mod = model_memblock(fx, tmp_path, monkeypatch)
     tramp = next(f for f in mod.found if f[1] == 1 << 20)[4]

@@ -447,9 +447,11 @@ MUTANTS: tuple[Mutant, ...] = (
       equivalent="BRK is the image's last section: roundup(_brk_end, 2 MiB) = roundup(_end, 2 MiB) unless BRK "
                  "spans a 2 MiB boundary beyond what is used (not so in either layout)"),
     m("table_run.zero_run_over_present", "table_run.py:TableRun.zero_run", "a run of new leaves runs over present "
-      "entries", "table_run.py", "return int(nz[0]) if nz.size else len(seg)", "return len(seg)", BUILDERS),
+      "entries", "table_run.py", "return int(np.flatnonzero(np.frombuffer(seg, dtype=_DTYPE[self.size]))[0])",
+      "return len(seg) // self.size", BUILDERS),
     m("table_run.stale_after_sync", "table_run.py:TableRun.sync", "the cached entries survive a sync (a lower "
-      "level's accesses come between)", "table_run.py", "        self.cache, self.cache_from = _EMPTY, -1",
+      "level's accesses come between)", "table_run.py",
+      "        self.cache, self.cache_from, self.cache_end = b\"\", -1, -1",
       "        pass",
       equivalent="nothing between a sync and the next read writes an entry the loop reads again (lower levels "
                  "write other pages; the link to them is entry i, which the loop never reads again), so every "
@@ -470,7 +472,7 @@ MUTANTS: tuple[Mutant, ...] = (
       "        ctx.memset(va, 0, PAGE_SIZE)  # clear_page(__va(pfn << PAGE_SHIFT))\n", "",
       equivalent="BRK is zeroed by clear_bss/the image and memblock hands out RAM the model never wrote"),
     # ---- setup.py / e820.py / memblock.py ---------------------------------------------------------------
-    m("setup.no_e820_ext", "setup.py:setup_memory_map", "SETUP_E820_EXT setup data ignored", "setup.py",
+    m("setup.no_e820_ext", "setup.py:parse_setup_data", "SETUP_E820_EXT setup data ignored", "setup.py",
       "        if kind != bp.SETUP_E820_EXT:\n            continue", "        if True:\n            continue",
       LOWMEM),
     m("setup.no_cmdline_mem", "setup.py:parse_early_param", "mem=/memmap= not applied", "setup.py",
@@ -496,11 +498,23 @@ MUTANTS: tuple[Mutant, ...] = (
     m("setup.brk_not_reserved", "setup.py:setup_arch_early", "the BRK area is not memblock-reserved", "setup.py",
       "    mb.reserve(ctx.pa(brk_start), ((st.brk_end + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)) - brk_start)\n", "",
       LOWMEM),
-    m("setup.kernel_not_reserved", "setup.py:setup_arch_early", "the kernel image is not memblock-reserved",
-      "setup.py", "    mb.reserve(ctx.pa_symbol(\"_text\"), lay[\"__bss_stop\"] - lay.text)", "    pass", LOWMEM),
-    m("setup.initrd_not_reserved", "setup.py:setup_arch_early", "the ramdisk is not memblock-reserved", "setup.py",
-      "        mb.reserve(rd_image, (rd_size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))  # early_reserve_initrd",
-      "        pass", LOWMEM),
+    Mutant("setup.kernel_not_reserved", "setup.py:setup_arch_early/early_reserve_memory", "the kernel image is not "
+           "memblock-reserved",
+           (Edit(K + "setup.py",
+                 "mb.reserve(ctx.pa_symbol(\"_text\"), lay[\"__bss_stop\"] - lay.text)  # memblock_reserve",
+                 "pass  # memblock_reserve"),
+            Edit(K + "setup.py",
+                 "    mb.reserve(ctx.pa_symbol(\"_text\"), lay[\"__bss_stop\"] - lay.text)\n    mb.reserve(0, ",
+                 "    mb.reserve(0, ")),
+           (LOWMEM,)),
+    m("setup.initrd_not_reserved", "setup.py:reserve_initrd_range", "the ramdisk is not memblock-reserved",
+      "setup.py", "        mb.reserve(rd_image, (rd_size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))", "        pass", LOWMEM),
+    Mutant("setup.low64k_61_late", "setup.py:early_reserve_memory", "6.1 reserves [0, 64K) where v3.9's "
+           "trim_low_memory_range does (after reserve_real_mode), not in early_reserve_memory",
+           (Edit(K + "setup.py", "    mb.reserve(0, RESERVE_LOW)  # memblock_reserve(0, SZ_64K)\n", ""),
+            Edit(K + "setup.py", "    if ctx.profile.bios_regions == \"v3.9\":\n        mb.reserve(0, RESERVE_LOW)",
+                 "    if True:\n        mb.reserve(0, RESERVE_LOW)")),
+           (f"{REAL_BYTES}::test_61_reserves_the_low_64k_before_the_dump",)),
     m("setup.no_trim_memory", "setup.py:setup_arch_early", "memblock keeps partial pages of RAM ranges", "setup.py",
       "    mb.trim_memory(PAGE_SIZE)  # memblock_trim_memory", "    pass  # memblock_trim_memory", LOWMEM),
     m("setup.bios_61_no_clamp", "setup.py:reserve_bios_regions", "6.1 trusts a base-memory size above 0x9f000",
@@ -510,8 +524,12 @@ MUTANTS: tuple[Mutant, ...] = (
       "setup.py", "        if BIOS_START_MIN <= ebda < start:\n            start = ebda",
       "        if False:\n            start = ebda", LOWMEM),
     m("setup.ebda_v39_fixup", "setup.py:reserve_bios_regions", "v3.9 ignores an EBDA in the top 64 KiB of "
-      "conventional memory", "setup.py", "        if start - ebda <= 0x10000:\n            start = ebda",
+      "conventional memory", "setup.py",
+      "        if (start - ebda) & 0xFFFF_FFFF <= 0x10000:\n            start = ebda",
       "        if False:\n            start = ebda", LOWMEM),
+    m("setup.ebda_v39_signed", "setup.py:reserve_bios_regions", "v3.9's lowmem - ebda_addr compared as a signed "
+      "difference (head.c: both unsigned int)", "setup.py", "if (start - ebda) & 0xFFFF_FFFF <= 0x10000:",
+      "if start - ebda <= 0x10000:", f"{LOWMEM}::test_v39_ebda_above_lowmem_is_not_taken"),
     m("setup.ebda_v39_no_ebda", "setup.py:reserve_bios_regions", "v3.9's no-EBDA quirk (reserve from 0x9f000) "
       "dropped", "setup.py", "        if ebda == 0 and start >= 0x9F000:\n            start = 0x9F000",
       "        if False:\n            start = 0x9F000", LOWMEM),
@@ -539,9 +557,12 @@ MUTANTS: tuple[Mutant, ...] = (
       "                table.range_remove(size + (1 << 30), U64 - size, E820_RAM)\n                continue\n"
       "            for one", f"{REAL}[midboot-qemu64-4g-mem1500m-init_mem_mapping]"),
     m("e820.mem_all_types", "e820.py:parse_mem_options", "mem=SIZE removes every entry above SIZE, not only RAM",
-      "e820.py", "                size, _ = memparse(val)\n"
+      "e820.py", "                    raise ValueError(val)\n"
       "                table.range_remove(size, U64 - size, E820_RAM)",
-      "                size, _ = memparse(val)\n                table.range_remove(size, U64 - size, None)", LOWMEM),
+      "                    raise ValueError(val)\n                table.range_remove(size, U64 - size, None)", LOWMEM),
+    m("e820.mem_zero_applied", "e820.py:parse_mem_options", "mem=0 removes all RAM (parse_memopt: -EINVAL)",
+      "e820.py", "                if size == 0:  # parse_memopt", "                if False:  # parse_memopt",
+      f"{LOWMEM}::test_mem_zero_is_ignored"),
     m("e820.memmap_reserved_is_ram", "e820.py:parse_mem_options", "memmap=SIZE$ADDR adds RAM", "e820.py",
       "\"$\": E820_RESERVED", "\"$\": E820_RAM", f"{REAL}[midboot-qemu64-2g-memmap-init_mem_mapping]"),
     m("e820.memmap_at_is_reserved", "e820.py:parse_mem_options", "memmap=SIZE@ADDR adds reserved memory",
