@@ -619,7 +619,8 @@ MUTANTS: tuple[Mutant, ...] = (
       "tests/kernel/test_decompressor.py", DECISIONS),
     m("startup.ident_p4d_alias", "head_64.py:_identity_map", "5-level: p4d[(k+1) % 512] not pointed at the PUD page",
       "head_64.py", "ctx.wr(below + w * ((k + 1) % g.ptrs_per_p4d), pud + _KERNPG_TABLE)",
-      "ctx.wr(below + w * ((k + 1) % g.ptrs_per_p4d), 0)", "tests/kernel/test_decompressor.py", DECISIONS),
+      "ctx.wr(below + w * ((k + 1) % g.ptrs_per_p4d), 0)",
+      "tests/kernel/test_decompressor.py::test_5_level_switchover_identity_map_links_pgd_and_p4d_twice"),
     m("startup.la57_ignored", "head_64.py:check_la57_support", "check_la57_support ignores CR4.LA57 (4-level "
       "geometry on a 5-level CPU state)", "head_64.py",
       "if not (ctx.profile.la57 and native_read_cr4(ctx.cpu) & Cr4.LA57):", "if True:",
@@ -646,7 +647,7 @@ MUTANTS: tuple[Mutant, ...] = (
       "        if True:\n            continue", "tests/kernel/test_decompressor.py"),
     m("highmap.image_size_61", "consts.py:CURRENT", "6.1's cleanup_highmap walks 512 MiB (KERNEL_IMAGE_SIZE "
       "without RANDOMIZE_BASE), not 1 GiB", "consts.py", "kernel_image_size=1 << 30,", "kernel_image_size=512 << 20,",
-      REAL_BYTES, REAL),
+      f"{REAL_BYTES}::test_level2_kernel_pgt_bytes_at_x86_64_start_kernel"),
     m("imm.gbpages_no_pse", "init.py:probe_page_size_mask", "6.1 allows 1 GiB pages on a CPU without PSE",
       "init.py", "(pse or not ctx.profile.gbpages_need_pse)", "True", DECISIONS, IMM),
     m("imm.pti_keeps_global", "init.py:probe_page_size_mask", "PTI does not drop _PAGE_GLOBAL from "
@@ -659,14 +660,15 @@ MUTANTS: tuple[Mutant, ...] = (
       EARLY_PF, DECISIONS),
     m("builders.no_alloc_pud_l5", "init_64.py:phys_p4d_init", "5-level: paravirt_alloc_pud not called before "
       "set_p4d", "init_64.py", "            mmu.alloc_pud(Pfn(pa >> 12))\n            mmu.set_p4d",
-      "            mmu.set_p4d", "tests/kernel/test_seams.py"),
+      "            mmu.set_p4d",
+      "tests/kernel/test_seams.py::test_5_level_direct_map_pud_pages_are_announced_before_set_p4d"),
     m("xen.write_cr3_late_always", "paravirt/xen.py:XenMmuOps._write_cr3_late", "the fixed kernel starts with the "
       "full xen_write_cr3 (seed 004's bug, no xen_write_cr3_init)", "paravirt/xen.py",
       "return self.full or guest(self.ctx).write_cr3_late", "return True", "tests/xen/test_seed004.py"),
     m("xen.write_cr3_never_full", "paravirt/xen.py:XenMmuOps._write_cr3_late", "xen_post_allocator_init does not "
       "switch write_cr3 to the full op", "paravirt/xen.py",
       "return self.full or guest(self.ctx).write_cr3_late", "return guest(self.ctx).write_cr3_late",
-      "tests/xen/test_seed004.py"),
+      "tests/xen/test_seed004.py::test_write_cr3_after_post_allocator_init_also_loads_the_user_base"),
     m("xen.mask_rw_none", "xen/mmu.py:mask_rw_pte", "mask_rw_pte never drops _PAGE_RW (page-table pages mapped "
       "writable)", "xen/mmu.py", "        return pte & ~_PAGE_RW\n    return pte", "        return pte\n    return pte",
       "tests/xen"),
@@ -675,11 +677,13 @@ MUTANTS: tuple[Mutant, ...] = (
       "tests/xen"),
     m("xen.no_mark_pinned", "xen/enlighten.py:xen_post_allocator_init", "xen_mark_init_mm_pinned not called "
       "(init_mm's pages not marked PG_pinned)", "xen/enlighten.py", "    n = xen_mark_init_mm_pinned(ctx)",
-      "    n = 0", "tests/xen"),
+      "    n = 0", "tests/xen/test_seed004.py::test_post_allocator_init_marks_init_mms_tables_pinned"),
     m("i386.pse_text_last_byte", "i386/init.py:kernel_physical_mapping_init", "a large page is executable only "
       "when its first byte is kernel text (the last byte not checked)", "i386/init.py",
       "text = is_kernel_text(ctx, address) or is_kernel_text(ctx, address2)",
-      "text = is_kernel_text(ctx, address)", "tests/kernel/test_i386_builders.py"),
+      "text = is_kernel_text(ctx, address)", "tests/kernel/test_i386_builders.py",
+      equivalent="is_kernel_text is PAGE_OFFSET <= addr <= __init_end and address <= address2 (lowmem ends "
+                 "below 4 GiB, no wrap): whenever the last byte is text the first byte is too"),
     m("i386.no_pse", "i386/init.py:kernel_physical_mapping_init", "lowmem mapped with 4 KiB pages on a PSE CPU",
       "i386/init.py", "    pse = boot_cpu_has(ctx.cpu, X86Feature.PSE)\n    with ctx.running(\"kernel_physical",
       "    pse = False\n    with ctx.running(\"kernel_physical", "tests/kernel/test_i386_builders.py"),
