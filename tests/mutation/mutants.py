@@ -671,10 +671,10 @@ MUTANTS: tuple[Mutant, ...] = (
       "tests/xen/test_seed004.py::test_write_cr3_after_post_allocator_init_also_loads_the_user_base"),
     m("xen.mask_rw_none", "xen/mmu.py:mask_rw_pte", "mask_rw_pte never drops _PAGE_RW (page-table pages mapped "
       "writable)", "xen/mmu.py", "        return pte & ~_PAGE_RW\n    return pte", "        return pte\n    return pte",
-      "tests/xen"),
+      "tests/xen/test_seed004.py::test_mask_rw_pte_write_protects_the_page_table_buffer"),
     m("xen.mask_rw_ioremap", "xen/mmu.py:mask_rw_pte", "early_ioremap's PTE page: the page being set up is made "
       "read-only too", "xen/mmu.py", "(early_ioremap and pfn != st.pgt_buf_end - 1)", "early_ioremap",
-      "tests/xen"),
+      "tests/xen/test_seed004.py::test_mask_rw_pte_write_protects_the_page_table_buffer"),
     m("xen.no_mark_pinned", "xen/enlighten.py:xen_post_allocator_init", "xen_mark_init_mm_pinned not called "
       "(init_mm's pages not marked PG_pinned)", "xen/enlighten.py", "    n = xen_mark_init_mm_pinned(ctx)",
       "    n = 0", "tests/xen/test_seed004.py::test_post_allocator_init_marks_init_mms_tables_pinned"),

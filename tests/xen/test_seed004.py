@@ -14,6 +14,7 @@ import pytest
 from earlymm.cli.main import main
 from earlymm.kernel.phases import BootOutcome
 from earlymm.kernel.xen import mmu as xm
+from earlymm.kernel.xen.p2m import pte_pfn_to_mfn
 from earlymm.platform.xen.consts import MmuExt
 from tests.xen.conftest import xen_boot
 
@@ -114,3 +115,23 @@ def test_post_allocator_init_marks_init_mms_tables_pinned() -> None:
     r = xen_boot()
     assert r.outcome is BootOutcome.BOOTED, r.reason
     assert xm.page_pinned(r.ctx, r.ctx.layout.init_pgt)
+
+
+def test_mask_rw_pte_write_protects_the_page_table_buffer() -> None:
+    """arch/x86/xen/mmu.c @ v3.9 mask_rw_pte: a PTE for a pfn in [pgt_buf_start, pgt_buf_top) written
+    outside early_ioremap's PTE page is write-protected; inside it (is_early_ioremap_ptep) every pfn but
+    pgt_buf_end - 1, the page just allocated, is write-protected. None of the modelled boots writes such a
+    PTE fresh (the buffer lies in Xen's initial mapping), so the rule is checked directly."""
+    r = xen_boot()
+    ctx, st = r.ctx, r.ctx.mm
+    assert st is not None and st.pgt_buf_start < st.pgt_buf_end <= st.pgt_buf_top
+    bm = ctx.sym("bm_pte")
+
+    def rw(ptep: int, pfn: int) -> bool:
+        return bool(xm.mask_rw_pte(ctx, ptep, pte_pfn_to_mfn(ctx, pfn << 12 | 0x63)) & 0x2)
+
+    elsewhere = bm + 4096  # not early_ioremap's bm_pte page
+    assert not rw(elsewhere, st.pgt_buf_start) and not rw(elsewhere, st.pgt_buf_top - 1)
+    assert rw(elsewhere, st.pgt_buf_top) and rw(elsewhere, 0x100)
+    assert rw(bm + 8, st.pgt_buf_end - 1)
+    assert not rw(bm + 8, 0x100) and not rw(bm + 8, st.pgt_buf_start)
