@@ -15,7 +15,7 @@ import pytest
 from earlymm.arch.flags import Cr4
 from earlymm.arch.modes import Features, PagingMode
 from earlymm.kernel.boot import BootResult, boot, make_context
-from earlymm.kernel.consts import PROFILES
+from earlymm.kernel.consts import PROFILES, START_KERNEL_MAP
 from earlymm.kernel.context import KernelConfig, KernelContext
 from earlymm.kernel.phases import BootOutcome, Phase
 from earlymm.kernel.trampoline import find_trampoline_placement
@@ -193,3 +193,21 @@ def test_placement_underflow_guard_is_unsigned() -> None:
 
 def test_placement_with_no_ram_below() -> None:
     assert _with_boot_e820([(0x100000, 0x7FF00000, 1)]) == 0x9D000
+
+
+def test_5_level_switchover_identity_map_links_pgd_and_p4d_twice() -> None:
+    """head64.c @ v6.1:241-256 with la57: pud, pmd, then p4d from early_dynamic_pgts (next_early_pgt 0 → 3);
+    pgd[i], pgd[i + 1] → p4d and p4d[k % 512], p4d[(k + 1) % 512] → pud, all _KERNPG_TABLE (0x63), with
+    i = (physaddr >> 48) % 512 and k = physaddr >> 39. At 6 GiB: i = 0, k = 0."""
+    at = 6 * GiB
+    r = run(until=Phase.STARTUP_64, kernel_at=at)
+    assert five_level(r)
+    lay, mem = r.ctx.layout, r.ctx.platform.mem
+    delta = at - (lay.text - START_KERNEL_MAP)
+    pool = lay["early_dynamic_pgts"] - START_KERNEL_MAP + delta
+    pud, p4d = pool, pool + 2 * 4096
+    top = lay.top_pgt - START_KERNEL_MAP + delta
+    assert mem.read_u64(top) == mem.read_u64(top + 8) == p4d + 0x63
+    assert {i: mem.read_u64(p4d + 8 * i) for i in range(512) if mem.read_u64(p4d + 8 * i)} == \
+        {0: pud + 0x63, 1: pud + 0x63}
+    assert r.ctx.rd(r.ctx.sym("next_early_pgt"), 4) == 3

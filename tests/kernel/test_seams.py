@@ -7,11 +7,14 @@ import numpy as np
 import pytest
 
 from earlymm.arch.addr import VirtAddr
-from earlymm.arch.modes import Level
-from earlymm.kernel.context import KernelContext
+from earlymm.arch.modes import Features, Level
+from earlymm.kernel.boot import boot
+from earlymm.kernel.consts import PROFILES
+from earlymm.kernel.context import KernelConfig, KernelContext
 from earlymm.kernel.paravirt.native import NativeCpuOps, NativeMmuOps
 from earlymm.kernel.paravirt.ops import PvOps, SetOp
 from earlymm.kernel.pgtable import LINUX_TO_HW, PgLevel, i386, pgd_offset_pgd, x86_64
+from earlymm.platform.pc import MachineConfig, pc_e820
 from tests.kernel.conftest import make_boot
 
 VA = 0xFFFF_8880_1234_5678
@@ -123,3 +126,31 @@ def test_every_direct_map_entry_was_written_through_pv_ops(profile: str, kw: dic
     announced = {lv: {pfn for k, pfn in mmu.allocs if k == lv} for lv in tables}
     bm_pte = ctx.pa_symbol("bm_pte") >> 12  # early_ioremap_init's pmd_populate_kernel, outside the direct map
     assert announced == {**tables, "pte": tables["pte"] | {bm_pte}}
+
+
+def test_5_level_direct_map_pud_pages_are_announced_before_set_p4d() -> None:
+    """5-level: phys_p4d_init (init_64.c @ v6.1) links each new pud page with p4d_populate_init →
+    p4d_populate (asm/pgalloc.h), which calls paravirt_alloc_pud(mm, __pa(pud) >> PAGE_SHIFT) before
+    set_p4d. Every pud page under init_top_pgt's direct-map p4d pages was announced as a pud."""
+    rec: list[RecordingMmu] = []
+
+    def backend(ctx: KernelContext) -> PvOps:
+        rec.append(RecordingMmu(ctx))
+        return PvOps(rec[0], NativeCpuOps(ctx))
+
+    cfg = MachineConfig(e820=tuple(pc_e820(8 << 30)), features=Features(la57=True, pks=False))
+    r = boot(cfg, KernelConfig(PROFILES["current"], decompressor="merged"), pv=backend)
+    assert r.outcome == "booted" and r.ctx.pgt.pgtable_l5_enabled
+    mem, ctx = r.ctx.platform.mem, r.ctx
+    top = ctx.pa_symbol("init_top_pgt")
+    puds: set[int] = set()
+    for i in range(ctx.pgt.pgd_index(ctx.page_offset), 512):
+        p4d = mem.read_u64(top + 8 * i) & 0x000F_FFFF_FFFF_F000
+        if i == 511 or not p4d:
+            continue
+        for k in range(512):
+            e = mem.read_u64(p4d + 8 * k)
+            if e:
+                puds.add(e >> 12 & ((1 << 40) - 1))
+    assert puds
+    assert puds <= {pfn for kind, pfn in rec[0].allocs if kind == "pud"}

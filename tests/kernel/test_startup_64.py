@@ -92,3 +92,16 @@ def test_cpu_without_pge_faults_at_the_cr4_write_and_triple_faults() -> None:
     # head_64.S sets CR4.PGE unconditionally; with no IDT of its own yet, the #GP escalates.
     r = make_boot(pge=False)
     assert r.outcome == "triple_fault" and r.phase == "startup_64"
+
+
+def test_61_keeps_level2_kernel_pgt_through_pmd_index_of_a_2m_aligned_end() -> None:
+    """head64.c @ v6.1:300-310: entries below pmd_index(_text) lose _PAGE_PRESENT, those from there up to
+    'i <= pmd_index(_end)' are kept (and relocated), the rest lose _PAGE_PRESENT. With _end 2 MiB aligned
+    (a 24 MiB image at 16 MiB) the PMD at pmd_index(_end), one past the image, is kept."""
+    r = make_boot(profile="current", image_size=24 * MiB, until=Phase.STARTUP_64)
+    mem, lay = r.ctx.platform.mem, r.ctx.layout
+    assert lay.end % (2 * MiB) == 0
+    l2 = lay["level2_kernel_pgt"] - START_KERNEL_MAP + (16 * MiB - (lay.text - START_KERNEL_MAP))
+    first, last = (lay.text >> 21) & 511, (lay.end >> 21) & 511
+    present = {i for i in range(512) if mem.read_u64(l2 + 8 * i) & 1}
+    assert present == set(range(first, last + 1))

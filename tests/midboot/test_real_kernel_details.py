@@ -231,3 +231,19 @@ def test_level2_kernel_pgt_bytes_above_512m(tmp_path_factory: pytest.TempPathFac
                 + int(model.state["phys_base"], 16))
     assert _l2(stop.pages, real_pa)[256:] == (0,) * 256
     assert struct.unpack("<512Q", model.memory.frame(model_pa >> 12) or bytes(4096))[256:] == (0,) * 256
+
+
+def test_level2_kernel_pgt_bytes_at_x86_64_start_kernel(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Before cleanup_highmap: head_64.S fills level2_kernel_pgt with PMDS(0, __PAGE_KERNEL_LARGE_EXEC,
+    KERNEL_IMAGE_SIZE/PMD_SIZE) — 512 entries, KERNEL_IMAGE_SIZE being 1 GiB with RANDOMIZE_BASE — and
+    __startup_64 (head64.c @ v6.1:300-310) only clears _PAGE_PRESENT outside _text.._end, so the entries
+    above 512 MiB still hold bytes at x86_64_start_kernel. All 512, byte for byte, as the real kernel has them."""
+    fx = load_fixture(MIDBOOT[0])
+    stop = next(s for s in fx.stops if s.model_until == "startup_64")
+    model = model_run(fx, "startup_64", tmp_path_factory)
+    real_pa = fx.symbol("level2_kernel_pgt") - START_KERNEL_MAP + int(stop.info["phys_base"], 16)
+    model_pa = (int(model.state["symbols"]["level2_kernel_pgt"], 16) - START_KERNEL_MAP
+                + int(model.state["phys_base"], 16))
+    real = _l2(stop.pages, real_pa)
+    assert any(real[256:])  # the real kernel's own evidence that its image has 1 GiB of PMDs
+    assert struct.unpack("<512Q", model.memory.frame(model_pa >> 12) or bytes(4096)) == real

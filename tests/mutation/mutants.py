@@ -55,8 +55,7 @@ MUTANTS: tuple[Mutant, ...] = (
     m("startup.bad_address_maxphys", "head_64.py:startup_64", "no bad_address spin for _text beyond "
       "MAX_PHYSMEM_BITS", "head_64.py", "if p >= ctx.maxmem:", "if False:", DECISIONS),
     m("startup.fixup_top_511", "head_64.py:startup_64", "early_top_pgt[511] not fixed up by load_delta",
-      "head_64.py", "addq(phys(\"early_top_pgt\") + g.entry_size * g.pgd_index(START_KERNEL_MAP), load_delta)",
-      "addq(phys(\"early_top_pgt\") + g.entry_size * g.pgd_index(START_KERNEL_MAP), 0)",
+      "head_64.py", "addq(top_511, load_delta)  # head_64.S", "addq(top_511, 0)  # head_64.S",
       f"{STARTUP}::test_relocated_kernel_sets_phys_base_and_fixes_the_high_mapping"),
     m("startup.fixup_l3_510", "head_64.py:startup_64", "level3_kernel_pgt[510] not fixed up", "head_64.py",
       "(g.ptrs_per_pud - 2), load_delta)", "(g.ptrs_per_pud - 2), 0)",
@@ -68,7 +67,7 @@ MUTANTS: tuple[Mutant, ...] = (
       "head_64.py", "addq(phys(\"level2_fixmap_pgt\") + g.entry_size * idx, load_delta)",
       "addq(phys(\"level2_fixmap_pgt\") + g.entry_size * idx, 0)", DECISIONS),
     m("startup.ident_pgd_alias", "head_64.py:_identity_map", "PGD[i+1] not pointed at the PUD page", "head_64.py",
-      "ctx.wr(pgd + w * (i + 1), pud + _KERNPG_TABLE)", "ctx.wr(pgd + w * (i + 1), 0)",
+      "ctx.wr(pgd + w * (i + 1), below + _KERNPG_TABLE)", "ctx.wr(pgd + w * (i + 1), 0)",
       f"{STARTUP}::test_kernel_at_16m_image_24m"),
     m("startup.ident_pud_wrap", "head_64.py:_identity_map", "PUD[(j+1) % 512] written unmasked (PUD[j+1])",
       "head_64.py", "j + 1 if rfc else (j + 1) % g.ptrs_per_pud", "j + 1", f"{STARTUP}::test_kernel_at_512g_minus_2m"),
@@ -77,7 +76,7 @@ MUTANTS: tuple[Mutant, ...] = (
       "ctx.wr(pud + w * (j + 1 if rfc else (j + 1) % g.ptrs_per_pud), 0)",
       f"{STARTUP}::test_kernel_at_1g_minus_2m_image_6m"),
     m("startup.ident_link_flags", "head_64.py:_identity_map", "switchover links with _PAGE_TABLE (US) instead of "
-      "_KERNPG_TABLE", "head_64.py", "ctx.wr(pgd + w * i, pud + _KERNPG_TABLE)", "ctx.wr(pgd + w * i, pud + 0x67)",
+      "_KERNPG_TABLE", "head_64.py", "ctx.wr(pgd + w * i, below + _KERNPG_TABLE)", "ctx.wr(pgd + w * i, below + 0x67)",
       f"{STARTUP}::test_kernel_at_16m_image_24m"),
     m("startup.ident_global", "head_64.py", "identity PMDs with G (__PAGE_KERNEL_LARGE_EXEC, no ~_PAGE_GLOBAL)",
       "head_64.py", "IDENT_PMD_FLAGS = __PAGE_KERNEL_LARGE_EXEC & ~_PAGE_GLOBAL",
@@ -95,9 +94,11 @@ MUTANTS: tuple[Mutant, ...] = (
     m("startup.trim_kernel_pmds", "head_64.py:startup_64", "6.1 does not make level2_kernel_pgt entries outside "
       "_text.._end not-present", "head_64.py", "if prof.trim_kernel_pmds and not first <= i <= last:",
       "if False:", f"{REAL}[midboot-qemu64-512m-startup_64]"),
-    m("startup.trim_last_pmd", "head_64.py:startup_64", "6.1 trims the PMD holding _end too", "head_64.py",
+    m("startup.trim_last_pmd", "head_64.py:startup_64", "6.1 trims the PMD at pmd_index(_end) (loop to "
+      "pmd_index(_end - 1), not 'i <= pmd_index(_end)')", "head_64.py",
+      "first, last = g.pmd_index(lay.text), g.pmd_index(lay.end)",
       "first, last = g.pmd_index(lay.text), g.pmd_index(lay.end - 1)",
-      "first, last = g.pmd_index(lay.text), g.pmd_index(lay.end - 1) - 1", f"{REAL}[midboot-qemu64-512m-startup_64]"),
+      f"{STARTUP}::test_61_keeps_level2_kernel_pgt_through_pmd_index_of_a_2m_aligned_end"),
     m("startup.relocate_l2", "head_64.py:startup_64", "level2_kernel_pgt entries not relocated by load_delta",
       "head_64.py", "ctx.wr(l2 + g.entry_size * i, e + load_delta)", "ctx.wr(l2 + g.entry_size * i, e)",
       f"{STARTUP}::test_relocated_kernel_sets_phys_base_and_fixes_the_high_mapping"),
@@ -168,7 +169,7 @@ MUTANTS: tuple[Mutant, ...] = (
     m("early.pool_page_not_zeroed", "early_fault.py:_table_below", "a pool page is handed out without being zeroed",
       "early_fault.py", "    ctx.memset(table, 0, 4096)\n", "", DECISIONS),
     m("early.no_maxmem_check", "early_fault.py:early_make_pgtable", "addresses beyond MAXMEM are mapped too",
-      "early_fault.py", "if physaddr >= prof.maxmem or ctx.pv", "if physaddr >= (1 << 64) or ctx.pv",
+      "early_fault.py", "if physaddr >= ctx.maxmem or ctx.pv", "if physaddr >= (1 << 64) or ctx.pv",
       f"{EARLY_PF}::test_access_beyond_maxmem_is_declined_and_panics"),
     m("early.no_cr3_check", "early_fault.py:early_make_pgtable", "the handler is not inert once CR3 left the early "
       "table", "early_fault.py", "& g.pte_pfn_mask != ctx.pa_symbol(\"early_top_pgt\"):", "& g.pte_pfn_mask == -1:",
@@ -206,8 +207,8 @@ MUTANTS: tuple[Mutant, ...] = (
       "pud_p = (pgd & g.pte_pfn_mask) + START_KERNEL_MAP - ctx.phys_base\n",
       f"{EARLY_PF}::test_rfc_with_relocated_kernel_livelocks_and_says_why"),
     m("early.rfc_cr3_check", "early_fault.py:early_make_pgtable_rfc", "the RFC declines when CR3 is not the early "
-      "table (the merged code's check)", "early_fault.py", "    if physaddr >= prof.maxmem:\n        return -1",
-      "    if physaddr >= prof.maxmem or ctx.cpu.regs.cr3 & ctx.pgt.pte_pfn_mask != ctx.pa_symbol(\"early_top_pgt\"):"
+      "table (the merged code's check)", "early_fault.py", "    if physaddr >= ctx.maxmem:\n        return -1",
+      "    if physaddr >= ctx.maxmem or ctx.cpu.regs.cr3 & ctx.pgt.pte_pfn_mask != ctx.pa_symbol(\"early_top_pgt\"):"
       "\n        return -1", DECISIONS),
     m("early.rfc_flush_pv", "early_fault.py:reset_early_page_tables", "the RFC's reset reloads CR3 through pv_ops "
       "(it called __native_flush_tlb())", "early_fault.py",
@@ -218,10 +219,11 @@ MUTANTS: tuple[Mutant, ...] = (
     m("early.rfc_pud_wrap", "head_64.py:_identity_map", "the RFC masks PUD[j+1] like the merged code",
       "head_64.py", "j + 1 if rfc else (j + 1) % g.ptrs_per_pud", "(j + 1) % g.ptrs_per_pud", DECISIONS),
     m("early.recursion_v39", "consts.py:V39", "v3.9 halts on the third entry, not at early_recursion_flag == 2",
-      "consts.py", "recursion_halt=2, panic_format=", "recursion_halt=3, panic_format=",
+      "consts.py", "recursion_halt=2, recursion_check_first=True,", "recursion_halt=3, recursion_check_first=True,",
       f"{EARLY_PF}::test_pool_through_page_offset_recurses_until_the_recursion_flag_halts"),
     m("early.recursion_61", "consts.py:CURRENT", "6.1 halts at early_recursion_flag 2 like v3.9", "consts.py",
-      "    recursion_halt=3,\n", "    recursion_halt=2,\n", DECISIONS),
+      "recursion_halt=3, recursion_check_first=False,", "recursion_halt=2, recursion_check_first=False,",
+      DECISIONS),
     m("early.cr2_v39_native", "consts.py:V39", "v3.9 reads CR2 natively (GET_CR2_INTO is the pv read_cr2 there)",
       "consts.py", "early_cr2_native=False,", "early_cr2_native=True,", DECISIONS),
     m("early.cr2_61_pv", "consts.py:CURRENT", "6.1 reads CR2 through pv_ops (do_early_exception: native_read_cr2)",
@@ -232,7 +234,7 @@ MUTANTS: tuple[Mutant, ...] = (
       "    if False:\n        st.page_size_mask |= PG_LEVEL_2M",
       f"{IMM}::test_final_map_uses_1g_pages_where_whole_gigabytes_are_ram"),
     m("imm.no_1g", "init.py:probe_page_size_mask", "1 GiB pages never allowed", "init.py",
-      "if boot_cpu_has(cpu, X86Feature.GBPAGES):  # direct_gbpages", "if False:",
+      "if boot_cpu_has(cpu, X86Feature.GBPAGES) and (pse or not ctx.profile.gbpages_need_pse):", "if False:",
       f"{IMM}::test_final_map_uses_1g_pages_where_whole_gigabytes_are_ram"),
     m("imm.cr4_pse", "init.py:probe_page_size_mask", "CR4.PSE not set", "init.py",
       "    if pse:\n        set_in_cr4(ctx, int(Cr4.PSE))", "    if False:\n        set_in_cr4(ctx, int(Cr4.PSE))",
@@ -261,29 +263,23 @@ MUTANTS: tuple[Mutant, ...] = (
       "init.py", "if mask & PG_LEVEL_2M and not m & PG_LEVEL_2M:", "if False:",
       f"{IMM}::test_split_mem_range_matches_the_kernels_five_ranges"),
     m("imm.upgrade_2m_always", "init.py:split_mem_range", "2 MiB upgrade without memblock_is_region_memory",
-      "init.py", "            if st.memblock.is_region_memory(lo, hi - lo):\n                m |= PG_LEVEL_2M",
-      "            if True:\n                m |= PG_LEVEL_2M",
+      "init.py", "                if st.memblock.is_region_memory(lo, hi - lo):\n                    m |= PG_LEVEL_2M",
+      "                if True:\n                    m |= PG_LEVEL_2M",
       f"{IMM}::test_direct_map_respects_e820_holes_and_maps_the_isa_range"),
     m("imm.upgrade_1g_none", "init.py:split_mem_range", "adjust_range_page_size_mask never upgrades to 1 GiB",
       "init.py", "if mask & PG_LEVEL_1G and not m & PG_LEVEL_1G:", "if False:",
       f"{IMM}::test_split_mem_range_matches_the_kernels_five_ranges"),
     m("imm.upgrade_1g_always", "init.py:split_mem_range", "1 GiB upgrade without memblock_is_region_memory",
-      "init.py", "            if st.memblock.is_region_memory(lo, hi - lo):\n                m |= PG_LEVEL_1G",
-      "            if True:\n                m |= PG_LEVEL_1G",
+      "init.py", "                if st.memblock.is_region_memory(lo, hi - lo):\n                    m |= PG_LEVEL_1G",
+      "                if True:\n                    m |= PG_LEVEL_1G",
       f"{IMM}::test_split_mem_range_matches_the_kernels_five_ranges"),
     m("imm.no_merge", "init.py:split_mem_range", "adjacent ranges of one page size not merged", "init.py",
       "if merged and merged[-1].end == r.start and merged[-1].mask == r.mask:", "if False:",
       f"{IMM}::test_split_mem_range_matches_the_kernels_five_ranges"),
-    Mutant("imm.merge_before_adjust", "init.py:split_mem_range", "ranges merged before adjust_range_page_size_mask "
-           "and not after (3.9.0's order, fixed by 'x86: Fix adjust_range_size_mask calling position')",
-           (Edit(K + "init.py", "    for i, r in enumerate(mr):  # adjust_range_page_size_mask",
-                 "    pre: list[MapRange] = []\n    for r in mr:\n"
-                 "        if pre and pre[-1].end == r.start and pre[-1].mask == r.mask:\n"
-                 "            pre[-1] = MapRange(pre[-1].start, r.end, r.mask)\n        else:\n"
-                 "            pre.append(r)\n"
-                 "    mr = pre\n    for i, r in enumerate(mr):  # adjust_range_page_size_mask"),
-            Edit(K + "init.py", "if merged and merged[-1].end == r.start and merged[-1].mask == r.mask:", "if False:")),
-           (DECISIONS,)),
+    m("imm.merge_before_adjust", "init.py:split_mem_range", "6.1 merges ranges before "
+      "adjust_range_page_size_mask and not after (3.9.0's order, fixed by 7de3d66b 'x86: Fix "
+      "adjust_range_size_mask calling position')", "init.py",
+      "return adjust(merge(mr)) if merges_first else merge(adjust(mr))", "return adjust(merge(mr))", REAL, DECISIONS),
     m("imm.no_isa_range", "init.py:init_mem_mapping", "the ISA range is not mapped first", "init.py",
       "init_memory_mapping(ctx, st, 0, ISA_END_ADDRESS)  # the ISA range", "pass  # the ISA range",
       f"{IMM}::test_direct_map_respects_e820_holes_and_maps_the_isa_range"),
@@ -340,13 +336,12 @@ MUTANTS: tuple[Mutant, ...] = (
       "        elif t.val(i):\n            t.set(SetOp.PTE, i, pfn_pte(ctx, st, addr & ~0xFFF, prot))\n"
       "        elif True:\n            n = t.zero_run", BUILDERS),
     m("builders.pmd_clear_ram", "init_64.py:phys_pmd_init", "PMDs past end cleared even where e820 has RAM",
-      "init_64.py", "            if not st.e820_any_mapped(addr & ~(size - 1), nxt):\n                t.set(SetOp.PMD",
-      "            if True:\n                t.set(SetOp.PMD",
+      "init_64.py", "new_prot = prot\n        if addr >= end:\n            skip = st.ram_run(",
+      "new_prot = prot\n        if addr >= end:\n            skip = 0 and st.ram_run(",
       f"{IMM}::test_direct_map_respects_e820_holes_and_maps_the_isa_range",
       BUILDERS),
     m("builders.pmd_clear_never", "init_64.py:phys_pmd_init", "PMDs past end never cleared", "init_64.py",
-      "            if not st.e820_any_mapped(addr & ~(size - 1), nxt):\n                t.set(SetOp.PMD",
-      "            if False:\n                t.set(SetOp.PMD", BUILDERS),
+      "t.set(SetOp.PMD, i, mmu.make_entry(0))  # past the end", "pass  # past the end", BUILDERS),
     m("builders.pmd_no_descend", "init_64.py:phys_pmd_init", "a present PMD → PTE link is replaced by a new PTE "
       "page", "init_64.py",
       "                last = phys_pte_init(ctx, st, ctx.va(val & g.pte_pfn_mask), addr, end, prot)",
@@ -367,13 +362,15 @@ MUTANTS: tuple[Mutant, ...] = (
       "init_64.py", "LARGE_FLAG_BITS = 0x8000_0000_0000_0FFF & ~_PAGE_PSE", "LARGE_FLAG_BITS = 0x8000_0000_0000_0FFF",
       BUILDERS),
     m("builders.pud_clear_ram", "init_64.py:phys_pud_init", "PUDs past end cleared even where e820 has RAM",
-      "init_64.py", "            if not st.e820_any_mapped(addr & ~(size - 1), nxt):\n                t.set(SetOp.PUD",
-      "            if True:\n                t.set(SetOp.PUD",
+      "init_64.py",
+      "prot = __PAGE_KERNEL & st.default_kernel_pte_mask  # PAGE_KERNEL\n        if addr >= end:\n"
+      "            skip = st.ram_run(",
+      "prot = __PAGE_KERNEL & st.default_kernel_pte_mask  # PAGE_KERNEL\n        if addr >= end:\n"
+      "            skip = 0 and st.ram_run(",
       f"{IMM}::test_final_map_uses_1g_pages_where_whole_gigabytes_are_ram",
       BUILDERS),
     m("builders.pud_clear_never", "init_64.py:phys_pud_init", "PUDs past end never cleared", "init_64.py",
-      "            if not st.e820_any_mapped(addr & ~(size - 1), nxt):\n                t.set(SetOp.PUD",
-      "            if False:\n                t.set(SetOp.PUD", BUILDERS),
+      "t.set(SetOp.PUD, i, mmu.make_entry(0))  # past the end", "pass  # past the end", BUILDERS),
     m("builders.pud_no_descend", "init_64.py:phys_pud_init", "a present PUD → PMD link is replaced by a new PMD page",
       "init_64.py",
       "                last = phys_pmd_init(ctx, st, ctx.va(val & g.pte_pfn_mask), addr, end, mask, prot)",
@@ -401,8 +398,8 @@ MUTANTS: tuple[Mutant, ...] = (
       "mmu.set_p4d(VirtAddr(p4d_offset(ctx, pgd, vaddr)), mmu.make_entry(pa | 0x063))",
       f"{REAL}[midboot-qemu64-512m-init_mem_mapping]"),
     m("builders.top_flags_pgd", "init_64.py:top_populate", "v3.9's pgd_populate links with _KERNPG_TABLE",
-      "init_64.py", "mmu.set_pgd(pgd, mmu.make_entry(pa | _PAGE_TABLE))",
-      "mmu.set_pgd(pgd, mmu.make_entry(pa | 0x063))",
+      "init_64.py", "    else:\n        mmu.set_pgd(pgd, mmu.make_entry(pa | _PAGE_TABLE))",
+      "    else:\n        mmu.set_pgd(pgd, mmu.make_entry(pa | 0x063))",
       DECISIONS),
     m("builders.p4d_fold_v39", "init_64.py:top_populate", "v3.9 links the PUD page with set_p4d (it has no p4d "
       "level: pgd_populate → set_pgd)", "init_64.py", "    if ctx.profile.p4d_level:\n        mmu.set_p4d",
@@ -415,8 +412,8 @@ MUTANTS: tuple[Mutant, ...] = (
       "t.set_many(SetOp.PTE, i, pfn_ptes(ctx, st, base, size, n, prot))",
       f"{IMM}::test_final_map_uses_1g_pages_where_whole_gigabytes_are_ram"),
     m("builders.1g_not_global", "init_64.py:phys_pud_init", "1 GiB leaves without G", "init_64.py",
-      "t.set_many(SetOp.PTE, i, pfn_ptes(ctx, st, base, size, n, __PAGE_KERNEL_LARGE))",
-      "t.set_many(SetOp.PTE, i, pfn_ptes(ctx, st, base, size, n, __PAGE_KERNEL_LARGE & ~0x100))",
+      "pfn_ptes(ctx, st, base, size, n, __PAGE_KERNEL_LARGE & st.default_kernel_pte_mask)",
+      "pfn_ptes(ctx, st, base, size, n, __PAGE_KERNEL_LARGE & st.default_kernel_pte_mask & ~0x100)",
       f"{IMM}::test_final_map_uses_1g_pages_where_whole_gigabytes_are_ram"),
     Mutant("builders.no_massage_pgprot", "init_64.py:pfn_pte/pfn_ptes", "leaf flags not masked with "
            "__supported_pte_mask",
@@ -432,7 +429,7 @@ MUTANTS: tuple[Mutant, ...] = (
       "    ctx.pv.mmu.alloc_pmd(Pfn(pa >> 12))\n", "",
       "tests/kernel/test_seams.py::test_every_direct_map_entry_was_written_through_pv_ops"),
     m("builders.no_alloc_pud", "init_64.py:top_populate", "paravirt_alloc_pud not called", "init_64.py",
-      "    mmu.alloc_pud(Pfn(pa >> 12))\n", "",
+      "    mmu.alloc_pud(Pfn(pa >> 12))\n    if ctx.profile.p4d_level:", "    if ctx.profile.p4d_level:",
       "tests/kernel/test_seams.py::test_every_direct_map_entry_was_written_through_pv_ops"),
     m("highmap.end_rounding", "init_64.py:cleanup_highmap", "the PMD at roundup(_brk_end, 2 MiB) is kept (end "
       "without − 1)", "init_64.py", "end = ((brk_end + g.pmd_size - 1) & ~(g.pmd_size - 1)) - 1",
@@ -441,9 +438,10 @@ MUTANTS: tuple[Mutant, ...] = (
       "if _val(ctx, pmd) and (vaddr < lay.text or vaddr > end):", "if _val(ctx, pmd) and vaddr > end:",
       REAL_BYTES, DECISIONS),
     m("highmap.not_called", "setup.py:setup_arch_early", "cleanup_highmap not called", "setup.py",
-      "    cleanup_highmap(ctx, 0, st.brk_end)\n", "", REAL_BYTES, DECISIONS),
+      "    cleanup_highmap(ctx, ctx.rd(lay[\"max_pfn_mapped\"]), st.brk_end)  # 0 natively", "    pass  # 0 natively",
+      REAL_BYTES, DECISIONS),
     m("highmap.end_is_end", "setup.py:setup_arch_early", "cleanup_highmap keeps up to _end rather than _brk_end",
-      "setup.py", "cleanup_highmap(ctx, 0, st.brk_end)", "cleanup_highmap(ctx, 0, lay[\"_end\"])",
+      "setup.py", "st.brk_end)  # 0 natively", "lay[\"_end\"])  # 0 natively",
       equivalent="BRK is the image's last section: roundup(_brk_end, 2 MiB) = roundup(_end, 2 MiB) unless BRK "
                  "spans a 2 MiB boundary beyond what is used (not so in either layout)"),
     m("table_run.zero_run_over_present", "table_run.py:TableRun.zero_run", "a run of new leaves runs over present "
@@ -575,11 +573,19 @@ MUTANTS: tuple[Mutant, ...] = (
     m("e820.memparse_suffix", "e820.py:memparse", "K/M/G suffixes ignored", "e820.py",
       "        value <<= _SUFFIX[t[j].upper()]", "        value <<= 0", LOWMEM),
     m("memblock.bottom_up", "memblock.py:Memblock.find_in_range", "memblock finds the lowest fitting block "
-      "(bottom-up) instead of the highest", "memblock.py", "        return sorted(out, reverse=True)",
-      "        return sorted(out)", REAL, DECISIONS),
+      "(bottom-up) instead of the highest", "memblock.py", "        mem, res = self.memory, self.reserved\n",
+      "        for ms, me in self.memory:\n"
+      "            cand = (max(ms, start) + align - 1) & ~(align - 1)\n"
+      "            while cand + size <= min(me, end):\n"
+      "                clash = [e for s, e in self.reserved if s < cand + size and cand < e]\n"
+      "                if not clash:\n"
+      "                    return cand\n"
+      "                cand = (max(clash) + align - 1) & ~(align - 1)\n"
+      "        return 0\n"
+      "        mem, res = self.memory, self.reserved\n", REAL, DECISIONS),
     m("memblock.region_union", "memblock.py:Memblock.is_region_memory", "memblock_is_region_memory true for a "
       "block touching memory at all", "memblock.py",
-      "return any(s <= base and base + size <= e for s, e in self.memory)",
+      "return i >= 0 and self.memory[i][0] <= base and base + size <= self.memory[i][1]",
       "return any(s < base + size and base < e for s, e in self.memory)",
       f"{IMM}::test_direct_map_respects_e820_holes_and_maps_the_isa_range"),
     # ---- early_ioremap.py ------------------------------------------------------------------------------
@@ -622,4 +628,93 @@ MUTANTS: tuple[Mutant, ...] = (
       "boot_data.py", "image = ctx.rd(b + bp.RAMDISK_IMAGE, 4) | ctx.rd(b + bp.EXT_RAMDISK_IMAGE, 4) << 32",
       "image = ctx.rd(b + bp.RAMDISK_IMAGE, 4)",
       f"{EARLY_PF}::test_ramdisk_above_4g_is_read_through_the_early_handler"),
+    # ---- added with the 5-level, Xen PV, i386 and 6.1 cleanup_highmap work --------------------------------
+    m("startup.fixup_top_511_61", "head_64.py:startup_64", "6.1's early_top_pgt[511] assignment without "
+      "load_delta", "head_64.py",
+      "\"level4_kernel_pgt\" if la57 else \"level3_kernel_pgt\") + _PAGE_TABLE + load_delta)",
+      "\"level4_kernel_pgt\" if la57 else \"level3_kernel_pgt\") + _PAGE_TABLE)",
+      f"{STARTUP}::test_relocated_kernel_sets_phys_base_and_fixes_the_high_mapping", DECISIONS),
+    m("startup.fixup_l4_511", "head_64.py:startup_64", "5-level: level4_kernel_pgt[511] not fixed up by load_delta",
+      "head_64.py", "addq(phys(\"level4_kernel_pgt\") + g.entry_size * (g.ptrs_per_p4d - 1), load_delta)",
+      "addq(phys(\"level4_kernel_pgt\") + g.entry_size * (g.ptrs_per_p4d - 1), 0)",
+      "tests/kernel/test_decompressor.py", DECISIONS),
+    m("startup.ident_p4d_alias", "head_64.py:_identity_map", "5-level: p4d[(k+1) % 512] not pointed at the PUD page",
+      "head_64.py", "ctx.wr(below + w * ((k + 1) % g.ptrs_per_p4d), pud + _KERNPG_TABLE)",
+      "ctx.wr(below + w * ((k + 1) % g.ptrs_per_p4d), 0)",
+      "tests/kernel/test_decompressor.py::test_5_level_switchover_identity_map_links_pgd_and_p4d_twice"),
+    m("startup.la57_ignored", "head_64.py:check_la57_support", "check_la57_support ignores CR4.LA57 (4-level "
+      "geometry on a 5-level CPU state)", "head_64.py",
+      "if not (ctx.profile.la57 and native_read_cr4(ctx.cpu) & Cr4.LA57):", "if True:",
+      "tests/kernel/test_decompressor.py", f"{REAL}[midboot-max-la57-12g-init_mem_mapping]"),
+    m("startup.la57_page_offset", "head_64.py:check_la57_support", "5-level keeps the 4-level page_offset_base",
+      "head_64.py", "ctx.page_offset, ctx.maxmem = ctx.profile.page_offset_l5, 1 << 52",
+      "ctx.page_offset, ctx.maxmem = ctx.page_offset, 1 << 52", f"{REAL}[midboot-max-la57-12g-init_mem_mapping]",
+      "tests/kernel/test_decompressor.py"),
+    m("startup.la57_maxmem", "head_64.py:check_la57_support", "5-level keeps MAX_PHYSMEM_BITS 46", "head_64.py",
+      "ctx.page_offset, ctx.maxmem = ctx.profile.page_offset_l5, 1 << 52",
+      "ctx.page_offset, ctx.maxmem = ctx.profile.page_offset_l5, 1 << 46",
+      "tests/kernel/test_decompressor.py::test_ram_above_64_tib_is_mapped"),
+    m("tramp.ebda_ignored", "trampoline.py:find_trampoline_placement", "the EBDA does not lower the trampoline",
+      "trampoline.py", "    if BIOS_START_MIN < ebda_start < bios_start:\n        bios_start = ebda_start",
+      "    if False:\n        bios_start = ebda_start", "tests/kernel/test_decompressor.py"),
+    m("tramp.no_clamp", "trampoline.py:find_trampoline_placement", "a BDA base-memory size outside "
+      "[BIOS_START_MIN, BIOS_START_MAX] is trusted", "trampoline.py",
+      "    if bios_start < BIOS_START_MIN or bios_start > BIOS_START_MAX:", "    if False:",
+      "tests/kernel/test_decompressor.py"),
+    m("tramp.efi_reads_bda", "trampoline.py:find_trampoline_placement", "an EFI boot still reads the BIOS data "
+      "area", "trampoline.py", "not in (b\"EL32\", b\"EL64\"):", "not in ():", "tests/kernel/test_decompressor.py"),
+    m("tramp.e820_ignored", "trampoline.py:find_trampoline_placement", "the e820 RAM entries do not lower the "
+      "trampoline", "trampoline.py", "        if bios_start <= addr or kind != E820_RAM:\n            continue",
+      "        if True:\n            continue", "tests/kernel/test_decompressor.py"),
+    m("highmap.image_size_61", "consts.py:CURRENT", "6.1's cleanup_highmap walks 512 MiB (KERNEL_IMAGE_SIZE "
+      "without RANDOMIZE_BASE), not 1 GiB", "consts.py", "kernel_image_size=1 << 30,", "kernel_image_size=512 << 20,",
+      f"{REAL_BYTES}::test_level2_kernel_pgt_bytes_at_x86_64_start_kernel"),
+    m("imm.gbpages_no_pse", "init.py:probe_page_size_mask", "6.1 allows 1 GiB pages on a CPU without PSE",
+      "init.py", "(pse or not ctx.profile.gbpages_need_pse)", "True", DECISIONS, IMM),
+    m("imm.pti_keeps_global", "init.py:probe_page_size_mask", "PTI does not drop _PAGE_GLOBAL from "
+      "__default_kernel_pte_mask", "init.py",
+      "st.default_kernel_pte_mask &= ~_PAGE_GLOBAL  # \"except", "pass  # \"except",
+      f"{REAL}[midboot-qemu64-1g-pti-init_mem_mapping]", DECISIONS),
+    m("early.recursion_check_first_61", "consts.py:CURRENT", "6.1 checks early_recursion_flag on entry (v3.9) "
+      "instead of only for a fault nothing handled", "consts.py",
+      "recursion_halt=3, recursion_check_first=False,", "recursion_halt=3, recursion_check_first=True,",
+      EARLY_PF, DECISIONS),
+    m("builders.no_alloc_pud_l5", "init_64.py:phys_p4d_init", "5-level: paravirt_alloc_pud not called before "
+      "set_p4d", "init_64.py", "            mmu.alloc_pud(Pfn(pa >> 12))\n            mmu.set_p4d",
+      "            mmu.set_p4d",
+      "tests/kernel/test_seams.py::test_5_level_direct_map_pud_pages_are_announced_before_set_p4d"),
+    m("xen.write_cr3_late_always", "paravirt/xen.py:XenMmuOps._write_cr3_late", "the fixed kernel starts with the "
+      "full xen_write_cr3 (seed 004's bug, no xen_write_cr3_init)", "paravirt/xen.py",
+      "return self.full or guest(self.ctx).write_cr3_late", "return True", "tests/xen/test_seed004.py"),
+    m("xen.write_cr3_never_full", "paravirt/xen.py:XenMmuOps._write_cr3_late", "xen_post_allocator_init does not "
+      "switch write_cr3 to the full op", "paravirt/xen.py",
+      "return self.full or guest(self.ctx).write_cr3_late", "return guest(self.ctx).write_cr3_late",
+      "tests/xen/test_seed004.py::test_write_cr3_after_post_allocator_init_also_loads_the_user_base"),
+    m("xen.mask_rw_none", "xen/mmu.py:mask_rw_pte", "mask_rw_pte never drops _PAGE_RW (page-table pages mapped "
+      "writable)", "xen/mmu.py", "        return pte & ~_PAGE_RW\n    return pte", "        return pte\n    return pte",
+      "tests/xen/test_seed004.py::test_mask_rw_pte_write_protects_the_page_table_buffer"),
+    m("xen.mask_rw_ioremap", "xen/mmu.py:mask_rw_pte", "early_ioremap's PTE page: the page being set up is made "
+      "read-only too", "xen/mmu.py", "(early_ioremap and pfn != st.pgt_buf_end - 1)", "early_ioremap",
+      "tests/xen/test_seed004.py::test_mask_rw_pte_write_protects_the_page_table_buffer"),
+    m("xen.no_mark_pinned", "xen/enlighten.py:xen_post_allocator_init", "xen_mark_init_mm_pinned not called "
+      "(init_mm's pages not marked PG_pinned)", "xen/enlighten.py", "    n = xen_mark_init_mm_pinned(ctx)",
+      "    n = 0", "tests/xen/test_seed004.py::test_post_allocator_init_marks_init_mms_tables_pinned"),
+    m("i386.pse_text_last_byte", "i386/init.py:kernel_physical_mapping_init", "a large page is executable only "
+      "when its first byte is kernel text (the last byte not checked)", "i386/init.py",
+      "text = is_kernel_text(ctx, address) or is_kernel_text(ctx, address2)",
+      "text = is_kernel_text(ctx, address)", "tests/kernel/test_i386_builders.py",
+      equivalent="is_kernel_text is PAGE_OFFSET <= addr <= __init_end and address <= address2 (lowmem ends "
+                 "below 4 GiB, no wrap): whenever the last byte is text the first byte is too"),
+    m("i386.no_pse", "i386/init.py:kernel_physical_mapping_init", "lowmem mapped with 4 KiB pages on a PSE CPU",
+      "i386/init.py", "    pse = boot_cpu_has(ctx.cpu, X86Feature.PSE)\n    with ctx.running(\"kernel_physical",
+      "    pse = False\n    with ctx.running(\"kernel_physical", "tests/kernel/test_i386_builders.py"),
+    m("i386.setup_done_no_alias", "i386/paravirt.py:NativeInitOps.pagetable_setup_done", "PAE: pgd[0] not "
+      "aliased to the first kernel pmd", "i386/paravirt.py",
+      "                set_pgd(ctx, base, ctx.entry_val(ctx.rd(base + 8 * USER_PTRS_PER_PGD_PAE, 8)))",
+      "                pass", "tests/kernel/test_i386_hooks.py"),
+    m("i386.setup_start_no_zero_page", "i386/paravirt.py:NativeInitOps.pagetable_setup_start", "PAE: user pgd "
+      "entries left as head.S wrote them (not __pa(empty_zero_page) | P)", "i386/paravirt.py",
+      "                for i in range(USER_PTRS_PER_PGD_PAE):\n                    set_pgd(ctx, base + 8 * i, zero)",
+      "                for i in range(0):\n                    set_pgd(ctx, base + 8 * i, zero)",
+      "tests/kernel/test_i386_hooks.py"),
 )

@@ -13,6 +13,9 @@ import pytest
 
 from earlymm.cli.main import main
 from earlymm.kernel.phases import BootOutcome
+from earlymm.kernel.xen import mmu as xm
+from earlymm.kernel.xen.p2m import pte_pfn_to_mfn
+from earlymm.platform.xen.consts import MmuExt
 from tests.xen.conftest import xen_boot
 
 SEED_LINES = [
@@ -82,3 +85,53 @@ def test_cli_json_has_the_xen_figures(capsys: pytest.CaptureFixture[str]) -> Non
     assert doc["outcome"] == "booted" and x["pins"] >= 2 and x["unpins"] >= 1
     assert {"mmu_update", "mmuext_op", "update_va_mapping", "set_trap_table"} <= set(x["hypercalls"])
     assert {"L1", "L2", "L3", "L4"} <= set(x["tables_validated"])
+
+
+def test_write_cr3_after_post_allocator_init_also_loads_the_user_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    """arch/x86/xen/mmu.c @ v3.9: xen_write_cr3 queues __xen_write_cr3(true, cr3) and then
+    __xen_write_cr3(false, __pa(user_pgd) or 0) — MMUEXT_NEW_BASEPTR, then MMUEXT_NEW_USER_BASEPTR;
+    xen_write_cr3_init, installed until xen_post_allocator_init, queues only the first. After a booted
+    domain's xen_post_allocator_init, a write_cr3 queues both."""
+    r = xen_boot()
+    assert r.outcome is BootOutcome.BOOTED, r.reason
+    ops: list[MmuExt] = []
+    real = xm.xen_mc_entry
+
+    def record(ctx: object, kind: str, args: list[tuple[int, int]]) -> None:
+        if kind == "mmuext_op":
+            ops.extend(MmuExt(cmd) for cmd, _ in args)
+        real(ctx, kind, args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(xm, "xen_mc_entry", record)
+    r.ctx.pv.mmu.write_cr3(r.ctx.pa(r.ctx.layout.init_pgt))  # type: ignore[arg-type]
+    assert [op for op in ops if op in (MmuExt.NEW_BASEPTR, MmuExt.NEW_USER_BASEPTR)] == \
+        [MmuExt.NEW_BASEPTR, MmuExt.NEW_USER_BASEPTR]
+
+
+def test_post_allocator_init_marks_init_mms_tables_pinned() -> None:
+    """arch/x86/xen/mmu.c @ v3.9: xen_post_allocator_init ends with xen_mark_init_mm_pinned, a
+    xen_pgd_walk of init_mm that SetPagePinned()s every page-table page — swapper_pg_dir (init_level4_pgt)
+    first. Read back from its struct page in the vmemmap."""
+    r = xen_boot()
+    assert r.outcome is BootOutcome.BOOTED, r.reason
+    assert xm.page_pinned(r.ctx, r.ctx.layout.init_pgt)
+
+
+def test_mask_rw_pte_write_protects_the_page_table_buffer() -> None:
+    """arch/x86/xen/mmu.c @ v3.9 mask_rw_pte: a PTE for a pfn in [pgt_buf_start, pgt_buf_top) written
+    outside early_ioremap's PTE page is write-protected; inside it (is_early_ioremap_ptep) every pfn but
+    pgt_buf_end - 1, the page just allocated, is write-protected. None of the modelled boots writes such a
+    PTE fresh (the buffer lies in Xen's initial mapping), so the rule is checked directly."""
+    r = xen_boot()
+    ctx, st = r.ctx, r.ctx.mm
+    assert st is not None and st.pgt_buf_start < st.pgt_buf_end <= st.pgt_buf_top
+    bm = ctx.sym("bm_pte")
+
+    def rw(ptep: int, pfn: int) -> bool:
+        return bool(xm.mask_rw_pte(ctx, ptep, pte_pfn_to_mfn(ctx, pfn << 12 | 0x63)) & 0x2)
+
+    elsewhere = bm + 4096  # not early_ioremap's bm_pte page
+    assert not rw(elsewhere, st.pgt_buf_start) and not rw(elsewhere, st.pgt_buf_top - 1)
+    assert rw(elsewhere, st.pgt_buf_top) and rw(elsewhere, 0x100)
+    assert rw(bm + 8, st.pgt_buf_end - 1)
+    assert not rw(bm + 8, 0x100) and not rw(bm + 8, st.pgt_buf_start)
