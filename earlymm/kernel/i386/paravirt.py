@@ -16,9 +16,7 @@ is folded into the pgd, so ``set_pgd`` reaches ``set_pud`` (a PDPT entry) and ``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Protocol
 
 from earlymm.arch.addr import Pfn, VirtAddr
@@ -150,5 +148,3 @@ def native_pv_ops(ctx: I386Context) -> I386PvOps:
     the native page-table hooks."""
     return I386PvOps(NativeMmuOps(ctx, ctx.pgt.entry_size), NativeCpuOps(ctx), init=NativeInitOps(ctx))
 
-
-BACKENDS: Mapping[str, Callable[[I386Context], I386PvOps]] = MappingProxyType({"native": native_pv_ops})
