@@ -31,7 +31,7 @@ from earlymm.hw.faults import Halt
 from earlymm.kernel.events import Note
 from earlymm.kernel.i386.consts import _PAGE_PRESENT, _PAGE_RW, COMMAND_LINE_SIZE, PAGE_SHIFT, PAGE_SIZE, U32
 from earlymm.kernel.i386.context import I386Context
-from earlymm.kernel.i386.events import EntryStore, PvNotify
+from earlymm.kernel.i386.events import EntryStore, TablePage
 from earlymm.kernel.i386.paravirt import I386PvOps, peek, set_pgd
 from earlymm.kernel.paravirt.ops import SetOp
 from earlymm.kernel.pgtable import pmd_offset, pte_offset_kernel, pud_offset
@@ -296,7 +296,9 @@ class XenI386InitOps:
                     pmd = ctx.va(ctx.mm.bootmem.alloc_low(PAGE_SIZE, "xen_pagetable_setup_start: pmd copy"))
                     src = ctx.va(x.entry_val(e) & ~0xFFF & U32)  # pgd_page_vaddr(xen_pgd[i])
                     ctx.cpu.write(pmd, ctx.cpu.read(src, PAGE_SIZE))
-                    ctx.emit(PvNotify(ctx.fn, "pmd copy of Xen's", ctx.pa(src) >> PAGE_SHIFT))
+                    ctx.emit(TablePage(ctx.fn, "pmd", "allocated", ctx.pa(pmd), (i << 30) & U32))
+                    ctx.emit(Note(f"xen_pagetable_setup_start: pmd page {ctx.pa(pmd):#x} = a copy of Xen's "
+                                  f"(pfn {ctx.pa(src) >> PAGE_SHIFT:#x}) for pgd[{i}]"))
                     x.make_lowmem_page_readonly(pmd)
                     set_pgd(ctx, base + w * i, 1 + ctx.pa(pmd))
             x.make_lowmem_page_readonly(ctx.sym("empty_zero_page"))
