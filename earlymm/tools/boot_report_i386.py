@@ -113,7 +113,7 @@ def xen_stats(r: I386BootResult) -> dict[str, Any] | None:
             ptwr += 1
     xen, ctx = plat.xen, r.ctx
     swapper = int(plat.p2m[ctx.pa_symbol("swapper_pg_dir") >> 12])
-    return {"version": xen.ident.version, "build": xen.build.name, "domid": xen.ident.domid,
+    return {"addresses": "machine", "version": xen.ident.version, "build": xen.build.name, "domid": xen.ident.domid,
             "hypervisor_virt_start": f"{xen.build.hypervisor_virt_start:#x}", "hypercalls": dict(sorted(calls.items())),
             "tables_validated": dict(sorted(validated.items())), "pins": pins, "ptwr_emulations": ptwr,
             "base_pointer_mfn": f"{xen.kernel_root:#x}", "swapper_pg_dir_mfn": f"{swapper:#x}",
@@ -145,7 +145,6 @@ def to_json(r: I386BootResult, *, events: bool) -> dict[str, Any]:
                         for e in _events(r) if isinstance(e, TablePage)],
         "invariants": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in r.checks],
         "console": ctx.console,
-        "addresses": "machine" if isinstance(ctx.platform, Xen32PvPlatform) else "physical",
     }
     x = xen_stats(r)
     if x is not None:
