@@ -65,6 +65,7 @@ class XenStartInfo:
     nr_pt_frames: int = 0
     mfn_list: int = 0
     xen_cr3: int = 0  # the per-cpu xen_cr3: what CR3 holds, pseudo-physical
+    init_mm_pgd: int = 0  # init_mm.pgd: Xen's table first, swapper_pg_dir from the start hook on
 
 
 class XenI386:
@@ -113,10 +114,10 @@ class XenI386:
             BUG(self.ctx, "arch/i386/xen/enlighten.c", f"{what}: {cmd.name} {arg:#x} refused")
 
     def lookup_address(self, va: int) -> int:
-        """``lookup_address``: the kernel virtual address of the pte that maps ``va`` (Xen gives no PSE)."""
+        """``lookup_address``: the kernel virtual address of the pte that maps ``va`` in ``init_mm.pgd``
+        (``pgd_offset_k``; Xen gives no PSE)."""
         ctx, g = self.ctx, self.ctx.pgt
-        pgd = ctx.sym("swapper_pg_dir") if self.si.xen_cr3 == ctx.pa_symbol("swapper_pg_dir") else self.si.pt_base
-        pgd += g.entry_size * g.pgd_index(va)
+        pgd = self.si.init_mm_pgd + g.entry_size * g.pgd_index(va)
         return pte_offset_kernel(ctx, pmd_offset(ctx, pud_offset(ctx, pgd, va), va), va)
 
     def make_lowmem_page_readonly(self, va: int) -> None:
@@ -281,6 +282,7 @@ class XenI386InitOps:
         w = g.entry_size
         with ctx.running("xen_pagetable_setup_start"):
             x.set_pte_init = True  # paravirt_ops.set_pte = xen_set_pte_init
+            x.si.init_mm_pgd = base  # before the copy: lookup_address walks base's copied entries
             xen_pgd = x.si.pt_base
             top = ctx.cpu.read(xen_pgd, w * g.ptrs_per_pgd)
             for i in range(g.ptrs_per_pgd):  # memcpy(base, xen_pgd, PTRS_PER_PGD * sizeof(pgd_t))
@@ -346,6 +348,7 @@ def xen_start_kernel(ctx: I386Context, start_info: int) -> None:
         si.pt_base, si.nr_pt_frames, si.mfn_list = rd["pt_base"], rd["nr_pt_frames"], rd["mfn_list"]
         ctx.wr(ctx.sym("init_pg_tables_end"), ctx.pa(si.pt_base) + si.nr_pt_frames * PAGE_SIZE, 4)
         si.xen_cr3 = ctx.pa(si.pt_base)
+        si.init_mm_pgd = si.pt_base  # "use the Xen pagetables to start"
         reserve = (-hv(ctx).build.hypervisor_virt_start + 2 * PAGE_SIZE) & U32
         ctx.kernel_profile = dataclasses.replace(ctx.profile, paravirt_bootmap=True, top_reserve=reserve)
         ctx.print(f"Reserving virtual address space above 0x{-reserve & U32:08x}")
