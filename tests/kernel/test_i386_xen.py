@@ -229,3 +229,15 @@ def test_saved_core_agrees_with_reference_walk_through_p2m(tmp_path: Path, done:
             if want.outcome == ref.OK:
                 assert want.pa == live.pa, hex(va)
     assert np.unique(p.p2m).size == p.p2m.size
+
+
+def test_pae_l3_entry_with_rw_is_refused() -> None:
+    """A PAE PDPTE's bits 2:1 are reserved (spec §1.3): Xen refuses an L3 entry with RW (L3_DISALLOW_MASK)."""
+    r = xboot(True, Phase.SETUP_ARCH)
+    p = plat(r)
+    xen = p.xen
+    l3 = mfn(r, p.sod.pt_base - PAGE_OFFSET)
+    target = mfn(r, 0x40_0000)  # a data page of the domain
+    rc, done_ = xen.mmu_update([((l3 << 12) + 8 * 1, (target << 12) | 0x3)])
+    assert rc != 0 and done_ == 0 and any("Bad L3 flags 2" in line for line in xen.console)
+    assert r.ctx.platform.mem.read_u64((l3 << 12) + 8) == 0
