@@ -13,8 +13,8 @@ import json
 import sys
 
 from earlymm.arch.modes import Features
-from earlymm.cli.boot_cmd import cpu_identity, e820_arg, given, parse_until, print_rich, ramdisk_arg
-from earlymm.cli.boot_xen_args import NATIVE_ONLY, check_combination
+from earlymm.cli.boot_args import cpu_identity, e820_arg, given, parse_until, print_rich, ramdisk_arg
+from earlymm.cli.boot_xen_args import NATIVE_ONLY, XEN417_ONLY, check_combination
 from earlymm.cli.common import EXIT_CRASH, EXIT_OK, UsageError, size_text
 from earlymm.images import ImageError, WriteError
 from earlymm.images.safe_write import check_target
@@ -32,7 +32,7 @@ from earlymm.tools.boot_report_i386 import render_text, save_core, to_json
 XEN_DEFAULT_MEM, XEN_MIN_MEM, XEN_MAX_MEM = 256 << 20, 32 << 20, 2 << 30
 MAX_MEM_I386 = 64 << 30  # a 2.6.21 PAE kernel addresses 36 bits; without PAE it uses 4 GiB of it
 
-# options of the x86-64 path (their defaults are marked: boot_cmd.given tells them from given values)
+# options of the x86-64 path (their defaults are marked: boot_args.given tells them from given values)
 X86_64_ONLY = ("kernel_at", "kernel_symbols", "pool", "variant", "pool_access", "force_nx", "no_gbpages", "paging",
                "decompressor", "loader_paging", "no_la57", "efi_loader", "html")
 
@@ -49,8 +49,8 @@ def check_xen_options(args: argparse.Namespace) -> None:
                          "the domain builder places the kernel)")
     if getattr(args, "html", None) is not None:
         raise UsageError("--html draws native boots; a --pv xen boot is reported as text or --json")
-    for dest in ("xen_write_cr3", "xen_guest_bug", "xen_version"):
-        if getattr(args, dest) is not None:
+    for dest in ("xen_write_cr3", "xen_guest_bug", "xen_version", *XEN417_ONLY):
+        if getattr(args, dest, None) is not None:
             raise UsageError(f"{_flag(dest)} belongs to the x86-64 Xen guest (v3.9, seed 004); --arch i386 --pv xen "
                              "runs 2.6.23's i386 Xen guest on Xen 3.1")
     if args.mem is not None and not XEN_MIN_MEM <= args.mem <= XEN_MAX_MEM:

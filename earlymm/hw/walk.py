@@ -148,17 +148,26 @@ def walk(mem: PhysMem, plan: WalkPlan, root: int, va: int, kind: int = 0, user: 
     if plan.pse36 and lsize == 1 << 22:
         pa |= ((e >> 13) & 0xFF) << 32
     if kind or user or not plan.simple:
-        user_page, writable, pkey = acc & 4 != 0, acc & 2 != 0, (e >> 59) & 15 if va_bits else 0
-        why = check_rights(plan, kind, user, implicit, ac, user_page, writable, not acc >> 63, pkey, pkru, pkrs)
-        if why is not None:
-            code = error_code_for(plan, kind, user, why)
-            if (plan.pke or plan.pks) and pk_violation(plan, kind, user, user_page, pkey, pkru, pkrs):
-                code |= 0x20
-            return _new(WalkResult, (va, kind, user, PF, path, 0, 0, code, why, acc,
-                                     _ad_updates(plan, va, path, False, leaf=False, first=first), first, 0))
+        refused = rights_fault(plan, va, kind, user, implicit, ac, pkru, pkrs, path, e, acc, first)
+        if refused is not None:
+            return refused
     # All A (and, for a write, the leaf's D) already set: the common case in kernel tables.
     ups = None if acc & 0x20 and (kind != 1 or e & 0x40) else _ad_updates(plan, va, path, kind == 1, first=first)
     return _new(WalkResult, (va, kind, user, OK, path, pa, lsize, 0, None, acc, ups, first, 0))
+
+
+def rights_fault(plan: WalkPlan, va: int, kind: int, user: bool, implicit: bool, ac: bool, pkru: int, pkrs: int,
+                 path: list[int], e: int, acc: int, first: int = 0) -> WalkResult | None:
+    """The #PF the leaf ``e``'s combined rights ``acc`` give this access (SDM §4.6, §4.7), or None."""
+    user_page, writable, pkey = acc & 4 != 0, acc & 2 != 0, (e >> 59) & 15 if plan.va_bits else 0
+    why = check_rights(plan, kind, user, implicit, ac, user_page, writable, not acc >> 63, pkey, pkru, pkrs)
+    if why is None:
+        return None
+    code = error_code_for(plan, kind, user, why)
+    if (plan.pke or plan.pks) and pk_violation(plan, kind, user, user_page, pkey, pkru, pkrs):
+        code |= 0x20
+    return _new(WalkResult, (va, kind, user, PF, path, 0, 0, code, why, acc,
+                             _ad_updates(plan, va, path, False, leaf=False, first=first), first, 0))
 
 
 def _fault(plan: WalkPlan, va: int, kind: int, user: bool, path: list[int], why: Reason,

@@ -112,6 +112,8 @@ def test_x86_64_accepts_pv_native(capsys: pytest.CaptureFixture[str]) -> None:
     (["--arch", "i386", "--pv", "xen", "--ebda", "0x9fc0"], "--ebda means nothing for a Xen PV domain"),
     (["--arch", "i386", "--pv", "xen", "--xen-write-cr3", "early"], "belongs to the x86-64 Xen guest"),
     (["--arch", "i386", "--pv", "xen", "--xen-guest-bug", "native-cpuid"], "belongs to the x86-64 Xen guest"),
+    (["--arch", "i386", "--pv", "xen", "--xen-version", "4.17"], "belongs to the x86-64 Xen guest"),
+    (["--arch", "i386", "--pv", "xen", "--dom0-mem", "1G"], "belongs to the x86-64 Xen guest"),
     (["--arch", "i386", "--pv", "xen", "--mem", "16M"], "domains of 32 MiB to 2 GiB"),
     (["--arch", "i386", "--pv", "xen", "--mem", "3G"], "domains of 32 MiB to 2 GiB"),
     (["--arch", "i386", "--pv", "xen", "--until", "startup_32"], "not a phase of the i386 --pv xen boot"),

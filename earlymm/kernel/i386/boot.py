@@ -20,7 +20,8 @@ from earlymm.kernel.i386.context import I386Config, I386Context
 from earlymm.kernel.i386.head import startup_32
 from earlymm.kernel.i386.init import paging_init
 from earlymm.kernel.i386.layout import build_layout
-from earlymm.kernel.i386.paravirt import I386PvOps, native_pv_ops
+from earlymm.kernel.i386.paravirt import native_pv_ops
+from earlymm.kernel.i386.pvops import I386PvOps
 from earlymm.kernel.i386.setup import setup_arch_early
 from earlymm.kernel.i386.xen import xen_pv_ops, xen_start_kernel
 from earlymm.kernel.invariants import Check

@@ -32,7 +32,8 @@ from earlymm.kernel.events import Note
 from earlymm.kernel.i386.consts import _PAGE_PRESENT, _PAGE_RW, COMMAND_LINE_SIZE, PAGE_SHIFT, PAGE_SIZE, U32
 from earlymm.kernel.i386.context import I386Context
 from earlymm.kernel.i386.events import EntryStore, TablePage
-from earlymm.kernel.i386.paravirt import I386PvOps, peek, set_pgd
+from earlymm.kernel.i386.paravirt import peek, set_pgd
+from earlymm.kernel.i386.pvops import I386PvOps
 from earlymm.kernel.paravirt.ops import SetOp
 from earlymm.kernel.pgtable import pmd_offset, pte_offset_kernel, pud_offset
 from earlymm.platform import bootparams as bp
