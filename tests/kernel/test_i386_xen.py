@@ -241,3 +241,24 @@ def test_pae_l3_entry_with_rw_is_refused() -> None:
     rc, done_ = xen.mmu_update([((l3 << 12) + 8 * 1, (target << 12) | 0x3)])
     assert rc != 0 and done_ == 0 and any("Bad L3 flags 2" in line for line in xen.console)
     assert r.ctx.platform.mem.read_u64((l3 << 12) + 8) == 0
+
+
+def test_ptwr_emulates_a_pae_guests_two_word_pte_store() -> None:
+    """A direct store into a read-only L1 page traps to Xen, which validates and performs it
+    (``ptwr_emulated_update``): a 4-byte store is merged with the rest of the 8-byte PAE entry, so the
+    high-then-low pair of a PAE ``set_pte`` ends as the new entry; a store making a writable mapping of a
+    page table is not emulated — the fault reaches the guest (here: no handler, the domain crashes)."""
+    r = xboot(True, Phase.PAGETABLE_SETUP_START)
+    ctx, xen = r.ctx, plat(r).xen
+    va = PAGE_OFFSET + 0x30_0000
+    ptep = ctx.pv.init.x.lookup_address(va)  # type: ignore[attr-defined]
+    new = (mfn(r, 0x3F00 << 12) << 12) | PAGE_KERNEL
+    ctx.cpu.store(ptep + 4, 4, new >> 32)
+    ctx.cpu.store(ptep, 4, new & 0xFFFF_FFFF)
+    assert ctx.platform.mem.read_u64(ctx.cpu.mmu.probe(ptep).pa) == new
+    assert ctx.cpu.mmu.probe(va).pa == new & ~0xFFF
+    swapper_pte = ctx.pv.init.x.lookup_address(ctx.layout["swapper_pg_dir"])  # type: ignore[attr-defined]
+    bad = (mfn(r, phys(r, "swapper_pg_dir")) << 12) | PAGE_KERNEL
+    with pytest.raises(Exception, match="crashed domain"):
+        ctx.cpu.store(swapper_pte, 4, bad & 0xFFFF_FFFF)
+    assert any("Bad type" in line for line in xen.console)
