@@ -94,7 +94,8 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
                    help="boot_params' EFI loader signature: an EFI boot (the BDA is then not trusted)")
     p.add_argument("--until", help="stop after: decompressor, startup_64, x86_64_start_kernel, setup_arch, "
                                    "init_mem_mapping, end; i386: startup_32, setup_arch, pagetable_setup_start, "
-                                   "pagetable_init, paging_init, end")
+                                   "pagetable_init, paging_init, end (with --pv xen: xen_start_kernel for "
+                                   "startup_32)")
     p.add_argument("--save-core", metavar="FILE",
                    help="write the machine as a QEMU-format ELF core at the end of the run (gzip-compressed if FILE "
                         "ends in .gz). FILE must be a new or regular file: devices, FIFOs, sockets and directories "

@@ -43,7 +43,8 @@ XEN417_ALLOWED = {"e820"}
 def add_xen_options(p: Parser) -> None:
     p.add_argument("--pv", choices=("native", "xen"), default="native",
                    help="paravirt backend: native (bare metal, the default) or xen (a 64-bit PV domU on a "
-                        "simulated Xen 4.2: the kernel enters at startup_xen on the domain builder's tables)")
+                        "simulated Xen 4.2: the kernel enters at startup_xen on the domain builder's tables; with "
+                        "--arch i386 a 32-bit domU of 2.6.23's Xen guest on Xen 3.1, 2-level or --pae)")
     p.add_argument("--xen-write-cr3", choices=("early", "late"),
                    help="which write_cr3 Xen's pv_ops start with: early = xen_write_cr3_init (seed 004's fix, the "
                         "default); late = xen_write_cr3, the kernel before the fix, which reads page->private "

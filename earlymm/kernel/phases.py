@@ -35,6 +35,7 @@ X86_64_PHASES = (Phase.DECOMPRESSOR, Phase.STARTUP_64, Phase.X86_64_START_KERNEL
 XEN_PV_PHASES = (Phase.XEN_START_KERNEL, Phase.SETUP_ARCH, Phase.INIT_MEM_MAPPING, Phase.PAGETABLE_INIT, Phase.END)
 I386_PHASES = (Phase.STARTUP_32, Phase.SETUP_ARCH, Phase.PAGETABLE_SETUP_START, Phase.PAGETABLE_INIT,
                Phase.PAGING_INIT, Phase.END)
+I386_XEN_PHASES = (Phase.XEN_START_KERNEL, *I386_PHASES[1:])  # startup_xen enters xen_start_kernel, no head.S
 
 
 class BootOutcome(str, enum.Enum):

@@ -24,6 +24,7 @@ class EntryProtocol(enum.Enum):
     BOOT_PARAMS_64 = "x86-64 boot protocol"  # startup_64, %rsi = boot_params (Documentation/x86/boot)
     BOOT_PARAMS_32 = "i386 boot protocol"  # startup_32 at 1 MiB, paging off, %esi = boot_params
     XEN_PV_64 = "Xen PV"  # startup_xen in ring 3 on the builder's tables, %rsi = start_info (a virtual address)
+    XEN_PV_32 = "Xen PV (i386)"  # startup_xen in ring 1 on the builder's 2-level/PAE tables, %esi = start_info
 
 
 @dataclass(frozen=True, slots=True)

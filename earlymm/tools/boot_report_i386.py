@@ -15,12 +15,14 @@ from earlymm.images.minimize import table_pfns_legacy
 from earlymm.kernel.i386.boot import I386BootResult
 from earlymm.kernel.i386.consts import BOOT_CS, BOOT_DS, KERNEL_CS, KERNEL_DS, USER_DS
 from earlymm.kernel.i386.events import BootmemAlloc, EntryStore, LeafRun, LiveEntryChanged, PvNotify, TablePage
+from earlymm.platform.xen.domain32 import FLAT_RING1_DS, Xen32PvPlatform
+from earlymm.platform.xen.events import Hypercall, PtwrEmulated, TablePinned, TableValidated
 from earlymm.tools.boot_report import describe as describe_common
 from earlymm.tools.boot_report import fold_repeats, timeline_of
 
 HOOKS = ("native_pagetable_setup_start", "native_pagetable_setup_done")
 COUNTED: tuple[type[Event], ...] = (FaultRaised, LeafRun, TablePage, LiveEntryChanged, BootmemAlloc, PvNotify,
-                                    EntryStore)
+                                    EntryStore, Hypercall, TableValidated, PtwrEmulated)
 
 
 def _hook_of(fn: str) -> str | None:
@@ -91,6 +93,36 @@ def stats(r: I386BootResult) -> dict[str, Any]:
     }
 
 
+def xen_stats(r: I386BootResult) -> dict[str, Any] | None:
+    """Under Xen: hypercalls by name (a run of single calls counts each), tables validated by level, pins,
+    emulated page-table stores, the top-level tables and the hypervisor's console; None natively."""
+    plat = r.ctx.platform
+    if not isinstance(plat, Xen32PvPlatform):
+        return None
+    calls: dict[str, int] = {}
+    validated: dict[str, int] = {}
+    pins = ptwr = 0
+    for e in _events(r):
+        if isinstance(e, Hypercall):
+            calls[e.name] = calls.get(e.name, 0) + e.calls
+        elif isinstance(e, TableValidated):
+            validated[f"L{e.level}"] = validated.get(f"L{e.level}", 0) + 1
+        elif isinstance(e, TablePinned):
+            pins += e.pinned
+        elif isinstance(e, PtwrEmulated):
+            ptwr += 1
+    xen, ctx = plat.xen, r.ctx
+    swapper = int(plat.p2m[ctx.pa_symbol("swapper_pg_dir") >> 12])
+    return {"addresses": "machine", "version": xen.ident.version, "build": xen.build.name, "domid": xen.ident.domid,
+            "hypervisor_virt_start": f"{xen.build.hypervisor_virt_start:#x}", "hypercalls": dict(sorted(calls.items())),
+            "tables_validated": dict(sorted(validated.items())), "pins": pins, "ptwr_emulations": ptwr,
+            "base_pointer_mfn": f"{xen.kernel_root:#x}", "swapper_pg_dir_mfn": f"{swapper:#x}",
+            "swapper_pg_dir_pinned": xen.types.info(swapper).pinned,
+            "builder_tables": {f"L{lvl}": [f"{int(plat.p2m[p]):#x}" for p in pfns]
+                               for lvl, pfns in sorted(plat.sod.tables.items(), reverse=True)},
+            "console": list(xen.console)}
+
+
 def machine_state(r: I386BootResult) -> dict[str, Any]:
     regs, lay = r.ctx.cpu.regs, r.ctx.layout
     return {"cr0": f"{regs.cr0:#x}", "cr3": f"{regs.cr3:#x}", "cr4": f"{regs.cr4:#x}", "efer": f"{regs.efer:#x}",
@@ -114,6 +146,9 @@ def to_json(r: I386BootResult, *, events: bool) -> dict[str, Any]:
         "invariants": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in r.checks],
         "console": ctx.console,
     }
+    x = xen_stats(r)
+    if x is not None:
+        out["xen"] = x
     if events:
         out["events"] = [e.to_json() for e in ctx.trace.events]
     return out
@@ -135,9 +170,15 @@ def render_text(r: I386BootResult, *, trace: bool) -> str:
     ctx = r.ctx
     entry = ctx.platform.entry
     ram = sum(x.end - x.start for x in ctx.platform.ram())
-    out = [f"earlymm boot: Linux {ctx.profile.name} i386 {'PAE' if ctx.pae else '2-level'} (pv {ctx.config.pv}), "
-           f"{ram >> 20} MiB RAM, kernel at {entry.kernel_at:#x}, ramdisk at {entry.ramdisk_at:#x}+"
-           f"{entry.ramdisk_size:#x}", ""]
+    x = xen_stats(r)
+    if x is not None:
+        out = [f"earlymm boot: Linux {ctx.profile.name} i386 {'PAE' if ctx.pae else '2-level'} with 2.6.23's Xen guest "
+               f"hooks, a PV domU (domain {x['domid']} on Xen {x['version']} {x['build']}), {ram >> 20} MiB, kernel at "
+               f"pfn {entry.kernel_at >> 12:#x}; table addresses and entries are machine addresses", ""]
+    else:
+        out = [f"earlymm boot: Linux {ctx.profile.name} i386 {'PAE' if ctx.pae else '2-level'} (pv {ctx.config.pv}), "
+               f"{ram >> 20} MiB RAM, kernel at {entry.kernel_at:#x}, ramdisk at {entry.ramdisk_at:#x}+"
+               f"{entry.ramdisk_size:#x}", ""]
     if trace:
         out += [f"{i:6d} {e.kind}: " + ", ".join(f"{k}={v}" for k, v in e.to_json().items() if k != "event")
                 for i, e in enumerate(ctx.trace.events)]
@@ -152,7 +193,15 @@ def render_text(r: I386BootResult, *, trace: bool) -> str:
             f"{', '.join(f'{k} {v}' for k, v in alloc.items()) or 'none'}, kept "
             f"{', '.join(f'{k} {v}' for k, v in kept.items()) or 'none'}; leaves written {s['leaves_written']} "
             f"({s['leaves_present_before']} were present); live PDEs changed {s['live_pdes_changed']}; "
-            f"max_low_pfn {s['max_low_pfn']}", "", "paravirt hooks:", *_hook_lines(r), "", "checks:"]
+            f"max_low_pfn {s['max_low_pfn']}"]
+    if x is not None:
+        if x["console"]:
+            out += ["", "Xen console:"] + ["  " + line for line in x["console"]]
+        out += ["", "hypercalls: " + ", ".join(f"{k} {v}" for k, v in x["hypercalls"].items())
+                + f"; tables validated {', '.join(f'{k} {v}' for k, v in x['tables_validated'].items())}"
+                + f"; pins {x['pins']}; emulated page-table stores {x['ptwr_emulations']}; swapper_pg_dir mfn "
+                + f"{x['swapper_pg_dir_mfn']} {'pinned' if x['swapper_pg_dir_pinned'] else 'not pinned'}"]
+    out += ["", "paravirt hooks:", *_hook_lines(r), "", "checks:"]
     for c in r.checks:
         out.append(f"  [{'pass' if c.ok else 'FAIL'}] {c.name}" + (f" — {c.detail}" if c.detail and not c.ok else ""))
     return "\n".join(out)
@@ -171,16 +220,27 @@ def _segments(cs: int, idt_base: int, idt_limit: int) -> tuple[Segment, ...]:
     return tuple(segs)
 
 
+def _xen_segments(cs: int) -> tuple[Segment, ...]:
+    """A ring-1 PV kernel's flat segments: FLAT_RING1_CS / FLAT_RING1_DS (DPL 1), 4 GiB, 32-bit."""
+    code = Segment(cs, 0xFFFF_FFFF, 0x00CF_BB00, 0)
+    data = Segment(FLAT_RING1_DS, 0xFFFF_FFFF, 0x00CF_B300, 0)
+    return (code, data, data, Segment(), Segment(), data, Segment(), Segment(), Segment(), Segment())
+
+
 def save_core(r: I386BootResult, path: str | Path) -> None:
     """The machine as qemu-system-i386's ``dump-guest-memory`` writes it (EM_386, the i386 NT_PRSTATUS, the
     QEMU note): the pages the simulation wrote plus every table page the saved CR3 reaches, marked complete
-    (``absent_zero``). Raises ``WriteError``."""
+    (``absent_zero``). Under Xen the core is the host's machine memory: CR3 and every entry hold machine
+    frames (the domain's pseudo-physical pfn of a machine frame is the m2p's, ``p2m`` the reverse).
+    Raises ``WriteError``."""
     regs = r.ctx.cpu.regs
-    cs = regs.cs if regs.cs in (BOOT_CS, KERNEL_CS) else BOOT_CS
+    xen = isinstance(r.ctx.platform, Xen32PvPlatform)
+    cs = regs.cs if regs.cs in (BOOT_CS, KERNEL_CS) or xen else BOOT_CS
     gprs = [0] * 16
     gprs[6] = regs.rsp & 0xFFFF_FFFF
     cpu = CpuState(gprs=tuple(gprs), rip=regs.rip & 0xFFFF_FFFF, rflags=regs.rflags, cr0=regs.cr0, cr2=regs.cr2,
-                   cr3=regs.cr3, cr4=regs.cr4, segments=_segments(cs, regs.idt_base, regs.idt_limit))
+                   cr3=regs.cr3, cr4=regs.cr4, segments=_xen_segments(cs) if xen else
+                   _segments(cs, regs.idt_base, regs.idt_limit))
     mem = r.ctx.platform.mem
     frames: dict[int, Buffer] = dict(mem.frames)
     frames.update((pfn, ZERO_FRAME) for pfn in table_pfns_legacy(mem, cpu)[0] if pfn not in frames)

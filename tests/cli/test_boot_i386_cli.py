@@ -108,7 +108,18 @@ def test_x86_64_accepts_pv_native(capsys: pytest.CaptureFixture[str]) -> None:
     (["--arch", "i386", "--profile", "v3.9"], "is an x86-64 kernel"),
     (["--arch", "i386", "--until", "startup_64"], "not a phase of the i386 boot"),
     (["--arch", "i386", "--until", "nowhere"], "unknown phase"),
-    (["--arch", "i386", "--pv", "xen"], "not modelled yet"),
+    (["--arch", "i386", "--pv", "xen", "--e820", "x"], "--e820 means nothing for a Xen PV domain"),
+    (["--arch", "i386", "--pv", "xen", "--ebda", "0x9fc0"], "--ebda means nothing for a Xen PV domain"),
+    (["--arch", "i386", "--pv", "xen", "--xen-write-cr3", "early"], "belongs to the x86-64 Xen guest"),
+    (["--arch", "i386", "--pv", "xen", "--xen-guest-bug", "native-cpuid"], "belongs to the x86-64 Xen guest"),
+    (["--arch", "i386", "--pv", "xen", "--xen-version", "4.17"], "belongs to the x86-64 Xen guest"),
+    (["--arch", "i386", "--pv", "xen", "--dom0-mem", "1G"], "belongs to the x86-64 Xen guest"),
+    (["--arch", "i386", "--pv", "xen", "--mem", "16M"], "domains of 32 MiB to 2 GiB"),
+    (["--arch", "i386", "--pv", "xen", "--mem", "3G"], "domains of 32 MiB to 2 GiB"),
+    (["--arch", "i386", "--pv", "xen", "--until", "startup_32"], "not a phase of the i386 --pv xen boot"),
+    (["--arch", "i386", "--pv", "xen", "--html", "x.html"], "--html draws native boots"),
+    (["--arch", "i386", "--until", "xen_start_kernel"], "not a phase of the i386 boot"),
+    (["--arch", "i386", "--xen-seed", "3"], "--xen-seed needs --pv xen"),
     (["--arch", "x86_32"], "invalid choice"),
     (["--arch", "i386", "--mem", "65G"], "at most 64 GiB"),
     (["--arch", "i386", "--mem", "2M"], "smaller than the kernel"),
@@ -122,3 +133,26 @@ def test_bad_input_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture
     code, out, err = run(capsys, "boot", *argv, "--save-core", str(core))
     assert code == 2 and out == "" and not core.exists()
     assert err.count("\n") == 1 and needle in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("pae", [False, True])
+def test_xen_json_and_core_through_translate(tmp_path: Path, capsys: pytest.CaptureFixture[str], pae: bool) -> None:
+    """--pv xen: the JSON names the 32-bit Xen build and its hypercalls; the done hook's one store is the
+    shared_info pte (its machine frame | __PAGE_KERNEL 0x063, no conversion: set_pte_mfn); the saved core's
+    CR3 is swapper_pg_dir's machine frame and translate walks it (PAE: 3 levels, 2-level: 2)."""
+    core = tmp_path / "xen.core"
+    pae_arg = ["--pae"] if pae else []
+    code, out, _ = run(capsys, "boot", "--arch", "i386", *pae_arg, "--pv", "xen", "--mem", "32M", "--json",
+                       "--save-core", str(core))
+    doc = json.loads(out)
+    assert code == 0 and doc["outcome"] == "booted" and doc["pv"] == "xen"
+    x = doc["xen"]
+    assert x["build"] == ("x86_32p" if pae else "x86_32") and x["addresses"] == "machine"
+    assert x["hypervisor_virt_start"] == ("0xf5800000" if pae else "0xfc000000")
+    assert x["swapper_pg_dir_pinned"] is pae and x["base_pointer_mfn"] == x["swapper_pg_dir_mfn"]
+    assert {"mmu_update", "mmuext_op", "update_va_mapping"} <= set(x["hypercalls"])
+    (store,) = doc["hooks"]["pagetable_setup_done"]["stores"]
+    assert store["op"] == "set_pte_mfn" and store["new"] == "0x103063"  # shared_info at machine 0x103000
+    assert doc["machine_state"]["cr3"] == hex(int(x["swapper_pg_dir_mfn"], 16) << 12)
+    code, out, _ = run(capsys, "translate", str(core), hex(KERNEL_VA))
+    assert code == 0 and ("PDPT" in out) == pae and "=> pa" in out

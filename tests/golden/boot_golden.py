@@ -76,6 +76,9 @@ CONFIGS: dict[str, list[str]] = {
     "i386-pae-1g-nopse-nonx": ["--arch", "i386", "--pae", "--mem", "1G", "--no-pse", "--no-nx"],
     "i386-pae-clobber": ["--arch", "i386", "--pae", "--image-size", "27M", "--until", "pagetable_setup_start"],
     "i386-e820-holes": ["--arch", "i386", "--e820", "{E820_HOLES}"],
+    # recorded when the i386 Xen PV path arrived (issue 13, Xen backend: 2.6.23's hooks on Xen 3.1)
+    "i386-xen-128M": ["--arch", "i386", "--pv", "xen", "--mem", "128M"],
+    "i386-pae-xen-96M": ["--arch", "i386", "--pae", "--pv", "xen", "--mem", "96M", "--xen-seed", "7"],
 }
 
 

@@ -6,25 +6,33 @@ switch and ``kmap_init``. The path is the same for every paravirt backend: ``mak
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from earlymm.hw.events import Event, ListTrace
 from earlymm.hw.faults import CpuException, Halt, SimulationError, describe
 from earlymm.kernel.events import PhaseEntered, RunEnded
 from earlymm.kernel.i386 import invariants as inv
-from earlymm.kernel.i386.consts import LOAD_PHYSICAL_ADDR
+from earlymm.kernel.i386 import invariants_xen as inv_xen
+from earlymm.kernel.i386.consts import LOAD_PHYSICAL_ADDR, PAGE_OFFSET
 from earlymm.kernel.i386.context import I386Config, I386Context
 from earlymm.kernel.i386.head import startup_32
 from earlymm.kernel.i386.init import paging_init
 from earlymm.kernel.i386.layout import build_layout
-from earlymm.kernel.i386.paravirt import BACKENDS
+from earlymm.kernel.i386.paravirt import native_pv_ops
 from earlymm.kernel.i386.pvops import I386PvOps
 from earlymm.kernel.i386.setup import setup_arch_early
+from earlymm.kernel.i386.xen import xen_pv_ops, xen_start_kernel
 from earlymm.kernel.invariants import Check
 from earlymm.kernel.phases import BootOutcome, Phase
+from earlymm.platform.base import EntryProtocol
 from earlymm.platform.pc import MachineConfig
 from earlymm.platform.pc32 import load_i386
+from earlymm.platform.xen.domain32 import Domain32Config, Kernel32, create_domain32
+
+BACKENDS: Mapping[str, Callable[[I386Context], I386PvOps]] = MappingProxyType({"native": native_pv_ops,
+                                                                               "xen": xen_pv_ops})
 
 
 @dataclass
@@ -38,9 +46,12 @@ class I386BootResult:
     console: str = ""
 
 
-def make_context(machine: MachineConfig, config: I386Config, *, trace: bool = False) -> I386Context:
-    """The composition root of the i386 path: the image's layout, the PC after the 32-bit hand-over, the
-    kernel context, and the paravirt backend ``config.pv`` bound to it."""
+def make_context(machine: MachineConfig | Domain32Config, config: I386Config, *, trace: bool = False) -> I386Context:
+    """The composition root of the i386 path: the image's layout, the platform — the PC after the 32-bit
+    hand-over, or a 32-bit Xen PV domain at ``startup_xen`` (``Domain32Config``) — the kernel context, and
+    the paravirt backend ``config.pv`` bound to it."""
+    if isinstance(machine, Domain32Config):
+        return _xen_context(machine, config, trace=trace)
     if machine.kernel_at != LOAD_PHYSICAL_ADDR:
         raise ValueError(f"the 2.6.21 i386 kernel runs where it was linked: it must be loaded at "
                          f"{LOAD_PHYSICAL_ADDR:#x}, not {machine.kernel_at:#x}")
@@ -55,8 +66,21 @@ def make_context(machine: MachineConfig, config: I386Config, *, trace: bool = Fa
     return ctx
 
 
-def boot(machine: MachineConfig, config: I386Config, *, until: Phase | None = None, trace: bool = False,
-         pv: Callable[[I386Context], I386PvOps] | None = None,
+def _xen_context(dom: Domain32Config, config: I386Config, *, trace: bool) -> I386Context:
+    if config.pv != "xen":
+        raise ValueError("a Xen domain boots the i386 kernel with the Xen backend (pv xen)")
+    layout = build_layout(config.image_size)
+    events = ListTrace(enabled=trace, keep=64)
+    events.emit(PhaseEntered("domain builder"))
+    kernel = Kernel32(PAGE_OFFSET, layout["_text"], layout["_end"], layout["startup_32"], config.pae)
+    platform = create_domain32(dom, kernel, events)
+    ctx = I386Context(platform, layout, config)
+    ctx.pv = BACKENDS[config.pv](ctx)
+    return ctx
+
+
+def boot(machine: MachineConfig | Domain32Config, config: I386Config, *, until: Phase | None = None,
+         trace: bool = False, pv: Callable[[I386Context], I386PvOps] | None = None,
          listeners: Sequence[Callable[[Event], None]] = ()) -> I386BootResult:
     """Run the i386 path. ``pv`` replaces the configured backend (tests watch the seam with it)."""
     ctx = make_context(machine, config, trace=trace)
@@ -87,17 +111,23 @@ _NEXT = {Phase.PAGETABLE_SETUP_START: Phase.PAGETABLE_INIT, Phase.PAGETABLE_INIT
 
 def i386_boot_path(ctx: I386Context, checks: list[Check]) -> Iterator[Phase]:
     """The i386 boot path; yields each ``Phase`` as it completes (the caller may stop there)."""
-    ctx.enter_phase(Phase.STARTUP_32)
-    startup_32(ctx, ctx.platform.entry.boot_data)  # %esi: the real-mode data
-    checks.extend(inv.after_startup_32(ctx))
-    yield Phase.STARTUP_32
+    entry = ctx.platform.entry
+    if entry.protocol is EntryProtocol.XEN_PV_32:  # startup_xen: %esi = start_info
+        ctx.enter_phase(Phase.XEN_START_KERNEL)
+        xen_start_kernel(ctx, entry.boot_data)
+        yield Phase.XEN_START_KERNEL
+    else:
+        ctx.enter_phase(Phase.STARTUP_32)
+        startup_32(ctx, entry.boot_data)  # %esi: the real-mode data
+        checks.extend(inv.after_startup_32(ctx))
+        yield Phase.STARTUP_32
     ctx.enter_phase(Phase.SETUP_ARCH)
     setup_arch_early(ctx)
     yield Phase.SETUP_ARCH
     ctx.enter_phase(Phase.PAGETABLE_SETUP_START)
     for done in paging_init(ctx):
         if done is Phase.PAGING_INIT:
-            checks.extend(inv.at_end(ctx))
+            checks.extend(inv_xen.at_end(ctx) if entry.protocol is EntryProtocol.XEN_PV_32 else inv.at_end(ctx))
         yield done
         if done in _NEXT:
             ctx.enter_phase(_NEXT[done])

@@ -75,6 +75,18 @@ class I386Profile:
     smp: bool  # reserve_bootmem(PAGE_SIZE) for the trampoline; smp_alloc_memory
     acpi_sleep: bool  # acpi_reserve_bootmem(): alloc_bootmem_low(PAGE_SIZE) for the S3 wakeup code
     pci_mmconfig: bool
+    paravirt_bootmap: bool = False  # FIX_PARAVIRT_BOOTMAP (2.6.23's CONFIG_PARAVIRT, for Xen's shared_info)
+    top_reserve: int = 0  # reserve_top_address(): bytes above __FIXADDR_TOP a hypervisor keeps (Xen)
+
+    @property
+    def fixaddr_top(self) -> int:
+        """``__FIXADDR_TOP``: 0xfffff000, or ``-reserve - PAGE_SIZE`` after ``reserve_top_address(reserve)``."""
+        return (-self.top_reserve - PAGE_SIZE) & U32 if self.top_reserve else FIXADDR_TOP
+
+    @property
+    def maxmem_pfn(self) -> int:
+        """MAXMEM = -__PAGE_OFFSET - __VMALLOC_RESERVE; ``reserve_top_address`` adds its reserve to the latter."""
+        return ((-PAGE_OFFSET - VMALLOC_RESERVE - self.top_reserve) & U32) >> PAGE_SHIFT
 
     # -- fixmap.h: enum fixed_addresses ---------------------------------------------------------------
     @property
@@ -86,21 +98,26 @@ class I386Profile:
     def end_of_permanent_fixed_addresses(self) -> int:
         kmap_end = self.fix_kmap_begin + KM_TYPE_NR * self.nr_cpus - 1
         acpi_end = kmap_end + self.fix_acpi_pages  # FIX_ACPI_BEGIN … FIX_ACPI_END
-        return acpi_end + 1 + (1 if self.pci_mmconfig else 0)
+        return acpi_end + 1 + (1 if self.pci_mmconfig else 0) + (1 if self.paravirt_bootmap else 0)
+
+    @property
+    def fix_paravirt_bootmap(self) -> int:
+        """FIX_PARAVIRT_BOOTMAP: the last permanent slot (after FIX_PCIE_MCFG), fixmap.h @ 2.6.23."""
+        assert self.paravirt_bootmap
+        return self.end_of_permanent_fixed_addresses - 1
 
     @property
     def end_of_fixed_addresses(self) -> int:
         """… FIX_BTMAP_END = __end_of_permanent_fixed_addresses, FIX_BTMAP_BEGIN, FIX_WP_TEST, end."""
         return self.end_of_permanent_fixed_addresses + NR_FIX_BTMAPS + 1
 
-    @staticmethod
-    def fix_to_virt(idx: int) -> int:
+    def fix_to_virt(self, idx: int) -> int:
         """``__fix_to_virt(x)`` = FIXADDR_TOP - (x << PAGE_SHIFT)."""
-        return (FIXADDR_TOP - (idx << PAGE_SHIFT)) & U32
+        return (self.fixaddr_top - (idx << PAGE_SHIFT)) & U32
 
     @property
     def fixaddr_boot_start(self) -> int:
-        return (FIXADDR_TOP - (self.end_of_fixed_addresses << PAGE_SHIFT)) & U32
+        return (self.fixaddr_top - (self.end_of_fixed_addresses << PAGE_SHIFT)) & U32
 
     # -- highmem.h: the persistent kmap area below the fixmap -----------------------------------------
     @staticmethod

@@ -98,6 +98,7 @@ class I386Context:
     phase: Phase | None = None
     calls: list[str] = field(default_factory=list)  # the kernel functions running, outermost first
     mm: I386Mm = field(default_factory=I386Mm)
+    kernel_profile: I386Profile | None = None  # the profile as reserve_top_address left it (Xen)
     pgt: PgtableGeometry = field(init=False)
     pv: I386PvOps = field(init=False)  # bound by the composition root (kernel/i386/boot.py)
 
@@ -118,7 +119,7 @@ class I386Context:
 
     @property
     def profile(self) -> I386Profile:
-        return self.config.profile
+        return self.kernel_profile or self.config.profile
 
     @property
     def pae(self) -> bool:

@@ -28,7 +28,6 @@ from earlymm.kernel.i386.consts import (
     _PAGE_PRESENT,
     _PAGE_PSE,
     _PAGE_TABLE,
-    FIXADDR_TOP,
     PAGE_OFFSET,
     PAGE_SHIFT,
     PAGE_SIZE,
@@ -228,7 +227,7 @@ def pagetable_init(ctx: I386Context) -> Iterator[Phase]:
         kernel_physical_mapping_init(ctx, base)
         prof = ctx.profile
         vaddr = prof.fix_to_virt(prof.end_of_fixed_addresses - 1) & ~(g.pmd_size - 1)
-        end = (FIXADDR_TOP + g.pmd_size - 1) & ~(g.pmd_size - 1) & U32
+        end = (prof.fixaddr_top + g.pmd_size - 1) & ~(g.pmd_size - 1) & U32
         page_table_range_init(ctx, vaddr, end, base, "fixmap")
         permanent_kmaps_init(ctx, base)
         ctx.pv.init.pagetable_setup_done(VirtAddr(base))

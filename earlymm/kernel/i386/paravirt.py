@@ -16,9 +16,6 @@ is folded into the pgd, so ``set_pgd`` reaches ``set_pud`` (a PDPT entry) and ``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from types import MappingProxyType
-
 from earlymm.arch.addr import Pfn, VirtAddr
 from earlymm.hw.walk import OK
 from earlymm.kernel.i386.consts import _PAGE_PRESENT, KERNEL_PGD_PTRS_PAE, PAGE_SHIFT, USER_PTRS_PER_PGD_PAE
@@ -129,5 +126,3 @@ def native_pv_ops(ctx: I386Context) -> I386PvOps:
     the native page-table hooks."""
     return I386PvOps(NativeMmuOps(ctx, ctx.pgt.entry_size), NativeCpuOps(ctx), init=NativeInitOps(ctx))
 
-
-BACKENDS: Mapping[str, Callable[[I386Context], I386PvOps]] = MappingProxyType({"native": native_pv_ops})

@@ -13,7 +13,7 @@ from earlymm.hw.faults import Halt
 from earlymm.kernel.cpufeature import x86_cpuid_vendor, x86_family
 from earlymm.kernel.events import Note
 from earlymm.kernel.i386.bootmem import Bootmem, pfn_down, pfn_up
-from earlymm.kernel.i386.consts import COMMAND_LINE_SIZE, MAX_NONPAE_PFN, MAXMEM_PFN, PAGE_SHIFT, PAGE_SIZE
+from earlymm.kernel.i386.consts import COMMAND_LINE_SIZE, MAX_NONPAE_PFN, PAGE_SHIFT, PAGE_SIZE
 from earlymm.kernel.i386.context import I386Context
 from earlymm.kernel.i386.e820 import find_max_pfn, print_memory_map
 from earlymm.platform import bootparams as bp
@@ -47,13 +47,14 @@ def find_max_low_pfn(ctx: I386Context) -> int:
     without PAE, HIGHMEM64G with it); differences: no ``highmem=`` parameter. Lowmem ends at MAXMEM
     (896 MiB); a non-PAE kernel cannot use RAM above 4 GiB."""
     mm = ctx.mm
-    if mm.max_pfn <= MAXMEM_PFN:
+    maxmem_pfn = ctx.profile.maxmem_pfn
+    if mm.max_pfn <= maxmem_pfn:
         return mm.max_pfn
     if not ctx.pae and mm.max_pfn > MAX_NONPAE_PFN:
         mm.max_pfn = MAX_NONPAE_PFN
         ctx.print("Warning only 4GB will be used.")
         ctx.print("Use a PAE enabled kernel.")
-    return MAXMEM_PFN
+    return maxmem_pfn
 
 
 def reserve_ebda_region(ctx: I386Context, bm: Bootmem) -> None:

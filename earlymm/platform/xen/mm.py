@@ -52,7 +52,11 @@ class PageInfo:
 
 
 class PageTypes:
-    """The type state of every frame a domain's page tables touch, and the checks on their entries."""
+    """The type state of every frame a domain's page tables touch, and the checks on their entries. The
+    entry width and Xen's private slots are the 64-bit ones here; ``x86_32.py`` overrides the hooks below
+    (``entry_size``, ``entries``, ``write_entries``, ``xen_slots``) for 2-level and PAE tables."""
+
+    entry_size = 8
 
     def __init__(self, frames: MachineFrames, mem: PhysMem, maxphyaddr: int, log: Callable[[str], None],
                  flush_tlb: Callable[[], None], emit: Callable[[Event], None]) -> None:
@@ -179,7 +183,8 @@ class PageTypes:
         ents: np.ndarray = np.frombuffer(self.mem.read(mfn << 12, PAGE_SIZE), dtype="<u8").copy()
         return ents
 
-    def guest_slot(self, level: int, i: int) -> bool:
+    def guest_slot(self, level: int, i: int, mfn: int = 0) -> bool:
+        """Whether entry ``i`` of the level-``level`` table at ``mfn`` is the guest's (not Xen's)."""
         return level != 4 or not XEN_FIRST_SLOT <= i <= XEN_LAST_SLOT
 
     def alloc_table(self, mfn: int, level: int, d: int) -> str | None:
@@ -187,7 +192,7 @@ class PageTypes:
         ents = self.entries(mfn)
         taken: list[int] = []
         for i in np.flatnonzero(ents & _P).tolist():
-            if not self.guest_slot(level, i):
+            if not self.guest_slot(level, i, mfn):
                 continue
             e = int(ents[i])
             err = self.get_page_from_entry(e, level, d, mfn)
@@ -197,35 +202,42 @@ class PageTypes:
                 return self._mem_log(d, f"Failure in alloc_l{level}_table: entry {i}")
             taken.append(i)
             ents[i] = self.adjust(e, level)
+        self.xen_slots(mfn, level, ents)
+        self.write_entries(mfn, ents)
+        self.emit(TableValidated(mfn, self.frames.get_gpfn_from_mfn(mfn), level, len(taken)))
+        return None
+
+    def xen_slots(self, mfn: int, level: int, ents: np.ndarray) -> None:
+        """Xen's own entries in a newly validated table (64-bit: slots 256–271 of an L4)."""
         if level == 4:
             for slot in range(XEN_FIRST_SLOT, XEN_LAST_SLOT + 1):
                 ents[slot] = self.xen_l4_slots.get(slot, 0)
+
+    def write_entries(self, mfn: int, ents: np.ndarray) -> None:
         self.mem.write(mfn << 12, ents.tobytes())
-        self.emit(TableValidated(mfn, self.frames.get_gpfn_from_mfn(mfn), level, len(taken)))
-        return None
 
     def free_table(self, mfn: int, level: int, d: int) -> None:
         ents = self.entries(mfn)
         for i in np.flatnonzero(ents & _P).tolist():
-            if self.guest_slot(level, i):
+            if self.guest_slot(level, i, mfn):
                 self.put_page_from_entry(int(ents[i]), level, d)
 
     def mod_entry(self, table: Mfn, index: int, new: int, level: int, d: int) -> str | None:
         """``mod_lN_entry``: validate the new entry, write it (adjusted), release the old one."""
-        if not self.guest_slot(level, index):
+        if not self.guest_slot(level, index, table):
             return self._mem_log(d, f"Illegal L4 update attempt in Xen-private area {index}")
-        at = (table << 12) + 8 * index
-        old = self.mem.read_u64(at)
+        at = (table << 12) + self.entry_size * index
+        old = self.mem.read_int(at, self.entry_size)
         new = self.adjust(new, level)
         same_target = (old ^ new) & (self.addr_mask | _P) == 0 and not (new & ~old & _RW)
         if not same_target or (level in (2, 3) and (old ^ new) & _PSE):
             err = self.get_page_from_entry(new, level, d, table)
             if err:
                 return err
-            self.mem.write_u64(at, new)
+            self.mem.write_int(at, self.entry_size, new)
             self.put_page_from_entry(old, level, d)
             return None
-        self.mem.write_u64(at, new)
+        self.mem.write_int(at, self.entry_size, new)
         if level == 1 and old & _RW and not new & _RW and old & _P:
             self.put_page_from_entry(old, level, d)  # dropping write access releases the writable type
         return None
