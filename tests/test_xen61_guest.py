@@ -56,12 +56,11 @@ def build_like(fx: XenFixture, kernel: PvKernelImage) -> Dom0:
                        fx.features.gbpages).build()
 
 
-@pytest.mark.parametrize("name", FIXTURES)
-def test_setup_arch_stop(name: str, kernel: tuple[PvKernelImage, dict[str, int]]) -> None:
+def compare_stop(name: str, kernel: tuple[PvKernelImage, dict[str, int]], until: str) -> None:
     fx = load_xen_fixture(ROOT / "tests/fixtures" / name)
     image, syms = kernel
-    model = run_dom0(build_like(fx, image), host_e820(fx), fx.features, syms, "setup_arch")
-    stop = fx.stop("setup_arch")
+    model = run_dom0(build_like(fx, image), host_e820(fx), fx.features, syms, until)
+    stop = next(s for s in fx.stops if s.model_until == until)  # the capture's stop at the same point
     mine, real = model.view(), stop_view(fx, stop)
     assert model.regs[1] == stop.cr3  # init_top_pgt's frame: CR3 is the kernel's own L4 now
     assert [(lf.va, lf.pfn, lf.size, lf.flags & GUEST_BITS) for lf in mine.leaves] == \
@@ -77,6 +76,22 @@ def test_setup_arch_stop(name: str, kernel: tuple[PvKernelImage, dict[str, int]]
     assert ((p2m.values >> np.uint64(62)) & np.uint64(1) == ident).all()  # the 1:1 pfns xen_memory_setup made
     first = stop.start_info.first_p2m_pfn  # the initial region and the initrd, in Xen's order (then the chunks)
     assert (p2m.values[:first] == want.values[:first]).all()
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_setup_arch_stop(name: str, kernel: tuple[PvKernelImage, dict[str, int]]) -> None:
+    """``--until setup_arch``: the entry of ``init_mem_mapping``."""
+    compare_stop(name, kernel, "setup_arch")
+
+
+QUICK = ("xen-qemu64-2g-dom0-512m", "xen-qemu64-12g-dom0-1g-max1g")  # the others take 10-30 s each
+
+
+@pytest.mark.parametrize("name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in FIXTURES])
+def test_init_mem_mapping_stop(name: str, kernel: tuple[PvKernelImage, dict[str, int]]) -> None:
+    """``--until init_mem_mapping``: after it (the capture's ``idt_setup_early_pf``) — the whole direct
+    map in 4 KiB pages, its ~1000–5600 table pages where the real memblock put them, the 1:1 hole."""
+    compare_stop(name, kernel, "init_mem_mapping")
 
 
 def test_xen_refuses_a_writable_table(kernel: tuple[PvKernelImage, dict[str, int]]) -> None:

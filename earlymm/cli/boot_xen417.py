@@ -7,8 +7,8 @@ block) and what the guest sees at the stop: registers, the tables in guest terms
 
 With ``--kernel-symbols FILE`` (the kernel's kallsyms or System.map) the 6.1 guest runs on: ``--until
 setup_arch`` (the default then) stops at the entry of ``init_mem_mapping``, after
-``xen_setup_kernel_pagetable``, ``xen_memory_setup`` and ``cleanup_highmap``. ``init_mem_mapping`` itself
-is not modelled yet and is refused.
+``xen_setup_kernel_pagetable``, ``xen_memory_setup`` and ``cleanup_highmap``; ``--until init_mem_mapping``
+after it (the direct map in 4 KiB pages, ``load_cr3``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from earlymm.images import write_qemu_core
 from earlymm.images.cpustate import GPR_NAMES, SEGMENT_NAMES, CpuState, Segment
 from earlymm.images.pvkernel import KernelImageError, load_pv_kernel
 from earlymm.images.safe_write import WriteError
+from earlymm.kernel.xen61.boot import STOPS
 from earlymm.platform.xen.dom0_build import Dom0, Dom0Builder
 from earlymm.platform.xen.heap import qemu_pc_e820
 from earlymm.tools.midboot.kallsyms import KallsymsError
@@ -95,9 +96,8 @@ def kernel_symbols(path: str) -> dict[str, int]:
 
 def stop_of(args: argparse.Namespace) -> str:
     until = args.until or ("setup_arch" if args.kernel_symbols else "xen_start_kernel")
-    if until not in ("xen_start_kernel", "setup_arch"):
-        raise UsageError(f"--until {until}: with --xen-version 4.17 the model stops at xen_start_kernel or setup_arch "
-                         "(init_mem_mapping under Xen is not modelled yet)")
+    if until not in STOPS:
+        raise UsageError(f"--until {until}: not a stop of the Xen 4.17 dom0 boot (one of: {', '.join(STOPS)})")
     if until != "xen_start_kernel" and not args.kernel_symbols:
         raise UsageError(f"--until {until} runs the 6.1 guest: give --kernel-symbols FILE (the kernel's kallsyms or "
                          "System.map)")
@@ -145,7 +145,7 @@ def report_guest(args: argparse.Namespace, d: Dom0, model: ModelStop) -> int:
     g = model.guest
     if args.save_core is not None:
         cpu = vcpu(d)
-        rip = g.syms.get("init_mem_mapping", d.entry)
+        rip = g.syms.get("init_mem_mapping" if model.until == "setup_arch" else "idt_setup_early_pf", d.entry)
         state = CpuState(cpu.gprs, rip, cpu.rflags, cpu.segments, model.regs[0], 0, model.regs[1], model.regs[2])
         try:
             write_qemu_core(args.save_core, model.table_frames(), [state])
@@ -153,7 +153,8 @@ def report_guest(args: argparse.Namespace, d: Dom0, model: ModelStop) -> int:
             raise UsageError(f"cannot write core {args.save_core}: {e}") from None
     levels = Counter(gv.level_of().values())
     variables = {k: f"{v:#x}" for k, v in model.variables().items()}
-    s: dict[str, Any] = {"stop": model.until, "at": "init_mem_mapping (entry)", "cr3": f"{model.regs[1]:#x}",
+    at = "the entry of init_mem_mapping" if model.until == "setup_arch" else "init_mem_mapping's return"
+    s: dict[str, Any] = {"stop": model.until, "at": at, "cr3": f"{model.regs[1]:#x}",
          "table_pages": len(gv.table_mfns), "levels": dict(sorted(levels.items())), "leaves": len(gv.leaves),
          "leaf_sizes": {str(k): v for k, v in sorted(Counter(lf.size for lf in gv.leaves).items())},
          "variables": variables,
@@ -166,7 +167,7 @@ def report_guest(args: argparse.Namespace, d: Dom0, model: ModelStop) -> int:
         return 0
     out = [f"(XEN) {ln}" for ln in d.console] + g.m.xen.console
     out += [f"   {n}" for n in g.notes]
-    out.append(f"== stopped at the entry of init_mem_mapping (--until {model.until}): CR3 {s['cr3']} (init_top_pgt)")
+    out.append(f"== stopped at {at} (--until {model.until}): CR3 {s['cr3']} (init_top_pgt)")
     out.append(f"   tables: {s['table_pages']} pages {s['levels']}, {s['leaves']} leaves {s['leaf_sizes']}")
     out.append("   " + " ".join(f"{k}={v}" for k, v in variables.items()))
     sys.stdout.write("\n".join(out) + "\n")

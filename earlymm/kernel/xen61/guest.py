@@ -19,7 +19,10 @@ from earlymm.platform.xen.consts import (
     MACH2PHYS_VIRT_START,
     MMU_NORMAL_PT_UPDATE,
     SI_FIRST_P2M_PFN,
+    SI_FLAGS,
     SI_MFN_LIST,
+    SI_MOD_LEN,
+    SI_MOD_START,
     SI_NR_P2M_FRAMES,
     SI_NR_PAGES,
     SI_NR_PT_FRAMES,
@@ -68,6 +71,9 @@ class StartInfo:
     mfn_list: int
     first_p2m_pfn: int
     nr_p2m_frames: int
+    flags: int
+    mod_start: int
+    mod_len: int
 
 
 @dataclass
@@ -90,6 +96,9 @@ class Xen61Guest:
     released_pages: int = 0
     remap_mfn: int = INVALID_P2M_ENTRY
     e820: list[tuple[int, int, int]] = field(default_factory=list)  # the kernel's e820_table (start, end, type)
+    extra_mem: list[tuple[int, int]] = field(default_factory=list)  # xen_extra_mem: (start_pfn, n_pfns)
+    pgt_buf: tuple[int, int] = (0, 0)  # early_alloc_pgt_buf: [pgt_buf_start, pgt_buf_top) pfns
+    pt_kept: tuple[int, int] = (0, 0)  # xen_pt_base, xen_pt_size: the bootstrap tables still in use
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -97,9 +106,11 @@ class Xen61Guest:
         if missing:
             raise ValueError(f"the kernel symbols lack {', '.join(missing)} (give the kernel's own kallsyms)")
         f = {off: self.rd(self.si_va + off) for off in (SI_NR_PAGES, SI_SHARED_INFO, SI_PT_BASE, SI_NR_PT_FRAMES,
-                                                        SI_MFN_LIST, SI_FIRST_P2M_PFN, SI_NR_P2M_FRAMES)}
+                                                        SI_MFN_LIST, SI_FIRST_P2M_PFN, SI_NR_P2M_FRAMES, SI_FLAGS,
+                                                        SI_MOD_START, SI_MOD_LEN)}
         self.si = StartInfo(f[SI_NR_PAGES], f[SI_SHARED_INFO], f[SI_PT_BASE], f[SI_NR_PT_FRAMES], f[SI_MFN_LIST],
-                            f[SI_FIRST_P2M_PFN], f[SI_NR_P2M_FRAMES])
+                            f[SI_FIRST_P2M_PFN], f[SI_NR_P2M_FRAMES], f[SI_FLAGS] & 0xFFFF_FFFF, f[SI_MOD_START],
+                            f[SI_MOD_LEN])
         self.brk_end = self.syms["__brk_base"]
 
     def sym(self, name: str) -> int:
@@ -137,8 +148,8 @@ class Xen61Guest:
         """``__pfn_to_mfn``: the list entry below ``xen_p2m_size``; identity beyond ``xen_max_p2m_pfn``."""
         if pfn < self.p2m_size:
             return self.rd(self.p2m_addr + 8 * pfn)
-        if pfn < self.max_p2m_pfn:
-            return INVALID_P2M_ENTRY  # get_phys_to_machine: no list page there yet
+        if pfn < self.max_p2m_pfn:  # xen_chk_extra_mem
+            return INVALID_P2M_ENTRY if any(s <= pfn < s + n for s, n in self.extra_mem) else pfn | IDENTITY_FRAME_BIT
         return pfn | IDENTITY_FRAME_BIT
 
     def set_phys_to_machine(self, pfn: int, mfn: int) -> bool:

@@ -179,6 +179,7 @@ class MemorySetup:
                         pfn_s = pfn_up(addr)
                         n_pfns = pfn_down(addr + chunk) - pfn_s
                         extra -= n_pfns
+                        g.extra_mem.append((pfn_s, n_pfns))  # xen_add_extra_mem (memblock_reserve'd too)
                         g.max_p2m_pfn = pfn_s + n_pfns
                     else:
                         discard = True

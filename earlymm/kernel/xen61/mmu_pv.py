@@ -181,6 +181,7 @@ def xen_setup_kernel_pagetable(g: Xen61Guest, pgd: int) -> None:
     xen_write_cr3_init(g, g.pa(top))
     for a in addr:
         check_pt_base(g, pt, a)
+    g.pt_kept = (pt[0] << PAGE_SHIFT, (pt[1] - pt[0]) << PAGE_SHIFT)  # memblock_reserve(xen_pt_base, xen_pt_size)
     g.note(f"xen_setup_kernel_pagetable: init_top_pgt pinned and loaded; bootstrap tables kept "
            f"[{pt[0]:#x}, {pt[1]:#x})")
     g.si_va = g.va(g.pa(g.si_va))  # revector xen_start_info to __va

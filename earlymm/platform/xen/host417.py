@@ -33,6 +33,7 @@ from earlymm.platform.xen.consts import INVALID_M2P_ENTRY, LEVEL_TYPE, PGT_WRITA
 from earlymm.platform.xen.dom0_build import Dom0
 from earlymm.platform.xen.frames import NO_OWNER, MachineFrames
 from earlymm.platform.xen.hypervisor import Xen, XenIdentity
+from earlymm.platform.xen.mm import PageTypes
 
 PAGE = 4096
 M2P_PER_CHUNK = (2 << 20) // 8  # entries in one 2 MiB chunk: the mfns of one GiB
@@ -41,6 +42,21 @@ _NX = 1 << 63
 ADDR = 0x000F_FFFF_FFFF_F000
 CR0_PV, CR4_PV, EFER_PV = 0x8005_003B, 0x660, 0xD01  # the vCPU's registers at startup_xen (the captures')
 DOM0 = 0
+DOMID_IO = 0x7FF1
+LOW_MB_FRAMES = 0x100
+
+
+class Dom0PageTypes(PageTypes):
+    """``get_page_from_l1e`` for the hardware domain: an L1 entry may name an I/O frame — one past the
+    host's RAM, or one ``arch_init_memory`` gave to ``dom_io`` (the first MiB) — if the domain has
+    ``iomem`` access (dom0 has it to all of them here); no type reference is taken for it."""
+
+    def get_page_from_entry(self, e: int, level: int, d: int, table: int) -> str | None:
+        mfn = (e & self.addr_mask) >> 12
+        if level == 1 and e & _P and d == DOM0 and (
+                not self.frames.valid(mfn) or int(self.frames.owner[mfn]) == DOMID_IO):
+            return None
+        return super().get_page_from_entry(e, level, d, table)
 
 
 @dataclass
@@ -90,6 +106,8 @@ def _m2p(d: Dom0, nr_frames: int) -> ChunkedM2p:
     mfns = d.p2m[d.p2m < (1 << 62)].astype(np.int64)
     owner[mfns] = DOM0
     owner[d.shared_info >> 12] = DOM0  # share_xen_page_with_guest(shared_info, d, SHARE_rw)
+    low = owner[:LOW_MB_FRAMES]
+    low[low == NO_OWNER] = DOMID_IO  # arch_init_memory: the first MiB is shared with dom_io
     chunks = dict(zip(d.host.m2p_slots, d.host.m2p_chunks, strict=True))
     frames = ChunkedM2p(d.mem, nr_frames, chunks[min(chunks)] << 12 if chunks else 0, owner, chunks)
     pfns = np.flatnonzero(d.p2m < (1 << 62))
@@ -147,6 +165,8 @@ def start_dom0(d: Dom0, e820: list[Region], features: Features, *, trace: ListTr
     cpu = Cpu(d.mem, features, trace=trace, tlb=Tlb())
     xen = Xen(d.mem, cpu, frames, trace, XenIdentity(version="4.17.7", domid=DOM0, vcpu=0, pcpu=0))
     cpu.delivery = xen
+    xen.types = Dom0PageTypes(frames, d.mem, features.maxphyaddr, xen.printk,
+                              lambda: cpu.flush_tlb(include_global=True), trace.emit)
     xen.types.xen_l4_slots = {XEN_FIRST_SLOT: slot}
     xen.shared_info = d.shared_info
     _type_builder_tables(xen, d.cr3 >> 12)

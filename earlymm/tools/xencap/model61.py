@@ -59,6 +59,6 @@ class ModelStop:
 
 
 def run_dom0(d: Dom0, e820: list[Region], features: Features, symbols: dict[str, int], until: str) -> ModelStop:
-    """Xen starts the built dom0; the 6.1 guest runs to ``until`` (``xen_start_kernel`` or ``setup_arch``)."""
+    """Xen starts the built dom0; the 6.1 guest runs to ``until`` (``kernel.xen61.boot.STOPS``)."""
     m = start_dom0(d, e820, features)
     return ModelStop(m, boot_61(m, symbols, until), until)
