@@ -136,3 +136,15 @@ def test_cli_setup_arch_core(kernel: tuple[PvKernelImage, dict[str, int]], tmp_p
     assert f"{len(stop.pages)} pages" in out and f"max_pfn={stop.variables['max_pfn']:#x}" in out
     with open_qemu_core(core) as img:
         assert img.cpus[0].cr3 == stop.cr3 and img.cpus[0].rip == fx.symbol("init_mem_mapping")
+
+
+def test_cli_needs_the_kernels_symbols(kernel: tuple[PvKernelImage, dict[str, int]], tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from earlymm.cli.main import main
+
+    syms = tmp_path / "kallsyms"
+    syms.write_text("ffffffff81000000 T _text\nffffffff84430000 B _end\n")
+    assert main(["boot", "--pv", "xen", "--xen-version", "4.17", "--kernel-image", str(KERNEL), "--kernel-symbols",
+                 str(syms), "--mem", "2G", "--dom0-mem", "512M"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bm_pte" in err and "\n" not in err

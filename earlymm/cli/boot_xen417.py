@@ -22,6 +22,7 @@ from typing import Any
 
 from earlymm.arch.modes import Features
 from earlymm.cli.common import UsageError
+from earlymm.hw.faults import SimulationError
 from earlymm.hw.memory import Region
 from earlymm.images import write_qemu_core
 from earlymm.images.cpustate import GPR_NAMES, SEGMENT_NAMES, CpuState, Segment
@@ -117,7 +118,12 @@ def main_xen417(args: argparse.Namespace, features: Features, e820: list[Region]
     until = stop_of(args)
     d = build(args, features, e820)
     if until != "xen_start_kernel":
-        return report_guest(args, d, run_guest(args, d, features, e820, until))
+        try:
+            model = run_guest(args, d, features, e820, until)
+        except SimulationError as e:  # a BUG() in the guest or Xen crashing it: the outcome, in one line
+            sys.stderr.write(f"earlymm: the dom0 kernel did not reach --until {until}: {e}\n")
+            return 1
+        return report_guest(args, d, model)
     gv = view(d, features)
     if args.save_core is not None:
         frames = [(m, d.mem.read(m << 12, 4096)) for m in sorted(gv.table_mfns)]

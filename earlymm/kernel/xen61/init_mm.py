@@ -97,8 +97,13 @@ class InitMemMapping:
         k = max(0, min(n, g.p2m_size - pfn0))
         if k:
             mfns[:k] = np.frombuffer(g.read(g.p2m_addr + 8 * pfn0, 8 * k), dtype="<u8")
-        for i in range(k, n):
-            mfns[i] = g.pfn_to_mfn(pfn0 + i)
+        if k < n:  # past the list: __pfn_to_mfn's rule (xen_chk_extra_mem, then identity), for the run at once
+            rest = np.arange(pfn0 + k, pfn0 + n, dtype=np.uint64)
+            extra = np.zeros(n - k, dtype=bool)
+            for s, cnt in g.extra_mem:
+                extra |= (rest >= np.uint64(s)) & (rest < np.uint64(s + cnt))
+            extra &= rest < np.uint64(g.max_p2m_pfn)
+            mfns[k:] = np.where(extra, np.uint64(INVALID_P2M_ENTRY), rest | np.uint64(IDENTITY_FRAME_BIT))
         prot = g.massage(PAGE_KERNEL)
         pfns = np.arange(pfn0, pfn0 + n, dtype=np.uint64)
         si = g.si
@@ -123,15 +128,16 @@ class InitMemMapping:
                 g.write(pte_page, page.astype("<u8").tobytes())
                 paddr_last = base + (i + n_in) * PAGE_SIZE
             return paddr_last
+        old = np.frombuffer(g.read(pte_page, PAGE_SIZE), dtype="<u8")  # each entry read once, as the loop does
         for k in range(n_in):
             ptep = pte_page + 8 * (i + k)
-            if g.rd(ptep):
+            if old[i + k]:
                 continue  # reuse the existing mapping (Xen's, read-only where it must be)
             xen_set_pte_init(g, ptep, int(vals[k]))
             paddr_last = base + (i + k + 1) * PAGE_SIZE
         for k in range(i + n_in, 512):  # past the end: clear what is not RAM (nothing here to clear)
             at = base + k * PAGE_SIZE
-            if g.rd(pte_page + 8 * k) and not self.e820_mapped_ram(at, at + PAGE_SIZE):
+            if old[k] and not self.e820_mapped_ram(at, at + PAGE_SIZE):
                 xen_set_pte_init(g, pte_page + 8 * k, 0)
         return paddr_last
 
