@@ -10,8 +10,10 @@ m2p in the 2 MiB heap chunks ``paging_init`` took, mapped read-only to guests at
 ``RO_MPT_VIRT_START`` (L4 slot 256, which Xen writes into every guest L4 it validates).
 
 The hypercalls themselves are ``hypervisor.Xen``'s (``do_mmu_update``, ``do_update_va_mapping``,
-``do_mmuext_op``, ``ptwr`` emulation of direct writes to L1 pages), whose semantics for these
-operations did not change between 4.2 and 4.17 in what the model covers.
+``do_mmuext_op``, ``ptwr`` emulation of direct writes to L1 pages), written after Xen 4.2; the model takes
+their type rules as unchanged in 4.17 for the operations the 6.1 guest makes here (pins, base pointers,
+entry updates; the captures agree), with one addition for the hardware domain (``Dom0PageTypes``: I/O
+frames in L1 entries).
 
 Differences: of Xen's L4 slots 256–271 only the m2p slot is given to validated L4s (the builder's L4
 also keeps its linear slot 258); the m2p's L3/L2 pages are taken from the heap after the build (the
