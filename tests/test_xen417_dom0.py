@@ -114,7 +114,8 @@ def test_not_a_kernel() -> None:
 @pytest.mark.parametrize("argv, words", [
     (["--kernel-image", "/nonexistent/vmlinuz"], "--kernel-image"),
     ([], "--kernel-image FILE"),
-    (["--kernel-image", "x", "--until", "setup_arch"], "not modelled yet"),
+    (["--kernel-image", "x", "--until", "start_kernel"], "one of: xen_start_kernel, setup_arch, init_mem_mapping"),
+    (["--kernel-image", "x", "--until", "setup_arch"], "--kernel-symbols FILE"),
     (["--kernel-image", "x", "--xen-write-cr3", "late"], "--xen-write-cr3"),
     (["--kernel-image", "x", "--mem", "2G", "--e820", "y"], "not allowed with"),
 ])

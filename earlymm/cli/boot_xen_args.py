@@ -37,7 +37,7 @@ XEN_ONLY: dict[str, tuple[str, Any]] = {
 }
 XEN417_ONLY = ("kernel_image", "dom0_mem", "dom0_initrd")
 # what a Xen 4.17 dom0 boot takes besides its own options (issue 12): the host's memory and the command line
-XEN417_ALLOWED = {"e820"}
+XEN417_ALLOWED = {"e820", "kernel_symbols"}
 
 
 def add_xen_options(p: Parser) -> None:

@@ -168,6 +168,7 @@ class Dom0:
     shared_info: int
     table_mfns: list[int] = field(default_factory=list)
     start_info: bytes = b""
+    max_pages: int = 0  # d->max_pages (XENMEM_maximum_reservation)
 
     @property
     def cr3(self) -> int:
@@ -191,6 +192,8 @@ class Dom0Builder:
             raise ValueError("the model builds 64-bit dom0 kernels only (Mismatch between Xen and DOM0 kernel)")
         images = sum(-(-(m.headroom + m.length) // PAGE) for m in mods)
         nr_pages = compute_nr_pages(self.spec, heap.avail() + images)
+        hi = self.spec[2]  # d->max_pages = min(max:, UINT_MAX); no max: is LONG_MAX pages
+        max_pages = min(hi.get(heap.avail() + images) if hi.set else (1 << 63) - 1, (1 << 32) - 1)
         rd_len = self.initrd_len
         v_start, vkern_start, vkern_end = k.virt_base, k.virt_kstart, k.virt_kend
         if k.unmapped_initrd:
@@ -256,7 +259,7 @@ class Dom0Builder:
         mem = PhysMem(absent_zero=True, regions=RegionMap(ram))
         d = Dom0(mem, host, heap, con, np.full(nr_pages, (1 << 64) - 1, dtype=np.uint64), nr_pages, alloc_spfn,
                  v_start, v_end, vpt_start, nr_pt, vstartinfo_start, vstack_end, vphysmap_start, k.virt_entry,
-                 shared_info)
+                 shared_info, max_pages=max_pages)
         self._tables(d, initrd_pfn, initrd_mfn, rd_len)
         self._load(d)
         kmod = mods[0]  # discard_initial_images: the kernel module (with its headroom) back to the heap

@@ -65,6 +65,7 @@ class HostLayout:
     modules: list[BootModule] = field(default_factory=list)
     frame_table: list[tuple[int, int]] = field(default_factory=list)  # mfn ranges
     m2p_chunks: list[int] = field(default_factory=list)  # mfns of the 64-bit m2p's 2 MiB chunks
+    m2p_slots: list[int] = field(default_factory=list)  # which GiB of mfns each chunk holds the entries of
     compat_m2p_chunks: list[int] = field(default_factory=list)
     max_page: int = 0
     total_pages: int = 0  # "System RAM"
@@ -294,6 +295,7 @@ def _m2p(lay: HostLayout, heap: BuddyHeap, ram: list[tuple[int, int]]) -> None:
     for i in range(mpt >> 21):
         if any(valid[(i << 18) // PDX_GROUP_PAGES + n] for n in range(4)):
             lay.m2p_chunks.append(heap.alloc(9))
+            lay.m2p_slots.append(i)
     compat = min((mpt >> 1) + MiB, 1 * GiB) & ~L2_MASK
     for i in range(compat >> 21):
         first = (i << 19) // PDX_GROUP_PAGES
