@@ -13,6 +13,7 @@ from earlymm.arch.cpuid import CpuIdentity, Vendor
 from earlymm.arch.modes import Features
 from earlymm.cli.boot_xen_args import add_xen_options, check_combination, domain_config
 from earlymm.cli.common import EXIT_CRASH, EXIT_OK, Parser, UsageError, hexint, parse_size, size_arg, size_text
+from earlymm.cli.trace_writes_args import TraceWrites, add_trace_writes_options, trace_writes
 from earlymm.hw.memory import Region, RegionMap, RegionType
 from earlymm.images import ImageError, WriteError
 from earlymm.images.safe_write import SYMLINK_POLICY, check_target
@@ -126,6 +127,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
                    help="report progress on stderr even when it is not a terminal (a terminal gets it anyway)")
     p.add_argument("--json", action="store_true")
     add_xen_options(p)
+    add_trace_writes_options(p)
     p.set_defaults(func=main)
 
 
@@ -320,8 +322,10 @@ def main(args: argparse.Namespace) -> int:
                 raise UsageError(str(e)) from None
     if args.pv == "xen":
         until = parse_until(args.until, XEN_PV_PHASES, "Xen PV x86-64") if args.until else None
-        return report(args, run_xen(args, until))
+        tw = trace_writes(args, "xen-pv")
+        return report(args, run_xen(args, until, tw), tw=tw)
     machine, kernel, until = configure(args)
+    tw = trace_writes(args, "x86-64")
     progress = None
     if args.progress or sys.stderr.isatty():
         ram = sum(r.end - r.start for r in machine.ram())
@@ -330,13 +334,13 @@ def main(args: argparse.Namespace) -> int:
     listeners = ([progress.on_event] if progress else []) + ([recorder.on_event] if recorder else [])
     try:
         result = boot(machine, kernel, until=until, trace=True, image_size=image_size(args), listeners=listeners,
-                      pv=recorder.attach if recorder else None)
+                      pv=recorder.attach if recorder else None, instrument=tw.tracer.attach if tw else None)
     except ValueError as e:
         raise UsageError(str(e)) from None
     finally:
         if progress:
             progress.close()
-    return report(args, result, recorder)
+    return report(args, result, recorder, tw)
 
 
 def resolve_profile(args: argparse.Namespace) -> bool:
@@ -363,20 +367,25 @@ def kernel_config(args: argparse.Namespace, five: bool) -> KernelConfig:
                         decompressor=args.decompressor or ("merged" if five else None))
 
 
-def run_xen(args: argparse.Namespace, until: Phase | None) -> BootResult:
+def run_xen(args: argparse.Namespace, until: Phase | None, tw: TraceWrites | None = None) -> BootResult:
     """The Xen PV boot (``--pv xen``): the domain's options, the v3.9 kernel, the chosen write_cr3."""
     feats = Features(nx=not args.no_nx, gbpages=not args.no_gbpages, pge=not args.no_pge, la57=False, pks=False)
     dom = domain_config(args, feats, cpu_identity(args))
     kernel = KernelConfig(PROFILES["v3.9"])
     try:
         return boot_xen(dom, kernel, write_cr3_late=args.xen_write_cr3 == "late", until=until, trace=True,
-                        image_size=image_size(args), bug=args.xen_guest_bug or "")
+                        image_size=image_size(args), bug=args.xen_guest_bug or "",
+                        instrument=tw.tracer.attach if tw else None)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
 
-def report(args: argparse.Namespace, result: BootResult, recorder: BootRecorder | None = None) -> int:
-    """Save the core if asked, then print the story (text or JSON); exit 1 for a crash."""
+def report(args: argparse.Namespace, result: BootResult, recorder: BootRecorder | None = None,
+           tw: TraceWrites | None = None) -> int:
+    """Save the core if asked, then print the story (text or JSON, with the table writes when traced); exit 1
+    for a crash."""
+    if tw is not None:
+        tw.check()
     if args.save_core is not None:
         try:
             save_core(result, args.save_core)
@@ -390,10 +399,17 @@ def report(args: argparse.Namespace, result: BootResult, recorder: BootRecorder 
         except WriteError as e:
             raise UsageError(str(e)) from None
     if args.json:
-        json.dump(to_json(result, events=args.trace), sys.stdout, indent=1)
+        doc = to_json(result, events=args.trace)
+        if tw is not None:
+            tw.add_json(doc)
+        json.dump(doc, sys.stdout, indent=1)
         sys.stdout.write("\n")
-    elif sys.stdout.isatty():
-        print_rich(render_text(result, trace=args.trace))
+        return EXIT_CRASH if result.outcome.crashed else EXIT_OK
+    text = render_text(result, trace=args.trace)
+    if tw is not None:
+        text = tw.text(text)
+    if sys.stdout.isatty():
+        print_rich(text)
     else:
-        sys.stdout.write(render_text(result, trace=args.trace) + "\n")
+        sys.stdout.write(text + "\n")
     return EXIT_CRASH if result.outcome.crashed else EXIT_OK

@@ -1,0 +1,437 @@
+"""Capture every page-table store of a boot where it lands: in simulated physical (machine) memory.
+
+Every store the kernel model makes — ``ctx.wr``/``memset``/``memcpy``, ``pv_ops.mmu``'s ``set_*`` and their
+runs (``set_entries``), head_64.S's direct ``movq``s, and under Xen PV the hypervisor's committed
+``mmu_update``s, ptwr emulations and pin-time adjustments — ends in ``PhysMem.write_int``/``write``.
+The tracer shadows those two methods (and ``Cpu.store``/``write`` for the virtual address the kernel
+used, and ``Mmu.translate`` so the CPU's own accessed/dirty updates are not taken for stores) on the
+machine's instances only when it is attached: a boot without ``--trace-writes`` runs the unchanged
+code. Only frames the registry knows as page tables are recorded, and a store's entries are folded into
+runs while they continue the previous store (same function, table, next index, values in step) — a
+builder's 512 new leaves are one run, not 512 objects.
+
+The kernel function is read off the model's own call stack, which names Linux functions one Python
+function each (the rule of ``kernel/backtrace.py``: module-level public functions of ``earlymm.kernel``,
+the boot drivers excepted).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import numpy as np
+
+from earlymm.hw.events import CrWrite, Event
+from earlymm.hw.memory import Buffer
+from earlymm.kernel.consts import START_KERNEL_MAP
+from earlymm.kernel.events import LowPageAlloc, PoolAlloc
+from earlymm.kernel.i386.events import TablePage
+from earlymm.tools.tablewrites.decode import points_to_table
+from earlymm.tools.tablewrites.known import POOL, name_of, register_known
+from earlymm.tools.tablewrites.tables import PAGE, Registry, Table
+
+_DRIVERS = frozenset({"earlymm.kernel.boot", "earlymm.kernel.boot_xen", "earlymm.kernel.i386.boot"})
+# The kernel-side seam a store went through (innermost frame with one of these names).
+_SEAMS = {"set_pte": "set_pte", "set_pmd": "set_pmd", "set_pud": "set_pud", "set_p4d": "set_p4d",
+          "set_pgd": "set_pgd", "set_entries": "set_entries", "memset": "memset", "memcpy": "memcpy",
+          "wr": "store", "write_idt_entry": "store"}
+# How Xen committed it (innermost hypervisor frame with one of these names).
+_XEN_OPS = {"_ptwr": "ptwr emulation", "mmu_update": "mmu_update", "mmu_update_each": "mmu_update",
+            "update_va_mapping": "update_va_mapping", "alloc_table": "Xen pin validation",
+            "mmuext_op": "mmuext_op"}
+MAX_RUNS = 2_000_000  # beyond this, stores are counted but not kept (a hostile boot stays bounded)
+_M64 = (1 << 64) - 1
+
+
+@dataclass(slots=True)
+class Run:
+    """``count`` consecutive entries of one table written by one function, old and new values each an
+    arithmetic progression (``old + k·old_step``, ``new + k·new_step``, modulo 2^64)."""
+
+    seq: int
+    phase: str
+    function: str
+    op: str
+    table: Table
+    index: int
+    count: int
+    old: int
+    old_step: int
+    new: int
+    new_step: int
+    via: int | None  # the virtual address the kernel stored through (None: a machine address, Xen)
+    target: Table | None = None  # the table the first new entry points at, when it does
+
+    def old_at(self, k: int) -> int:
+        return (self.old + k * self.old_step) & _M64
+
+    def new_at(self, k: int) -> int:
+        return (self.new + k * self.new_step) & _M64
+
+
+@dataclass
+class Totals:
+    stores: int = 0  # memory writes that touched a table
+    entries: int = 0  # entries written
+    changed: int = 0  # entries whose value changed
+    dropped: int = 0  # entries not kept (MAX_RUNS)
+
+
+@dataclass
+class WriteTracer:
+    registry: Registry = field(default_factory=Registry)
+    runs: list[Run] = field(default_factory=list)
+    totals: Totals = field(default_factory=Totals)
+    arch: str = "x86-64"  # "x86-64", "xen-pv", "i386", "i386-pae"
+    ctx: Any = None
+    _va: list[list[int]] = field(default_factory=list)  # [va, bytes consumed] of the CPU accesses in flight
+    _in_walk: int = 0
+    _loader: list[int] = field(default_factory=list)
+    xen_hv: Any = None
+    _seq: int = 0
+    _pending: dict[int, list[Run]] = field(default_factory=dict)  # id(table) → runs stored before its level
+
+    # -- attaching ------------------------------------------------------------------------------------
+    def attach(self, ctx: Any) -> None:
+        """Start tracing ``ctx``'s machine (a ``KernelContext`` or an ``I386Context``) from here on."""
+        self.ctx = ctx
+        plat = ctx.platform
+        self.xen_hv = getattr(plat, "xen", None) if getattr(plat, "name", "") == "xen-pv" else None
+        register_known(self, ctx)
+        mem, cpu = plat.mem, ctx.cpu
+        write_int, write, store, cwrite, translate = mem.write_int, mem.write, cpu.store, cpu.write, \
+            cpu.mmu.translate
+
+        def t_write_int(pa: int, size: int, value: int) -> None:
+            if self._in_walk:  # the CPU setting accessed/dirty bits while it walks: not a store
+                write_int(pa, size, value)
+                return
+            if (pa & 0xFFF) + size > PAGE:
+                t_write(pa, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+                return
+            table = self._table(pa >> 12)
+            via = self._advance(size)
+            if table is None:
+                write_int(pa, size, value)
+                return
+            self._capture(table, pa, size, via, lambda: write_int(pa, size, value))
+
+        def t_write(pa: int, data: Buffer) -> None:
+            if self._in_walk:
+                write(pa, data)
+                return
+            view = memoryview(data).cast("B")
+            pos = 0
+            while pos < len(view):
+                n = min(len(view) - pos, PAGE - (pa & 0xFFF))
+                chunk = view[pos:pos + n]
+                table = self._table(pa >> 12)
+                via = self._advance(n)
+                if table is None:
+                    write(pa, chunk)
+                else:
+                    self._capture(table, pa, n, via, lambda a=pa, c=chunk: write(a, c))
+                pa, pos = pa + n, pos + n
+
+        def t_store(va: int, size: int, value: int, *, implicit: bool = False) -> None:
+            self._va.append([va, 0])
+            try:
+                store(va, size, value, implicit=implicit)
+            finally:
+                self._va.pop()
+
+        def t_cwrite(va: int, data: bytes, *, implicit: bool = False) -> None:
+            self._va.append([va, 0])
+            try:
+                cwrite(va, data, implicit=implicit)
+            finally:
+                self._va.pop()
+
+        def t_translate(*args: Any, **kw: Any) -> Any:
+            self._in_walk += 1
+            try:
+                return translate(*args, **kw)
+            finally:
+                self._in_walk -= 1
+
+        # Instance attributes shadow the methods for this machine only (nothing changes when not attached).
+        mem.write_int = t_write_int
+        mem.write = t_write
+        cpu.store = t_store
+        cpu.write = t_cwrite
+        cpu.mmu.translate = t_translate
+        ctx.trace.listeners.append(self.on_event)
+
+    # -- what is a table ------------------------------------------------------------------------------
+    def _table(self, pfn: int) -> Table | None:
+        t = self.registry.by_pfn.get(pfn)
+        if t is None and self.xen_hv is not None:
+            level = self.xen_hv.types.level(pfn) if self.xen_hv.frames.valid(pfn) else 0
+            if level:
+                t = self.registry.register(Table(f"mfn {pfn:#x}", pfn << 12, level, "Xen page type",
+                                                 pfn=int(self.xen_hv.frames.pfn_of(pfn))))
+        return t
+
+    def level_names(self) -> tuple[str, ...]:
+        if self.arch == "i386":
+            return ("pte", "pgd")
+        if self.arch == "i386-pae":
+            return ("pte", "pmd", "pgd")
+        ctx = self.ctx
+        l5 = ctx is not None and ctx.pgt.pgtable_l5_enabled
+        return ("pte", "pmd", "pud", "p4d", "pgd") if l5 else ("pte", "pmd", "pud", "pgd")
+
+    def top_level(self) -> int:
+        return {"i386": 2, "i386-pae": 3}.get(self.arch, 5 if self.ctx.pgt.pgtable_l5_enabled else 4)
+
+    def entry_size(self) -> int:
+        return 4 if self.arch == "i386" else 8
+
+    def new_table(self, name: str, pa: int, level: int | None, how: str, *, root: bool = False) -> Table:
+        pfn = int(self.xen_hv.frames.pfn_of(pa >> 12)) if self.xen_hv is not None else None
+        return self.registry.register(Table(name, pa & ~0xFFF, level, how, self.entry_size(), root, pfn))
+
+    def on_event(self, e: Event) -> None:
+        if isinstance(e, PoolAlloc):
+            level = {"pte": 1, "pmd": 2, "pud": 3, "p4d": 4}.get(e.level, self.top_level())
+            self.new_table(f"{POOL}[{e.index}]", e.phys, level,
+                           f"allocation ({POOL} handed out as a {e.level})")
+        elif isinstance(e, LowPageAlloc):
+            pa = self.machine(e.pa)
+            self.new_table(self._low_name(e.pa, e.source), pa, None, "allocation (alloc_low_pages)")
+        elif isinstance(e, CrWrite) and e.reg == "cr3":
+            self._cr3(e.new)
+        elif isinstance(e, TablePage) and e.action == "allocated":
+            self.new_table(f"bootmem {e.level} page", e.pa, {"pte": 1, "pmd": 2}.get(e.level),
+                           f"allocation ({e.fn}: alloc_bootmem_low_pages)")
+
+    def _low_name(self, pa: int, source: str) -> str:
+        ctx = self.ctx
+        if source == "brk":
+            brk = ctx.sym("__brk_base") - START_KERNEL_MAP + self.load_delta()
+            return f"brk[{(pa - brk) >> 12}]"
+        return "memblock page"
+
+    def machine(self, pa: int) -> int:
+        """A guest-physical address as the machine's memory has it (the p2m under Xen PV)."""
+        if self.xen_hv is None:
+            return pa
+        return (int(self.ctx.platform.p2m[pa >> 12]) << 12) | (pa & 0xFFF)
+
+    def load_delta(self) -> int:
+        ctx = self.ctx
+        return int(ctx.platform.entry.kernel_at - (ctx.layout.text - START_KERNEL_MAP))
+
+    def _cr3(self, cr3: int) -> None:
+        pa = cr3 & 0x000F_FFFF_FFFF_F000 if self.arch != "i386-pae" else cr3 & 0xFFFF_FFE0
+        pfn = pa >> 12
+        if self._loader and pfn not in self._loader:
+            for p in self._loader:  # the loader's tables are dead: their pages may become anything
+                t = self.registry.get(p)
+                if t is not None and t.how.startswith("in use"):
+                    self.registry.forget(p)
+            self._loader = []
+        t = self.registry.get(pfn)
+        if t is None:
+            self.new_table(f"CR3 root {pa:#x}", pa, self.top_level(), "CR3", root=True)
+        elif not t.root:
+            t.root, t.level = True, t.level or self.top_level()
+
+    def scan_loader(self, root: int, levels: int, limit: int = 4096) -> None:
+        """Register the tables in use when tracing starts (the boot loader's, reached from CR3)."""
+        mem = self.ctx.platform.mem
+        todo, seen = [(root, levels)], 0
+        while todo and seen < limit:
+            pa, level = todo.pop()
+            if self.registry.get(pa >> 12) is not None:
+                continue
+            self.new_table(f"loader L{level}", pa, level, "in use at entry (CR3)", root=level == levels)
+            self._loader.append(pa >> 12)
+            seen += 1
+            ents = mem.entries8(pa >> 12)
+            if level > 1 and ents is not None:
+                vals = np.frombuffer(ents, dtype=np.uint64)
+                for v in vals[(vals & np.uint64(0x81)) == np.uint64(1)].tolist():
+                    todo.append((int(v) & 0x000F_FFFF_FFFF_F000, level - 1))
+
+    # -- recording ------------------------------------------------------------------------------------
+    def _advance(self, n: int) -> int | None:
+        """The VA of this memory write within the CPU access in flight (bytes are written in order)."""
+        if not self._va:
+            return None
+        top = self._va[-1]
+        va = top[0] + top[1]
+        top[1] += n
+        return va
+
+    def _capture(self, table: Table, pa: int, n: int, via: int | None, do_write: Any) -> None:
+        mem = self.ctx.platform.mem
+        esz = table.entry_size
+        off = pa & 0xFFF
+        lo, hi = off // esz * esz, -(-(off + n) // esz) * esz
+        pfn = pa >> 12
+        frame = mem.frame(pfn)
+        old = bytes(frame[lo:hi]) if frame is not None else bytes(hi - lo)
+        do_write()
+        after = mem.frame(pfn)
+        new = bytes(after[lo:hi]) if after is not None else bytes(hi - lo)
+        if via is not None:
+            via -= off - lo
+            if (via ^ pa) & 0xFFF or not self._maps(via, pa & ~(esz - 1)):
+                via = None
+        self._record(table, lo // esz, old, new, via)
+
+    def _maps(self, va: int, pa: int) -> bool:
+        res = self.ctx.cpu.mmu.probe(va)
+        return bool(res.ok) and res.pa == pa
+
+    def _record(self, table: Table, first: int, old_b: bytes, new_b: bytes, via: int | None) -> None:
+        dt = np.dtype("<u8" if table.entry_size == 8 else "<u4")
+        old = np.frombuffer(old_b, dtype=dt).astype(np.uint64)
+        new = np.frombuffer(new_b, dtype=dt).astype(np.uint64)
+        n = len(new)
+        tot = self.totals
+        tot.stores += 1
+        tot.entries += n
+        tot.changed += int(np.count_nonzero(old != new))
+        if len(self.runs) >= MAX_RUNS:
+            tot.dropped += n
+            return
+        if table.root and table.how == "symbol":
+            table.level = self.top_level()  # the paging mode decides (check_la57_support)
+        fn, op = self._who()
+        phase = self.ctx.phase.value if self.ctx.phase is not None else ""
+        for s, m in _segments(old, new):
+            o0, n0 = int(old[s]), int(new[s])
+            os_ = (int(old[s + 1]) - o0) & _M64 if m > 1 else 0
+            ns = (int(new[s + 1]) - n0) & _M64 if m > 1 else 0
+            v = None if via is None else via + s * table.entry_size
+            self._add(Run(self._seq, phase, fn, op, table, first + s, m, o0, os_, n0, ns, v))
+
+    def _add(self, r: Run) -> None:
+        last = self.runs[-1] if self.runs else None
+        esz = r.table.entry_size
+        if (last is not None and last.table is r.table and last.function == r.function and last.op == r.op
+                and last.phase == r.phase and r.index == last.index + last.count
+                and (last.via is None) == (r.via is None)
+                and (r.via is None or last.via is None or r.via == last.via + esz * last.count)):
+            ns = last.new_step if last.count > 1 else (r.new - last.new) & _M64
+            os_ = last.old_step if last.count > 1 else (r.old - last.old) & _M64
+            if (r.new == (last.new + last.count * ns) & _M64 and r.old == (last.old + last.count * os_) & _M64
+                    and (r.count == 1 or (r.new_step & _M64, r.old_step & _M64) == (ns, os_))):
+                last.new_step, last.old_step = ns, os_
+                last.count += r.count
+                self._links(r)
+                return
+        self._seq += 1
+        r.seq = self._seq
+        r.new_step &= _M64
+        r.old_step &= _M64
+        self.runs.append(r)
+        self._links(r)
+
+    def _links(self, r: Run) -> None:
+        """Entries that now point at a table make it one level below this one (and place it in VA)."""
+        t = r.table
+        if t.level is None:
+            self._pending.setdefault(id(t), []).append(r)
+            return
+        pdpt = self.arch == "i386-pae" and t.level == 3
+        if not points_to_table(r.new, t.level, pdpt=pdpt):
+            return
+        if r.new_step and r.new_step & 0xFFF:
+            return  # not a run of pointers
+        mask = 0x000F_FFFF_FFFF_F000 if t.entry_size == 8 else 0xFFFF_F000
+        seen = set()
+        for k in range(r.count):
+            val = r.new_at(k)
+            target = (val & mask) >> 12
+            before = r.old_at(k)
+            if points_to_table(before, t.level, pdpt=pdpt) and (before & mask) >> 12 != target:
+                gone = self.registry.get((before & mask) >> 12)
+                if gone is not None:
+                    gone.unlink(t, r.index + k)  # the entry points elsewhere now
+            if (target, r.index + k) in seen:
+                continue
+            seen.add((target, r.index + k))
+            child = self.registry.get(target)
+            if child is None:
+                child = self.new_table(self._name_of(target << 12), target << 12, t.level - 1,
+                                       f"linked from {t.name}[{r.index + k}]")
+            elif child.level is None:
+                child.level = t.level - 1
+                child.how = f"{child.how}; level: linked from {t.name}[{r.index + k}]"
+                self._resolve(child)
+            child.link(t, r.index + k)
+            if k == 0:
+                r.target = child
+
+    def _resolve(self, t: Table) -> None:
+        for r in self._pending.pop(id(t), []):
+            self._links(r)
+
+    def _name_of(self, pa: int) -> str:
+        return name_of(self, pa)
+
+    def _who(self) -> tuple[str, str]:
+        """The innermost kernel function on the stack, and the seam (and Xen operation) of the store."""
+        f: FrameType | None = sys._getframe(1)
+        fn = seam = xen = ""
+        while f is not None:
+            mod = str(f.f_globals.get("__name__", ""))
+            name = f.f_code.co_name
+            if not xen and mod.startswith("earlymm.platform.xen") and name in _XEN_OPS:
+                xen = _XEN_OPS[name]
+            elif not seam and mod.startswith("earlymm.kernel") and name in _SEAMS:
+                seam = _SEAMS[name]
+                if name == "set_entries":
+                    op = f.f_locals.get("op")
+                    seam = f"{getattr(op, 'value', 'set')} (run)"
+            elif mod.startswith("earlymm.kernel") and mod not in _DRIVERS and _is_kernel_fn(f):
+                fn = name
+                break
+            f = f.f_back
+        seam = seam or "store"
+        return fn or "(none)", f"{seam} → {xen}" if xen else seam
+
+
+def _is_kernel_fn(f: FrameType) -> bool:
+    code = f.f_code
+    name = code.co_name
+    if code.co_argcount > 0 and code.co_varnames[0] in ("self", "cls"):
+        return False
+    if "<locals>" in getattr(code, "co_qualname", ""):  # a helper inside a kernel function (head_64.S's addq): that function
+        return False
+    return not (name.startswith("_") and not name.startswith("__")) and not name.startswith("<")
+
+
+def _segments(old: np.ndarray, new: np.ndarray) -> list[tuple[int, int]]:
+    """(start, length) of maximal stretches where old and new both advance by a constant step; a
+    stretch of two that does not continue is two single entries."""
+    n = len(new)
+    if n == 1:
+        return [(0, 1)]
+    dn, do = np.diff(new), np.diff(old)
+    if bool((dn == dn[0]).all()) and bool((do == do[0]).all()):
+        return [(0, n)]
+    dnl, dol = dn.tolist(), do.tolist()
+    out: list[tuple[int, int]] = []
+    i = 0
+    while i < n:
+        if i == n - 1:
+            out.append((i, 1))
+            break
+        k = i
+        while k < n - 1 and dnl[k] == dnl[i] and dol[k] == dol[i]:
+            k += 1
+        length = k - i + 1
+        if length == 2:
+            out.append((i, 1))
+            i += 1
+        else:
+            out.append((i, length))
+            i += length
+    return out
