@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ import numpy as np
 from earlymm.hw.events import CrWrite, Event
 from earlymm.hw.memory import Buffer
 from earlymm.kernel.consts import START_KERNEL_MAP
-from earlymm.kernel.events import LowPageAlloc, PoolAlloc
+from earlymm.kernel.events import LowPageAlloc, PhaseEntered, PoolAlloc
 from earlymm.kernel.i386.events import TablePage
 from earlymm.tools.tablewrites.decode import points_to_table
 from earlymm.tools.tablewrites.known import POOL, name_of, register_known
@@ -44,6 +44,9 @@ _XEN_OPS = {"_ptwr": "ptwr emulation", "mmu_update": "mmu_update", "mmu_update_e
             "mmuext_op": "mmuext_op"}
 MAX_RUNS = 2_000_000  # beyond this, stores are counted but not kept (a hostile boot stays bounded)
 _M64 = (1 << 64) - 1
+_ADDR = 0x000F_FFFF_FFFF_F000
+_FRAME_BITS = (1 << 40) - 1
+_LOOP_STEPS = frozenset({0} | {s & _M64 for p in (12, 21, 22, 30) for s in (1 << p, -(1 << p))})
 
 
 @dataclass(slots=True)
@@ -64,6 +67,7 @@ class Run:
     new_step: int
     via: int | None  # the virtual address the kernel stored through (None: a machine address, Xen)
     target: Table | None = None  # the table the first new entry points at, when it does
+    pfn_view: bool = False  # Xen PV: values (and steps) as the kernel sees them, pfns for mfns (pte_val)
 
     def old_at(self, k: int) -> int:
         return (self.old + k * self.old_step) & _M64
@@ -92,6 +96,9 @@ class WriteTracer:
     _loader: list[int] = field(default_factory=list)
     xen_hv: Any = None
     _seq: int = 0
+    _m2p: Any = None  # Xen PV: mfn → pfn of the domain's frames (-1: not the domain's), to fold by pfn
+    _p2m: Any = None
+    _roles: dict[CodeType, tuple[str, str]] = field(default_factory=dict)
     _pending: dict[int, list[Run]] = field(default_factory=dict)  # id(table) → runs stored before its level
 
     # -- attaching ------------------------------------------------------------------------------------
@@ -101,6 +108,11 @@ class WriteTracer:
         plat = ctx.platform
         self.xen_hv = getattr(plat, "xen", None) if getattr(plat, "name", "") == "xen-pv" else None
         register_known(self, ctx)
+        if self.xen_hv is not None:
+            p2m = np.asarray(plat.p2m).astype(np.int64)
+            self._p2m = p2m
+            self._m2p = np.full(int(p2m.max()) + 1, -1, dtype=np.int64)
+            self._m2p[p2m] = np.arange(len(p2m), dtype=np.int64)
         mem, cpu = plat.mem, ctx.cpu
         write_int, write, store, cwrite, translate = mem.write_int, mem.write, cpu.store, cpu.write, \
             cpu.mmu.translate
@@ -175,8 +187,8 @@ class WriteTracer:
                                                  pfn=int(self.xen_hv.frames.pfn_of(pfn))))
         return t
 
-    def level_names(self) -> tuple[str, ...]:
-        if self.arch == "i386":
+    def level_names(self, entry_size: int = 8) -> tuple[str, ...]:
+        if self.arch == "i386" or entry_size == 4:
             return ("pte", "pgd")
         if self.arch == "i386-pae":
             return ("pte", "pmd", "pgd")
@@ -190,9 +202,11 @@ class WriteTracer:
     def entry_size(self) -> int:
         return 4 if self.arch == "i386" else 8
 
-    def new_table(self, name: str, pa: int, level: int | None, how: str, *, root: bool = False) -> Table:
+    def new_table(self, name: str, pa: int, level: int | None, how: str, *, root: bool = False,
+                  entry_size: int | None = None) -> Table:
         pfn = int(self.xen_hv.frames.pfn_of(pa >> 12)) if self.xen_hv is not None else None
-        return self.registry.register(Table(name, pa & ~0xFFF, level, how, self.entry_size(), root, pfn))
+        return self.registry.register(Table(name, pa & ~0xFFF, level, how, entry_size or self.entry_size(), root,
+                                            pfn))
 
     def on_event(self, e: Event) -> None:
         if isinstance(e, PoolAlloc):
@@ -202,6 +216,11 @@ class WriteTracer:
         elif isinstance(e, LowPageAlloc):
             pa = self.machine(e.pa)
             self.new_table(self._low_name(e.pa, e.source), pa, None, "allocation (alloc_low_pages)")
+        elif isinstance(e, PhaseEntered) and e.phase == "pagetable_setup_start" and self.arch == "i386-pae":
+            # head.S built a 2-level directory; from here the kernel writes swapper_pg_dir as a PAE pgd
+            swapper = self.ctx.layout.phys("swapper_pg_dir")
+            self.new_table("swapper_pg_dir", swapper, 3, "symbol (a PAE pgd from pagetable_setup_start on)",
+                           root=True)
         elif isinstance(e, CrWrite) and e.reg == "cr3":
             self._cr3(e.new)
         elif isinstance(e, TablePage) and e.action == "allocated":
@@ -280,7 +299,9 @@ class WriteTracer:
         new = bytes(after[lo:hi]) if after is not None else bytes(hi - lo)
         if via is not None:
             via -= off - lo
-            if (via ^ pa) & 0xFFF or not self._maps(via, pa & ~(esz - 1)):
+            # a store's own first bytes are exact; a run's later chunk is checked against the MMU
+            exact = bool(self._va) and self._va[-1][1] == n and n <= 8
+            if (via ^ pa) & 0xFFF or not (exact or self._maps(via, pa & ~(esz - 1))):
                 via = None
         self._record(table, lo // esz, old, new, via)
 
@@ -289,10 +310,43 @@ class WriteTracer:
         return bool(res.ok) and res.pa == pa
 
     def _record(self, table: Table, first: int, old_b: bytes, new_b: bytes, via: int | None) -> None:
+        esz = table.entry_size
+        if len(new_b) == esz or (old_b == new_b and not new_b.count(0) - len(new_b)):
+            # one entry, or a clear_page of entries already zero: no arrays needed
+            o0, n0 = int.from_bytes(old_b[:esz], "little"), int.from_bytes(new_b[:esz], "little")
+            if self._m2p is not None and (o0 | n0) & 1:
+                self._record_arrays(table, first, old_b, new_b, via)
+                return
+            n = len(new_b) // esz
+            tot = self.totals
+            tot.stores += 1
+            tot.entries += n
+            tot.changed += o0 != n0
+            if len(self.runs) >= MAX_RUNS:
+                tot.dropped += n
+                return
+            self._emit(table, [(first, n, o0, 0, n0, 0, via)], False)
+            return
+        self._record_arrays(table, first, old_b, new_b, via)
+
+    def _emit(self, table: Table, segs: list[tuple[int, int, int, int, int, int, int | None]], view: bool) -> None:
+        if table.root and table.how == "symbol":
+            table.level = self.top_level()  # the paging mode decides (check_la57_support)
+        fn, op = self._who()
+        phase = self.ctx.phase.value if self.ctx.phase is not None else ""
+        for index, m, o0, os_, n0, ns, v in segs:
+            self._add(Run(self._seq, phase, fn, op, table, index, m, o0, os_, n0, ns, v, pfn_view=view))
+
+    def _record_arrays(self, table: Table, first: int, old_b: bytes, new_b: bytes, via: int | None) -> None:
         dt = np.dtype("<u8" if table.entry_size == 8 else "<u4")
         old = np.frombuffer(old_b, dtype=dt).astype(np.uint64)
         new = np.frombuffer(new_b, dtype=dt).astype(np.uint64)
         n = len(new)
+        view = False
+        if self._m2p is not None:
+            old_v, new_v = self._pfn_view(old), self._pfn_view(new)
+            if old_v is not None and new_v is not None:
+                old, new, view = old_v, new_v, True
         tot = self.totals
         tot.stores += 1
         tot.entries += n
@@ -300,27 +354,28 @@ class WriteTracer:
         if len(self.runs) >= MAX_RUNS:
             tot.dropped += n
             return
-        if table.root and table.how == "symbol":
-            table.level = self.top_level()  # the paging mode decides (check_la57_support)
-        fn, op = self._who()
-        phase = self.ctx.phase.value if self.ctx.phase is not None else ""
+        segs = []
         for s, m in _segments(old, new):
             o0, n0 = int(old[s]), int(new[s])
             os_ = (int(old[s + 1]) - o0) & _M64 if m > 1 else 0
             ns = (int(new[s + 1]) - n0) & _M64 if m > 1 else 0
-            v = None if via is None else via + s * table.entry_size
-            self._add(Run(self._seq, phase, fn, op, table, first + s, m, o0, os_, n0, ns, v))
+            segs.append((first + s, m, o0, os_, n0, ns, None if via is None else via + s * table.entry_size))
+        self._emit(table, segs, view)
 
     def _add(self, r: Run) -> None:
         last = self.runs[-1] if self.runs else None
         esz = r.table.entry_size
         if (last is not None and last.table is r.table and last.function == r.function and last.op == r.op
+                and last.pfn_view == r.pfn_view
                 and last.phase == r.phase and r.index == last.index + last.count
                 and (last.via is None) == (r.via is None)
                 and (r.via is None or last.via is None or r.via == last.via + esz * last.count)):
             ns = last.new_step if last.count > 1 else (r.new - last.new) & _M64
             os_ = last.old_step if last.count > 1 else (r.old - last.old) & _M64
-            if (r.new == (last.new + last.count * ns) & _M64 and r.old == (last.old + last.count * os_) & _M64
+            # Two single stores start a run only with a step a loop makes (a page size, or none): two
+            # unrelated values side by side stay two lines.
+            loop = last.count > 1 or (ns in _LOOP_STEPS and os_ in _LOOP_STEPS)
+            if loop and (r.new == (last.new + last.count * ns) & _M64 and r.old == (last.old + last.count * os_) & _M64
                     and (r.count == 1 or (r.new_step & _M64, r.old_step & _M64) == (ns, os_))):
                 last.new_step, last.old_step = ns, os_
                 last.count += r.count
@@ -347,9 +402,9 @@ class WriteTracer:
         mask = 0x000F_FFFF_FFFF_F000 if t.entry_size == 8 else 0xFFFF_F000
         seen = set()
         for k in range(r.count):
-            val = r.new_at(k)
+            val = self.raw(r, r.new_at(k))
             target = (val & mask) >> 12
-            before = r.old_at(k)
+            before = self.raw(r, r.old_at(k))
             if points_to_table(before, t.level, pdpt=pdpt) and (before & mask) >> 12 != target:
                 gone = self.registry.get((before & mask) >> 12)
                 if gone is not None:
@@ -360,7 +415,7 @@ class WriteTracer:
             child = self.registry.get(target)
             if child is None:
                 child = self.new_table(self._name_of(target << 12), target << 12, t.level - 1,
-                                       f"linked from {t.name}[{r.index + k}]")
+                                       f"linked from {t.name}[{r.index + k}]", entry_size=t.entry_size)
             elif child.level is None:
                 child.level = t.level - 1
                 child.how = f"{child.how}; level: linked from {t.name}[{r.index + k}]"
@@ -368,6 +423,26 @@ class WriteTracer:
             child.link(t, r.index + k)
             if k == 0:
                 r.target = child
+
+    def _pfn_view(self, vals: np.ndarray) -> np.ndarray | None:
+        """``pte_val`` of each entry (the mfn replaced by its pfn), or None if a present entry holds a frame
+        that is not the domain's (then the run is folded on the machine values)."""
+        m2p = self._m2p
+        present = (vals & np.uint64(1)) != 0
+        mfn = ((vals >> np.uint64(12)) & np.uint64(_FRAME_BITS)).astype(np.int64)
+        inside = mfn < len(m2p)
+        pfn = np.where(inside, m2p[np.where(inside, mfn, 0)], -1)
+        if bool((present & (pfn < 0)).any()):
+            return None
+        conv = (vals & ~np.uint64(_ADDR)) | (np.maximum(pfn, 0).astype(np.uint64) << np.uint64(12))
+        return np.where(present, conv, vals)
+
+    def raw(self, r: Run, value: int) -> int:
+        """The value the table holds for a value of ``r`` (a pfn-view value back to its mfn)."""
+        if not r.pfn_view or not value & 1:
+            return value
+        pfn = value >> 12 & _FRAME_BITS
+        return (value & ~_ADDR & _M64) | (int(self._p2m[pfn]) << 12)
 
     def _resolve(self, t: Table) -> None:
         for r in self._pending.pop(id(t), []):
@@ -378,32 +453,53 @@ class WriteTracer:
 
     def _who(self) -> tuple[str, str]:
         """The innermost kernel function on the stack, and the seam (and Xen operation) of the store."""
-        f: FrameType | None = sys._getframe(1)
+        f: FrameType | None = sys._getframe(2)
         fn = seam = xen = ""
+        roles = self._roles
         while f is not None:
-            mod = str(f.f_globals.get("__name__", ""))
-            name = f.f_code.co_name
-            if not xen and mod.startswith("earlymm.platform.xen") and name in _XEN_OPS:
-                xen = _XEN_OPS[name]
-            elif not seam and mod.startswith("earlymm.kernel") and name in _SEAMS:
-                seam = _SEAMS[name]
-                if name == "set_entries":
-                    op = f.f_locals.get("op")
-                    seam = f"{getattr(op, 'value', 'set')} (run)"
-            elif mod.startswith("earlymm.kernel") and mod not in _DRIVERS and _is_kernel_fn(f):
-                fn = name
+            code = f.f_code
+            role = roles.get(code)
+            if role is None:
+                role = roles[code] = _role(str(f.f_globals.get("__name__", "")), code)
+            kind, value = role
+            if kind == "xen":
+                xen = xen or value
+            elif kind == "seam" and not seam:
+                seam = value
+                if value == "set_entries":
+                    seam = f"{getattr(f.f_locals.get('op'), 'value', 'set')} (run)"
+            elif kind == "hypercall":
+                seam = seam or value
+            elif kind == "fn":
+                fn = value
                 break
             f = f.f_back
-        seam = seam or "store"
-        return fn or "(none)", f"{seam} → {xen}" if xen else seam
+        if xen:
+            return fn or "(none)", f"{seam} → {xen}" if seam else xen
+        return fn or "(none)", seam or "store"
 
 
-def _is_kernel_fn(f: FrameType) -> bool:
-    code = f.f_code
+def _role(mod: str, code: CodeType) -> tuple[str, str]:
+    """What a frame of this code is to ``_who`` (decided once per code object)."""
+    name = code.co_name
+    if mod.startswith("earlymm.platform.xen"):
+        return ("xen", _XEN_OPS[name]) if name in _XEN_OPS else ("", "")
+    if not mod.startswith("earlymm.kernel"):
+        return ("", "")
+    if name.startswith("HYPERVISOR_"):
+        return ("hypercall", name)
+    if name in _SEAMS:
+        return ("seam", _SEAMS[name])
+    if mod not in _DRIVERS and _is_kernel_code(code):
+        return ("fn", name)
+    return ("", "")
+
+
+def _is_kernel_code(code: CodeType) -> bool:
     name = code.co_name
     if code.co_argcount > 0 and code.co_varnames[0] in ("self", "cls"):
         return False
-    if "<locals>" in getattr(code, "co_qualname", ""):  # a helper inside a kernel function (head_64.S's addq): that function
+    if "<locals>" in getattr(code, "co_qualname", ""):  # a helper inside a kernel function (head_64.S's addq)
         return False
     return not (name.startswith("_") and not name.startswith("__")) and not name.startswith("<")
 
@@ -414,7 +510,7 @@ def _segments(old: np.ndarray, new: np.ndarray) -> list[tuple[int, int]]:
     n = len(new)
     if n == 1:
         return [(0, 1)]
-    dn, do = np.diff(new), np.diff(old)
+    dn, do = new[1:] - new[:-1], old[1:] - old[:-1]
     if bool((dn == dn[0]).all()) and bool((do == do[0]).all()):
         return [(0, n)]
     dnl, dol = dn.tolist(), do.tolist()

@@ -33,7 +33,9 @@ def real_name(ctx: Any, name: str) -> str:
 def register_known(tr: WriteTracer, ctx: Any) -> None:
     if isinstance(ctx, I386Context):
         tr.arch = "i386-pae" if ctx.pae else "i386"
-        tr.new_table("swapper_pg_dir", ctx.layout.phys("swapper_pg_dir"), 3 if ctx.pae else 2, "symbol", root=True)
+        # 2.6.21's head.S builds a 2-level directory even in a PAE kernel (PAE comes on in paging_init)
+        tr.new_table("swapper_pg_dir", ctx.layout.phys("swapper_pg_dir"), 2,
+                     "symbol (head.S's 2-level directory)" if ctx.pae else "symbol", root=True, entry_size=4)
         return
     lay, prof = ctx.layout, ctx.profile
     xen = tr.xen_hv is not None

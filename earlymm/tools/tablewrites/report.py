@@ -136,11 +136,11 @@ def check_filter(tr: WriteTracer, f: Filter) -> str | None:
     return None
 
 
-def level_name(tr: WriteTracer, level: int | None) -> str:
-    if level is None:
+def level_name(tr: WriteTracer, t: Table) -> str:
+    if t.level is None:
         return "?"
-    names = tr.level_names()
-    return names[level - 1] if level <= len(names) else f"L{level}"
+    names = tr.level_names(t.entry_size)
+    return names[t.level - 1] if t.level <= len(names) else f"L{t.level}"
 
 
 def _decoded(tr: WriteTracer, t: Table, value: int) -> Decoded:
@@ -157,17 +157,20 @@ def _xen_frame(tr: WriteTracer, addr: int) -> dict[str, str]:
 def view_json(tr: WriteTracer, v: View) -> dict[str, Any]:
     r, t = v.run, v.run.table
     k = v.first
-    old, new = r.old_at(k), r.new_at(k)
+    old, new = tr.raw(r, r.old_at(k)), tr.raw(r, r.new_at(k))
     starts = [(s + k * span, s + (k + v.count) * span) for s, span in _starts(r)]
     dec = {side: {**_decoded(tr, t, val).to_json(), **_xen_frame(tr, _decoded(tr, t, val).addr)}
            for side, val in (("old", old), ("new", new))}
     out: dict[str, Any] = {
         "phase": r.phase, "function": r.function, "op": r.op, "table": t.name, "table_pa": f"{t.pa:#x}",
-        "level": t.level, "level_name": level_name(tr, t.level), "level_how": t.how, "index": r.index + k,
+        "level": t.level, "level_name": level_name(tr, t), "level_how": t.how, "index": r.index + k,
         "count": v.count, "va": [f"{starts[0][0]:#x}", f"{starts[0][1]:#x}"] if starts else None,
         "va_aliases": [[f"{a:#x}", f"{b:#x}"] for a, b in starts[1:]], "via": None if r.via is None else
         f"{r.via + k * t.entry_size:#x}", "old": f"{old:#x}", "new": f"{new:#x}", "old_step": f"{r.old_step:#x}",
-        "new_step": f"{r.new_step:#x}", "decoded": dec, "points_to": r.target.name if r.target else None}
+        "new_step": f"{r.new_step:#x}", "steps_of": "pfn view" if r.pfn_view else "values",
+        "decoded": dec, "points_to": r.target.name if r.target else None}
+    if r.pfn_view:
+        out["old_pfn_view"], out["new_pfn_view"] = f"{r.old_at(k):#x}", f"{r.new_at(k):#x}"
     out["table_use"] = t.use
     if t.pfn is not None:
         out["table_pfn"] = f"{t.pfn:#x}"
@@ -193,7 +196,8 @@ def _short(tr: WriteTracer, t: Table, value: int, target: Table | None) -> str:
     if d.leaf is not None:
         where = f"{d.addr:#x}"
         if tr.xen_hv is not None:
-            where = f"mfn {d.addr >> 12:#x} (pfn {int(tr.xen_hv.frames.pfn_of(d.addr >> 12)):#x})"
+            pfn = int(tr.xen_hv.frames.pfn_of(d.addr >> 12))
+            where = f"mfn {d.addr >> 12:#x} (pfn {pfn:#x})" if pfn >> 63 == 0 else f"mfn {d.addr >> 12:#x} (no pfn)"
         return f"{flags} {d.leaf} → {where}"
     if t.level is None:
         return f"{flags} → {d.addr:#x}"
@@ -217,7 +221,7 @@ def view_line(tr: WriteTracer, v: View) -> str:
     k = v.first
     i = r.index + k
     where = f"[{i}]" if v.count == 1 else f"[{i}..{i + v.count - 1}] ×{v.count}"
-    old, new = r.old_at(k), r.new_at(k)
+    old, new = tr.raw(r, r.old_at(k)), tr.raw(r, r.new_at(k))
     vals = f"{old:#x} → {new:#x}"
     if v.count > 1:
         steps = []
@@ -225,8 +229,9 @@ def view_line(tr: WriteTracer, v: View) -> str:
             steps.append(f"old {_signed(r.old_step)}")
         if r.new_step:
             steps.append(f"new {_signed(r.new_step)}")
-        vals += f" ({', '.join(steps)} each)" if steps else " (each)"
-    lvl = f"L{t.level} {level_name(tr, t.level)}" if t.level else "L?"
+        view = " in the pfn view" if r.pfn_view else ""
+        vals += f" ({', '.join(steps)} each{view})" if steps else " (each)"
+    lvl = f"L{t.level} {level_name(tr, t)}" if t.level else "L?"
     via = f" via {r.via + k * t.entry_size:#x}" if r.via is not None else ""
     return (f"  {r.function:<28} {t.name}{where} ({lvl} @{t.pa:#x})  {vals}  "
             f"[{_short(tr, t, old, None)} ⇒ {_short(tr, t, new, r.target)}]  {_va_text(v)}  "
@@ -256,5 +261,5 @@ def render_text(tr: WriteTracer, f: Filter) -> list[str]:
         for t in shown.values():
             pfn = f" pfn {t.pfn:#x}" if t.pfn is not None else ""
             use = f" (use {t.use})" if t.use > 1 else ""
-            out.append(f"  {t.name + use:<28} @{t.pa:#x}{pfn}  L{t.level or '?'} {level_name(tr, t.level)}: {t.how}")
+            out.append(f"  {t.name + use:<28} @{t.pa:#x}{pfn}  L{t.level or '?'} {level_name(tr, t)}: {t.how}")
     return out
