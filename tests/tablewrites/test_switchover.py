@@ -124,7 +124,8 @@ def test_la57_top_entry() -> None:
     machine, kernel, until = configure(args)
     tr = WriteTracer()
     r = boot(machine, kernel, until=until, instrument=tr.attach)
-    top = r.ctx.layout["early_top_pgt"] - START_KERNEL_MAP + machine.kernel_at - (r.ctx.layout.text - START_KERNEL_MAP)
-    l4k = r.ctx.layout["level4_kernel_pgt"] - START_KERNEL_MAP + machine.kernel_at - (r.ctx.layout.text - START_KERNEL_MAP)
+    delta = machine.kernel_at - (r.ctx.layout.text - START_KERNEL_MAP)
+    top = r.ctx.layout["early_top_pgt"] - START_KERNEL_MAP + delta
+    l4k = r.ctx.layout["level4_kernel_pgt"] - START_KERNEL_MAP + delta
     w = [v.run for v in select(tr, Filter(table_pa=top)) if v.run.index == 511]
     assert w[0].new == l4k + PAGE_TABLE and w[0].table.level == 5
