@@ -232,8 +232,9 @@ def view_line(tr: WriteTracer, v: View) -> str:
         view = " in the pfn view" if r.pfn_view else ""
         vals += f" ({', '.join(steps)} each{view})" if steps else " (each)"
     lvl = f"L{t.level} {level_name(tr, t)}" if t.level else "L?"
+    use = f", use {t.use}" if t.use > 1 else ""
     via = f" via {r.via + k * t.entry_size:#x}" if r.via is not None else ""
-    return (f"  {r.function:<28} {t.name}{where} ({lvl} @{t.pa:#x})  {vals}  "
+    return (f"  {r.function:<28} {t.name}{where} ({lvl} @{t.pa:#x}{use})  {vals}  "
             f"[{_short(tr, t, old, None)} ⇒ {_short(tr, t, new, r.target)}]  {_va_text(v)}  "
             f"{{{r.op}{via}}}").rstrip()
 
