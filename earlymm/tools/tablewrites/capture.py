@@ -46,6 +46,7 @@ MAX_RUNS = 2_000_000  # beyond this, stores are counted but not kept (a hostile 
 _M64 = (1 << 64) - 1
 _ADDR = 0x000F_FFFF_FFFF_F000
 _FRAME_BITS = (1 << 40) - 1
+_CR4_LA57 = 1 << 12
 _LOOP_STEPS = frozenset({0} | {s & _M64 for p in (12, 21, 22, 30) for s in (1 << p, -(1 << p))})
 
 
@@ -96,6 +97,7 @@ class WriteTracer:
     _loader: list[int] = field(default_factory=list)
     xen_hv: Any = None
     _seq: int = 0
+    _root: int = 0  # the last root CR3 was loaded with
     _m2p: Any = None  # Xen PV: mfn → pfn of the domain's frames (-1: not the domain's), to fold by pfn
     _p2m: Any = None
     _roles: dict[CodeType, tuple[str, str]] = field(default_factory=dict)
@@ -223,6 +225,8 @@ class WriteTracer:
                            root=True)
         elif isinstance(e, CrWrite) and e.reg == "cr3":
             self._cr3(e.new)
+        elif isinstance(e, CrWrite) and e.reg == "cr4":
+            self._cr4(e.old, e.new)
         elif isinstance(e, TablePage) and e.action == "allocated":
             self.new_table(f"bootmem {e.level} page", e.pa, {"pte": 1, "pmd": 2}.get(e.level),
                            f"allocation ({e.fn}: alloc_bootmem_low_pages)")
@@ -253,11 +257,28 @@ class WriteTracer:
                 if t is not None and t.how.startswith("in use"):
                     self.registry.forget(p)
             self._loader = []
+        old = self.registry.get(self._root >> 12) if self._root else None
+        if old is not None and old.how == "CR3" and old.pa >> 12 != pfn:
+            self.registry.forget(old.pa >> 12)  # a root only CR3 told us about: once left, just memory again
+        self._root = pa
         t = self.registry.get(pfn)
         if t is None:
-            self.new_table(f"CR3 root {pa:#x}", pa, self.top_level(), "CR3", root=True)
+            self.new_table(f"CR3 root {pa:#x}", pa, self._cr3_level(), "CR3", root=True)
         elif not t.root:
-            t.root, t.level = True, t.level or self.top_level()
+            t.root, t.level = True, t.level or self._cr3_level()
+
+    def _cr3_level(self) -> int:
+        """The root's level under the paging mode CR4 selects now (the decompressor loads a 5-level root
+        before it sets CR4.LA57: ``_cr4`` corrects it then)."""
+        if self.arch.startswith("i386"):
+            return self.top_level()
+        return 5 if self.ctx.cpu.regs.cr4 & _CR4_LA57 else 4
+
+    def _cr4(self, old: int, new: int) -> None:
+        if (old ^ new) & _CR4_LA57 and not self.arch.startswith("i386"):
+            t = self.registry.get((self.ctx.cpu.regs.cr3 & _ADDR) >> 12)
+            if t is not None and t.root and t.how in ("CR3", "in use at entry (CR3)"):
+                t.level = self._cr3_level()
 
     def scan_loader(self, root: int, levels: int, limit: int = 4096) -> None:
         """Register the tables in use when tracing starts (the boot loader's, reached from CR3)."""

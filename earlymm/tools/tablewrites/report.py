@@ -139,6 +139,8 @@ def check_filter(tr: WriteTracer, f: Filter) -> str | None:
 def level_name(tr: WriteTracer, t: Table) -> str:
     if t.level is None:
         return "?"
+    if t.root:
+        return "pgd"
     names = tr.level_names(t.entry_size)
     return names[t.level - 1] if t.level <= len(names) else f"L{t.level}"
 
