@@ -10,16 +10,12 @@ code. Only frames the registry knows as page tables are recorded, and a store's 
 runs while they continue the previous store (same function, table, next index, values in step) — a
 builder's 512 new leaves are one run, not 512 objects.
 
-The kernel function is read off the model's own call stack, which names Linux functions one Python
-function each (the rule of ``kernel/backtrace.py``: module-level public functions of ``earlymm.kernel``,
-the boot drivers excepted).
+Who made each store is read off the model's own call stack (``who.py``).
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
-from types import CodeType, FrameType
 from typing import Any
 
 import numpy as np
@@ -31,58 +27,14 @@ from earlymm.kernel.events import LowPageAlloc, PhaseEntered, PoolAlloc
 from earlymm.kernel.i386.events import TablePage
 from earlymm.tools.tablewrites.decode import points_to_table
 from earlymm.tools.tablewrites.known import POOL, name_of, register_known
+from earlymm.tools.tablewrites.runs import LOOP_STEPS, M64, Run, Totals, segments
 from earlymm.tools.tablewrites.tables import PAGE, Registry, Table
+from earlymm.tools.tablewrites.who import Attribution
 
-_DRIVERS = frozenset({"earlymm.kernel.boot", "earlymm.kernel.boot_xen", "earlymm.kernel.i386.boot"})
-# The kernel-side seam a store went through (innermost frame with one of these names).
-_SEAMS = {"set_pte": "set_pte", "set_pmd": "set_pmd", "set_pud": "set_pud", "set_p4d": "set_p4d",
-          "set_pgd": "set_pgd", "set_entries": "set_entries", "memset": "memset", "memcpy": "memcpy",
-          "wr": "store", "write_idt_entry": "store"}
-# How Xen committed it (innermost hypervisor frame with one of these names).
-_XEN_OPS = {"_ptwr": "ptwr emulation", "mmu_update": "mmu_update", "mmu_update_each": "mmu_update",
-            "update_va_mapping": "update_va_mapping", "alloc_table": "Xen pin validation",
-            "mmuext_op": "mmuext_op"}
 MAX_RUNS = 2_000_000  # beyond this, stores are counted but not kept (a hostile boot stays bounded)
-_M64 = (1 << 64) - 1
 _ADDR = 0x000F_FFFF_FFFF_F000
 _FRAME_BITS = (1 << 40) - 1
 _CR4_LA57 = 1 << 12
-_LOOP_STEPS = frozenset({0} | {s & _M64 for p in (12, 21, 22, 30) for s in (1 << p, -(1 << p))})
-
-
-@dataclass(slots=True)
-class Run:
-    """``count`` consecutive entries of one table written by one function, old and new values each an
-    arithmetic progression (``old + k·old_step``, ``new + k·new_step``, modulo 2^64)."""
-
-    seq: int
-    phase: str
-    function: str
-    op: str
-    table: Table
-    index: int
-    count: int
-    old: int
-    old_step: int
-    new: int
-    new_step: int
-    via: int | None  # the virtual address the kernel stored through (None: a machine address, Xen)
-    target: Table | None = None  # the table the first new entry points at, when it does
-    pfn_view: bool = False  # Xen PV: values (and steps) as the kernel sees them, pfns for mfns (pte_val)
-
-    def old_at(self, k: int) -> int:
-        return (self.old + k * self.old_step) & _M64
-
-    def new_at(self, k: int) -> int:
-        return (self.new + k * self.new_step) & _M64
-
-
-@dataclass
-class Totals:
-    stores: int = 0  # memory writes that touched a table
-    entries: int = 0  # entries written
-    changed: int = 0  # entries whose value changed
-    dropped: int = 0  # entries not kept (MAX_RUNS)
 
 
 @dataclass
@@ -100,7 +52,7 @@ class WriteTracer:
     _root: int = 0  # the last root CR3 was loaded with
     _m2p: Any = None  # Xen PV: mfn → pfn of the domain's frames (-1: not the domain's), to fold by pfn
     _p2m: Any = None
-    _roles: dict[CodeType, tuple[str, str]] = field(default_factory=dict)
+    _attribution: Attribution = field(default_factory=Attribution)
     _pending: dict[int, list[Run]] = field(default_factory=dict)  # id(table) → runs stored before its level
 
     # -- attaching ------------------------------------------------------------------------------------
@@ -353,7 +305,7 @@ class WriteTracer:
     def _emit(self, table: Table, segs: list[tuple[int, int, int, int, int, int, int | None]], view: bool) -> None:
         if table.root and table.how == "symbol":
             table.level = self.top_level()  # the paging mode decides (check_la57_support)
-        fn, op = self._who()
+        fn, op = self._attribution.who(1)
         phase = self.ctx.phase.value if self.ctx.phase is not None else ""
         for index, m, o0, os_, n0, ns, v in segs:
             self._add(Run(self._seq, phase, fn, op, table, index, m, o0, os_, n0, ns, v, pfn_view=view))
@@ -376,10 +328,10 @@ class WriteTracer:
             tot.dropped += n
             return
         segs = []
-        for s, m in _segments(old, new):
+        for s, m in segments(old, new):
             o0, n0 = int(old[s]), int(new[s])
-            os_ = (int(old[s + 1]) - o0) & _M64 if m > 1 else 0
-            ns = (int(new[s + 1]) - n0) & _M64 if m > 1 else 0
+            os_ = (int(old[s + 1]) - o0) & M64 if m > 1 else 0
+            ns = (int(new[s + 1]) - n0) & M64 if m > 1 else 0
             segs.append((first + s, m, o0, os_, n0, ns, None if via is None else via + s * table.entry_size))
         self._emit(table, segs, view)
 
@@ -391,21 +343,21 @@ class WriteTracer:
                 and last.phase == r.phase and r.index == last.index + last.count
                 and (last.via is None) == (r.via is None)
                 and (r.via is None or last.via is None or r.via == last.via + esz * last.count)):
-            ns = last.new_step if last.count > 1 else (r.new - last.new) & _M64
-            os_ = last.old_step if last.count > 1 else (r.old - last.old) & _M64
+            ns = last.new_step if last.count > 1 else (r.new - last.new) & M64
+            os_ = last.old_step if last.count > 1 else (r.old - last.old) & M64
             # Two single stores start a run only with a step a loop makes (a page size, or none): two
             # unrelated values side by side stay two lines.
-            loop = last.count > 1 or (ns in _LOOP_STEPS and os_ in _LOOP_STEPS)
-            if loop and (r.new == (last.new + last.count * ns) & _M64 and r.old == (last.old + last.count * os_) & _M64
-                    and (r.count == 1 or (r.new_step & _M64, r.old_step & _M64) == (ns, os_))):
+            loop = last.count > 1 or (ns in LOOP_STEPS and os_ in LOOP_STEPS)
+            if loop and (r.new == (last.new + last.count * ns) & M64 and r.old == (last.old + last.count * os_) & M64
+                    and (r.count == 1 or (r.new_step & M64, r.old_step & M64) == (ns, os_))):
                 last.new_step, last.old_step = ns, os_
                 last.count += r.count
                 self._links(r)
                 return
         self._seq += 1
         r.seq = self._seq
-        r.new_step &= _M64
-        r.old_step &= _M64
+        r.new_step &= M64
+        r.old_step &= M64
         self.runs.append(r)
         self._links(r)
 
@@ -463,7 +415,7 @@ class WriteTracer:
         if not r.pfn_view or not value & 1:
             return value
         pfn = value >> 12 & _FRAME_BITS
-        return (value & ~_ADDR & _M64) | (int(self._p2m[pfn]) << 12)
+        return (value & ~_ADDR & M64) | (int(self._p2m[pfn]) << 12)
 
     def _resolve(self, t: Table) -> None:
         for r in self._pending.pop(id(t), []):
@@ -471,84 +423,3 @@ class WriteTracer:
 
     def _name_of(self, pa: int) -> str:
         return name_of(self, pa)
-
-    def _who(self) -> tuple[str, str]:
-        """The innermost kernel function on the stack, and the seam (and Xen operation) of the store."""
-        f: FrameType | None = sys._getframe(2)
-        fn = seam = xen = ""
-        roles = self._roles
-        while f is not None:
-            code = f.f_code
-            role = roles.get(code)
-            if role is None:
-                role = roles[code] = _role(str(f.f_globals.get("__name__", "")), code)
-            kind, value = role
-            if kind == "xen":
-                xen = xen or value
-            elif kind == "seam" and not seam:
-                seam = value
-                if value == "set_entries":
-                    seam = f"{getattr(f.f_locals.get('op'), 'value', 'set')} (run)"
-            elif kind == "hypercall":
-                seam = seam or value
-            elif kind == "fn":
-                fn = value
-                break
-            f = f.f_back
-        if xen:
-            return fn or "(none)", f"{seam} → {xen}" if seam else xen
-        return fn or "(none)", seam or "store"
-
-
-def _role(mod: str, code: CodeType) -> tuple[str, str]:
-    """What a frame of this code is to ``_who`` (decided once per code object)."""
-    name = code.co_name
-    if mod.startswith("earlymm.platform.xen"):
-        return ("xen", _XEN_OPS[name]) if name in _XEN_OPS else ("", "")
-    if not mod.startswith("earlymm.kernel"):
-        return ("", "")
-    if name.startswith("HYPERVISOR_"):
-        return ("hypercall", name)
-    if name in _SEAMS:
-        return ("seam", _SEAMS[name])
-    if mod not in _DRIVERS and _is_kernel_code(code):
-        return ("fn", name)
-    return ("", "")
-
-
-def _is_kernel_code(code: CodeType) -> bool:
-    name = code.co_name
-    if code.co_argcount > 0 and code.co_varnames[0] in ("self", "cls"):
-        return False
-    if "<locals>" in getattr(code, "co_qualname", ""):  # a helper inside a kernel function (head_64.S's addq)
-        return False
-    return not (name.startswith("_") and not name.startswith("__")) and not name.startswith("<")
-
-
-def _segments(old: np.ndarray, new: np.ndarray) -> list[tuple[int, int]]:
-    """(start, length) of maximal stretches where old and new both advance by a constant step; a
-    stretch of two that does not continue is two single entries."""
-    n = len(new)
-    if n == 1:
-        return [(0, 1)]
-    dn, do = new[1:] - new[:-1], old[1:] - old[:-1]
-    if bool((dn == dn[0]).all()) and bool((do == do[0]).all()):
-        return [(0, n)]
-    dnl, dol = dn.tolist(), do.tolist()
-    out: list[tuple[int, int]] = []
-    i = 0
-    while i < n:
-        if i == n - 1:
-            out.append((i, 1))
-            break
-        k = i
-        while k < n - 1 and dnl[k] == dnl[i] and dol[k] == dol[i]:
-            k += 1
-        length = k - i + 1
-        if length == 2:
-            out.append((i, 1))
-            i += 1
-        else:
-            out.append((i, length))
-            i += length
-    return out

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from earlymm.arch.addr import parse_int
-from earlymm.tools.tablewrites.capture import Run, WriteTracer
+from earlymm.tools.tablewrites.capture import WriteTracer
 from earlymm.tools.tablewrites.decode import Decoded, decode
+from earlymm.tools.tablewrites.runs import Run
 from earlymm.tools.tablewrites.tables import Table, canonical
 
 # Names a table may be given by (--trace-writes-table), per boot path; "NAME[N]" for the numbered kinds.
