@@ -20,13 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from earlymm.hw.events import CrWrite, Event
 from earlymm.hw.memory import Buffer
 from earlymm.kernel.consts import START_KERNEL_MAP
-from earlymm.kernel.events import LowPageAlloc, PhaseEntered, PoolAlloc
-from earlymm.kernel.i386.events import TablePage
 from earlymm.tools.tablewrites.decode import points_to_table
-from earlymm.tools.tablewrites.known import POOL, name_of, register_known
+from earlymm.tools.tablewrites.known import name_of, on_event, register_known
 from earlymm.tools.tablewrites.runs import LOOP_STEPS, M64, Run, Totals, segments
 from earlymm.tools.tablewrites.tables import PAGE, Registry, Table
 from earlymm.tools.tablewrites.who import Attribution
@@ -34,7 +31,6 @@ from earlymm.tools.tablewrites.who import Attribution
 MAX_RUNS = 2_000_000  # beyond this, stores are counted but not kept (a hostile boot stays bounded)
 _ADDR = 0x000F_FFFF_FFFF_F000
 _FRAME_BITS = (1 << 40) - 1
-_CR4_LA57 = 1 << 12
 
 
 @dataclass
@@ -46,10 +42,10 @@ class WriteTracer:
     ctx: Any = None
     _va: list[list[int]] = field(default_factory=list)  # [va, bytes consumed] of the CPU accesses in flight
     _in_walk: int = 0
-    _loader: list[int] = field(default_factory=list)
+    loader_pfns: list[int] = field(default_factory=list)  # the tables in use at entry (dropped with them)
     xen_hv: Any = None
     _seq: int = 0
-    _root: int = 0  # the last root CR3 was loaded with
+    root: int = 0  # the last root CR3 was loaded with
     _m2p: Any = None  # Xen PV: mfn → pfn of the domain's frames (-1: not the domain's), to fold by pfn
     _p2m: Any = None
     _attribution: Attribution = field(default_factory=Attribution)
@@ -129,7 +125,7 @@ class WriteTracer:
         cpu.store = t_store
         cpu.write = t_cwrite
         cpu.mmu.translate = t_translate
-        ctx.trace.listeners.append(self.on_event)
+        ctx.trace.listeners.append(lambda e: on_event(self, e))
 
     # -- what is a table ------------------------------------------------------------------------------
     def _table(self, pfn: int) -> Table | None:
@@ -162,34 +158,6 @@ class WriteTracer:
         return self.registry.register(Table(name, pa & ~0xFFF, level, how, entry_size or self.entry_size(), root,
                                             pfn))
 
-    def on_event(self, e: Event) -> None:
-        if isinstance(e, PoolAlloc):
-            level = {"pte": 1, "pmd": 2, "pud": 3, "p4d": 4}.get(e.level, self.top_level())
-            self.new_table(f"{POOL}[{e.index}]", e.phys, level,
-                           f"allocation ({POOL} handed out as a {e.level})")
-        elif isinstance(e, LowPageAlloc):
-            pa = self.machine(e.pa)
-            self.new_table(self._low_name(e.pa, e.source), pa, None, "allocation (alloc_low_pages)")
-        elif isinstance(e, PhaseEntered) and e.phase == "pagetable_setup_start" and self.arch == "i386-pae":
-            # head.S built a 2-level directory; from here the kernel writes swapper_pg_dir as a PAE pgd
-            swapper = self.ctx.layout.phys("swapper_pg_dir")
-            self.new_table("swapper_pg_dir", swapper, 3, "symbol (a PAE pgd from pagetable_setup_start on)",
-                           root=True)
-        elif isinstance(e, CrWrite) and e.reg == "cr3":
-            self._cr3(e.new)
-        elif isinstance(e, CrWrite) and e.reg == "cr4":
-            self._cr4(e.old, e.new)
-        elif isinstance(e, TablePage) and e.action == "allocated":
-            self.new_table(f"bootmem {e.level} page", e.pa, {"pte": 1, "pmd": 2}.get(e.level),
-                           f"allocation ({e.fn}: alloc_bootmem_low_pages)")
-
-    def _low_name(self, pa: int, source: str) -> str:
-        ctx = self.ctx
-        if source == "brk":
-            brk = ctx.sym("__brk_base") - START_KERNEL_MAP + self.load_delta()
-            return f"brk[{(pa - brk) >> 12}]"
-        return "memblock page"
-
     def machine(self, pa: int) -> int:
         """A guest-physical address as the machine's memory has it (the p2m under Xen PV)."""
         if self.xen_hv is None:
@@ -200,56 +168,6 @@ class WriteTracer:
         ctx = self.ctx
         return int(ctx.platform.entry.kernel_at - (ctx.layout.text - START_KERNEL_MAP))
 
-    def _cr3(self, cr3: int) -> None:
-        pa = cr3 & 0x000F_FFFF_FFFF_F000 if self.arch != "i386-pae" else cr3 & 0xFFFF_FFE0
-        pfn = pa >> 12
-        if self._loader and pfn not in self._loader:
-            for p in self._loader:  # the loader's tables are dead: their pages may become anything
-                t = self.registry.get(p)
-                if t is not None and t.how.startswith("in use"):
-                    self.registry.forget(p)
-            self._loader = []
-        old = self.registry.get(self._root >> 12) if self._root else None
-        if old is not None and old.how == "CR3" and old.pa >> 12 != pfn:
-            self.registry.forget(old.pa >> 12)  # a root only CR3 told us about: once left, just memory again
-        self._root = pa
-        t = self.registry.get(pfn)
-        if t is None:
-            self.new_table(f"CR3 root {pa:#x}", pa, self._cr3_level(), "CR3", root=True)
-        elif not t.root:
-            t.root, t.level = True, t.level or self._cr3_level()
-
-    def _cr3_level(self) -> int:
-        """The root's level under the paging mode CR4 selects now (the decompressor loads a 5-level root
-        before it sets CR4.LA57: ``_cr4`` corrects it then)."""
-        if self.arch.startswith("i386"):
-            return self.top_level()
-        return 5 if self.ctx.cpu.regs.cr4 & _CR4_LA57 else 4
-
-    def _cr4(self, old: int, new: int) -> None:
-        if (old ^ new) & _CR4_LA57 and not self.arch.startswith("i386"):
-            t = self.registry.get((self.ctx.cpu.regs.cr3 & _ADDR) >> 12)
-            if t is not None and t.root and t.how in ("CR3", "in use at entry (CR3)"):
-                t.level = self._cr3_level()
-
-    def scan_loader(self, root: int, levels: int, limit: int = 4096) -> None:
-        """Register the tables in use when tracing starts (the boot loader's, reached from CR3)."""
-        mem = self.ctx.platform.mem
-        todo, seen = [(root, levels)], 0
-        while todo and seen < limit:
-            pa, level = todo.pop()
-            if self.registry.get(pa >> 12) is not None:
-                continue
-            self.new_table(f"loader L{level}", pa, level, "in use at entry (CR3)", root=level == levels)
-            self._loader.append(pa >> 12)
-            seen += 1
-            ents = mem.entries8(pa >> 12)
-            if level > 1 and ents is not None:
-                vals = np.frombuffer(ents, dtype=np.uint64)
-                for v in vals[(vals & np.uint64(0x81)) == np.uint64(1)].tolist():
-                    todo.append((int(v) & 0x000F_FFFF_FFFF_F000, level - 1))
-
-    # -- recording ------------------------------------------------------------------------------------
     def _advance(self, n: int) -> int | None:
         """The VA of this memory write within the CPU access in flight (bytes are written in order)."""
         if not self._va:
