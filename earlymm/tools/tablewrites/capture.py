@@ -46,6 +46,7 @@ class WriteTracer:
     xen_hv: Any = None
     _seq: int = 0
     root: int = 0  # the last root CR3 was loaded with
+    bases_memo: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # VA bases, while links stand
     _m2p: Any = None  # Xen PV: mfn → pfn of the domain's frames (-1: not the domain's), to fold by pfn
     _p2m: Any = None
     _attribution: Attribution = field(default_factory=Attribution)
@@ -300,6 +301,7 @@ class WriteTracer:
                 gone = self.registry.get((before & mask) >> 12)
                 if gone is not None:
                     gone.unlink(t, r.index + k)  # the entry points elsewhere now
+                    self.bases_memo.clear()
             if (target, r.index + k) in seen:
                 continue
             seen.add((target, r.index + k))
@@ -312,6 +314,8 @@ class WriteTracer:
                 child.how = f"{child.how}; level: linked from {t.name}[{r.index + k}]"
                 self._resolve(child)
             child.link(t, r.index + k)
+            if self.bases_memo:
+                self.bases_memo.clear()
             if k == 0:
                 r.target = child
 

@@ -108,7 +108,7 @@ def select(tr: WriteTracer, f: Filter) -> list[View]:
             out.append(View(r, 0, r.count))
             continue
         lo, hi = r.count, 0
-        for start, span in _starts(r):
+        for start, span in _starts(tr, r):
             a = max(0, (f.va[0] - start) // span) if f.va[0] > start else 0
             b = min(r.count, -(-(f.va[1] - start) // span)) if f.va[1] > start else 0
             if a < b:
@@ -118,13 +118,13 @@ def select(tr: WriteTracer, f: Filter) -> list[View]:
     return out
 
 
-def _starts(r: Run) -> list[tuple[int, int]]:
+def _starts(tr: WriteTracer, r: Run) -> list[tuple[int, int]]:
     """(canonical VA of the run's first entry, bytes per entry) for each place its table sits."""
     t = r.table
     if t.level is None:
         return []
     span = t.span()
-    return [(canonical(b + r.index * span, top, t.entry_size), span) for b, top in t.bases()]
+    return [(canonical(b + r.index * span, top, t.entry_size), span) for b, top in t.bases(tr.bases_memo)]
 
 
 def check_filter(tr: WriteTracer, f: Filter) -> str | None:
@@ -161,7 +161,7 @@ def view_json(tr: WriteTracer, v: View) -> dict[str, Any]:
     r, t = v.run, v.run.table
     k = v.first
     old, new = tr.raw(r, r.old_at(k)), tr.raw(r, r.new_at(k))
-    starts = [(s + k * span, s + (k + v.count) * span) for s, span in _starts(r)]
+    starts = [(s + k * span, s + (k + v.count) * span) for s, span in _starts(tr, r)]
     dec = {side: {**_decoded(tr, t, val).to_json(), **_xen_frame(tr, _decoded(tr, t, val).addr)}
            for side, val in (("old", old), ("new", new))}
     out: dict[str, Any] = {
@@ -207,8 +207,8 @@ def _short(tr: WriteTracer, t: Table, value: int, target: Table | None) -> str:
     return f"{flags} → {target.name if target else hex(d.addr)}"
 
 
-def _va_text(v: View) -> str:
-    starts = _starts(v.run)
+def _va_text(tr: WriteTracer, v: View) -> str:
+    starts = _starts(tr, v.run)
     if not starts:
         return ""
     s, span = starts[0]
@@ -238,7 +238,7 @@ def view_line(tr: WriteTracer, v: View) -> str:
     use = f", use {t.use}" if t.use > 1 else ""
     via = f" via {r.via + k * t.entry_size:#x}" if r.via is not None else ""
     return (f"  {r.function:<28} {t.name}{where} ({lvl} @{t.pa:#x}{use})  {vals}  "
-            f"[{_short(tr, t, old, None)} ⇒ {_short(tr, t, new, r.target)}]  {_va_text(v)}  "
+            f"[{_short(tr, t, old, None)} ⇒ {_short(tr, t, new, r.target)}]  {_va_text(tr, v)}  "
             f"{{{r.op}{via}}}").rstrip()
 
 

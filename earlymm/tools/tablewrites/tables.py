@@ -47,22 +47,26 @@ class Table:
         bits = 10 if self.entry_size == 4 else 9
         return 1 << (12 + bits * (self.level - 1))
 
-    def bases(self, depth: int = 0) -> list[tuple[int, int]]:
-        """(VA base, root level) of each place this table sits in a tree, through the recorded links."""
+    def bases(self, memo: dict[int, list[tuple[int, int]]] | None = None) -> list[tuple[int, int]]:
+        """(VA base, root level) of each place this table sits in a tree, through the recorded links, at
+        most MAX_ALIASES. Only links from a higher level count, so no cycle (a self-map) is followed.
+        ``memo``: bases already computed in this pass (the links do not change during it)."""
         if self.root:
             return [(0, self.level or 0)]
-        if depth > 6:
-            return []
+        if memo is not None and id(self) in memo:
+            return memo[id(self)]
         out: list[tuple[int, int]] = []
         for parent, index in self.links:
-            if parent.level is None:
+            if parent.level is None or parent.level <= (self.level or 0):
                 continue
-            for base, top in parent.bases(depth + 1):
+            for base, top in parent.bases(memo):
                 b = (base + index * parent.span(), top)
                 if b not in out:
                     out.append(b)
                 if len(out) >= MAX_ALIASES:
-                    return out
+                    break
+        if memo is not None:
+            memo[id(self)] = out
         return out
 
 
