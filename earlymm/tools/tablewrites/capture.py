@@ -35,6 +35,9 @@ _FRAME_BITS = (1 << 40) - 1
 
 @dataclass
 class WriteTracer:
+    """Attach to a boot's machine (``boot(..., instrument=tracer.attach)``), then read ``runs`` (in store
+    order), ``totals`` and ``registry`` (every table page the boot had, one ``Table`` per use)."""
+
     registry: Registry = field(default_factory=Registry)
     runs: list[Run] = field(default_factory=list)
     totals: Totals = field(default_factory=Totals)
