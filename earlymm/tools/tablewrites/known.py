@@ -6,7 +6,7 @@ CR3 loads)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -16,10 +16,7 @@ from earlymm.kernel.consts import START_KERNEL_MAP
 from earlymm.kernel.events import LowPageAlloc, PhaseEntered, PoolAlloc
 from earlymm.kernel.i386.context import I386Context
 from earlymm.kernel.i386.events import TablePage
-from earlymm.tools.tablewrites.tables import Table
-
-if TYPE_CHECKING:
-    from earlymm.tools.tablewrites.capture import WriteTracer
+from earlymm.tools.tablewrites.tables import Table, TracerPort
 
 POOL = "early_dynamic_pgts"
 _ADDR = 0x000F_FFFF_FFFF_F000
@@ -37,7 +34,7 @@ def real_name(ctx: Any, name: str) -> str:
     return str({"early_top_pgt": prof.top_pgt, "init_top_pgt": prof.init_pgt}.get(name, name))
 
 
-def register_known(tr: WriteTracer, ctx: Any) -> None:
+def register_known(tr: TracerPort, ctx: Any) -> None:
     if isinstance(ctx, I386Context):
         tr.arch = "i386-pae" if ctx.pae else "i386"
         # 2.6.21's head.S builds a 2-level directory even in a PAE kernel (PAE comes on in paging_init)
@@ -93,7 +90,7 @@ def _static_links(ctx: Any, static: list[tuple[Table, str]]) -> None:
                 child.link(parent, i)
 
 
-def name_of(tr: WriteTracer, pa: int) -> str:
+def name_of(tr: TracerPort, pa: int) -> str:
     """A page's name when a link first shows it is a table."""
     ctx = tr.ctx
     if tr.arch.startswith("i386"):
@@ -111,7 +108,7 @@ def name_of(tr: WriteTracer, pa: int) -> str:
     return f"page {pa:#x}"
 
 
-def on_event(tr: WriteTracer, e: Event) -> None:
+def on_event(tr: TracerPort, e: Event) -> None:
     """The tables a boot announces as it runs: pool pages, alloc_low_pages and bootmem pages, CR3 roots."""
     if isinstance(e, PoolAlloc):
         level = {"pte": 1, "pmd": 2, "pud": 3, "p4d": 4}.get(e.level, tr.top_level())
@@ -133,14 +130,14 @@ def on_event(tr: WriteTracer, e: Event) -> None:
         tr.new_table(f"bootmem {e.level} page", e.pa, {"pte": 1, "pmd": 2}.get(e.level),
                        f"allocation ({e.fn}: alloc_bootmem_low_pages)")
 
-def _low_name(tr: WriteTracer, pa: int, source: str) -> str:
+def _low_name(tr: TracerPort, pa: int, source: str) -> str:
     ctx = tr.ctx
     if source == "brk":
         brk = ctx.sym("__brk_base") - START_KERNEL_MAP + tr.load_delta()
         return f"brk[{(pa - brk) >> 12}]"
     return "memblock page"
 
-def _cr3(tr: WriteTracer, cr3: int) -> None:
+def _cr3(tr: TracerPort, cr3: int) -> None:
     pa = cr3 & 0x000F_FFFF_FFFF_F000 if tr.arch != "i386-pae" else cr3 & 0xFFFF_FFE0
     pfn = pa >> 12
     if tr.loader_pfns and pfn not in tr.loader_pfns:
@@ -159,20 +156,20 @@ def _cr3(tr: WriteTracer, cr3: int) -> None:
     elif not t.root:
         t.root, t.level = True, t.level or _cr3_level(tr)
 
-def _cr3_level(tr: WriteTracer) -> int:
+def _cr3_level(tr: TracerPort) -> int:
     """The root's level under the paging mode CR4 selects now (the decompressor loads a 5-level root
     before it sets CR4.LA57: ``_cr4`` corrects it then)."""
     if tr.arch.startswith("i386"):
         return tr.top_level()
     return 5 if tr.ctx.cpu.regs.cr4 & _CR4_LA57 else 4
 
-def _cr4(tr: WriteTracer, old: int, new: int) -> None:
+def _cr4(tr: TracerPort, old: int, new: int) -> None:
     if (old ^ new) & _CR4_LA57 and not tr.arch.startswith("i386"):
         t = tr.registry.get((tr.ctx.cpu.regs.cr3 & _ADDR) >> 12)
         if t is not None and t.root and t.how in ("CR3", "in use at entry (CR3)"):
             t.level = _cr3_level(tr)
 
-def scan_loader(tr: WriteTracer, root: int, levels: int, limit: int = 4096) -> None:
+def scan_loader(tr: TracerPort, root: int, levels: int, limit: int = 4096) -> None:
     """Register the tables in use when tracing starts (the boot loader's, reached from CR3)."""
     mem = tr.ctx.platform.mem
     todo, seen = [(root, levels)], 0

@@ -14,6 +14,7 @@ page — the switchover map's aliasing — give the page two VA bases).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 PAGE = 4096
 MAX_ALIASES = 8  # VA bases kept per table (espfix-like fan-in stays bounded)
@@ -98,3 +99,23 @@ class Registry:
 
     def forget(self, pfn: int) -> None:
         self.by_pfn.pop(pfn, None)
+
+
+class TracerPort(Protocol):
+    """What the table bookkeeping (``known.py``) needs of the tracer that owns the registry."""
+
+    registry: Registry
+    arch: str
+    ctx: Any
+    xen_hv: Any
+    loader_pfns: list[int]
+    root: int
+
+    def new_table(self, name: str, pa: int, level: int | None, how: str, *, root: bool = False,
+                  entry_size: int | None = None) -> Table: ...
+
+    def top_level(self) -> int: ...
+
+    def load_delta(self) -> int: ...
+
+    def machine(self, pa: int) -> int: ...
