@@ -20,7 +20,7 @@ from pathlib import Path
 from benchlib import git_state
 
 from earlymm.arch.addr import parse_int
-from earlymm.cli.boot_cmd import read_e820
+from earlymm.cli.boot_args import read_e820
 
 SIZES = (1_000, 10_000, 100_000)
 

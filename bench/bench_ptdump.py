@@ -4,25 +4,29 @@ same guest, and against volatility3's ``mapping()`` over the same address space,
     python bench/bench_ptdump.py [--runs N] [--kernel VMLINUZ] [--image CORE --tlb TLB.TXT] [--no-volatility]
 
 By default it boots a Debian kernel under ``qemu-system-x86_64`` (TCG, 512 MiB, as the capture tool does),
-stops it at /init and times ``info tlb`` (and ``info mem``) over QMP with a client that only reads the
-socket: the time from sending the command to the last byte of the reply. It then dumps the guest's
-memory and times earlymm on that core:
+stops it at /init and dumps its memory. Then, with the guest still stopped, each of ``--runs`` rounds
+times (in an order that rotates from round to round, so a burst of load hits every row alike) QEMU's
+``info tlb`` and ``info mem`` over QMP, with a client that only reads the socket (the time from sending
+the command to the last byte of the reply), and earlymm on the core:
 
 * in-process: open the core, set up the CPU, read the tables, render ``info tlb`` (what a library user
   pays; Python startup and imports excluded);
 * CLI: ``python -m earlymm ptdump CORE --format qemu-tlb --crlf`` as a subprocess, end to end;
 
 and checks the output is byte-identical to QEMU's reply. volatility3 gets the same core through its own
-ELF layer under ``LinuxIntel32e``; its ``mapping(0, 2**48)`` is drained and its pages counted. Each
-figure is the best of ``--runs`` passes after one warm-up. Nothing asserts on time; it only reports.
+ELF layer under ``LinuxIntel32e``; its ``mapping(0, 2**48)`` is drained and its pages counted. Figures
+are medians after one warm-up; ratios are medians of the per-round ratios. earlymm's bytecode is
+compiled first, as an installed package has it. Nothing asserts on time; it only reports.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,16 +43,6 @@ from earlymm.tools.initramfs import READY, build_initramfs  # noqa: E402
 from earlymm.tools.machine_view import RegOverrides, infer_registers  # noqa: E402
 from earlymm.tools.ptdump import qemu  # noqa: E402
 from earlymm.tools.ptdump.space import open_space  # noqa: E402
-
-
-def best(fn: Callable[[], object], runs: int) -> tuple[float, object]:
-    fn()  # warm-up: page cache, lazy imports
-    times, result = [], None
-    for _ in range(runs):
-        t = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), result
 
 
 class RawQmp:
@@ -93,35 +87,40 @@ class RawQmp:
         return str(self.call("human-monitor-command", **{"command-line": line}))
 
 
-def qemu_side(kernel: Path, busybox: Path, tmp: Path, runs: int) -> tuple[dict[str, float], str, Path]:
-    """Boot, stop at /init, time info tlb / info mem, dump the core. Returns (times, tlb reply, core)."""
-    initrd = tmp / "initramfs.cpio.gz"
-    initrd.write_bytes(build_initramfs(busybox))
-    sock, console, core = str(tmp / "qmp.sock"), tmp / "console.log", tmp / "core.elf"
-    cmd = ["qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-cpu", "qemu64", "-m", "512M", "-smp", "1",
-           "-nodefaults", "-display", "none", "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd),
-           "-append", "console=ttyS0 panic=-1 nokaslr", "-serial", f"file:{console}",
-           "-qmp", f"unix:{sock},server=on,wait=off"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        start = time.monotonic()
-        while READY not in (console.read_text(errors="replace") if console.exists() else ""):
-            if proc.poll() is not None or time.monotonic() - start > 300:
-                raise RuntimeError(f"guest did not reach /init; see {console}")
-            time.sleep(0.2)
-        q = RawQmp(sock)
-        q.call("stop")
-        t_tlb, tlb = best(lambda: q.hmp("info tlb"), runs)
-        t_mem, _ = best(lambda: q.hmp("info mem"), runs)
-        q.call("dump-guest-memory", paging=False, protocol=f"file:{core}", format="elf")
-        q.call("quit")
-    finally:
+class Guest:
+    """A Debian kernel under qemu-system-x86_64 (TCG, 512 MiB) stopped at /init, with its core dumped."""
+
+    def __init__(self, kernel: Path, busybox: Path, tmp: Path) -> None:
+        initrd = tmp / "initramfs.cpio.gz"
+        initrd.write_bytes(build_initramfs(busybox))
+        sock, console, self.core = str(tmp / "qmp.sock"), tmp / "console.log", tmp / "core.elf"
+        cmd = ["qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-cpu", "qemu64", "-m", "512M", "-smp", "1",
+               "-nodefaults", "-display", "none", "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd),
+               "-append", "console=ttyS0 panic=-1 nokaslr", "-serial", f"file:{console}",
+               "-qmp", f"unix:{sock},server=on,wait=off"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return {"info tlb": t_tlb, "info mem": t_mem}, str(tlb), core
+            start = time.monotonic()
+            while READY not in (console.read_text(errors="replace") if console.exists() else ""):
+                if self.proc.poll() is not None or time.monotonic() - start > 300:
+                    raise RuntimeError(f"guest did not reach /init; see {console}")
+                time.sleep(0.2)
+            self.qmp = RawQmp(sock)
+            self.qmp.call("stop")
+            self.qmp.call("dump-guest-memory", paging=False, protocol=f"file:{self.core}", format="elf")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        try:
+            if self.proc.poll() is None and hasattr(self, "qmp"):
+                self.qmp.call("quit")
+            self.proc.wait(timeout=30)
+        except (OSError, RuntimeError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
 
 
 def earlymm_inprocess(core: Path) -> str:
@@ -171,6 +170,12 @@ def volatility_mapping(core: Path, cr3: int) -> Callable[[], tuple[int, int]]:
     return run
 
 
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=7)
@@ -179,46 +184,77 @@ def main() -> int:
     ap.add_argument("--tlb", type=Path, help="QEMU's info tlb for --image (for the byte-identity check)")
     ap.add_argument("--no-volatility", action="store_true")
     args = ap.parse_args()
+    compileall.compile_dir(str(REPO / "earlymm"), quiet=1)  # as an installed package has its bytecode
 
     with tempfile.TemporaryDirectory(prefix="bench-ptdump-") as d:
         tmp = Path(d)
-        qemu_times: dict[str, float] = {}
+        guest: Guest | None = None
         if args.image:
             core, tlb = args.image, args.tlb.read_bytes().decode() if args.tlb else None
         else:
             kernel = args.kernel or sorted((REPO / "captures/kernel/root/boot").glob("vmlinuz-*"))[-1]
             busybox = kernel.parent.parent / "bin" / "busybox"
             print(f"booting {kernel.name} under qemu-system-x86_64 (TCG, 512 MiB) ...", flush=True)
-            qemu_times, tlb, core = qemu_side(kernel, busybox, tmp, args.runs)
-        t_in, out = best(lambda: earlymm_inprocess(core), args.runs)
-        t_cli, cli_out = best(lambda: earlymm_cli(core), max(3, args.runs // 2))
-        leaves = str(out).count("\n")
+            guest = Guest(kernel, busybox, tmp)
+            core = guest.core
+        try:
+            jobs: dict[str, Callable[[], object]] = {}
+            if guest is not None:
+                q = guest.qmp
+                jobs["QEMU info tlb (QMP round trip, C)"] = lambda: q.hmp("info tlb")
+                jobs["QEMU info mem (QMP round trip, C)"] = lambda: q.hmp("info mem")
+            jobs["earlymm ptdump --format qemu-tlb, in-process"] = lambda: earlymm_inprocess(core)
+            jobs["earlymm ptdump --format qemu-tlb, CLI process"] = lambda: earlymm_cli(core)
+            answers = {name: fn() for name, fn in jobs.items()}  # warm-up: page cache, QEMU's first reply
+            times: dict[str, list[float]] = {name: [] for name in jobs}
+            names = list(jobs)
+            for rnd in range(args.runs):  # rounds rotate the order, so load hits every row alike
+                k = rnd % len(names)
+                for name in names[k:] + names[:k]:
+                    times[name].append(timed(jobs[name])[0])
+        finally:
+            if guest is not None:
+                guest.close()
+        if guest is not None:
+            tlb = str(answers["QEMU info tlb (QMP round trip, C)"])
+        out = str(answers["earlymm ptdump --format qemu-tlb, in-process"])
+        cli_out = answers["earlymm ptdump --format qemu-tlb, CLI process"]
+        leaves = out.count("\n")
         pages = mapped_pages(core)
         same = None if tlb is None else (out == tlb and cli_out == tlb.encode())
         vol: tuple[float, tuple[int, int]] | None = None
         if not args.no_volatility:
             with open_image(core) as img:
                 cr3 = img.cpus[0].cr3
-            t_vol, counts = best(volatility_mapping(core, cr3), max(3, args.runs // 2))
-            vol = (t_vol, counts)  # type: ignore[assignment]
+            run = volatility_mapping(core, cr3)
+            run()
+            vol_times, counts = [], (0, 0)
+            for _ in range(max(3, args.runs // 2)):
+                dt, counts = timed(run)  # type: ignore[assignment]
+                vol_times.append(dt)
+            vol = (statistics.median(vol_times), counts)
 
-    print(f"\nguest: {leaves} present leaves (info tlb lines); best of several passes after a warm-up\n")
-    print(f"{'what':58} {'seconds':>9}")
-    for name, t in qemu_times.items():
-        print(f"{'QEMU ' + name + ' (QMP round trip, C)':58} {t:9.4f}")
-    print(f"{'earlymm ptdump --format qemu-tlb, in-process':58} {t_in:9.4f}")
-    print(f"{'earlymm ptdump --format qemu-tlb, CLI subprocess':58} {t_cli:9.4f}")
+    print(f"\nguest: {leaves} present leaves (info tlb lines); {args.runs} rounds after a warm-up, rotated order; "
+          "median seconds\n")
+    print(f"{'what':58} {'median s':>9} {'min s':>8}")
+    for name, ts in times.items():
+        print(f"{name:58} {statistics.median(ts):9.4f} {min(ts):8.4f}")
     if vol is not None:
         print(f"{'volatility3 LinuxIntel32e.mapping(0, 2**48)':58} {vol[0]:9.4f}"
               f"   ({vol[1][0]} regions, {vol[1][1]} 4K pages vs earlymm's {pages})")
     print()
     if same is not None:
-        print(f"byte-identical to QEMU's info tlb: {'yes' if same else 'NO'}")
-    if "info tlb" in qemu_times:
-        ratio = t_in / qemu_times["info tlb"]
-        print(f"in-process / QEMU info tlb = {ratio:.2f}x  -> target <= 1.5x {'MET' if ratio <= 1.5 else 'NOT MET'}")
-        print(f"CLI        / QEMU info tlb = {t_cli / qemu_times['info tlb']:.2f}x  (Python start-up and imports "
-              "included)")
+        print(f"byte-identical to QEMU's info tlb (in-process and CLI): {'yes' if same else 'NO'}")
+    qkey = "QEMU info tlb (QMP round trip, C)"
+    if qkey in times:
+        def ratio(name: str) -> float:
+            return statistics.median(a / b for a, b in zip(times[name], times[qkey], strict=True))
+
+        cli = ratio("earlymm ptdump --format qemu-tlb, CLI process")
+        print(f"CLI process / QEMU info tlb = {cli:.2f}x (median of per-round ratios; Python start-up and imports "
+              f"included)  -> target <= 1.5x {'MET' if cli <= 1.5 else 'NOT MET'}")
+        print(f"in-process  / QEMU info tlb = {ratio('earlymm ptdump --format qemu-tlb, in-process'):.2f}x")
+    t_in = statistics.median(times["earlymm ptdump --format qemu-tlb, in-process"])
     if vol is not None:
         print(f"volatility3 / earlymm in-process = {vol[0] / t_in:.1f}x  -> target faster than volatility3 "
               f"{'MET' if vol[0] > t_in else 'NOT MET'}")

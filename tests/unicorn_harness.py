@@ -181,7 +181,7 @@ class UnicornMmu:
         uc.ctl_set_cpu_model(cpu_model)
         uc.mem_map(HARNESS_PA + CODE, 0x1000, UC_PROT_ALL)
         uc.mem_map(HARNESS_PA + 0x1000, HARNESS_SIZE - 0x1000, UC_PROT_READ | UC_PROT_WRITE)
-        uc.mem_map(pool_base, self.pool_size, UC_PROT_READ | UC_PROT_WRITE)  # no exec: fetches are caught
+        self._map_pool()
         for pa, data in harness_frames().items():
             uc.mem_write(pa, data)
         self._events: list[tuple[str, int]] = []
@@ -192,6 +192,10 @@ class UnicornMmu:
         uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_mem)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED | UC_HOOK_MEM_FETCH_PROT, self._on_stop)
         self._boot()
+
+    def _map_pool(self) -> None:
+        # No execute permission: a fetch that reaches the pool stops in the FETCH_PROT hook.
+        self.uc.mem_map(self.pool_base, self.pool_size, UC_PROT_READ | UC_PROT_WRITE)
 
     # -- hooks --------------------------------------------------------------------------------------
     def _on_intr(self, uc: Uc, intno: int, _ud: object) -> None:
@@ -239,12 +243,12 @@ class UnicornMmu:
         self.error_code_offset = dr0 - 16
         # Check the offset with a fault whose error code is known: a user write to a not-present page.
         probe_root = self.pool_base
-        saved = bytes(uc.mem_read(probe_root, 0x1000))
-        uc.mem_write(probe_root, bytes(0x1000))
-        uc.mem_write(probe_root + 8 * HARNESS_INDEX, struct.pack("<Q", harness_root_entry("4")))
+        saved = self.read(probe_root, 0x1000)
+        self.write(probe_root, bytes(0x1000))
+        self.write(probe_root + 8 * HARNESS_INDEX, struct.pack("<Q", harness_root_entry("4")))
         out = self.access(cr0=CR0_BASE, cr4=CR4_BASE, efer=EFER_BASE | EFER_NXE, cr3=probe_root, va=0x1000,
                           kind=1, user=True)
-        uc.mem_write(probe_root, saved)
+        self.write(probe_root, saved)
         if (out.vector, out.error_code, out.cr2) != (14, 0x6, 0x1000):
             raise RuntimeError(f"error-code extraction self-check failed: {out}")
 

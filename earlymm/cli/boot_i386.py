@@ -12,7 +12,7 @@ import json
 import sys
 
 from earlymm.arch.modes import Features
-from earlymm.cli.boot_cmd import cpu_identity, e820_arg, given, parse_until, print_rich, ramdisk_arg
+from earlymm.cli.boot_args import cpu_identity, e820_arg, given, parse_until, print_rich, ramdisk_arg
 from earlymm.cli.boot_xen_args import check_combination
 from earlymm.cli.common import EXIT_CRASH, EXIT_OK, UsageError, size_text
 from earlymm.cli.trace_writes_args import trace_writes
@@ -29,7 +29,7 @@ from earlymm.tools.boot_report_i386 import render_text, save_core, to_json
 
 MAX_MEM_I386 = 64 << 30  # a 2.6.21 PAE kernel addresses 36 bits; without PAE it uses 4 GiB of it
 
-# options of the x86-64 path (their defaults are marked: boot_cmd.given tells them from given values)
+# options of the x86-64 path (their defaults are marked: boot_args.given tells them from given values)
 X86_64_ONLY = ("kernel_at", "kernel_symbols", "pool", "variant", "pool_access", "force_nx", "no_gbpages", "paging",
                "decompressor", "loader_paging", "no_la57", "efi_loader", "html")
 

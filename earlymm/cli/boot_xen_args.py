@@ -31,8 +31,12 @@ NATIVE_ONLY: dict[str, tuple[str, Any]] = {
 XEN_ONLY: dict[str, tuple[str, Any]] = {
     "xen_write_cr3": ("--xen-write-cr3", None), "xen_domid": ("--xen-domid", None),
     "xen_pcpu": ("--xen-pcpu", None), "xen_seed": ("--xen-seed", None), "xen_version": ("--xen-version", None),
-    "xen_guest_bug": ("--xen-guest-bug", None),
+    "xen_guest_bug": ("--xen-guest-bug", None), "kernel_image": ("--kernel-image", None),
+    "dom0_mem": ("--dom0-mem", None), "dom0_initrd": ("--dom0-initrd", None),
 }
+XEN417_ONLY = ("kernel_image", "dom0_mem", "dom0_initrd")
+# what a Xen 4.17 dom0 boot takes besides its own options (issue 12): the host's memory and the command line
+XEN417_ALLOWED = {"e820"}
 
 
 def add_xen_options(p: Parser) -> None:
@@ -49,7 +53,14 @@ def add_xen_options(p: Parser) -> None:
                    help="the physical CPU the vCPU runs on, as Xen reports it (default 3, seed 004's)")
     p.add_argument("--xen-seed", type=int_range(0, 2**32 - 1, "--xen-seed"),
                    help="seed of the shuffle of the domain's machine frames (default 2013)")
-    p.add_argument("--xen-version", choices=("4.2",), help="the hypervisor modelled (4.2.0, seed 004's)")
+    p.add_argument("--xen-version", choices=("4.2", "4.17"),
+                   help="the hypervisor modelled: 4.2 (4.2.0, seed 004's domU, the default) or 4.17 (Debian's 4.17.7 "
+                        "building --kernel-image as its PV dom0 on the host of --mem/--e820)")
+    p.add_argument("--kernel-image", metavar="FILE",
+                   help="Xen 4.17: the dom0 kernel, a bzImage (gzip or xz payload) or vmlinux with Xen ELF notes")
+    p.add_argument("--dom0-mem", metavar="SPEC",
+                   help="Xen 4.17: Xen's dom0_mem=[min:AMT,][max:AMT,][AMT] (default: all but 1/16, at most 128 MiB)")
+    p.add_argument("--dom0-initrd", metavar="FILE", help="Xen 4.17: dom0's initrd module (only its size matters)")
     p.add_argument("--xen-guest-bug", choices=sorted(GUEST_BUGS),
                    help="boot a guest with a bug of the class Xen catches: " + "; ".join(
                        f"{k}: {v}" for k, v in sorted(GUEST_BUGS.items())))
@@ -57,7 +68,22 @@ def add_xen_options(p: Parser) -> None:
 
 def check_combination(args: argparse.Namespace) -> None:
     """One line, exit 2, for options the chosen backend cannot use."""
+    if args.pv == "xen" and args.xen_version == "4.17":
+        given = [flag for dest, (flag, default) in NATIVE_ONLY.items()
+                 if dest not in XEN417_ALLOWED and getattr(args, dest) != default]
+        given += [XEN_ONLY[d][0] for d in ("xen_write_cr3", "xen_guest_bug", "xen_domid", "xen_pcpu", "xen_seed")
+                  if getattr(args, d) is not None]
+        if given:
+            raise UsageError(f"{given[0]} is not an option of the Xen 4.17 dom0 boot")
+        if getattr(args, "html", None) is not None:
+            raise UsageError("--html draws native boots; a --pv xen boot is reported as text or --json")
+        if args.profile not in (None, "current"):
+            raise UsageError("--xen-version 4.17 boots the kernel of --kernel-image (--profile current)")
+        return
     if args.pv == "xen":
+        given = [XEN_ONLY[d][0] for d in XEN417_ONLY if getattr(args, d) is not None]
+        if given:
+            raise UsageError(f"{given[0]} needs --xen-version 4.17")
         given = [flag for dest, (flag, default) in NATIVE_ONLY.items() if getattr(args, dest) != default]
         if given:
             raise UsageError(f"{given[0]} means nothing for a Xen PV domain (no boot loader, BIOS or e820 of its own; "

@@ -16,7 +16,6 @@ from earlymm.tools.argtypes import int_range
 from earlymm.tools.machine_view import RegOverrides, SetupError, image_source, infer_registers
 from earlymm.tools.ptdump import render
 from earlymm.tools.ptdump.engine import DEFAULT_MAX_LEAVES, DEFAULT_MAX_TABLES
-from earlymm.tools.ptdump.partial import open_partial
 from earlymm.tools.ptdump.render import FORMATS
 from earlymm.tools.ptdump.space import Space, open_space
 from earlymm.tools.symbols.annotate import annotate
@@ -79,6 +78,8 @@ def _open(path: str, max_inflated: int) -> Any:
     except ImageError as e:
         if "truncated" not in str(e) and "corrupt gzip" not in str(e):
             raise UsageError(str(e)) from None
+        from earlymm.tools.ptdump.partial import open_partial  # only a damaged core needs it
+
         try:
             image = open_partial(path, max_inflated=max_inflated)
         except ImageError as e2:

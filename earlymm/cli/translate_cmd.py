@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -152,6 +151,8 @@ def _g2g_text(a: g2g.Answer, sym: Symbolizer | None) -> str:
 
 def _emit(as_json: bool, docs: list[dict[str, Any]], texts: list[str], sep: str) -> None:
     if as_json:
+        import json  # JSON only for --json: a plain translation does without loading it
+
         json.dump(docs, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:

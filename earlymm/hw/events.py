@@ -36,6 +36,8 @@ HEX_FIELDS = frozenset({"va", "pa", "old", "new", "value", "cr2", "error_code", 
 
 @dataclass(frozen=True, slots=True)
 class CrWrite(Event):
+    """A control-register write the CPU accepted: ``reg`` from ``old`` to ``new``."""
+
     reg: str
     old: int
     new: int
@@ -43,6 +45,8 @@ class CrWrite(Event):
 
 @dataclass(frozen=True, slots=True)
 class TlbFlush(Event):
+    """TLB entries dropped (``scope``: all, non-global, one page, one PCID)."""
+
     scope: str  # "all", "non-global", "page", "pcid"
     va: int = 0
     pcid: int = 0
@@ -50,6 +54,8 @@ class TlbFlush(Event):
 
 @dataclass(frozen=True, slots=True)
 class FaultRaised(Event):
+    """An exception raised by an access, before delivery (``depth``: handlers nested)."""
+
     vector: int
     error_code: int
     cr2: int
@@ -59,6 +65,8 @@ class FaultRaised(Event):
 
 @dataclass(frozen=True, slots=True)
 class FaultDelivered(Event):
+    """An exception delivered through the IDT to the handler registered at its gate."""
+
     vector: int
     handler: str
     depth: int
@@ -66,12 +74,16 @@ class FaultDelivered(Event):
 
 @dataclass(frozen=True, slots=True)
 class Iret(Event):
+    """A handler returned: the frame is popped and the faulting access retried."""
+
     vector: int
     depth: int
 
 
 @dataclass(frozen=True, slots=True)
 class DoubleFault(Event):
+    """A fault while delivering another became #DF (SDM Vol. 3A §6.15, interrupt 8)."""
+
     first_vector: int
     second_vector: int
     detail: str
@@ -79,6 +91,8 @@ class DoubleFault(Event):
 
 @dataclass(frozen=True, slots=True)
 class ModeChange(Event):
+    """The CPU's operating mode changed (real, protected, compatibility, 64-bit)."""
+
     mode: str
 
 

@@ -31,6 +31,8 @@ class Reason(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class PageFault:
+    """#PF: the error code (spec §1.7), CR2 and why."""
+
     error_code: int
     cr2: int
     reason: Reason
@@ -39,6 +41,8 @@ class PageFault:
 
 @dataclass(frozen=True, slots=True)
 class GeneralProtection:
+    """#GP: a non-canonical address or an illegal register value."""
+
     reason: Reason
     detail: str = ""
     error_code: int = 0

@@ -49,6 +49,8 @@ class Mapper:
         self.specs = level_specs(mode, gbpages=True, pse=True)
         self.table_flags = table_flags
         self.maxphyaddr = maxphyaddr
+        # Entries are read through the memory's table view (a live view of a written frame), not byte reads.
+        self.tables, self.eshift = (mem.tables4, 2) if mode is PagingMode.LEGACY32 else (mem.tables8, 3)
         self.root = root if root is not None else alloc.alloc()
         # Per level, what ``entry_addr`` needs, computed once: a boot's loader maps thousands of pages.
         pae_pdpt = [mode is PagingMode.PAE and s.level is Level.PDPT for s in self.specs]
@@ -70,12 +72,12 @@ class Mapper:
     def entry_addr(self, va: int, level: Level, *, create: bool = False) -> int | None:
         """Address of the entry for ``va`` at ``level``, creating missing tables above it if asked."""
         table = self.root
-        read = self.mem.read_int
+        tables, eshift = self.tables, self.eshift
         for shift, index_mask, size, lvl, flags, ps_matters, table_mask in self._steps:
             ea = table + ((va >> shift) & index_mask) * size
             if lvl is level:
                 return ea
-            e = read(ea, size)
+            e = tables[ea & -4096][(ea & 4095) >> eshift]
             if not e & P:
                 if not create:
                     return None

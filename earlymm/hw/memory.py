@@ -14,10 +14,10 @@ from __future__ import annotations
 import enum
 import struct
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Protocol
+from typing import Any, Protocol
 
 from earlymm.arch.addr import PAGE_SHIFT, PAGE_SIZE, merge_ranges
 
@@ -32,6 +32,10 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _FMT = {1: _U8, 2: _U16, 4: _U32, 8: _U64}
 ZERO_FRAME = bytes(PAGE_SIZE)
+# Read-only tables whose entries a ``TableEntries`` keeps as tuples; past this it starts afresh, so a
+# walk over a huge image holds at most this many (a tuple of 512 big entries is about 20 KiB).
+TABLE_CACHE_LIMIT = 2048
+_ZERO_ENTRIES = {512: (0,) * 512, 1024: (0,) * 1024}
 
 
 class MemoryHole(Exception):
@@ -67,6 +71,8 @@ class RegionType(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Region:
+    """One e820 range ``[start, end)`` of one kind."""
+
     start: int
     end: int  # exclusive
     kind: RegionType
@@ -128,6 +134,34 @@ def _overlap(a: Region, b: Region) -> str:
     return f"region [{a.start:#x}, {a.end:#x}) overlaps [{b.start:#x}, {b.end:#x})"
 
 
+class TableEntries(dict[int, Sequence[int]]):
+    """Page tables by physical address, as sequences of entries, for the specialised walker
+    (``earlymm.hw.fastwalk``): ``tables[addr][index]`` is one entry.
+
+    A frame nobody can write (image-backed or absent-as-zero, never copied on write) is read once into a
+    tuple of ints, because indexing a tuple is several times cheaper than unpacking an entry from a
+    ``memoryview``; a writable frame is served as its live ``memoryview``, so it is never stale. A hole
+    raises ``MemoryHole``. ``PhysMem.writable_frame`` drops a tuple when its frame becomes writable.
+    """
+
+    __slots__ = ("_load", "_on_clear")
+
+    def __init__(self, load: Callable[[int], Sequence[int] | None], on_clear: Callable[[], None]) -> None:
+        super().__init__()
+        self._load = load
+        self._on_clear = on_clear
+
+    def __missing__(self, addr: int) -> Sequence[int]:
+        entries = self._load(addr)
+        if entries is None:
+            raise MemoryHole(addr)
+        if len(self) >= TABLE_CACHE_LIMIT:
+            self.clear()
+            self._on_clear()
+        self[addr] = entries
+        return entries
+
+
 class PhysMem:
     """Sparse physical memory with typed little-endian accessors.
 
@@ -148,6 +182,13 @@ class PhysMem:
         # The same frames seen as arrays of 8-byte and 4-byte little-endian entries, for the walker.
         self.view8: dict[int, memoryview] = {}
         self.view4: dict[int, memoryview] = {}
+        self.tables8 = TableEntries(self._table8, self.drop_derived)
+        self.tables4 = TableEntries(self._table4, self.drop_derived)
+        # Caches built from read-only tables (the specialised walker's VA-prefix caches): emptied when a
+        # table they may hold becomes writable, or when the table cache starts afresh.
+        self.derived: list[dict[int, dict[int, Any]]] = []
+        # Anything the specialised walker keeps per memory (its compiled walkers, by plan).
+        self.walkers: dict[object, Any] = {}
         self.writes = 0
 
     # -- frame level -------------------------------------------------------------------------------
@@ -183,6 +224,25 @@ class PhysMem:
             v = self.view4[pfn] = memoryview(f).cast("B").cast("I")
         return v
 
+    def _table8(self, addr: int) -> Sequence[int] | None:
+        return self._table(addr >> PAGE_SHIFT, self.entries8(addr >> PAGE_SHIFT))
+
+    def _table4(self, addr: int) -> Sequence[int] | None:
+        return self._table(addr >> PAGE_SHIFT, self.entries4(addr >> PAGE_SHIFT))
+
+    def _table(self, pfn: int, v: memoryview | None) -> Sequence[int] | None:
+        if v is None or pfn in self.frames:
+            return v
+        if self.view.get(pfn) is ZERO_FRAME:
+            return _ZERO_ENTRIES[len(v)]
+        return tuple(v.tolist())
+
+    def drop_derived(self) -> None:
+        """Empty every cache built from read-only tables."""
+        for by_root in self.derived:
+            for cache in by_root.values():
+                cache.clear()
+
     def ranges(self) -> list[tuple[int, int]]:
         spans = [(p << PAGE_SHIFT, (p + 1) << PAGE_SHIFT) for p in self.frames]
         if self.backing is not None:
@@ -202,6 +262,11 @@ class PhysMem:
             self.view[pfn] = f
             self.view8.pop(pfn, None)
             self.view4.pop(pfn, None)
+            # A table read as a tuple is now writable: serve the live frame, forget what was built on it.
+            addr = pfn << PAGE_SHIFT
+            dropped = self.tables8.pop(addr, None), self.tables4.pop(addr, None)
+            if dropped != (None, None):
+                self.drop_derived()
         return f
 
     def written_pfns(self) -> list[int]:
@@ -239,7 +304,7 @@ class PhysMem:
         fmt = _FMT[size]
         off = pa & (PAGE_SIZE - 1)
         if off + size <= PAGE_SIZE:
-            f = self.frame(pa >> PAGE_SHIFT)
+            f = self.view.get(pa >> PAGE_SHIFT) or self.frame(pa >> PAGE_SHIFT)  # a frame is never empty
             if f is None:
                 raise MemoryHole(pa)
             return int(fmt.unpack_from(f, off)[0])
@@ -250,7 +315,7 @@ class PhysMem:
         value &= (1 << (8 * size)) - 1
         off = pa & (PAGE_SIZE - 1)
         if off + size <= PAGE_SIZE:
-            fmt.pack_into(self.writable_frame(pa >> PAGE_SHIFT), off, value)
+            fmt.pack_into(self.frames.get(pa >> PAGE_SHIFT) or self.writable_frame(pa >> PAGE_SHIFT), off, value)
             self.writes += 1
         else:
             self.write(pa, value.to_bytes(size, "little"))

@@ -1,8 +1,9 @@
 """The MMU: ``probe`` (no side effects) and ``translate`` (commits A/D, fills the TLB) (design §7.4).
 
-Both run the same walk (``walk.py``). ``translate`` first consults the TLB, sets the accessed/dirty
-bits the walk asked for with a locked read-modify-write (SDM §4.8), and drops the faulting page's TLB
-entries on a #PF (SDM §4.10.4.1: a #PF invalidates the translations for the faulting address).
+Both run the same walk: ``walk.py``'s, specialised for the current plan by ``fastwalk.py``. ``translate``
+first consults the TLB, sets the accessed/dirty bits the walk asked for with a locked read-modify-write
+(SDM §4.8), and drops the faulting page's TLB entries on a #PF (SDM §4.10.4.1: a #PF invalidates the
+translations for the faulting address).
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 from earlymm.arch.entry import mask
 from earlymm.arch.flags import Cr4
 from earlymm.arch.modes import Features, PagingMode
+from earlymm.hw.fastwalk import Walker, walker_for
 from earlymm.hw.memory import PhysMem
 from earlymm.hw.regs import ControlRegs
 from earlymm.hw.rights import check_rights
 from earlymm.hw.tlb import PscEntry, Tlb, TlbEntry
-from earlymm.hw.walk import OK, PF, WalkPlan, WalkResult, compile_plan, walk
+from earlymm.hw.walk import OK, PF, WalkPlan, WalkResult, compile_plan
+
+_new = tuple.__new__
 
 
 class Mmu:
@@ -24,6 +28,8 @@ class Mmu:
         self.features = features
         self.tlb = tlb if tlb is not None else Tlb()
         self.plan: WalkPlan = compile_plan(regs.cr0, regs.cr4, regs.efer, features)
+        self._walk: Walker | None = None  # the plan's specialised walker, bound on first use
+        self.paging = False
         self.root = 0
         self.pcid = 0
         self.pge = False
@@ -33,7 +39,10 @@ class Mmu:
         """Recompile after any CR0/CR3/CR4/EFER change (the CPU calls this; nothing is cached beyond it)."""
         r = self.regs
         self.plan = compile_plan(r.cr0, r.cr4, r.efer, self.features)
+        # Register programming passes through plans that never walk: bind the walker when one does.
+        self._walk = None
         mode = self.plan.mode
+        self.paging = mode is not PagingMode.DISABLED
         if mode is PagingMode.LEGACY32:
             self.root = r.cr3 & mask(31, 12)
         elif mode is PagingMode.PAE:
@@ -47,12 +56,21 @@ class Mmu:
     def mode(self) -> PagingMode:
         return self.plan.mode
 
+    @property
+    def walk(self) -> Walker:
+        """``walk(mem, plan, root, va, …)`` for the current plan, as a function of (root, va, …)."""
+        return self._walk or self._bind()
+
+    def _bind(self) -> Walker:
+        self._walk = walker_for(self.mem, self.plan)
+        return self._walk
+
     def probe(self, va: int, kind: int = 0, user: bool = False, implicit: bool = False,
               ac: bool | None = None) -> WalkResult:
         """Walk the tables for this access; change nothing (no A/D, no TLB)."""
         r = self.regs
-        return walk(self.mem, self.plan, self.root, va, kind, user, implicit,
-                    r.ac if ac is None else ac, r.pkru, r.pkrs, r.pdptes)
+        return (self._walk or self._bind())(self.root, va, kind, user, implicit, r.ac if ac is None else ac, r.pkru,
+                                            r.pkrs, r.pdptes)
 
     def translate(self, va: int, kind: int = 0, user: bool = False, implicit: bool = False,
                   ac: bool | None = None) -> WalkResult:
@@ -61,28 +79,31 @@ class Mmu:
         acf = r.ac if ac is None else ac
         tlb = self.tlb
         plan = self.plan
-        if tlb.enabled and plan.mode is not PagingMode.DISABLED:
+        if tlb.enabled and self.paging:
             e = tlb.lookup(va, self.pcid, self.pge)
             if e is not None and (kind != 1 or e.dirty):
-                why = check_rights(plan, kind, user, implicit, acf, e.user_page, e.writable, e.xd, e.pkey,
-                                   r.pkru, r.pkrs)
-                if why is None:
-                    return WalkResult(va, kind, user, OK, [], e.pa | (va & (e.size - 1)), e.size, acc=e.acc,
-                                      tlb_pkey=e.pkey)
+                acc = e.acc
+                # Without SMAP or keys a supervisor data access needs only RW (with CR0.WP): the common case
+                # needs no call; everything else is check_rights' (the same rules, SDM §4.6).
+                if (not user and kind != 2 and plan.simple and (kind == 0 or acc & 2 or not plan.wp)) or \
+                        check_rights(plan, kind, user, implicit, acf, acc & 4 != 0, acc & 2 != 0, not acc >> 63,
+                                     e.pkey, r.pkru, r.pkrs) is None:
+                    return _new(WalkResult, (va, kind, user, OK, [], e.pa | (va & (e.size - 1)), e.size, 0, None,
+                                             acc, None, 0, e.pkey))
                 # A cached entry that forbids the access is re-walked, as QEMU's softmmu does.
                 tlb.invlpg(va, self.pcid)
         prefixes = self._prefixes(va) if tlb.enabled and tlb.psc_enabled and plan.va_bits else None
         if prefixes is not None:
             res = self._walk_with_psc(va, kind, user, implicit, acf, prefixes)
         else:
-            res = walk(self.mem, plan, self.root, va, kind, user, implicit, acf, r.pkru, r.pkrs, r.pdptes)
+            res = (self._walk or self._bind())(self.root, va, kind, user, implicit, acf, r.pkru, r.pkrs, r.pdptes)
         if res.ad_updates:
             mem = self.mem
             for u in res.ad_updates:
                 cur = mem.read_int(u.addr, u.size)
                 mem.write_int(u.addr, u.size, cur | (u.new & ~u.old))
         if res.outcome == OK:
-            if tlb.enabled and plan.mode is not PagingMode.DISABLED:
+            if tlb.enabled and self.paging:
                 leaf = res.path[-1] | (0x60 if kind == 1 else 0x20)
                 size = res.page_size
                 tlb.fill(TlbEntry(va & -size & ((1 << 64) - 1), res.pa & -size, size, res.acc, res.pkey,
@@ -109,13 +130,12 @@ class Mmu:
 
     def _walk_with_psc(self, va: int, kind: int, user: bool, implicit: bool, ac: bool,
                        prefixes: list[tuple[int, int]]) -> WalkResult:
-        r, plan = self.regs, self.plan
+        r = self.regs
         hit = self.tlb.psc_lookup(prefixes, self.pcid)
         if hit is None:
-            return walk(self.mem, plan, self.root, va, kind, user, implicit, ac, r.pkru, r.pkrs, r.pdptes)
+            return self.walk(self.root, va, kind, user, implicit, ac, r.pkru, r.pkrs, r.pdptes)
         li, e = hit
-        return walk(self.mem, plan, e.table, va, kind, user, implicit, ac, r.pkru, r.pkrs, r.pdptes,
-                    first=li, acc=e.acc)
+        return self.walk(e.table, va, kind, user, implicit, ac, r.pkru, r.pkrs, r.pdptes, li, e.acc)
 
     def _psc_fill(self, res: WalkResult, prefixes: list[tuple[int, int]]) -> None:
         """Cache each table-pointing entry a successful walk used (their A bits are now set)."""

@@ -16,6 +16,8 @@ TABLE_ONLY, PS_SELECTS, ALWAYS_LEAF = 0, 1, 2
 
 @dataclass(frozen=True, slots=True)
 class LevelPlan:
+    """One level of a plan: how the VA indexes it and which entry bits mean what there."""
+
     level: Level
     shift: int
     index_mask: int

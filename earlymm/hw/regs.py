@@ -17,6 +17,8 @@ class CpuMode(enum.Enum):
 
 @dataclass
 class ControlRegs:
+    """The registers paging and exception delivery read."""
+
     cr0: int = 0x10  # ET: the reset value of a modern CPU
     cr2: int = 0
     cr3: int = 0
@@ -34,3 +36,10 @@ class ControlRegs:
     rflags: int = 0x2
     idt_base: int = 0
     idt_limit: int = -1  # -1: no IDT loaded
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # ``value | Cr0.ET`` is a ``Cr0``, and the CPU tests these registers on every access: IntFlag
+        # arithmetic costs a Python call each time, so the registers hold the same values as plain ints.
+        if isinstance(value, enum.IntFlag):
+            value = int(value)
+        object.__setattr__(self, name, value)

@@ -18,6 +18,8 @@ GLOBAL_TAG = 1 << 12  # in the key's low 13 bits: a PCID (0..4095) or "global"
 
 @dataclass(slots=True)
 class TlbEntry:
+    """A cached translation: page base to frame base, with the walk's combined rights."""
+
     va: int  # page base
     pa: int  # frame base
     size: int
@@ -51,6 +53,8 @@ class PscEntry:
 
 @dataclass
 class TlbStats:
+    """Counters of TLB and paging-structure-cache activity."""
+
     hits: int = 0
     misses: int = 0
     fills: int = 0

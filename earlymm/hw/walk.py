@@ -36,8 +36,11 @@ class AdUpdate:
 
 class WalkResult(NamedTuple):
     """The walk of one access. ``path`` is flat: table address, entry value, … from the root down
-    (``entry_addr(plan, i)`` gives the address of entry i). A tuple because one is built per walk on the
-    hot path, and a tuple is the cheapest value Python can build."""
+    (``entry_addr(plan, i)`` gives the address of entry i); each value is what the CPU read at that level,
+    including an A bit an earlier level of the same walk set in the same entry (self-referencing
+    tables). ``ad_updates`` are the walk's A/D writes in the CPU's order, each ``old`` being the value it
+    found. A tuple because one is built per walk on the hot path, and a tuple is the cheapest value Python
+    can build."""
 
     va: int
     kind: int
@@ -148,46 +151,78 @@ def walk(mem: PhysMem, plan: WalkPlan, root: int, va: int, kind: int = 0, user: 
     if plan.pse36 and lsize == 1 << 22:
         pa |= ((e >> 13) & 0xFF) << 32
     if kind or user or not plan.simple:
-        user_page, writable, pkey = acc & 4 != 0, acc & 2 != 0, (e >> 59) & 15 if va_bits else 0
-        why = check_rights(plan, kind, user, implicit, ac, user_page, writable, not acc >> 63, pkey, pkru, pkrs)
-        if why is not None:
-            code = error_code_for(plan, kind, user, why)
-            if (plan.pke or plan.pks) and pk_violation(plan, kind, user, user_page, pkey, pkru, pkrs):
-                code |= 0x20
-            return _new(WalkResult, (va, kind, user, PF, path, 0, 0, code, why, acc,
-                                     _ad_updates(plan, va, path, False, leaf=False, first=first), first, 0))
+        refused = rights_fault(plan, va, kind, user, implicit, ac, pkru, pkrs, path, e, acc, first)
+        if refused is not None:
+            return refused
     # All A (and, for a write, the leaf's D) already set: the common case in kernel tables.
     ups = None if acc & 0x20 and (kind != 1 or e & 0x40) else _ad_updates(plan, va, path, kind == 1, first=first)
     return _new(WalkResult, (va, kind, user, OK, path, pa, lsize, 0, None, acc, ups, first, 0))
+
+
+def rights_fault(plan: WalkPlan, va: int, kind: int, user: bool, implicit: bool, ac: bool, pkru: int, pkrs: int,
+                 path: list[int], e: int, acc: int, first: int = 0) -> WalkResult | None:
+    """The #PF the leaf ``e``'s combined rights ``acc`` give this access (SDM §4.6, §4.7), or None."""
+    user_page, writable, pkey = acc & 4 != 0, acc & 2 != 0, (e >> 59) & 15 if plan.va_bits else 0
+    why = check_rights(plan, kind, user, implicit, ac, user_page, writable, not acc >> 63, pkey, pkru, pkrs)
+    if why is None:
+        return None
+    code = error_code_for(plan, kind, user, why)
+    if (plan.pke or plan.pks) and pk_violation(plan, kind, user, user_page, pkey, pkru, pkrs):
+        code |= 0x20
+    return _new(WalkResult, (va, kind, user, PF, path, 0, 0, code, why, acc,
+                             _ad_updates(plan, va, path, False, leaf=False, first=first), first, 0))
 
 
 def _fault(plan: WalkPlan, va: int, kind: int, user: bool, path: list[int], why: Reason,
            first: int = 0, acc: int = 0) -> WalkResult:
     """A not-present or reserved-bit fault at the last entry in ``path``; ``acc`` is the AND of the
     entries above it."""
-    # Entries above the failing one were used, so they get A (SDM §4.8; QEMU does the same) — unless
-    # they all have it already, as kernel tables do.
-    ups = [] if acc & 0x20 else _ad_updates(plan, va, path[:-2], False, first=first)
+    # Entries above the failing one were used, so they get A — unless they all have it already, as
+    # kernel tables do; the failing entry itself is left alone. QEMU stores A level by level exactly so
+    # (tests/hw/test_unicorn_alias.py watches every store); the SDM (§4.8) leaves A on a walk that ends
+    # in a fault to the implementation, so a real CPU may set fewer (spec §7 item 8: unconfirmed).
+    ups = [] if acc & 0x20 else _ad_updates(plan, va, path, False, leaf=False, first=first)
     return _new(WalkResult, (va, kind, user, PF, path, 0, 0, error_code_for(plan, kind, user, why), why, 0, ups,
                              first, 0))
 
 
 def _ad_updates(plan: WalkPlan, va: int, path: list[int], write: bool, leaf: bool = True,
                 first: int = 0) -> list[AdUpdate]:
+    """The A/D writes of the walk in ``path``, in the order the CPU makes them, and ``path`` corrected
+    (in place) to the values the CPU read.
+
+    Each table pointer gets A as soon as it is read and has passed its checks (QEMU's ``mmu_translate``
+    stores it before reading the next level); the last entry gets A — and D for a ``write`` — only if
+    ``leaf`` (a translation), after the rights checks. One walk can use the same entry at several levels
+    (a PML4 entry that points back to its own table, a PDE that is also the PTE): the later read then
+    sees the A the earlier use wrote, so that use writes nothing more, and D is still only the leaf's.
+    ``walk`` reads every entry before any A/D is written; the writes of the walk only set bit 5 (A) in
+    table pointers, which no check looks at, so the outcome stands and only the recorded values need
+    the earlier writes folded in, here, where the updates are known.
+    """
     ups: list[AdUpdate] = []
+    wrote: dict[int, int] | None = None  # entry address -> value this walk stored there
     n = len(path) // 2
+    levels = plan.levels
     for i in range(n):
-        lp = plan.levels[first + i]
-        if lp.from_regs:
+        lp = levels[first + i]
+        if lp.from_regs:  # PAE's PDPTE registers: not memory, never written
             continue
+        addr = path[2 * i] + ((va >> lp.shift) & lp.index_mask) * lp.entry_size
         e = path[2 * i + 1]
-        is_leaf = i == n - 1 and leaf
-        if i == n - 1 and not leaf:
+        if wrote is not None and addr in wrote:
+            e = path[2 * i + 1] = wrote[addr]
+        if i < n - 1:
+            want = e | 0x20
+        elif leaf:
+            want = e | (0x60 if write else 0x20)
+        else:
             continue
-        want = e | 0x20 | (0x40 if is_leaf and write else 0)
         if want != e:
-            ups.append(AdUpdate(path[2 * i] + ((va >> lp.shift) & lp.index_mask) * lp.entry_size,
-                                e, want, lp.entry_size))
+            ups.append(AdUpdate(addr, e, want, lp.entry_size))
+            if wrote is None:
+                wrote = {}
+            wrote[addr] = want
     return ups
 
 

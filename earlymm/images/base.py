@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass
-from pathlib import Path
-from types import TracebackType
+from typing import TYPE_CHECKING
 
 from earlymm.arch.addr import PAGE_SHIFT, PAGE_SIZE, merge_ranges
 from earlymm.hw.memory import Buffer
 from earlymm.images.cpustate import CpuState
 from earlymm.images.inflate import DEFAULT_MAX_INFLATED, OpenError, open_bytes
+
+if TYPE_CHECKING:
+    from pathlib import Path
+    from types import TracebackType
 
 
 class ImageError(Exception):
@@ -25,6 +28,8 @@ class ImageError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class FileSegment:
+    """A run of guest-physical memory stored contiguously in the file."""
+
     start: int  # guest-physical address
     size: int  # bytes backed by the file
     offset: int  # file offset of the first byte

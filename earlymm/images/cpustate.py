@@ -42,6 +42,8 @@ DESC_P_BIT = 15
 
 @dataclass(frozen=True, slots=True)
 class Segment:
+    """A segment register as QEMU's CPU note records it."""
+
     selector: int = 0
     limit: int = 0
     flags: int = 0

@@ -17,13 +17,15 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from earlymm.images.base import Blob, FileSegment, ImageError, SegmentImage
 from earlymm.images.cpustate import CpuState, parse_qemu_cpustate
 from earlymm.images.inflate import DEFAULT_MAX_INFLATED
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 ELF_MAGIC = b"\x7fELF"
 ELFCLASS32 = 1

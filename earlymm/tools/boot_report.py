@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from earlymm.hw.events import CrWrite, Event, FaultRaised, ModeChange, TlbFlush
 from earlymm.hw.memory import ZERO_FRAME, Buffer
-from earlymm.images import CpuState, write_qemu_core
-from earlymm.images.cpustate import Segment
-from earlymm.images.minimize import table_pfns
 from earlymm.kernel.boot import BootResult
 from earlymm.kernel.events import (
     ConsoleLine,
@@ -28,6 +24,9 @@ from earlymm.kernel.events import (
 )
 from earlymm.kernel.invariants import table_pages_by_level
 from earlymm.platform.xen.events import Hypercall, PtwrEmulated, TablePinned, TableValidated, XenConsole
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def stats(r: BootResult) -> dict[str, Any]:
@@ -289,6 +288,11 @@ def save_core(r: BootResult, path: str | Path) -> None:
     core: the pages the simulation wrote, plus every page table the saved CR3 reaches (all-zero ones
     too, so other readers walk it fully), marked complete (``absent_zero``: the machine's untouched
     memory is zero, so earlymm reads the core with the default options). Raises ``WriteError``."""
+    # only --save-core needs the images layer
+    from earlymm.images import CpuState, write_qemu_core
+    from earlymm.images.cpustate import Segment
+    from earlymm.images.minimize import table_pfns
+
     ctx = r.ctx
     regs = ctx.cpu.regs
     segs = [Segment() for _ in range(10)]

@@ -21,7 +21,7 @@ cost no more than a table reached once (contexts are keyed by frame, never by pa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,12 +31,9 @@ from earlymm.arch.modes import PagingMode
 from earlymm.hw.memory import PhysMem
 from earlymm.hw.mmu import Mmu
 from earlymm.hw.walk import ALWAYS_LEAF, GP, HOLE, OK, PF, PS_SELECTS, WalkPlan
+from earlymm.tools.bulk_arrays import BOOL, COLUMNS, I64, OUTPUTS, U64, Buffers, Results, unique_inverse
 
 __all__ = ["BulkResult", "probe_many", "translate_many"]
-
-I64 = NDArray[np.int64]
-U64 = NDArray[np.uint64]
-BOOL = NDArray[np.bool_]
 
 UNKNOWN = np.iinfo(np.int64).min
 # Result ids shared by every lane that ends the same way; leaves get their own ids from FIRST_LEAF on.
@@ -81,35 +78,6 @@ class _Level:
     pse36: bool
 
 
-# The result table's columns; ``pa`` of a lane is base | (va & mask), both zero unless the walk succeeded.
-COLUMNS: tuple[tuple[str, type[np.generic]], ...] = (
-    ("outcome", np.uint8), ("error_code", np.uint32), ("user_page", np.bool_), ("writable", np.bool_),
-    ("xd", np.bool_), ("pkey", np.uint8), ("page_size", np.uint64), ("base", np.uint64), ("mask", np.uint64))
-OUTPUTS = tuple(name for name, _ in COLUMNS if name not in ("base", "mask"))
-
-
-@dataclass
-class _Results:
-    """The result table, grown by doubling; row ``rid`` holds what every lane with that id reports."""
-
-    n: int = 0
-    cols: dict[str, NDArray[Any]] = field(default_factory=lambda: {k: np.zeros(64, dt) for k, dt in COLUMNS})
-
-    def add(self, count: int, **values: ArrayLike) -> I64:
-        """Append ``count`` rows (missing columns zero); returns their ids."""
-        start, end = self.n, self.n + count
-        if end > self.cols["outcome"].size:
-            cap = max(2 * self.cols["outcome"].size, end)
-            for k, a in self.cols.items():
-                grown = np.zeros(cap, a.dtype)
-                grown[:start] = a[:start]
-                self.cols[k] = grown
-        for k, v in values.items():
-            self.cols[k][start:end] = v
-        self.n = end
-        return np.arange(start, end, dtype=np.int64)
-
-
 class _Engine:
     """The transition tables of one call: built lazily as lanes reach rows, then thrown away."""
 
@@ -128,7 +96,7 @@ class _Engine:
         self.index: list[dict[int, int]] = [{} for _ in self.levels]
         code = (2 if kind == 1 else 0) | (4 if user else 0) | (16 if kind == 2 and plan.id_reported else 0)
         self.code = code  # the error-code bits the access itself contributes (spec §1.7)
-        self.results = _Results()
+        self.results = Results()
         self.results.add(FIRST_LEAF, outcome=[0, GP, PF, PF, HOLE], error_code=[0, 0, code, code | 9, 0])
         self.root_start = self._context(0, ((root >> 12) << 3) | ACC0)
 
@@ -160,7 +128,10 @@ class _Engine:
         """Compute the rows holding positions ``pos`` of level ``li``."""
         lv, w = self.levels[li], self.levels[li].width
         rows, tables, rights = [], [], []
-        for row in np.unique(pos // w).tolist():
+        # The distinct rows, by marking them: np.unique would sort or hash every lane.
+        seen = np.zeros(len(self.ctx[li]), np.bool_)
+        seen[pos >> (w.bit_length() - 1)] = True  # w is a power of two
+        for row in np.flatnonzero(seen).tolist():
             pfn, r = self.ctx[li][row]
             e = self._load(li, pfn)
             if e is None:  # the table itself is unreadable: every lane reaching it is a hole
@@ -193,9 +164,9 @@ class _Engine:
         if lv.rights:
             r = (r & e & np.uint64(6)) | ((r | (e >> np.uint64(63))) & np.uint64(1))
         keys = (((e & np.uint64(lv.taddr)) >> np.uint64(12)) << np.uint64(3)) | r
-        uniq, inv = np.unique(keys, return_inverse=True)
+        uniq, inv = unique_inverse(keys)
         starts = np.array([self._context(li + 1, k) for k in uniq.tolist()], dtype=np.int64)
-        return starts[inv.ravel()]
+        return starts[inv]
 
     def _leaves(self, lv: _Level, e: U64, r: U64) -> I64:
         plan = self.plan
@@ -239,29 +210,35 @@ class _Engine:
         return fault, ec
 
     # -- the lanes ---------------------------------------------------------------------------------
-    def chunk(self, va: U64) -> I64:
-        """Result ids (negated) of one chunk of addresses."""
+    def chunk(self, va: U64, buf: Buffers) -> I64:
+        """Result ids of one chunk of addresses, in ``buf.res``."""
+        n = va.size
         vi = va.view(np.int64)
-        node: I64 | int = self.root_start
-        res: I64 | int = 0
-        if self.plan.va_bits:
-            half = np.uint64(1 << (self.plan.va_bits - 1))
-            bad = ((va + half) >> np.uint64(self.plan.va_bits)) != 0  # canonical ⇔ va + 2^(n-1) < 2^n (mod 2^64)
+        pos, code, res, node = buf.pos[:n], buf.code[:n], buf.res[:n], buf.node[:n]
+        res.fill(0)
+        node.fill(self.root_start)
+        if self.plan.va_bits:  # canonical ⇔ va + 2^(n-1) < 2^n (mod 2^64)
+            tmp, bad = buf.tmp[:n], buf.bad[:n]
+            np.add(va, np.uint64(1 << (self.plan.va_bits - 1)), out=tmp)
+            tmp >>= np.uint64(self.plan.va_bits)
+            np.not_equal(tmp, 0, out=bad)
             if bad.any():
-                node = np.where(bad, 0, self.root_start)
-                res = np.where(bad, -RID_GP, 0)
+                node[bad] = 0
+                res[bad] = -RID_GP
         last = len(self.levels) - 1
         for li, lv in enumerate(self.levels):
-            pos = (vi >> lv.shift) & (lv.width - 1)
+            np.right_shift(vi, lv.shift, out=pos)
+            pos &= lv.width - 1
             pos += node
-            code = self.tabs[li].take(pos)
+            # mode="clip": positions are in range by construction, and "raise" with out= buffers the result
+            self.tabs[li].take(pos, out=code, mode="clip")
             if code.min() == UNKNOWN:
                 self.fill(li, pos[code == UNKNOWN])
-                code = self.tabs[li].take(pos)
-            res = np.minimum(res, code)
+                self.tabs[li].take(pos, out=code, mode="clip")
+            np.minimum(res, code, out=res)
             if li != last:
-                node = np.maximum(code, 0, out=code)
-        assert isinstance(res, np.ndarray)
+                np.maximum(code, 0, out=node)
+        np.negative(res, out=res)
         return res
 
 
@@ -286,16 +263,19 @@ def translate_many(mem: PhysMem, plan: WalkPlan, root: int, vas: ArrayLike, kind
     eng = _Engine(mem, plan, root, int(kind), user, implicit, ac, pkru, pkrs, tuple(pdptes))
     out: dict[str, NDArray[Any]] = {k: np.empty(n, dt) for k, dt in COLUMNS if k in OUTPUTS}
     pa: U64 = np.empty(n, np.uint64)
+    buf = Buffers.of(min(n, CHUNK))
     for s in range(0, n, CHUNK):
         v = flat[s:s + CHUNK]
-        rid = -eng.chunk(v)
+        rid = eng.chunk(v, buf)
         cols = eng.results.cols  # fetched per chunk: filling rows may have grown the table
         for k, o in out.items():
-            np.take(cols[k], rid, out=o[s:s + CHUNK])
+            np.take(cols[k], rid, out=o[s:s + CHUNK], mode="clip")
         p = pa[s:s + CHUNK]
-        np.take(cols["mask"], rid, out=p)
+        np.take(cols["mask"], rid, out=p, mode="clip")
         p &= v
-        p |= cols["base"].take(rid)
+        base = buf.tmp[:v.size]
+        np.take(cols["base"], rid, out=base, mode="clip")
+        p |= base
     return BulkResult(pa.reshape(shape), **{k: o.reshape(shape) for k, o in out.items()})
 
 

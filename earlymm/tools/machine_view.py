@@ -27,6 +27,8 @@ class SetupError(ValueError):
 
 @dataclass
 class RegOverrides:
+    """Register values given on the command line (None: take the image's)."""
+
     cr0: int | None = None
     cr3: int | None = None
     cr4: int | None = None

@@ -24,6 +24,8 @@ PAGE_NAMES = {1 << 12: "4K", 1 << 21: "2M", 1 << 22: "4M", 1 << 30: "1G"}
 
 @dataclass(frozen=True, slots=True)
 class Request:
+    """One access to explain: address, kind, privilege, EFLAGS.AC."""
+
     va: int
     kind: AccessKind = AccessKind.READ
     cpl: int = 0
@@ -32,6 +34,8 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
+    """What the CPU did for one request, in the paging mode it was in."""
+
     request: Request
     result: WalkResult
     mode: PagingMode

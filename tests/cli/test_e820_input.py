@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from earlymm.cli.boot_cmd import read_e820
+from earlymm.cli.boot_args import read_e820
 from earlymm.cli.common import UsageError
 from earlymm.hw.memory import Region, RegionMap, RegionType
 
@@ -77,7 +77,7 @@ def test_100000_lines_are_read_in_bounded_time(tmp_path: Path) -> None:
     lines, ranges = _map(100_000, 4)
     f = tmp_path / "big.e820"
     f.write_text("\n".join(lines) + "\n")
-    code = ("import sys; from earlymm.cli.boot_cmd import read_e820; "
+    code = ("import sys; from earlymm.cli.boot_args import read_e820; "
             f"r = read_e820({str(f)!r}); print(len(r), r[0].start, r[-1].end)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == [str(len(ranges)), str(ranges[0][0]), str(ranges[-1][1])]

@@ -123,3 +123,30 @@ def test_truncated_core_is_a_usage_error(core: Path, tmp_path: Path, capsys: pyt
     t.write_bytes(core.read_bytes()[:200])
     code, _, err = run(capsys, "translate", str(t), "0x1")
     assert code == 2 and err.count("\n") == 1
+
+
+def test_self_map_levels_show_what_the_cpu_saw(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """PML4[0x1ed] points at the PML4 with A clear: 0x1ed at all four indices reads that entry four
+    times. The first read stores A; the three later ones see it (spec §1.6, QEMU's walker order), so
+    ``levels`` shows A from the second level on and ``ad_updates`` has one store, then only D for a
+    write."""
+    mem = PhysMem()
+    mp = Mapper(mem, PagingMode.LONG4, FrameAllocator(mem, 0x10000, 0x80000), table_flags=0x7)
+    mp.map_page(0x400000, 0x123000, 4096, 0x2 | 0x4)
+    slot = mp.root + 8 * 0x1ED
+    mem.write_u64(slot, mp.root | 0x3)
+    cpu = CpuState(cr0=LONG_CR0, cr3=mp.root, cr4=int(Cr4.PAE), segments=_cs64(), rip=0xFFFFFFFF81000000)
+    path = tmp_path / "self.elf"
+    write_qemu_core(path, ((p, mem.frames[p]) for p in sorted(mem.frames)), [cpu])
+    va = 0xFFFF_F6FB_7DBE_D000 | 0x18  # 0x1ed at every level, sign-extended
+    batch = tmp_path / "b.jsonl"
+    batch.write_text(f'{{"va": "{va:#x}", "access": "read"}}\n{{"va": "{va:#x}", "access": "write"}}\n')
+    code, out, _ = run(capsys, "translate", str(path), "--batch", str(batch), "--json", "--absent", "zero")
+    r1, r2 = json.loads(out)
+    assert code == 0 and r1["ok"] and r1["pa"] == hex(mp.root + 0x18)
+    e = mp.root | 0x3
+    assert [lv["entry_addr"] for lv in r1["levels"]] == [hex(slot)] * 4
+    assert [lv["entry"] for lv in r1["levels"]] == [hex(e)] + [hex(e | 0x20)] * 3
+    assert r1["ad_updates"] == [{"addr": hex(slot), "old": hex(e), "new": hex(e | 0x20)}]
+    assert [lv["entry"] for lv in r2["levels"]] == [hex(e | 0x20)] * 4
+    assert r2["ad_updates"] == [{"addr": hex(slot), "old": hex(e | 0x20), "new": hex(e | 0x60)}]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from earlymm.cli.boot_cmd import read_e820
+from earlymm.cli.boot_args import read_e820
 from earlymm.cli.common import UsageError
 from earlymm.hw.memory import Region, RegionType
 from earlymm.images import open_image, write_qemu_core

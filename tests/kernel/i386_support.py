@@ -11,7 +11,8 @@ from earlymm.kernel.i386.boot import I386BootResult, boot
 from earlymm.kernel.i386.consts import V2621
 from earlymm.kernel.i386.context import I386Config, I386Context
 from earlymm.kernel.i386.layout import DEFAULT_IMAGE_SIZE
-from earlymm.kernel.i386.paravirt import I386PvOps, native_pv_ops
+from earlymm.kernel.i386.paravirt import native_pv_ops
+from earlymm.kernel.i386.pvops import I386PvOps
 from earlymm.kernel.phases import Phase
 from earlymm.platform.pc import MachineConfig, pc_e820
 

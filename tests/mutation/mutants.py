@@ -53,7 +53,7 @@ MUTANTS: tuple[Mutant, ...] = (
       "not 2 MiB aligned", "head_64.py", "if load_delta & (PMD_SIZE - 1):", "if False:",
       f"{STARTUP}::test_unaligned_load_spins_in_bad_address"),
     m("startup.bad_address_maxphys", "head_64.py:startup_64", "no bad_address spin for _text beyond "
-      "MAX_PHYSMEM_BITS", "head_64.py", "if p >> prof.max_physmem_bits:", "if False:", DECISIONS),
+      "MAX_PHYSMEM_BITS", "head_64.py", "if p >= ctx.maxmem:", "if False:", DECISIONS),
     m("startup.fixup_top_511", "head_64.py:startup_64", "early_top_pgt[511] not fixed up by load_delta",
       "head_64.py", "addq(phys(\"early_top_pgt\") + g.entry_size * g.pgd_index(START_KERNEL_MAP), load_delta)",
       "addq(phys(\"early_top_pgt\") + g.entry_size * g.pgd_index(START_KERNEL_MAP), 0)",

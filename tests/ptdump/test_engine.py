@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import time
 from pathlib import Path
 
 import pytest
@@ -143,8 +142,7 @@ def _hostile(kind: str) -> Built:
 @pytest.mark.parametrize("kind", ["self-map", "chain-same", "two-cycle"])
 def test_hostile_tables_finish_fast_and_say_what_they_collapsed(kind: str) -> None:
     b = _hostile(kind)
-    space = b.space()
-    t0 = time.perf_counter()
+    space = b.space()  # bounded by work, not by the clock: tables read, lines and runs produced
     tree = space.tree("qemu")
     assert tree.tables <= 4 and tree.leaves > 10**8  # counted exactly, never expanded
     text = qemu.tlb_text(tree)
@@ -161,7 +159,6 @@ def test_hostile_tables_finish_fast_and_say_what_they_collapsed(kind: str) -> No
     layout = regions.detect(expand(ltree), [r.span for r in ltree.sem.rows], False)
     out, _wx = linux.dump(ltree, layout.markers(), check_wx=True)
     assert out.count("\n") <= linux.DEFAULT_MAX_RUNS + 1000
-    assert time.perf_counter() - t0 < 10
 
 
 def test_the_table_limit_bounds_the_walk_and_is_reported() -> None:

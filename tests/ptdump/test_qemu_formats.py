@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -78,11 +77,10 @@ def test_info_mem_for_5_level_is_what_qemu_would_print_without_its_bug(
     assert r.out == mem_from_tlb(raw_text(fixture, "tlb.txt").decode(), 57)
 
 
-def test_qemu_tlb_of_a_real_guest_is_fast(capsys: pytest.CaptureFixture[str]) -> None:
+def test_qemu_tlb_of_a_real_guest_twice_is_the_same(capsys: pytest.CaptureFixture[str]) -> None:
+    """A second run in one process (warm imports, inflated image) prints the same dump; its speed is
+    bench/bench_ptdump.py's business, not a test's."""
     fixture = FIXTURES[0]
-    cli(capsys, str(core_of(fixture)), "--format", "qemu-tlb")  # warm (gunzip, imports)
-    t = time.perf_counter()
+    first = cli(capsys, str(core_of(fixture)), "--format", "qemu-tlb")
     r = cli(capsys, str(core_of(fixture)), "--format", "qemu-tlb")
-    elapsed = time.perf_counter() - t
-    assert r.out.count("\n") > 70_000
-    assert elapsed < 2.0  # ~0.03 s on a laptop; generous for loaded CI machines
+    assert r.out.count("\n") > 70_000 and r.out == first.out

@@ -18,7 +18,8 @@ from earlymm.kernel.i386.context import I386Config, I386Context
 from earlymm.kernel.i386.head import startup_32
 from earlymm.kernel.i386.init import paging_init
 from earlymm.kernel.i386.layout import build_layout
-from earlymm.kernel.i386.paravirt import BACKENDS, I386PvOps
+from earlymm.kernel.i386.paravirt import BACKENDS
+from earlymm.kernel.i386.pvops import I386PvOps
 from earlymm.kernel.i386.setup import setup_arch_early
 from earlymm.kernel.invariants import Check
 from earlymm.kernel.phases import BootOutcome, Phase

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from earlymm.arch.modes import PagingMode
 from earlymm.hw.cpu import Cpu
@@ -22,12 +22,10 @@ from earlymm.kernel.events import ConsoleLine, PhaseEntered
 from earlymm.kernel.i386.consts import PAGE_OFFSET, U32, I386Profile, page_kernel, page_kernel_exec
 from earlymm.kernel.i386.events import BootmemAlloc, EntryStore, LeafRun, LiveEntryChanged, TablePage
 from earlymm.kernel.i386.layout import I386Layout
+from earlymm.kernel.i386.pvops import I386PvOps
 from earlymm.kernel.pgtable import PgtableGeometry, i386
 from earlymm.kernel.phases import Phase
 from earlymm.platform.base import Platform
-
-if TYPE_CHECKING:
-    from earlymm.kernel.i386.paravirt import I386PvOps
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,7 @@ is folded into the pgd, so ``set_pgd`` reaches ``set_pud`` (a PDPT entry) and ``
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol
 
 from earlymm.arch.addr import Pfn, VirtAddr
 from earlymm.hw.walk import OK
@@ -27,27 +25,8 @@ from earlymm.kernel.i386.consts import _PAGE_PRESENT, KERNEL_PGD_PTRS_PAE, PAGE_
 from earlymm.kernel.i386.context import I386Context
 from earlymm.kernel.i386.e820 import machine_specific_memory_setup
 from earlymm.kernel.i386.events import EntryStore, PvNotify
+from earlymm.kernel.i386.pvops import I386PvOps
 from earlymm.kernel.paravirt.native import NativeCpuOps, NativeMmuOps
-from earlymm.kernel.paravirt.ops import PvOps
-
-
-class PvInitOps(Protocol):
-    """The boot-time members of 2.6.21's ``paravirt_ops``: ``memory_setup`` (setup_arch's memory map; returns
-    who provided it) and ``pagetable_setup_start``/``pagetable_setup_done`` (called by ``pagetable_init``
-    with ``swapper_pg_dir``)."""
-
-    name: str
-
-    def memory_setup(self) -> str: ...
-
-    def pagetable_setup_start(self, base: VirtAddr) -> None: ...
-
-    def pagetable_setup_done(self, base: VirtAddr) -> None: ...
-
-
-@dataclass
-class I386PvOps(PvOps):
-    init: PvInitOps = field(kw_only=True)
 
 
 def peek(ctx: I386Context, va: int, size: int) -> int:

@@ -9,7 +9,7 @@ header and program headers must still be there; CPU notes are kept if they are w
 from __future__ import annotations
 
 from bisect import bisect_right
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from earlymm.arch.addr import PAGE_SHIFT, PAGE_SIZE
 from earlymm.hw.memory import Buffer
@@ -26,6 +26,9 @@ from earlymm.images.qemu_core import (
     elf_class,
     iter_notes,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class PartialCore:
@@ -68,6 +71,8 @@ class PartialCore:
 
 def open_partial(path: str | Path, *, max_inflated: int = DEFAULT_MAX_INFLATED) -> PartialCore:
     """Open a possibly truncated core. Raises ``ImageError`` if not even the headers survive."""
+    from pathlib import Path  # a truncated core is the rare case: the common start-up does without pathlib
+
     p = Path(path)
     try:
         opened = open_bytes(p, limit=max_inflated, tolerant=True)

@@ -1,14 +1,21 @@
 """What ``earlymm ptdump`` and gdb's ``earlymm-ptdump`` print: one place that turns address spaces into the
-chosen format (or audit findings), so the two front ends cannot drift apart."""
+chosen format (or audit findings), so the two front ends cannot drift apart.
+
+Each format's module is imported when that format is asked for: a command pays start-up only for what it
+prints (``--format qemu-tlb`` needs neither Linux's region layout nor JSON nor the audits).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from earlymm.tools.ptdump import audit, linux, qemu, regions
+from earlymm.tools.ptdump import qemu
 from earlymm.tools.ptdump.engine import Note, Tree, expand
-from earlymm.tools.ptdump.json_doc import SpaceDoc, json_text, space_doc
 from earlymm.tools.ptdump.space import Space
+
+if TYPE_CHECKING:
+    from earlymm.tools.ptdump.json_doc import SpaceDoc
 
 FORMATS = ("linux", "qemu-tlb", "qemu-mem", "json")
 
@@ -37,6 +44,8 @@ def note_text(n: Note, prefix: str = "") -> str:
 def text_of(space: Space, fmt: str, *, crlf: bool, max_tables: int, max_leaves: int) -> tuple[str, Tree]:
     """One address space in a text format (linux, qemu-tlb, qemu-mem)."""
     if fmt == "linux":
+        from earlymm.tools.ptdump import linux, regions
+
         if not space.mode.is_ia32e:
             raise RenderError(f"--format linux follows the x86-64 kernel's dump: {space.mode.value} paging has "
                               "no such layout (use qemu-tlb, qemu-mem or json)")
@@ -54,6 +63,8 @@ def text_of(space: Space, fmt: str, *, crlf: bool, max_tables: int, max_leaves: 
 def dump(spaces: list[Space], fmt: str, image_label: str, *, crlf: bool = False, max_tables: int,
          max_leaves: int) -> Rendered:
     """Every space in ``fmt``; several spaces are separated by '# cr3 …' lines (JSON: one document)."""
+    if fmt == "json":
+        from earlymm.tools.ptdump.json_doc import json_text, space_doc
     out: list[str] = []
     messages: list[str] = []
     docs: list[SpaceDoc] = []
@@ -78,6 +89,8 @@ def run_audits(spaces: list[Space], *, check_wx: bool, check_user_kernel: bool) 
     Every range a check could not examine (unreadable table, table limit, collapsed repeat) is one
     'incomplete: …' line after the findings, and makes the result ``incomplete``; the other notes
     (reserved bits, bad entries) go to the messages."""
+    from earlymm.tools.ptdump import audit
+
     lines: list[str] = []
     messages: list[str] = []
     gap_lines: list[str] = []
