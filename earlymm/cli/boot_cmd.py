@@ -22,6 +22,7 @@ from earlymm.cli.boot_args import (
 )
 from earlymm.cli.boot_xen_args import add_xen_options, check_combination, domain_config
 from earlymm.cli.common import EXIT_CRASH, EXIT_OK, Parser, UsageError, hexint, size_arg, size_text
+from earlymm.cli.trace_writes_args import TraceWrites, add_trace_writes_options, trace_writes
 from earlymm.images.safe_write import SYMLINK_POLICY, WriteError, check_target
 from earlymm.kernel.boot import BootResult, boot
 from earlymm.kernel.consts import PROFILES
@@ -110,6 +111,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
                    help="report progress on stderr even when it is not a terminal (a terminal gets it anyway)")
     p.add_argument("--json", action="store_true")
     add_xen_options(p)
+    add_trace_writes_options(p)
     p.set_defaults(func=main)
 
 
@@ -178,12 +180,17 @@ def main(args: argparse.Namespace) -> int:
     if args.pv == "xen" and args.xen_version == "4.17":
         from earlymm.cli.boot_xen417 import main_xen417
 
+        if trace_writes(args, "xen-pv") is not None:
+            raise UsageError("--trace-writes follows the Xen 4.2 model's boot; --xen-version 4.17 does not have it yet")
+
         return main_xen417(args, Features(nx=not args.no_nx, gbpages=not args.no_gbpages, pge=not args.no_pge,
                                           la57=False, pks=False), read_e820(args.e820) if args.e820 else None)
     if args.pv == "xen":
         until = parse_until(args.until, XEN_PV_PHASES, "Xen PV x86-64") if args.until else None
-        return report(args, run_xen(args, until))
+        tw = trace_writes(args, "xen-pv")
+        return report(args, run_xen(args, until, tw), tw=tw)
     machine, kernel, until = configure(args)
+    tw = trace_writes(args, "x86-64")
     progress = None
     if args.progress or sys.stderr.isatty():
         from earlymm.tools.boot_progress import BootProgress
@@ -198,13 +205,13 @@ def main(args: argparse.Namespace) -> int:
     listeners = ([progress.on_event] if progress else []) + ([recorder.on_event] if recorder else [])
     try:
         result = boot(machine, kernel, until=until, trace=True, image_size=image_size(args), listeners=listeners,
-                      pv=recorder.attach if recorder else None)
+                      pv=recorder.attach if recorder else None, instrument=tw.tracer.attach if tw else None)
     except ValueError as e:
         raise UsageError(str(e)) from None
     finally:
         if progress:
             progress.close()
-    return report(args, result, recorder)
+    return report(args, result, recorder, tw)
 
 
 def resolve_profile(args: argparse.Namespace) -> bool:
@@ -231,7 +238,7 @@ def kernel_config(args: argparse.Namespace, five: bool) -> KernelConfig:
                         decompressor=args.decompressor or ("merged" if five else None))
 
 
-def run_xen(args: argparse.Namespace, until: Phase | None) -> BootResult:
+def run_xen(args: argparse.Namespace, until: Phase | None, tw: TraceWrites | None = None) -> BootResult:
     """The Xen PV boot (``--pv xen``): the domain's options, the v3.9 kernel, the chosen write_cr3."""
     feats = Features(nx=not args.no_nx, gbpages=not args.no_gbpages, pge=not args.no_pge, la57=False, pks=False)
     from earlymm.kernel.boot_xen import boot_xen
@@ -240,13 +247,18 @@ def run_xen(args: argparse.Namespace, until: Phase | None) -> BootResult:
     kernel = KernelConfig(PROFILES["v3.9"])
     try:
         return boot_xen(dom, kernel, write_cr3_late=args.xen_write_cr3 == "late", until=until, trace=True,
-                        image_size=image_size(args), bug=args.xen_guest_bug or "")
+                        image_size=image_size(args), bug=args.xen_guest_bug or "",
+                        instrument=tw.tracer.attach if tw else None)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
 
-def report(args: argparse.Namespace, result: BootResult, recorder: BootRecorder | None = None) -> int:
-    """Save the core if asked, then print the story (text or JSON); exit 1 for a crash."""
+def report(args: argparse.Namespace, result: BootResult, recorder: BootRecorder | None = None,
+           tw: TraceWrites | None = None) -> int:
+    """Save the core if asked, then print the story (text or JSON, with the table writes when traced); exit 1
+    for a crash."""
+    if tw is not None:
+        tw.check()
     if args.save_core is not None:
         from earlymm.images import ImageError
         from earlymm.tools.boot_report import save_core
@@ -267,10 +279,17 @@ def report(args: argparse.Namespace, result: BootResult, recorder: BootRecorder 
     if args.json:
         import json
 
-        json.dump(to_json(result, events=args.trace), sys.stdout, indent=1)
+        doc = to_json(result, events=args.trace)
+        if tw is not None:
+            tw.add_json(doc)
+        json.dump(doc, sys.stdout, indent=1)
         sys.stdout.write("\n")
-    elif sys.stdout.isatty():
-        print_rich(render_text(result, trace=args.trace))
+        return EXIT_CRASH if result.outcome.crashed else EXIT_OK
+    text = render_text(result, trace=args.trace)
+    if tw is not None:
+        text = tw.text(text)
+    if sys.stdout.isatty():
+        print_rich(text)
     else:
-        sys.stdout.write(render_text(result, trace=args.trace) + "\n")
+        sys.stdout.write(text + "\n")
     return EXIT_CRASH if result.outcome.crashed else EXIT_OK

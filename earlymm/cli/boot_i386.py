@@ -16,6 +16,7 @@ from earlymm.arch.modes import Features
 from earlymm.cli.boot_args import cpu_identity, e820_arg, given, parse_until, print_rich, ramdisk_arg
 from earlymm.cli.boot_xen_args import NATIVE_ONLY, XEN417_ONLY, check_combination
 from earlymm.cli.common import EXIT_CRASH, EXIT_OK, UsageError, size_text
+from earlymm.cli.trace_writes_args import trace_writes
 from earlymm.images import ImageError, WriteError
 from earlymm.images.safe_write import check_target
 from earlymm.kernel.i386.boot import boot
@@ -117,18 +118,22 @@ def main_i386(args: argparse.Namespace) -> int:
     machine = domain_config_i386(args) if args.pv == "xen" else machine_config_i386(args)
     config = I386Config(I386_PROFILES[args.profile or "2.6.21"], pae=args.pae, pv=args.pv or "native",
                         image_size=args.image_size if args.image_size is not None else DEFAULT_IMAGE_SIZE)
+    tw = trace_writes(args, "i386")
     progress = None
     if args.progress or sys.stderr.isatty():
         ram = machine.nr_pages << 12 if isinstance(machine, Domain32Config) else \
             sum(r.end - r.start for r in machine.ram())
         progress = BootProgress(sys.stderr, ram, tty=sys.stderr.isatty())
     try:
-        result = boot(machine, config, until=until, trace=True, listeners=[progress.on_event] if progress else [])
+        result = boot(machine, config, until=until, trace=True, listeners=[progress.on_event] if progress else [],
+                      instrument=tw.tracer.attach if tw else None)
     except ValueError as e:
         raise UsageError(str(e)) from None
     finally:
         if progress:
             progress.close()
+    if tw is not None:
+        tw.check()
     if args.save_core is not None:
         try:
             save_core(result, args.save_core)
@@ -137,10 +142,16 @@ def main_i386(args: argparse.Namespace) -> int:
         except (OSError, ValueError, ImageError) as e:
             raise UsageError(f"cannot write core {args.save_core}: {e}") from None
     if args.json:
-        json.dump(to_json(result, events=args.trace), sys.stdout, indent=1)
+        doc = to_json(result, events=args.trace)
+        if tw is not None:
+            tw.add_json(doc)
+        json.dump(doc, sys.stdout, indent=1)
         sys.stdout.write("\n")
-    elif sys.stdout.isatty():
-        print_rich(render_text(result, trace=args.trace))
+        return EXIT_CRASH if result.outcome.crashed else EXIT_OK
+    text = render_text(result, trace=args.trace)
+    text = tw.text(text) if tw is not None else text
+    if sys.stdout.isatty():
+        print_rich(text)
     else:
-        sys.stdout.write(render_text(result, trace=args.trace) + "\n")
+        sys.stdout.write(text + "\n")
     return EXIT_CRASH if result.outcome.crashed else EXIT_OK

@@ -94,11 +94,15 @@ def make_context(machine: MachineConfig, kernel: KernelConfig, *, trace: bool = 
 
 def boot(machine: MachineConfig, kernel: KernelConfig, *, until: Phase | None = None, trace: bool = False,
          image_size: int = 24 << 20, pv: Callable[[KernelContext], PvOps] | None = None,
-         listeners: Sequence[Callable[[Event], None]] = ()) -> BootResult:
+         listeners: Sequence[Callable[[Event], None]] = (),
+         instrument: Callable[[KernelContext], None] | None = None) -> BootResult:
     """Run the native x86-64 path. ``pv`` replaces the native ``pv_ops`` (tests watch the seam with it);
-    ``listeners`` see every event as it happens (progress displays)."""
+    ``listeners`` see every event as it happens (progress displays); ``instrument`` is given the machine
+    before the kernel's first instruction (tools that watch memory attach there)."""
     ctx = make_context(machine, kernel, trace=trace, image_size=image_size)
     ctx.trace.listeners.extend(listeners)
+    if instrument is not None:
+        instrument(ctx)
     if pv is not None:
         ctx.pv = pv(ctx)
     obs = Observer()

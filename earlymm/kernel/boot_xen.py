@@ -77,11 +77,14 @@ def explain_xen(ctx: KernelContext, error: SimulationError) -> str:
 
 def boot_xen(dom: DomainConfig, kernel: KernelConfig, *, write_cr3_late: bool = False, until: Phase | None = None,
              trace: bool = False, image_size: int = 24 << 20, bug: str = "",
-             listeners: Sequence[Callable[[Event], None]] = ()) -> BootResult:
+             listeners: Sequence[Callable[[Event], None]] = (),
+             instrument: Callable[[KernelContext], None] | None = None) -> BootResult:
     """Boot the Xen PV path; ``write_cr3_late`` is the kernel before seed 004's fix; ``bug`` one of
-    ``GUEST_BUGS`` (a guest mistake Xen's validation catches)."""
+    ``GUEST_BUGS`` (a guest mistake Xen's validation catches); ``instrument`` as for ``boot``."""
     ctx = make_context_xen(dom, kernel, trace=trace, image_size=image_size)
     ctx.trace.listeners.extend(listeners)
+    if instrument is not None:
+        instrument(ctx)
     obs = Observer()
     ctx.observer = obs
     return run_path(ctx, xen_pv_x86_64(ctx, obs, write_cr3_late, bug), obs, until, explain_xen)

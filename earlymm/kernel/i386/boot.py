@@ -81,10 +81,14 @@ def _xen_context(dom: Domain32Config, config: I386Config, *, trace: bool) -> I38
 
 def boot(machine: MachineConfig | Domain32Config, config: I386Config, *, until: Phase | None = None,
          trace: bool = False, pv: Callable[[I386Context], I386PvOps] | None = None,
-         listeners: Sequence[Callable[[Event], None]] = ()) -> I386BootResult:
-    """Run the i386 path. ``pv`` replaces the configured backend (tests watch the seam with it)."""
+         listeners: Sequence[Callable[[Event], None]] = (),
+         instrument: Callable[[I386Context], None] | None = None) -> I386BootResult:
+    """Run the i386 path. ``pv`` replaces the configured backend (tests watch the seam with it);
+    ``instrument`` is given the machine before the kernel's first instruction."""
     ctx = make_context(machine, config, trace=trace)
     ctx.trace.listeners.extend(listeners)
+    if instrument is not None:
+        instrument(ctx)
     if pv is not None:
         ctx.pv = pv(ctx)
     result = I386BootResult(BootOutcome.BOOTED, "reached the end of the modelled boot path", "", ctx)
