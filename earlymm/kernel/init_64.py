@@ -114,10 +114,6 @@ def phys_pmd_init(ctx: KernelContext, st: MmState, pmd_page: int, addr: int, end
                 last = phys_pte_init(ctx, st, ctx.va(val & g.pte_pfn_mask), addr, end, prot)
                 addr, i = nxt, i + 1
                 continue
-            if mask & PG_LEVEL_2M:
-                last = nxt
-                addr, i = nxt, i + 1
-                continue
             new_prot = val & LARGE_FLAG_BITS  # split, keeping the large page's protection
         elif mask & PG_LEVEL_2M:
             # set_pte((pte_t *)pmd, pfn_pte(…, prot | _PAGE_PSE)) for each pmd of a run of empty ones
@@ -171,10 +167,6 @@ def phys_pud_init(ctx: KernelContext, st: MmState, pud_page: int, addr: int, end
             if not val & _PAGE_PSE:
                 t.sync()
                 last = phys_pmd_init(ctx, st, ctx.va(val & g.pte_pfn_mask), addr, end, mask, prot)
-                addr, i = nxt, i + 1
-                continue
-            if mask & PG_LEVEL_1G:
-                last = nxt
                 addr, i = nxt, i + 1
                 continue
             prot = val & LARGE_FLAG_BITS
