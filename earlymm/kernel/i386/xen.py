@@ -34,7 +34,7 @@ from earlymm.kernel.i386.context import I386Context
 from earlymm.kernel.i386.events import EntryStore, TablePage
 from earlymm.kernel.i386.paravirt import peek, set_pgd
 from earlymm.kernel.i386.pvops import I386PvOps
-from earlymm.kernel.paravirt.ops import SetOp
+from earlymm.kernel.paravirt.ops import NopTableNotices, SetOp
 from earlymm.kernel.pgtable import pmd_offset, pte_offset_kernel, pud_offset
 from earlymm.platform import bootparams as bp
 from earlymm.platform.xen.consts import MMU_NORMAL_PT_UPDATE, MmuExt
@@ -135,7 +135,7 @@ class XenI386:
         return (res.pa & ~0xFFF, (res.pa & 0xFFF) // self.ctx.pgt.entry_size) if res.ok else (0, 0)
 
 
-class XenI386MmuOps:
+class XenI386MmuOps(NopTableNotices):  # .alloc_pd & co. = paravirt_nop in 2.6.23's xen_paravirt_ops
     """``paravirt_ops``' MMU members under Xen (2.6.23 ``xen_paravirt_ops``)."""
 
     name = "xen"
@@ -221,26 +221,12 @@ class XenI386MmuOps:
         """``xen_alloc_pt_init``: early, everything is treated as pinned — the page becomes read-only."""
         self.x.make_lowmem_page_readonly(self.ctx.va(pfn << PAGE_SHIFT))
 
-    def alloc_pmd(self, pfn: Pfn) -> None:
-        return None  # .alloc_pd = paravirt_nop in 2.6.23's xen_paravirt_ops
 
-    def alloc_pud(self, pfn: Pfn) -> None:
-        return None
 
-    def alloc_p4d(self, pfn: Pfn) -> None:
-        return None
 
-    def release_pte(self, pfn: Pfn) -> None:
-        return None
 
-    def release_pmd(self, pfn: Pfn) -> None:
-        return None
 
-    def release_pud(self, pfn: Pfn) -> None:
-        return None
 
-    def release_p4d(self, pfn: Pfn) -> None:
-        return None
 
 
 class XenI386CpuOps:

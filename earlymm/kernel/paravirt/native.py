@@ -8,10 +8,10 @@ from typing import Protocol
 
 import numpy as np
 
-from earlymm.arch.addr import Pfn, PhysAddr, VirtAddr
+from earlymm.arch.addr import PhysAddr, VirtAddr
 from earlymm.hw.cpu import Cpu
 from earlymm.kernel import native
-from earlymm.kernel.paravirt.ops import SetOp
+from earlymm.kernel.paravirt.ops import NopTableNotices, SetOp
 
 
 class KernelPort(Protocol):
@@ -23,7 +23,7 @@ class KernelPort(Protocol):
     def wr(self, va: int, value: int, size: int = 8) -> None: ...
 
 
-class NativeMmuOps:
+class NativeMmuOps(NopTableNotices):  # bare metal needs no notice of which pages are tables
     name = "native"
 
     def __init__(self, port: KernelPort, entry_size: int = 8) -> None:
@@ -79,30 +79,13 @@ class NativeMmuOps:
     def make_entries(self, vals: np.ndarray) -> np.ndarray:
         return vals
 
-    # paravirt_nop: bare metal needs no notice of which pages are page tables
-    def alloc_pte(self, pfn: Pfn) -> None:
-        return None
 
-    def alloc_pmd(self, pfn: Pfn) -> None:
-        return None
 
-    def alloc_pud(self, pfn: Pfn) -> None:
-        return None
 
-    def alloc_p4d(self, pfn: Pfn) -> None:
-        return None
 
-    def release_pte(self, pfn: Pfn) -> None:
-        return None
 
-    def release_pmd(self, pfn: Pfn) -> None:
-        return None
 
-    def release_pud(self, pfn: Pfn) -> None:
-        return None
 
-    def release_p4d(self, pfn: Pfn) -> None:
-        return None
 
 
 class NativeCpuOps:

@@ -100,6 +100,35 @@ class PvMmuOps(Protocol):
     def release_p4d(self, pfn: Pfn) -> None: ...
 
 
+class NopTableNotices:
+    """``paravirt_nop`` for every alloc/release notification: a backend that needs no notice of which
+    pages are page tables (bare metal) inherits these and overrides the ones it does need."""
+
+    def alloc_pte(self, pfn: Pfn) -> None:
+        return None
+
+    def alloc_pmd(self, pfn: Pfn) -> None:
+        return None
+
+    def alloc_pud(self, pfn: Pfn) -> None:
+        return None
+
+    def alloc_p4d(self, pfn: Pfn) -> None:
+        return None
+
+    def release_pte(self, pfn: Pfn) -> None:
+        return None
+
+    def release_pmd(self, pfn: Pfn) -> None:
+        return None
+
+    def release_pud(self, pfn: Pfn) -> None:
+        return None
+
+    def release_p4d(self, pfn: Pfn) -> None:
+        return None
+
+
 class PvCpuOps(Protocol):
     """The parts of ``pv_ops.cpu`` the boot paths use: CR4 (``set_in_cr4``, ``__flush_tlb_global`` on
     v3.9) and the IDT (``load_idt``, ``write_idt_entry`` — Xen turns them into its trap table)."""
