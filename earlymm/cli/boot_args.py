@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from itertools import pairwise
 
 from earlymm.arch.addr import parse_int
@@ -166,3 +167,16 @@ def cpu_identity(args: argparse.Namespace) -> CpuIdentity:
                            step if args.cpu_stepping is None else args.cpu_stepping, args.hypervisor)
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+
+def write_core(path: str, write: Callable[[], None]) -> None:
+    """Run a core writer for ``--save-core PATH``: a refused target (device, FIFO, symlink…) is the writer's
+    own one line; any other failure says which core could not be written. Both are bad input (exit 2)."""
+    from earlymm.images import ImageError, WriteError
+
+    try:
+        write()
+    except WriteError as e:
+        raise UsageError(str(e)) from None
+    except (OSError, ValueError, ImageError) as e:
+        raise UsageError(f"cannot write core {path}: {e}") from None

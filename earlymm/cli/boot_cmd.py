@@ -19,6 +19,7 @@ from earlymm.cli.boot_args import (
     print_rich,
     ramdisk_arg,
     read_e820,
+    write_core,
 )
 from earlymm.cli.boot_xen_args import add_xen_options, check_combination, domain_config
 from earlymm.cli.common import EXIT_CRASH, EXIT_OK, Parser, UsageError, hexint, size_arg, size_text
@@ -260,15 +261,10 @@ def report(args: argparse.Namespace, result: BootResult, recorder: BootRecorder 
     if tw is not None:
         tw.check()
     if args.save_core is not None:
-        from earlymm.images import ImageError
         from earlymm.tools.boot_report import save_core
 
-        try:
-            save_core(result, args.save_core)
-        except WriteError as e:
-            raise UsageError(str(e)) from None
-        except (OSError, ValueError, ImageError) as e:
-            raise UsageError(f"cannot write core {args.save_core}: {e}") from None
+        path = args.save_core
+        write_core(path, lambda: save_core(result, path))
     if recorder is not None:
         from earlymm.tools.html import write_boot_html
 

@@ -13,11 +13,11 @@ import json
 import sys
 
 from earlymm.arch.modes import Features
-from earlymm.cli.boot_args import cpu_identity, e820_arg, given, parse_until, print_rich, ramdisk_arg
+from earlymm.cli.boot_args import cpu_identity, e820_arg, given, parse_until, print_rich, ramdisk_arg, write_core
 from earlymm.cli.boot_xen_args import NATIVE_ONLY, XEN417_ONLY, check_combination
 from earlymm.cli.common import EXIT_CRASH, EXIT_OK, UsageError, size_text
 from earlymm.cli.trace_writes_args import trace_writes
-from earlymm.images import ImageError, WriteError
+from earlymm.images import WriteError
 from earlymm.images.safe_write import check_target
 from earlymm.kernel.i386.boot import boot
 from earlymm.kernel.i386.consts import I386_PROFILES, LOAD_PHYSICAL_ADDR
@@ -135,12 +135,8 @@ def main_i386(args: argparse.Namespace) -> int:
     if tw is not None:
         tw.check()
     if args.save_core is not None:
-        try:
-            save_core(result, args.save_core)
-        except WriteError as e:
-            raise UsageError(str(e)) from None
-        except (OSError, ValueError, ImageError) as e:
-            raise UsageError(f"cannot write core {args.save_core}: {e}") from None
+        path = args.save_core
+        write_core(path, lambda: save_core(result, path))
     if args.json:
         doc = to_json(result, events=args.trace)
         if tw is not None:

@@ -21,13 +21,13 @@ from collections import Counter
 from typing import Any
 
 from earlymm.arch.modes import Features
+from earlymm.cli.boot_args import write_core
 from earlymm.cli.common import UsageError
 from earlymm.hw.faults import SimulationError
 from earlymm.hw.memory import Region
 from earlymm.images import write_qemu_core
 from earlymm.images.cpustate import GPR_NAMES, SEGMENT_NAMES, CpuState, Segment
 from earlymm.images.pvkernel import KernelImageError, load_pv_kernel
-from earlymm.images.safe_write import WriteError
 from earlymm.kernel.xen61.boot import STOPS
 from earlymm.platform.xen.dom0_build import Dom0, Dom0Builder
 from earlymm.platform.xen.heap import qemu_pc_e820
@@ -127,10 +127,7 @@ def main_xen417(args: argparse.Namespace, features: Features, e820: list[Region]
     gv = view(d, features)
     if args.save_core is not None:
         frames = [(m, d.mem.read(m << 12, 4096)) for m in sorted(gv.table_mfns)]
-        try:
-            write_qemu_core(args.save_core, frames, [vcpu(d)])
-        except (WriteError, OSError, ValueError) as e:
-            raise UsageError(f"cannot write core {args.save_core}: {e}") from None
+        write_core(args.save_core, lambda: write_qemu_core(args.save_core, frames, [vcpu(d)]))
     s = summary(d, gv)
     if args.json:
         json.dump({"xen_version": "4.17", "console": [f"(XEN) {ln}" for ln in d.console], **s}, sys.stdout, indent=1)
@@ -153,10 +150,7 @@ def report_guest(args: argparse.Namespace, d: Dom0, model: ModelStop) -> int:
         cpu = vcpu(d)
         rip = g.syms.get("init_mem_mapping" if model.until == "setup_arch" else "idt_setup_early_pf", d.entry)
         state = CpuState(cpu.gprs, rip, cpu.rflags, cpu.segments, model.regs[0], 0, model.regs[1], model.regs[2])
-        try:
-            write_qemu_core(args.save_core, model.table_frames(), [state])
-        except (WriteError, OSError, ValueError) as e:
-            raise UsageError(f"cannot write core {args.save_core}: {e}") from None
+        write_core(args.save_core, lambda: write_qemu_core(args.save_core, model.table_frames(), [state]))
     levels = Counter(gv.level_of().values())
     variables = {k: f"{v:#x}" for k, v in model.variables().items()}
     at = "the entry of init_mem_mapping" if model.until == "setup_arch" else "init_mem_mapping's return"
