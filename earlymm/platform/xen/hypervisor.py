@@ -341,9 +341,14 @@ class Xen:
             if not e & 1 or pse or not self.frames.valid(mfn):
                 return
 
+    @property
+    def build_name(self) -> str:
+        """The build in Xen's banner lines (``x86_64``; the 32-bit builds say theirs)."""
+        return "x86_64"
+
     def domain_crash_synchronous(self, why: str) -> NoReturn:
         ident = self.ident
         self.printk("domain_crash_sync called from entry.S")
         self.printk(f"Domain {ident.domid} (vcpu#{ident.vcpu}) crashed on cpu#{ident.pcpu}:")
-        self.printk(f"----[ Xen-{ident.version} x86_64 debug=n Not tainted ]----")
+        self.printk(f"----[ Xen-{ident.version} {self.build_name} debug=n Not tainted ]----")
         raise DomainCrash(f"Xen crashed domain {ident.domid}: {why}", list(self.trace.recent))

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
 
 import numpy as np
 
@@ -46,7 +45,7 @@ from earlymm.platform.xen.consts import (
 )
 from earlymm.platform.xen.events import PtwrEmulated
 from earlymm.platform.xen.frames import MachineFrames
-from earlymm.platform.xen.hypervisor import EINVAL, PFEC_PRESENT, PFEC_WRITE, DomainCrash, Xen, XenIdentity
+from earlymm.platform.xen.hypervisor import EINVAL, PFEC_PRESENT, PFEC_WRITE, Xen, XenIdentity
 from earlymm.platform.xen.mm import PageTypes
 
 _P, _RW, _PWT, _PCD = 0x1, 0x2, 0x8, 0x10
@@ -284,9 +283,6 @@ class Xen32(Xen):
             if not e & 1 or not self.frames.valid(mfn):
                 return
 
-    def domain_crash_synchronous(self, why: str) -> NoReturn:
-        ident = self.ident
-        self.printk("domain_crash_sync called from entry.S")
-        self.printk(f"Domain {ident.domid} (vcpu#{ident.vcpu}) crashed on cpu#{ident.pcpu}:")
-        self.printk(f"----[ Xen-{ident.version} {self.build.name} debug=n Not tainted ]----")
-        raise DomainCrash(f"Xen crashed domain {ident.domid}: {why}", list(self.trace.recent))
+    @property
+    def build_name(self) -> str:
+        return self.build.name
