@@ -4,12 +4,13 @@ the tracer they attach, and the section or JSON keys they add to the boot's repo
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from earlymm.cli.common import UsageError
-from earlymm.tools.tablewrites import Filter, WriteTracer, parse_filter, render_text, to_json
-from earlymm.tools.tablewrites.report import check_filter
+
+if TYPE_CHECKING:  # the tracer is loaded only when a boot asks for it (start-up cost of every boot)
+    from earlymm.tools.tablewrites import Filter, WriteTracer
 
 
 def add_trace_writes_options(p: argparse.ArgumentParser) -> None:
@@ -29,18 +30,24 @@ def add_trace_writes_options(p: argparse.ArgumentParser) -> None:
 @dataclass
 class TraceWrites:
     filter: Filter
-    tracer: WriteTracer = field(default_factory=WriteTracer)
+    tracer: WriteTracer
 
     def check(self) -> None:
         """After the boot: a filter that names a table this boot never had is bad input."""
+        from earlymm.tools.tablewrites.report import check_filter
+
         why = check_filter(self.tracer, self.filter)
         if why is not None:
             raise UsageError(why)
 
     def text(self, report: str) -> str:
+        from earlymm.tools.tablewrites import render_text
+
         return report + "\n" + "\n".join(render_text(self.tracer, self.filter))
 
     def add_json(self, doc: dict[str, Any]) -> None:
+        from earlymm.tools.tablewrites import to_json
+
         doc["table_writes"], doc["table_writes_stats"] = to_json(self.tracer, self.filter)
 
 
@@ -49,7 +56,9 @@ def trace_writes(args: argparse.Namespace, arch: str) -> TraceWrites | None:
     table, va = args.trace_writes_table, args.trace_writes_va
     if not (args.trace_writes or table is not None or va is not None):
         return None
+    from earlymm.tools.tablewrites import WriteTracer, parse_filter
+
     try:
-        return TraceWrites(parse_filter(table, va, arch))
+        return TraceWrites(parse_filter(table, va, arch), WriteTracer())
     except ValueError as e:
         raise UsageError(str(e)) from None
