@@ -4,10 +4,9 @@ which change nothing), at the points the spec names."""
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-
-import numpy as np
 
 from earlymm.hw.memory import PhysMem
 from earlymm.hw.walk import OK
@@ -133,25 +132,19 @@ def _unmapped_detail(missing: list[int], merges_first: bool) -> str:
 def _large_over_holes(ctx: KernelContext) -> list[str]:
     """Large pages are used only where ``memblock_is_region_memory`` allowed them (split_mem_range)."""
     ram = sorted((r.start, r.end) for r in ctx.platform.ram())
-    starts = np.array([s for s, _ in ram], dtype=np.uint64)
-    ends = np.array([e for _, e in ram], dtype=np.uint64)
+    starts = [s for s, _ in ram]
     bad: list[str] = []
-    for pa, size in table_leaves(ctx):
-        if isinstance(pa, tuple):  # a whole table of consecutive leaves [lo, hi): one range must hold it
-            i = bisect.bisect_right(ram, (pa[0], 1 << 64)) - 1
-            if i >= 0 and pa[1] <= ram[i][1]:
+    for group, size in table_leaves(ctx):
+        pas: Sequence[int] = group if isinstance(group, list) else range(group[0], group[1], size)
+        if isinstance(group, tuple):  # a whole table of consecutive leaves [lo, hi): one range must hold it
+            i = bisect.bisect_right(starts, group[0]) - 1
+            if i >= 0 and group[1] <= ram[i][1]:
                 continue
-            pa = np.arange(pa[0], pa[1], size, dtype=np.uint64)
-        idx = np.searchsorted(starts, pa, side="right").astype(np.int64) - 1
-        inside = (idx >= 0) & (pa + np.uint64(size) <= ends[np.maximum(idx, 0)])
-        if len(bad) < 3:
-            bad += [f"{size >> 20} MiB page at pa {int(a):#x}" for a in pa[~inside][:3]]
+        for a in pas:
+            i = bisect.bisect_right(starts, a) - 1
+            if (i < 0 or a + size > ram[i][1]) and len(bad) < 3:
+                bad.append(f"{size >> 20} MiB page at pa {a:#x}")
     return bad
-
-
-def _entries(mem: PhysMem, table: int) -> np.ndarray | None:
-    view = mem.entries8(table >> 12)
-    return None if view is None else np.frombuffer(view, dtype="<u8")
 
 
 # Low byte of an entry → 1 where it links a table (P set; PS clear where PS makes a leaf), else 0.
@@ -161,7 +154,7 @@ _LINKS_ANY = bytes(b & 1 for b in range(256))
 
 def _has_links(mem: PhysMem, table: int, ps_leaf: bool) -> bool:
     """Whether any entry of the table is present (and not a large leaf where PS selects one): a byte scan,
-    so that the thousands of tables of 1 GiB leaves need no array work."""
+    so that the thousands of tables of 1 GiB leaves need no per-entry work."""
     f = mem.frame(table >> 12)
     if f is None:
         return False
@@ -169,53 +162,51 @@ def _has_links(mem: PhysMem, table: int, ps_leaf: bool) -> bool:
     return 1 in low.translate(_LINKS_PS if ps_leaf else _LINKS_ANY)
 
 
-def _lower_tables(mem: PhysMem, g: PgtableGeometry, top: int, slots: range) -> Iterator[tuple[np.ndarray, int]]:
+def _links(entries: Sequence[int], mask: int, ps_leaf: bool) -> list[int]:
+    """The tables a table's present entries point to (large leaves excluded where PS makes one)."""
+    return [e & mask for e in entries if e & 1 and not (ps_leaf and e & _PAGE_PSE)]
+
+
+def _lower_tables(mem: PhysMem, g: PgtableGeometry, top: int, slots: range) -> Iterator[tuple[memoryview, int]]:
     """(entries, depth) of every table below ``slots`` of the top table, down to the pmd level (depth 1 is
     the level under the pgd)."""
-    mask, present, pse = np.uint64(g.pte_pfn_mask), np.uint64(1), np.uint64(_PAGE_PSE)
     levels = g.levels()
-    stack = [(int(e) & g.pte_pfn_mask, 1) for e in (mem.read_u64(top + 8 * i) for i in slots) if e & 1]
+    stack = [(e & g.pte_pfn_mask, 1) for e in (mem.read_u64(top + 8 * i) for i in slots) if e & 1]
     while stack:
         table, depth = stack.pop()
-        entries = _entries(mem, table)
+        entries = mem.entries8(table >> 12)
         if entries is None:
             continue
         yield entries, depth
         if levels[depth] in (PgLevel.PMD, PgLevel.PTE):
             continue
-        if not _has_links(mem, table, levels[depth] is PgLevel.PUD):
-            continue
-        live = (entries & present).astype(bool)
-        if levels[depth] is PgLevel.PUD:
-            live &= ~(entries & pse).astype(bool)
-        stack += [(int(e & mask), depth + 1) for e in entries[live]]
+        ps_leaf = levels[depth] is PgLevel.PUD
+        if _has_links(mem, table, ps_leaf):
+            stack += [(t, depth + 1) for t in _links(entries, g.pte_pfn_mask, ps_leaf)]
 
 
-def table_leaves(ctx: KernelContext) -> Iterator[tuple[np.ndarray | tuple[int, int], int]]:
+def table_leaves(ctx: KernelContext) -> Iterator[tuple[list[int] | tuple[int, int], int]]:
     """Physical addresses of the large leaves in the direct-map slots of the current top table, one
-    (array of pa, page size) group per table, streamed (a 64 TiB direct map in 2 MiB pages has 32 M). A table
+    (list of pa, page size) group per table, streamed (a 64 TiB direct map in 2 MiB pages has 32 M). A table
     of 512 leaves with one set of flags mapping consecutive blocks — what the builders write, thousands of
-    times in a big direct map — comes as the range ``(lo, hi)`` it maps instead: a byte comparison finds it."""
+    times in a big direct map — comes as the range ``(lo, hi)`` it maps instead: a byte comparison with the
+    progression it would be finds it."""
     mem, g = ctx.platform.mem, ctx.pgt
-    mask, present, pse = np.uint64(g.pte_pfn_mask), np.uint64(1), np.uint64(_PAGE_PSE)
+    mask = g.pte_pfn_mask
     first = g.pgd_index(ctx.page_offset)
     slots = range(first, min(first + max(ctx.maxmem >> g.pgdir_shift, 1), g.ptrs_per_pgd - 1))
     levels = g.levels()
-    steps: dict[int, np.ndarray] = {}
-    for entries, depth in _lower_tables(mem, g, ctx.cpu.regs.cr3 & g.pte_pfn_mask, slots):
+    for entries, depth in _lower_tables(mem, g, ctx.cpu.regs.cr3 & mask, slots):
         if levels[depth] not in (PgLevel.PUD, PgLevel.PMD):
             continue
         size = g.pud_size if levels[depth] is PgLevel.PUD else g.pmd_size
-        e0 = int(entries[0])
-        if e0 & 0x81 == 0x81 and not e0 & (size - 1) & g.pte_pfn_mask:
-            if size not in steps:
-                steps[size] = np.arange(len(entries), dtype=np.uint64) * np.uint64(size)
-            if (steps[size] + np.uint64(e0)).tobytes() == entries.tobytes():
-                lo = e0 & g.pte_pfn_mask
-                yield (lo, lo + len(entries) * size), size
-                continue
-        sel = (entries & present).astype(bool) & (entries & pse).astype(bool)
-        yield entries[sel] & mask & ~np.uint64(size - 1), size
+        e0, n = entries[0], len(entries)
+        if e0 & 0x81 == 0x81 and not e0 & (size - 1) & mask and e0 + (n - 1) * size < 1 << 64 \
+                and array("Q", range(e0, e0 + n * size, size)).tobytes() == entries.tobytes():
+            lo = e0 & mask
+            yield (lo, lo + n * size), size
+            continue
+        yield [e & mask & ~(size - 1) for e in entries if e & 0x81 == 0x81], size
 
 
 def table_pages_by_level(ctx: KernelContext) -> dict[str, int]:
@@ -225,17 +216,14 @@ def table_pages_by_level(ctx: KernelContext) -> dict[str, int]:
     counts = {lv.name.lower(): 0 for lv in levels}
     counts["pgd"] = 1
     seen: set[int] = set()
-    mask, present, pse = np.uint64(g.pte_pfn_mask), np.uint64(1), np.uint64(_PAGE_PSE)
     frontier = [(ctx.cpu.regs.cr3 & g.pte_pfn_mask, 0)]
     while frontier:
         table, depth = frontier.pop()
-        e = _entries(mem, table) if depth < len(levels) - 1 else None
-        if e is None or not _has_links(mem, table, levels[depth] in (PgLevel.PUD, PgLevel.PMD)):
+        e = mem.entries8(table >> 12) if depth < len(levels) - 1 else None
+        ps_leaf = levels[depth] in (PgLevel.PUD, PgLevel.PMD)
+        if e is None or not _has_links(mem, table, ps_leaf):
             continue
-        sel = (e & present).astype(bool)
-        if levels[depth] in (PgLevel.PUD, PgLevel.PMD):
-            sel &= ~(e & pse).astype(bool)
-        for nxt in set((e[sel] & mask).tolist()) - seen:
+        for nxt in set(_links(e, g.pte_pfn_mask, ps_leaf)) - seen:
             seen.add(nxt)
             counts[levels[depth + 1].name.lower()] += 1
             frontier.append((nxt, depth + 1))

@@ -61,6 +61,19 @@ class MmState:
             k = max(k + 1, min(limit, (end - base + size - 1) // size))
         return min(k, limit)
 
+    def hole_run(self, base: int, size: int, limit: int) -> int:
+        """How many consecutive ``size`` blocks from ``base`` (at most ``limit``) overlap no e820 RAM: the
+        entries past a range's end that the builders clear (``!e820_any_mapped``), counted at once."""
+        spans = self._spans.get(E820_RAM)
+        if spans is None:
+            self.e820_any_mapped(0, 0)
+            spans = self._spans[E820_RAM]
+        i = bisect.bisect_right(spans, (base, 1 << 64)) - 1
+        if i >= 0 and spans[i][1] > base:
+            return 0
+        nxt = spans[i + 1][0] if i + 1 < len(spans) else 1 << 64
+        return min(limit, (nxt - base) // size)
+
     def e820_any_mapped(self, start: int, end: int, kind: int = E820_RAM) -> bool:
         """``e820_any_mapped(start, end, type)`` over the kernel's e820 (E820_RESERVED_KERN is not
         modelled): a binary search, since the builders ask once per entry past a range's end."""

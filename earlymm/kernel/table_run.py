@@ -19,22 +19,19 @@ bytes), which a 5-level 4 PiB boot asks 67,718 times, once per ``phys_pud_init``
 from __future__ import annotations
 
 import struct
-
-import numpy as np
+from array import array
 
 from earlymm.arch.addr import VirtAddr
 from earlymm.kernel.context import KernelContext
-from earlymm.kernel.paravirt.ops import SetOp
+from earlymm.kernel.paravirt.ops import SetOp, entry_bytes
 
 _STRUCT = {8: struct.Struct("<Q"), 4: struct.Struct("<I")}
-_DTYPE: dict[int, np.dtype[np.unsignedinteger]] = {8: np.dtype("<u8"), 4: np.dtype("<u4")}
 # Low byte of an entry (P is bit 0, PS bit 7) → 0 for a present large leaf, 1 otherwise.
 _NOT_LARGE = bytes(0 if b & 0x81 == 0x81 else 1 for b in range(256))
 
 
 class TableRun:
-    __slots__ = ("cache", "cache_end", "cache_from", "chunks", "count", "cpu", "fmt", "mmu", "op", "page", "scalars",
-                 "size", "start")
+    __slots__ = ("cache", "cache_end", "cache_from", "cpu", "fmt", "mmu", "op", "page", "pending", "size", "start")
 
     def __init__(self, ctx: KernelContext, page: int) -> None:
         self.cpu, self.mmu = ctx.cpu, ctx.pv.mmu
@@ -45,9 +42,7 @@ class TableRun:
         self.cache_from = self.cache_end = -1
         self.op: SetOp | None = None
         self.start = 0
-        self.chunks: list[np.ndarray] = []
-        self.scalars: list[int] = []  # single stores not yet gathered into a chunk
-        self.count = 0
+        self.pending: array[int] = array("Q")  # the values of the queued stores, entries start, start + 1, …
 
     def ptr(self, i: int) -> VirtAddr:
         return VirtAddr(self.page + self.size * i)
@@ -55,7 +50,7 @@ class TableRun:
     def _load(self, i: int) -> int:
         """Byte offset of entry ``i`` in the cache, reading the rest of the page from ``i`` when it is stale."""
         if not self.cache_from <= i < self.cache_end:
-            if self.count:
+            if self.pending:
                 self._issue()
             n = 4096 // self.size - i
             self.cache = self.cpu.read(self.page + self.size * i, n * self.size)
@@ -72,9 +67,7 @@ class TableRun:
         every backend: ``pXd_val(0) == 0``)."""
         at = self._load(i)
         seg = self.cache[at:at + limit * self.size]
-        if seg == bytes(len(seg)):  # a fresh table: one memcmp
-            return len(seg) // self.size
-        return int(np.flatnonzero(np.frombuffer(seg, dtype=_DTYPE[self.size]))[0])
+        return (len(seg) - len(seg.lstrip(b"\0"))) // self.size  # leading zero bytes, in whole entries
 
     def large_run(self, i: int, limit: int) -> int:
         """How many entries from ``i`` on (at most ``limit``) are present large leaves (P and PS)."""
@@ -90,42 +83,31 @@ class TableRun:
 
     def set(self, op: SetOp, i: int, val: int) -> None:
         """Queue ``op(entry i, val)`` (``val`` already ``make_*``-converted)."""
-        if self.op is not op or i != self.start + self.count:
+        if self.op is not op or i != self.start + len(self.pending):
             self._issue()
             self.op, self.start = op, i
-        self.scalars.append(val)
-        self.count += 1
+        self.pending.append(val)
         if self.cache_from <= i < self.cache_end:
             self.fmt.pack_into(self._writable(), (i - self.cache_from) * self.size, val)
 
-    def set_many(self, op: SetOp, i: int, vals: np.ndarray) -> None:
+    def set_many(self, op: SetOp, i: int, vals: array[int]) -> None:
         """Queue ``op`` on entries ``i``, ``i + 1``, … (the fast path for a run of new leaves)."""
-        if self.op is not op or i != self.start + self.count:
+        if self.op is not op or i != self.start + len(self.pending):
             self._issue()
             self.op, self.start = op, i
-        self._flush_scalars()
-        self.chunks.append(vals)
-        self.count += len(vals)
+        self.pending.extend(vals)
         lo, hi = max(i, self.cache_from), min(i + len(vals), self.cache_end)
         if lo < hi:
-            s = self.size
-            self._writable()[(lo - self.cache_from) * s:(hi - self.cache_from) * s] = \
-                vals[lo - i:hi - i].astype(_DTYPE[s]).tobytes()
-
-    def _flush_scalars(self) -> None:
-        if self.scalars:
-            self.chunks.append(np.array(self.scalars, dtype=np.uint64))
-            self.scalars = []
+            s, at = self.size, self.cache_from
+            self._writable()[(lo - at) * s:(hi - at) * s] = entry_bytes(vals[lo - i:hi - i], s)
 
     def _issue(self) -> None:
-        self._flush_scalars()
-        if self.op is not None and self.count:
-            vals = self.chunks[0] if len(self.chunks) == 1 else np.concatenate(self.chunks)
-            self.mmu.set_entries(self.op, self.ptr(self.start), vals)
-        self.op, self.chunks, self.count = None, [], 0
+        if self.op is not None and self.pending:
+            self.mmu.set_entries(self.op, self.ptr(self.start), self.pending)
+        self.op, self.pending = None, array("Q")
 
     def sync(self) -> None:
         """Issue pending stores; the next read is a fresh access (something else is about to run)."""
-        if self.count:
+        if self.pending:
             self._issue()
         self.cache, self.cache_from, self.cache_end = b"", -1, -1

@@ -25,7 +25,7 @@ import pytest
 from earlymm.hw.memory import Region, RegionType
 from earlymm.kernel.consts import __PAGE_KERNEL
 from earlymm.kernel.context import KernelContext
-from earlymm.kernel.init_64 import PG_LEVEL_1G, PG_LEVEL_2M, phys_pmd_init, phys_pte_init, phys_pud_init
+from earlymm.kernel.init_64 import PG_LEVEL_1G, PG_LEVEL_2M, pfn_ptes, phys_pmd_init, phys_pte_init, phys_pud_init
 from earlymm.kernel.mm_state import MmState
 from earlymm.platform.pc import pc_e820
 
@@ -147,3 +147,21 @@ def test_phys_pud_init_reuses_or_splits_1g_pages(profile: str) -> None:
     assert got[4] & 0xFFF == TABLE and got[5] & 0xFFF == TABLE
     assert (table(ctx, ctx.va(int(got[4]) & ~0xFFF)) == leaves(4 * GiB, 2 * MiB, RO_LARGE)).all()
     assert (table(ctx, ctx.va(int(got[5]) & ~0xFFF)) == leaves(5 * GiB, 2 * MiB, kernel | 0x80)).all()
+
+
+@pytest.mark.parametrize(("base", "step", "n", "prot", "mask"), [
+    (0x9D000, 1 << 12, 3, __PAGE_KERNEL, (1 << 64) - 1),  # v3.9 with NX: every bit supported
+    (0x4000_0000, 1 << 21, 512, NX | 0x1E3, (1 << 64) - 1 - NX),  # no NX: bit 63 dropped from every leaf
+    (0, 1 << 30, 64, 0x1E3, (1 << 64) - 1),
+    (0x20_0000, 1 << 21, 5, 0x1E3 | (1 << 22), (1 << 64) - 1),  # a prot bit inside the addresses: ORed in
+    (0x1000, 1 << 21, 4, 0x1E3, (1 << 64) - 1),  # a base off the step: no progression to take
+    (0x40_0000_0000, 1 << 21, 3, 0x1E3, (1 << 64) - 1 - (1 << 39)),  # the mask drops an address bit
+    (0, 1 << 12, 0, 0x63, (1 << 64) - 1),
+])
+def test_pfn_ptes_is_pfn_pte_of_each_page(base: int, step: int, n: int, prot: int, mask: int) -> None:
+    """The run of leaves is, entry by entry, ``pfn_pte(pa >> PAGE_SHIFT, prot)`` after ``massage_pgprot``:
+    ``(pa | prot) & __supported_pte_mask`` (pgtable.h), whether or not the run is a plain progression."""
+    ctx, st = booted("v3.9", pc_e820(GiB))
+    st.supported_pte_mask = mask
+    got = pfn_ptes(ctx, st, base, step, n, prot)
+    assert got.tolist() == [((base + k * step) | prot) & mask for k in range(n)]

@@ -3,7 +3,8 @@ builders write page tables."""
 
 from __future__ import annotations
 
-import numpy as np
+from array import array
+
 import pytest
 
 from earlymm.arch.addr import VirtAddr
@@ -67,7 +68,7 @@ class RecordingMmu(NativeMmuOps):
         assert res.ok
         self.stores[res.pa] = val
 
-    def set_entries(self, op: SetOp, ptr: VirtAddr, vals: np.ndarray) -> None:
+    def set_entries(self, op: SetOp, ptr: VirtAddr, vals: array[int]) -> None:
         super().set_entries(op, ptr, vals)
         res = self.ctx.cpu.mmu.probe(ptr)
         assert res.ok

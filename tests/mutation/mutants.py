@@ -341,7 +341,7 @@ MUTANTS: tuple[Mutant, ...] = (
       f"{IMM}::test_direct_map_respects_e820_holes_and_maps_the_isa_range",
       BUILDERS),
     m("builders.pmd_clear_never", "init_64.py:phys_pmd_init", "PMDs past end never cleared", "init_64.py",
-      "t.set(SetOp.PMD, i, mmu.make_entry(0))  # past the end", "pass  # past the end", BUILDERS),
+      "t.set_many(SetOp.PMD, i, mmu.make_entries(array(\"Q\", bytes(8 * n))))", "pass", BUILDERS),
     m("builders.pmd_no_descend", "init_64.py:phys_pmd_init", "a present PMD → PTE link is replaced by a new PTE "
       "page", "init_64.py",
       "                last = phys_pte_init(ctx, st, ctx.va(val & g.pte_pfn_mask), addr, end, prot)",
@@ -368,7 +368,7 @@ MUTANTS: tuple[Mutant, ...] = (
       f"{IMM}::test_final_map_uses_1g_pages_where_whole_gigabytes_are_ram",
       BUILDERS),
     m("builders.pud_clear_never", "init_64.py:phys_pud_init", "PUDs past end never cleared", "init_64.py",
-      "t.set(SetOp.PUD, i, mmu.make_entry(0))  # past the end", "pass  # past the end", BUILDERS),
+      "t.set_many(SetOp.PUD, i, mmu.make_entries(array(\"Q\", bytes(8 * n))))", "pass", BUILDERS),
     m("builders.pud_no_descend", "init_64.py:phys_pud_init", "a present PUD → PMD link is replaced by a new PMD page",
       "init_64.py",
       "                last = phys_pmd_init(ctx, st, ctx.va(val & g.pte_pfn_mask), addr, end, mask, prot)",
@@ -416,8 +416,8 @@ MUTANTS: tuple[Mutant, ...] = (
            "__supported_pte_mask",
            (Edit(K + "init_64.py", "return ctx.pv.mmu.make_entry((pa | prot) & st.supported_pte_mask)",
                  "return ctx.pv.mmu.make_entry(pa | prot)"),
-            Edit(K + "init_64.py", "return ctx.pv.mmu.make_entries((pas | np.uint64(prot)) & "
-                 "np.uint64(st.supported_pte_mask))", "return ctx.pv.mmu.make_entries(pas | np.uint64(prot))")),
+            Edit(K + "init_64.py", "mask, top = st.supported_pte_mask, base + step * n",
+                 "mask, top = (1 << 64) - 1, base + step * n")),
            (f"{EARLY_PF}::test_no_nx_cpu_gets_pmds_without_bit_63",),
            equivalent="every prot the builders pass is already PAGE_KERNEL* & __default_kernel_pte_mask, a subset of "
            "__supported_pte_mask (6.1's PAGE_KERNEL; for v3.9, where massage_pgprot alone masked, the model masks "
@@ -445,7 +445,7 @@ MUTANTS: tuple[Mutant, ...] = (
       equivalent="BRK is the image's last section: roundup(_brk_end, 2 MiB) = roundup(_end, 2 MiB) unless BRK "
                  "spans a 2 MiB boundary beyond what is used (not so in either layout)"),
     m("table_run.zero_run_over_present", "table_run.py:TableRun.zero_run", "a run of new leaves runs over present "
-      "entries", "table_run.py", "return int(np.flatnonzero(np.frombuffer(seg, dtype=_DTYPE[self.size]))[0])",
+      "entries", "table_run.py", "return (len(seg) - len(seg.lstrip(b\"\\0\"))) // self.size",
       "return len(seg) // self.size", BUILDERS),
     m("table_run.stale_after_sync", "table_run.py:TableRun.sync", "the cached entries survive a sync (a lower "
       "level's accesses come between)", "table_run.py",

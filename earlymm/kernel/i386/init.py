@@ -13,6 +13,7 @@ the builders, which test again) the behaviour is the same.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterator
 
 import numpy as np
@@ -142,7 +143,7 @@ class LeafWriter:
             if res.ok else np.zeros(0, dtype=np.uint64)
         present = int(np.count_nonzero(old & _PAGE_PRESENT))
         with ctx.watching(self.start, w * len(self.vals)):
-            ctx.pv.mmu.set_entries(self.op, VirtAddr(self.start), np.array(self.vals, dtype=np.uint64))
+            ctx.pv.mmu.set_entries(self.op, VirtAddr(self.start), array("Q", self.vals))
         table = res.pa & ~0xFFF if res.ok else 0
         ctx.emit(LeafRun(ctx.fn, self.level, table, (res.pa & 0xFFF) // w, len(self.vals), present, self.vals[0]))
         self.vals = []

@@ -23,6 +23,7 @@ the command line is made in ``xen_start_kernel``; the model's Xen offers no NX t
 from __future__ import annotations
 
 import dataclasses
+from array import array
 
 import numpy as np
 
@@ -190,11 +191,11 @@ class XenI386MmuOps(NopTableNotices):  # .alloc_pd & co. = paravirt_nop in 2.6.2
     def set_pgd(self, ptr: VirtAddr, val: int) -> None:
         self.set_pud(ptr, val)
 
-    def set_entries(self, op: SetOp, ptr: VirtAddr, vals: np.ndarray) -> None:
+    def set_entries(self, op: SetOp, ptr: VirtAddr, run: array[int]) -> None:
         """A run of ``set_pte``/``set_pmd``: the same masks and one single-entry ``mmu_update`` each, which
         the hypervisor validates one by one (``Xen32.mmu_update_each``)."""
         ctx, w = self.ctx, self.ctx.pgt.entry_size
-        vals = vals.astype(np.uint64)
+        vals = np.frombuffer(run, dtype=np.uint64)
         if op is SetOp.PTE and self.x.set_pte_init:
             old = np.frombuffer(ctx.cpu.read(ptr, w * len(vals)), dtype="<u8" if w == 8 else "<u4").astype(np.uint64)
             ro = (old & np.uint64(_PAGE_PRESENT | _PAGE_RW)) == np.uint64(_PAGE_PRESENT)
@@ -214,8 +215,8 @@ class XenI386MmuOps(NopTableNotices):  # .alloc_pd & co. = paravirt_nop in 2.6.2
     def entry_val(self, raw: int) -> int:
         return self.x.entry_val(raw)
 
-    def make_entries(self, vals: np.ndarray) -> np.ndarray:
-        return np.array([self.x.make_entry(int(v)) for v in vals.tolist()], dtype=np.uint64)
+    def make_entries(self, vals: array[int]) -> array[int]:
+        return array("Q", [self.x.make_entry(v) for v in vals])
 
     def alloc_pte(self, pfn: Pfn) -> None:
         """``xen_alloc_pt_init``: early, everything is treated as pinned — the page becomes read-only."""

@@ -4,14 +4,13 @@ values need no conversion; the alloc/release notifications are ``paravirt_nop``.
 
 from __future__ import annotations
 
+from array import array
 from typing import Protocol
-
-import numpy as np
 
 from earlymm.arch.addr import PhysAddr, VirtAddr
 from earlymm.hw.cpu import Cpu
 from earlymm.kernel import native
-from earlymm.kernel.paravirt.ops import NopTableNotices, SetOp
+from earlymm.kernel.paravirt.ops import NopTableNotices, SetOp, entry_bytes
 
 
 class KernelPort(Protocol):
@@ -66,9 +65,9 @@ class NativeMmuOps(NopTableNotices):  # bare metal needs no notice of which page
     def set_pgd(self, ptr: VirtAddr, val: int) -> None:
         self._store(ptr, val)
 
-    def set_entries(self, op: SetOp, ptr: VirtAddr, vals: np.ndarray) -> None:
+    def set_entries(self, op: SetOp, ptr: VirtAddr, vals: array[int]) -> None:
         # Consecutive plain stores: one write of the same bytes through the MMU.
-        self.port.cpu.write(ptr, vals.astype("<u8" if self.entry_size == 8 else "<u4").tobytes())
+        self.port.cpu.write(ptr, entry_bytes(vals, self.entry_size))
 
     def make_entry(self, val: int) -> int:
         return val
@@ -76,7 +75,7 @@ class NativeMmuOps(NopTableNotices):  # bare metal needs no notice of which page
     def entry_val(self, raw: int) -> int:
         return raw
 
-    def make_entries(self, vals: np.ndarray) -> np.ndarray:
+    def make_entries(self, vals: array[int]) -> array[int]:
         return vals
 
 

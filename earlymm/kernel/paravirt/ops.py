@@ -16,10 +16,10 @@ pfn↔mfn under Xen PV (spec §5.1). Addresses of entries are kernel virtual add
 from __future__ import annotations
 
 import enum
+import sys
+from array import array
 from dataclasses import dataclass
 from typing import Protocol
-
-import numpy as np
 
 from earlymm.arch.addr import Pfn, PhysAddr, VirtAddr
 
@@ -32,6 +32,16 @@ class SetOp(enum.Enum):
     PUD = "set_pud"
     P4D = "set_p4d"
     PGD = "set_pgd"
+
+
+def entry_bytes(vals: array[int], size: int) -> bytes:
+    """A run of entry values (``array('Q')``, what ``set_entries`` carries) as a table holds it:
+    little-endian entries of ``size`` bytes (4 in i386's 2-level tables, whose values fit 32 bits)."""
+    out = vals if size == 8 else array("I", vals)
+    if sys.byteorder != "little":
+        out = array(out.typecode, out)
+        out.byteswap()
+    return out.tobytes()
 
 
 class PvMmuOps(Protocol):
@@ -63,7 +73,7 @@ class PvMmuOps(Protocol):
 
     def set_pgd(self, ptr: VirtAddr, val: int) -> None: ...
 
-    def set_entries(self, op: SetOp, ptr: VirtAddr, vals: np.ndarray) -> None:
+    def set_entries(self, op: SetOp, ptr: VirtAddr, vals: array[int]) -> None:
         """``len(vals)`` calls of ``op`` at ``ptr``, ``ptr + entry_size``, … with no other memory access in
         between: the simulator's batching of a run of stores (``kernel/table_run.py``). A backend must
         behave exactly as for the single calls."""
@@ -78,8 +88,8 @@ class PvMmuOps(Protocol):
         """``pte_val``/``pmd_val``/``pud_val``/``p4d_val``/``pgd_val``."""
         ...
 
-    def make_entries(self, vals: np.ndarray) -> np.ndarray:
-        """``make_entry`` of each element (uint64), for runs of new leaves."""
+    def make_entries(self, vals: array[int]) -> array[int]:
+        """``make_entry`` of each element, for runs of new leaves."""
         ...
 
     # a page becomes (or stops being) a page table of a level

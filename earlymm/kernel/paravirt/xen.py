@@ -10,6 +10,8 @@ Which ``write_cr3`` is installed first is the point of seed 004: the fixed kerne
 
 from __future__ import annotations
 
+from array import array
+
 import numpy as np
 
 from earlymm.arch.addr import Pfn, PhysAddr, VirtAddr
@@ -69,9 +71,9 @@ class XenMmuOps:
     def set_pgd(self, ptr: VirtAddr, val: int) -> None:
         (xm.xen_set_pgd if self.full else xm.xen_set_entry_hyper)(self.ctx, ptr, val)
 
-    def set_entries(self, op: SetOp, ptr: VirtAddr, vals: np.ndarray) -> None:
+    def set_entries(self, op: SetOp, ptr: VirtAddr, vals: array[int]) -> None:
         if op is SetOp.PTE and (ptr & 0xFFF) + 8 * len(vals) <= 0x1000:
-            xm.xen_set_ptes(self.ctx, ptr, vals, init=not self.full)
+            xm.xen_set_ptes(self.ctx, ptr, np.frombuffer(vals, dtype=np.uint64), init=not self.full)
             return
         setter = {SetOp.PTE: self.set_pte, SetOp.PMD: self.set_pmd, SetOp.PUD: self.set_pud,
                   SetOp.P4D: self.set_p4d, SetOp.PGD: self.set_pgd}[op]
@@ -85,8 +87,8 @@ class XenMmuOps:
     def entry_val(self, raw: int) -> int:
         return pte_mfn_to_pfn(self.ctx, raw)
 
-    def make_entries(self, vals: np.ndarray) -> np.ndarray:
-        return ptes_pfn_to_mfn(self.ctx, vals)
+    def make_entries(self, vals: array[int]) -> array[int]:
+        return array("Q", ptes_pfn_to_mfn(self.ctx, np.frombuffer(vals, dtype=np.uint64)).tobytes())
 
     # page-table pages
     def alloc_pte(self, pfn: Pfn) -> None:
