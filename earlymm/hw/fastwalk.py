@@ -26,6 +26,7 @@ the reference models it. Kernel tables have their A bits set, so the common walk
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from types import CodeType
 from typing import Any, Protocol
 
@@ -35,11 +36,15 @@ from earlymm.hw.memory import MemoryHole, PhysMem
 from earlymm.hw.plan import ALWAYS_LEAF, PS_SELECTS, TABLE_ONLY, XD_BIT, WalkPlan
 from earlymm.hw.walk import WalkResult, _fault, rights_fault, walk
 
-__all__ = ["ACC0", "Walker", "walker_for", "walker_source"]
+__all__ = ["ACC0", "TIER_UP", "Walker", "tiered_walker", "walker_for", "walker_source"]
 
 ACC0 = 0x8000_0000_0000_0067  # the accumulator a walk from the root starts with (see ``walk``)
 PREFIX_LIMIT = 1 << 16  # VA prefixes kept per root before the cache starts afresh
 ROOT_LIMIT = 64  # roots with a prefix cache per walker
+# Walks of one plan over one memory that ``tiered_walker`` leaves to the reference before it compiles the
+# specialised walker: compiling costs about as much as 500 walks save (5–7 ms here), and a boot makes a
+# few dozen walks per plan (its TLB answers the rest), a one-address ``translate`` one.
+TIER_UP = 512
 
 
 class Walker(Protocol):
@@ -56,6 +61,30 @@ def walker_for(mem: PhysMem, plan: WalkPlan) -> Walker:
     if w is None:
         w = mem.walkers[plan] = _build(mem, plan)
     return w
+
+
+def tiered_walker(mem: PhysMem, plan: WalkPlan, on_build: Callable[[Walker], None] | None = None) -> Walker:
+    """``plan``'s walker over ``mem`` for a caller that may walk only a few times (the MMU): the specialised
+    one if it exists, else the reference ``walk`` for the first ``TIER_UP`` walks — the same results —
+    after which the specialised one is built, kept with ``mem`` and handed to ``on_build`` (so the caller
+    can call it directly from then on)."""
+    fast: Walker | None = mem.walkers.get(plan)
+    if fast is not None:
+        return fast
+    # The count is the memory's, not this binding's: a boot binds again after every control-register write.
+    calls: list[int] = mem.walkers.setdefault(("reference walks", plan), [0])
+
+    def walk_tiered(root: int, va: int, kind: int = 0, user: bool = False, implicit: bool = False,
+                    ac: bool = False, pkru: int = 0, pkrs: int = 0, pdptes: tuple[int, ...] = (), first: int = 0,
+                    acc: int = ACC0) -> WalkResult:
+        if calls[0] < TIER_UP:
+            calls[0] += 1
+            return walk(mem, plan, root, va, kind, user, implicit, ac, pkru, pkrs, pdptes, first, acc)
+        w = walker_for(mem, plan)
+        if on_build is not None:
+            on_build(w)
+        return w(root, va, kind, user, implicit, ac, pkru, pkrs, pdptes, first, acc)
+    return walk_tiered
 
 
 def _build(mem: PhysMem, plan: WalkPlan) -> Walker:

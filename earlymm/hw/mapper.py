@@ -7,6 +7,7 @@ kernel builds its own tables through the MMU instead.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from earlymm.arch.entry import addr_mask
@@ -89,26 +90,42 @@ class Mapper:
             table = e & table_mask
         raise ValueError(f"level {level.name} does not exist in {self.mode.value} paging")
 
-    def map_page(self, va: int, pa: int, page_size: int = 4096, flags: int = RW) -> int:
-        """Map one page; returns the address of the leaf entry written."""
+    def _leaf_spec(self, va: int, pa: int, page_size: int) -> LevelSpec:
         spec = self._leaf_specs.get(page_size)
         if spec is None:
             raise ValueError(f"{self.mode.value} paging has no {page_size:#x}-byte pages")
         if va % page_size or pa % page_size:
             raise ValueError(f"va {va:#x} / pa {pa:#x} not aligned to {page_size:#x}")
+        return spec
+
+    def _leaf_value(self, spec: LevelSpec, pa: int, flags: int) -> int:
+        if spec.level is Level.PT:
+            return pa | flags | P
+        if self.mode is PagingMode.LEGACY32:  # a 4 MiB PDE holds PA bits 39:32 in bits 20:13
+            return (pa & 0xFFC0_0000) | ((pa >> 32) & 0xFF) << 13 | flags | P | PS
+        return pa | flags | P | PS
+
+    def map_page(self, va: int, pa: int, page_size: int = 4096, flags: int = RW) -> int:
+        """Map one page; returns the address of the leaf entry written."""
+        spec = self._leaf_spec(va, pa, page_size)
         ea = self.entry_addr(va, spec.level, create=True)
         assert ea is not None
-        value = pa | flags | P
-        if spec.level is not Level.PT:
-            value |= PS
-            if self.mode is PagingMode.LEGACY32:
-                value = (pa & 0xFFC0_0000) | ((pa >> 32) & 0xFF) << 13 | flags | P | PS
-        self._write(ea, spec.entry_size, value)
+        self._write(ea, spec.entry_size, self._leaf_value(spec, pa, flags))
         return ea
 
     def map(self, va: int, pa: int, size: int, flags: int = RW, page_size: int = 4096) -> None:
-        for off in range(0, size, page_size):
-            self.map_page(va + off, pa + off, page_size, flags)
+        """Map ``[va, va + size)`` to ``pa`` onwards with pages of ``page_size``: the entries ``map_page``
+        would write one by one, written as one run per table (a loader's 4 GiB identity map is 2,048)."""
+        spec = self._leaf_spec(va, pa, page_size)
+        n, k = -(-size // page_size), 0
+        fmt = "<{}Q" if spec.entry_size == 8 else "<{}I"
+        while k < n:
+            ea = self.entry_addr(va + k * page_size, spec.level, create=True)
+            assert ea is not None
+            m = min(n - k, (4096 - (ea & 0xFFF)) // spec.entry_size)  # entries left in this table
+            vals = [self._leaf_value(spec, pa + (k + j) * page_size, flags) for j in range(m)]
+            self.mem.write(ea, struct.pack(fmt.format(m), *vals))
+            k += m
 
     def unmap_page(self, va: int, page_size: int = 4096) -> None:
         spec = next(s for s in self.specs if s.leaf_size == page_size)

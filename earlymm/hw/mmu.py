@@ -11,7 +11,7 @@ from __future__ import annotations
 from earlymm.arch.entry import mask
 from earlymm.arch.flags import Cr4
 from earlymm.arch.modes import Features, PagingMode
-from earlymm.hw.fastwalk import Walker, walker_for
+from earlymm.hw.fastwalk import Walker, tiered_walker
 from earlymm.hw.memory import PhysMem
 from earlymm.hw.regs import ControlRegs
 from earlymm.hw.rights import check_rights
@@ -28,7 +28,7 @@ class Mmu:
         self.features = features
         self.tlb = tlb if tlb is not None else Tlb()
         self.plan: WalkPlan = compile_plan(regs.cr0, regs.cr4, regs.efer, features)
-        self._walk: Walker | None = None  # the plan's specialised walker, bound on first use
+        self._walk: Walker | None = None  # the plan's walker (tiered: reference first), bound on first use
         self.paging = False
         self.root = 0
         self.pcid = 0
@@ -62,7 +62,13 @@ class Mmu:
         return self._walk or self._bind()
 
     def _bind(self) -> Walker:
-        self._walk = walker_for(self.mem, self.plan)
+        plan = self.plan
+
+        def built(fast: Walker) -> None:
+            if self.plan is plan:
+                self._walk = fast
+
+        self._walk = tiered_walker(self.mem, plan, built)
         return self._walk
 
     def probe(self, va: int, kind: int = 0, user: bool = False, implicit: bool = False,

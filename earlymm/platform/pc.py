@@ -224,8 +224,7 @@ def load(cfg: MachineConfig, image_size: int, *, trace: ListTrace | None = None,
     for addr in (cfg.kernel_at, cfg.kernel_at + image_size - 1, cfg.boot_params_at, cfg.cmdline_at):
         covered.add(addr >> 30)
     for g in sorted(covered):
-        for i in range(512):
-            mapper.map_page((g << 30) + (i << 21), (g << 30) + (i << 21), 1 << 21, 0x102)  # + P|PS = 0x183
+        mapper.map(g << 30, g << 30, 1 << 30, 0x102, page_size=1 << 21)  # + P|PS = 0x183
     stack = alloc.alloc()
 
     cpu.write_cr4(int(Cr4.PAE | (Cr4.LA57 if cfg.loader_paging == 5 else 0)))

@@ -23,7 +23,6 @@ from earlymm.kernel.events import (
     RunEnded,
 )
 from earlymm.kernel.invariants import table_pages_by_level
-from earlymm.platform.xen.events import Hypercall, PtwrEmulated, TablePinned, TableValidated, XenConsole
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -46,8 +45,9 @@ def stats(r: BootResult) -> dict[str, Any]:
                 "flushes": ctx.cpu.mmu.tlb.stats.flushes},
         "memory_pages_touched": len(ctx.platform.mem.frames),
     }
-    xen = getattr(ctx.platform, "xen", None)
-    if xen is not None:
+    if getattr(ctx.platform, "xen", None) is not None:
+        from earlymm.tools.boot_report_xen import xen_stats  # the hypervisor's report only for a Xen run
+
         out["xen"] = xen_stats(r)
     if ctx.mm is not None and "init_mem_mapping" in r.completed:
         mm = ctx.mm
@@ -56,27 +56,6 @@ def stats(r: BootResult) -> dict[str, Any]:
         out["low_pages"] = {"brk": s.low_pages_brk, "memblock": s.low_pages_memblock}
         out["max_pfn_mapped"] = f"{mm.max_pfn_mapped:#x}"
     return out
-
-
-def xen_stats(r: BootResult) -> dict[str, Any]:
-    """Counted from the event stream: hypercalls by name (a run of single calls counts each), tables
-    validated by level, pins, emulated page-table stores; and the hypervisor's console."""
-    calls: dict[str, int] = {}
-    validated: dict[str, int] = {}
-    pins = unpins = ptwr = 0
-    for e in r.ctx.trace.events:
-        if isinstance(e, Hypercall):
-            calls[e.name] = calls.get(e.name, 0) + e.calls
-        elif isinstance(e, TableValidated):
-            validated[f"L{e.level}"] = validated.get(f"L{e.level}", 0) + 1
-        elif isinstance(e, TablePinned):
-            pins, unpins = pins + e.pinned, unpins + (not e.pinned)
-        elif isinstance(e, PtwrEmulated):
-            ptwr += 1
-    xen = r.ctx.platform.xen  # type: ignore[attr-defined]
-    return {"hypercalls": calls, "tables_validated": validated, "pins": pins, "unpins": unpins,
-            "ptwr_emulations": ptwr, "console": list(xen.console), "domid": xen.ident.domid,
-            "version": xen.ident.version}
 
 
 def kernel_var(r: BootResult, name: str, size: int = 8) -> int:
@@ -153,33 +132,25 @@ def describe(e: Event) -> str | None:
         return f"   CPU now in {e.mode} mode"
     if isinstance(e, TlbFlush):
         return None
-    return describe_xen(e)
+    if type(e).__module__.startswith("earlymm.platform.xen"):  # only a Xen run has them: load Xen's report then
+        from earlymm.tools.boot_report_xen import describe_xen
 
-
-def describe_xen(e: Event) -> str | None:
-    """The hypervisor's side of a Xen PV boot: its console, hypercalls, validations, pins, emulations."""
-    if isinstance(e, XenConsole):
-        return f"   {e.text}"
-    if isinstance(e, Hypercall):
-        many = f" ×{e.calls}" if e.calls > 1 else ""
-        return f"   hypercall {e.name}{many}: {e.detail}" + (f" → rc {e.rc}" if e.rc else "")
-    if isinstance(e, TableValidated):
-        return f"     Xen validated mfn {e.mfn:#x} (pfn {e.pfn:#x}) as an L{e.level} table ({e.entries} entries)"
-    if isinstance(e, TablePinned):
-        return f"     Xen {'pinned' if e.pinned else 'unpinned'} the L{e.level} table mfn {e.mfn:#x} (pfn {e.pfn:#x})"
-    if isinstance(e, PtwrEmulated):
-        return f"     Xen emulated the store {e.va:#x} ← {e.value:#x} into L1 mfn {e.mfn:#x}[{e.index}]"
+        return describe_xen(e)
     return None
 
 
-COUNTED: tuple[type[Event], ...] = (FaultRaised, PoolAlloc, EarlyMapping, HandlerOutcome, LowPageAlloc, PoolReset,
-                                    Hypercall, TableValidated, TablePinned, PtwrEmulated)
+COUNTED: tuple[type[Event], ...] = (FaultRaised, PoolAlloc, EarlyMapping, HandlerOutcome, LowPageAlloc, PoolReset)
 
 
 def timeline(r: BootResult, *, limit: int = 40) -> list[str]:
-    """The story, compressed: every phase, note and CR write; faults and pool events up to ``limit``
-    per phase (the rest counted)."""
-    return timeline_of(r.ctx.trace.events, describe, COUNTED, limit=limit)
+    """The story, compressed: every phase, note and CR write; faults, pool events (and under Xen
+    hypercalls, validations, pins and emulations) up to ``limit`` per phase (the rest counted)."""
+    counted = COUNTED
+    if getattr(r.ctx.platform, "xen", None) is not None:
+        from earlymm.tools.boot_report_xen import XEN_COUNTED
+
+        counted += XEN_COUNTED
+    return timeline_of(r.ctx.trace.events, describe, counted, limit=limit)
 
 
 def timeline_of(events: list[Event], describe_fn: Callable[[Event], str | None], counted: tuple[type[Event], ...],

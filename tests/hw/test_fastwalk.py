@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from earlymm.arch.flags import Cr0, Efer
 from earlymm.arch.modes import Features
 from earlymm.hw import memory
-from earlymm.hw.fastwalk import ACC0, walker_for, walker_source
+from earlymm.hw.fastwalk import ACC0, TIER_UP, tiered_walker, walker_for, walker_source
 from earlymm.hw.memory import PhysMem
 from earlymm.hw.plan import compile_plan
 from earlymm.hw.regs import ControlRegs
@@ -288,3 +288,27 @@ def test_self_referencing_tables_the_fast_walk_agrees_with_the_reference(mode: s
                         mem.write_int(u.addr, u.size, mem.read_int(u.addr, u.size) | (u.new & ~u.old))
         self_map = root + ((1 << SELF_REF_MODES[mode][2]) - 3) * size
         assert mem.read_int(self_map, size) & 0x20  # the self-map entry was used, so it has A now
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tiered_walker_answers_like_the_reference_before_and_after_it_compiles(mode: str) -> None:
+    """The MMU's walker: the reference for the first ``TIER_UP`` walks of a plan over a memory (counted
+    across bindings, as the MMU binds again after every control-register write), then the specialised
+    walker, handed to ``on_build`` — the answers equal ``walk``'s throughout."""
+    forest = make_forest(7, mode, n_vas=24)
+    rng = random.Random(7)
+    mem = memory_of(forest, backed=True)
+    plan = random_plan(forest, rng, Features())
+    pdptes = forest.pdptes() if mode == "pae" else ()
+    built: list[object] = []
+    todo = accesses(rng, forest)
+    walks = 0
+    while walks < TIER_UP + 2 * len(todo):
+        tw = tiered_walker(mem, plan, built.append)  # a fresh binding each round
+        for va, kind, user, implicit, ac, pkru, pkrs in todo:
+            want = walk(mem, plan, forest.root, va, kind, user, implicit, ac, pkru, pkrs, pdptes)
+            assert tw(forest.root, va, kind, user, implicit, ac, pkru, pkrs, pdptes) == want
+            walks += 1
+            assert (plan in mem.walkers) == (walks > TIER_UP)
+    assert len(built) >= 1 and all(b is mem.walkers[plan] for b in built)
+    assert tiered_walker(mem, plan) is mem.walkers[plan]  # once built, bindings get it directly
