@@ -15,7 +15,6 @@ from earlymm.cli.common import UsageError, parse_size, size_text
 from earlymm.hw.memory import Region, RegionMap, RegionType
 from earlymm.kernel.phases import Phase
 from earlymm.platform.pc import pc_e820
-from earlymm.tools.e820_input import E820InputError, read_alternative
 
 # The most RAM the modelled 4-level kernel can map: MAXMEM = 1 << MAX_PHYSMEM_BITS (46), 64 TiB (spec §2
 # constants table; arch/x86/include/asm/sparsemem.h). The boot model runs 4-level paging only.
@@ -43,6 +42,8 @@ def read_e820(path: str) -> list[Region]:
     """An e820 map file: ``START END TYPE`` per line, ``#`` comments — or a kernel log's ``BIOS-e820:``/``user:``
     lines, or ``/sys/firmware/memmap`` (the directory or its ``grep -r .`` text; ``tools.e820_input``).
     O(n log n) in the number of lines: regions are collected, sorted once and checked against their neighbours."""
+    from earlymm.tools.e820_input import E820InputError, read_alternative  # only a boot given --e820 reads one
+
     kinds: dict[str, RegionType] = {k.value: k for k in RegionType if k is not RegionType.ABSENT}
     try:
         lines = None if os.path.isdir(path) else _e820_lines(path)
