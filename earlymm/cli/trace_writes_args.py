@@ -29,6 +29,8 @@ def add_trace_writes_options(p: argparse.ArgumentParser) -> None:
 
 @dataclass
 class TraceWrites:
+    """What ``--trace-writes`` asked for: which stores to show, and the tracer recording them."""
+
     filter: Filter
     tracer: WriteTracer
 

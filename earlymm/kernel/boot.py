@@ -60,6 +60,8 @@ class Observer:
 
 @dataclass
 class BootResult:
+    """How a boot ended (outcome, reason, phase), the machine it ran on, and what it checked."""
+
     outcome: BootOutcome
     reason: str
     phase: str

@@ -37,6 +37,8 @@ class PoolAccess(enum.Enum):
 
 @dataclass(frozen=True)
 class KernelConfig:
+    """Which kernel runs: its profile, the early #PF handler variant and pool, and the build's symbols."""
+
     profile: Profile
     variant: Variant = Variant.MERGED
     pool_access: PoolAccess = PoolAccess.HIGH_MAP
@@ -88,6 +90,8 @@ class BootStats:
 
 @dataclass
 class KernelContext:
+    """The running kernel: the platform it runs on, its layout and config, and its state so far."""
+
     platform: Platform
     layout: KernelLayout
     config: KernelConfig

@@ -22,6 +22,8 @@ _SUFFIX = {"K": 10, "M": 20, "G": 30, "T": 40, "P": 50, "E": 60}
 
 @dataclass(frozen=True, slots=True)
 class E820Entry:
+    """``struct e820_entry``: ``size`` bytes from ``addr`` of one ``type``."""
+
     addr: int
     size: int
     type: int

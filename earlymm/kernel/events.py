@@ -9,6 +9,8 @@ from earlymm.hw.events import Event
 
 @dataclass(frozen=True, slots=True)
 class PhaseEntered(Event):
+    """The boot path entered ``phase`` (``startup_64``, ``setup_arch`` …)."""
+
     phase: str
 
 
@@ -24,6 +26,8 @@ class PoolAlloc(Event):
 
 @dataclass(frozen=True, slots=True)
 class PoolReset(Event):
+    """``reset_early_page_tables``: the ``resets``-th time, ``used`` pool pages reclaimed."""
+
     resets: int
     used: int
 
@@ -39,6 +43,8 @@ class EarlyMapping(Event):
 
 @dataclass(frozen=True, slots=True)
 class HandlerOutcome(Event):
+    """What the early exception handler did with a fault at ``cr2``."""
+
     vector: int
     cr2: int
     outcome: str  # "mapped", "declined", "fixup", "panic", "halt"
@@ -46,6 +52,8 @@ class HandlerOutcome(Event):
 
 @dataclass(frozen=True, slots=True)
 class ConsoleLine(Event):
+    """A line the kernel printed (``printk`` at the boot console)."""
+
     text: str
 
 

@@ -59,6 +59,8 @@ def probe_page_size_mask(ctx: KernelContext, st: MmState) -> None:
 
 @dataclass(frozen=True, slots=True)
 class MapRange:
+    """``struct map_range``: ``[start, end)`` to be mapped with the page sizes ``mask`` allows."""
+
     start: int
     end: int
     mask: int

@@ -17,6 +17,8 @@ from earlymm.kernel.pgtable import PgLevel, PgtableGeometry
 
 @dataclass(frozen=True, slots=True)
 class Check:
+    """One invariant of spec §3.11 and whether it held (``detail`` says where it did not)."""
+
     name: str
     ok: bool
     detail: str = ""

@@ -20,6 +20,8 @@ def _add(ranges: list[tuple[int, int]], start: int, end: int) -> None:
 
 @dataclass
 class Memblock:
+    """``memblock``: the memory and reserved regions, and the allocation limit."""
+
     memory: list[tuple[int, int]] = field(default_factory=list)
     reserved: list[tuple[int, int]] = field(default_factory=list)
     current_limit: int = (1 << 64) - 1
