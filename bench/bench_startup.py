@@ -46,7 +46,8 @@ TARGETS = {"translate": 0.25, "boot": 0.25}  # seconds, the issue's
 
 
 def earlymm(*args: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from earlymm.cli.main import main; sys.exit(main())", *args]
+    # what the console script runs (pyproject's [project.scripts])
+    return [sys.executable, "-c", "import sys; from earlymm.cli.main import run; sys.exit(run())", *args]
 
 
 def run(argv: list[str], env: dict[str, str]) -> float:

@@ -1,5 +1,5 @@
 import sys
 
-from earlymm.cli.main import main
+from earlymm.cli.main import run
 
-sys.exit(main())
+sys.exit(run())

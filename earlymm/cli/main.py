@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import sys
@@ -92,5 +93,19 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def run() -> int:
+    """The ``earlymm`` console script and ``python -m earlymm``: ``main()``, after which the process ends.
+
+    Before it does, the objects left are moved out of the garbage collector's sight (``gc.freeze``): the
+    interpreter's last collection at exit would otherwise walk every class, function and page object the
+    run made — about 30 ms of an ``earlymm boot`` here — for memory the operating system takes back anyway.
+    Nothing earlymm leaves depends on that collection: its files are closed before ``main`` returns and the
+    standard streams are flushed at exit as always. ``main`` itself does not do it: a program calling it
+    (the test suite) goes on living."""
+    code = main()
+    gc.freeze()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
