@@ -15,9 +15,6 @@ Both walk the tables with QEMU's own reading (``semantics.tool_semantics("qemu",
 
 from __future__ import annotations
 
-import sys
-from array import array
-
 from earlymm.tools.ptdump.engine import (
     DEFAULT_MAX_LEAVES,
     LEAF,
@@ -45,6 +42,7 @@ def _flag_table() -> tuple[str, ...]:
 
 
 FLAGS = _flag_table()
+_MARKS = "\0\1\2\3"  # stand-ins in a last-level table's template for its VAs' digits above bit 20
 
 
 def flag_letters(entry: int) -> str:
@@ -60,14 +58,16 @@ def tlb_text(tree: Tree, crlf: bool = False, max_leaves: int = DEFAULT_MAX_LEAVE
 
 def _tlb_fast(tree: Tree, root: Node, nl: str) -> str:
     # QEMU prints ~74k lines for a small Linux guest, 65,536 of them for espfix's aliased tables. Each
-    # last-level table is formatted once (the text after the VA) and replayed at its bases; all VAs are
-    # turned to hex in one ``bytes.hex`` call and the lines interleaved by slice assignment.
+    # last-level table is formatted once, as a template, and replayed at each of its bases with
+    # ``str.replace`` (C loops over the text, nothing per line). A last-level table covers 2^21 or 2^22
+    # bytes from an aligned base, so a line's VA is the base's bits above 20 OR-ed with the entry's
+    # offset: the template holds the offset's low 20 bits as five hex digits, and a mark naming the
+    # offset's bits above 20 stands where the eleven digits of ``(base >> 20) | mark`` go.
     sem, rows, notes = tree.sem, tree.sem.rows, tree.notes
     notes.clear()
     per = [(r.laddr, ~0x80 if r.leafsel == 1 else -1) for r in rows]
-    vas: list[int] = []
-    tails: list[str] = []
-    cache: dict[int, tuple[list[int], list[str]]] = {}
+    parts: list[str] = []
+    templates: dict[int, tuple[str, int]] = {}  # id(node) -> (template, number of marks)
     canon_high, half = sem.canon_high, (rows[0].span * rows[0].entries) >> 1
     flags = FLAGS
 
@@ -75,6 +75,12 @@ def _tlb_fast(tree: Tree, root: Node, nl: str) -> str:
         laddr, keep = per[depth]
         e &= keep
         return f": {e & laddr:016x} {flags[((e >> 1) & 0xFF) | ((e >> 63) << 8)]}{nl}"
+
+    def template(node: Node, marks: int) -> str:
+        shift, depth = rows[node.depth].shift, node.depth
+        assert marks <= len(_MARKS)
+        return "".join(f"{_MARKS[(i << shift) >> 20]}{(i << shift) & 0xFFFFF:05x}{tail(e, depth)}"
+                       for i, k, e, _c in node.items if k == LEAF)
 
     def walk(node: Node, base: int) -> None:
         depth = node.depth
@@ -85,33 +91,26 @@ def _tlb_fast(tree: Tree, root: Node, nl: str) -> str:
             if top and canon_high and va >= half:
                 va |= canon_high
             if kind == LEAF:
-                vas.append(va)
-                tails.append(tail(e, depth))
+                parts.append(f"{va:016x}{tail(e, depth)}")
             elif kind == TABLE:
                 assert child is not None
-                block = cache.get(id(child))
-                if block is None:
+                known = templates.get(id(child))
+                if known is None:
                     if rows[child.depth].leafsel != 1 or any(k > NONPRESENT for _i, k, _e, _c in child.items):
                         walk(child, va)
                         continue
-                    cs = rows[child.depth].shift
-                    block = cache[id(child)] = ([i << cs for i, k, _e, _c in child.items if k == LEAF],
-                                                [tail(ce, child.depth) for _i, k, ce, _c in child.items if k == LEAF])
-                vas.extend([va + r for r in block[0]])
-                tails.extend(block[1])
+                    marks = 1 << (shift - 20)  # the child covers 1 << shift bytes from va
+                    known = templates[id(child)] = (template(child, marks), marks)
+                text, marks = known
+                hi = va >> 20
+                for m in range(marks):
+                    text = text.replace(_MARKS[m], f"{hi | m:011x}")
+                parts.append(text)
             elif kind != NONPRESENT:
                 item_note(notes, row, kind, e, va)
 
     walk(root, 0)
-    if not vas:
-        return ""
-    a = array("Q", vas)
-    if sys.byteorder == "little":
-        a.byteswap()
-    out = [""] * (2 * len(vas))
-    out[0::2] = a.tobytes().hex(" ", 8).split(" ")
-    out[1::2] = tails
-    return "".join(out)
+    return "".join(parts)
 
 
 def info_tlb(sem: Semantics, leaves: list[Leaf], crlf: bool = False) -> str:
