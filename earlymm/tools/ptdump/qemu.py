@@ -42,7 +42,6 @@ def _flag_table() -> tuple[str, ...]:
 
 
 FLAGS = _flag_table()
-_MARKS = "\0\1\2\3"  # stand-ins in a last-level table's template for its VAs' digits above bit 20
 
 
 def flag_letters(entry: int) -> str:
@@ -58,16 +57,16 @@ def tlb_text(tree: Tree, crlf: bool = False, max_leaves: int = DEFAULT_MAX_LEAVE
 
 def _tlb_fast(tree: Tree, root: Node, nl: str) -> str:
     # QEMU prints ~74k lines for a small Linux guest, 65,536 of them for espfix's aliased tables. Each
-    # last-level table is formatted once, as a template, and replayed at each of its bases with
-    # ``str.replace`` (C loops over the text, nothing per line). A last-level table covers 2^21 or 2^22
-    # bytes from an aligned base, so a line's VA is the base's bits above 20 OR-ed with the entry's
-    # offset: the template holds the offset's low 20 bits as five hex digits, and a mark naming the
-    # offset's bits above 20 stands where the eleven digits of ``(base >> 20) | mark`` go.
+    # last-level table is formatted once and replayed at each of its bases with ``str.join`` (a C loop,
+    # nothing per line). A last-level table covers 2^21 or 2^22 bytes from an aligned base, so a line's
+    # VA is the base's bits above 20 OR-ed with the entry's offset: the table's lines are kept without
+    # the VA's top eleven hex digits, grouped by the offset's bits above 20 (``hi``), and a replay
+    # joins each group with the digits of ``(base >> 20) | hi``.
     sem, rows, notes = tree.sem, tree.sem.rows, tree.notes
     notes.clear()
     per = [(r.laddr, ~0x80 if r.leafsel == 1 else -1) for r in rows]
     parts: list[str] = []
-    templates: dict[int, tuple[str, int]] = {}  # id(node) -> (template, number of marks)
+    templates: dict[int, list[tuple[int, list[str]]]] = {}  # id(node) -> [(hi, lines without top digits)]
     canon_high, half = sem.canon_high, (rows[0].span * rows[0].entries) >> 1
     flags = FLAGS
 
@@ -76,11 +75,15 @@ def _tlb_fast(tree: Tree, root: Node, nl: str) -> str:
         e &= keep
         return f": {e & laddr:016x} {flags[((e >> 1) & 0xFF) | ((e >> 63) << 8)]}{nl}"
 
-    def template(node: Node, marks: int) -> str:
-        shift, depth = rows[node.depth].shift, node.depth
-        assert marks <= len(_MARKS)
-        return "".join(f"{_MARKS[(i << shift) >> 20]}{(i << shift) & 0xFFFFF:05x}{tail(e, depth)}"
-                       for i, k, e, _c in node.items if k == LEAF)
+    def template(node: Node) -> list[tuple[int, list[str]]]:
+        shift, (laddr, keep) = rows[node.depth].shift, per[node.depth]
+        groups: dict[int, list[str]] = {}
+        for i, k, e, _c in node.items:  # tail() inlined: this runs for every line of every such table
+            if k == LEAF:
+                off, e = i << shift, e & keep
+                groups.setdefault(off >> 20, []).append(
+                    f"{off & 0xFFFFF:05x}: {e & laddr:016x} {flags[((e >> 1) & 0xFF) | ((e >> 63) << 8)]}{nl}")
+        return list(groups.items())  # in offset order: items are in index order
 
     def walk(node: Node, base: int) -> None:
         depth = node.depth
@@ -94,18 +97,17 @@ def _tlb_fast(tree: Tree, root: Node, nl: str) -> str:
                 parts.append(f"{va:016x}{tail(e, depth)}")
             elif kind == TABLE:
                 assert child is not None
-                known = templates.get(id(child))
-                if known is None:
+                groups = templates.get(id(child))
+                if groups is None:
                     if rows[child.depth].leafsel != 1 or any(k > NONPRESENT for _i, k, _e, _c in child.items):
                         walk(child, va)
                         continue
-                    marks = 1 << (shift - 20)  # the child covers 1 << shift bytes from va
-                    known = templates[id(child)] = (template(child, marks), marks)
-                text, marks = known
-                hi = va >> 20
-                for m in range(marks):
-                    text = text.replace(_MARKS[m], f"{hi | m:011x}")
-                parts.append(text)
+                    groups = templates[id(child)] = template(child)
+                top_digits = va >> 20  # va is aligned to the child's span (1 << shift >= 2^21)
+                for hi, lines in groups:
+                    digits = f"{top_digits | hi:011x}"
+                    parts.append(digits)
+                    parts.append(digits.join(lines))
             elif kind != NONPRESENT:
                 item_note(notes, row, kind, e, va)
 
