@@ -55,6 +55,8 @@ class Note:
 
 @dataclass(slots=True)
 class Tree:
+    """The table DAG under one top-level table, as ``build`` read it with one tool's reading."""
+
     sem: Semantics
     root_addr: int
     root: Node | None  # None: the top table itself is unreadable
