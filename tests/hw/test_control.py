@@ -1,7 +1,7 @@
 """The control-register rules without a CPU (``hw.control``, what ``ptdump`` checks registers with) answer
 exactly as the CPU does: the same values accepted with the same resulting registers and walk plan, the same
-values refused for the same reason. The refusals themselves come from the SDM (Vol. 2, MOV to CR; Vol. 3A
-§4.4.1 for PAE's PDPTEs) via ``tests.reference``."""
+values refused for the same reason. Which values must be refused is the SDM's (Vol. 2, MOV to CR; Vol. 3A
+§4.4.1 for PAE's PDPTEs): each case names the rule it breaks; the CR4 bits come from ``tests.reference``."""
 
 from __future__ import annotations
 
