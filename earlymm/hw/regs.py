@@ -1,4 +1,4 @@
-"""Architectural register state: plain data, no logic (the rules live in ``cpu.py``)."""
+"""Architectural register state: plain data, no logic (the rules live in ``control.py``)."""
 
 from __future__ import annotations
 

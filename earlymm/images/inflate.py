@@ -19,7 +19,6 @@ import errno
 import mmap
 import os
 import stat
-import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -114,6 +113,8 @@ def _inflate(f: BinaryIO, limit: int, tolerant: bool) -> Opened:
 
 def _stream(f: BinaryIO, out: BinaryIO, limit: int) -> tuple[int, str | None]:
     """Inflate every gzip member of ``f`` into ``out``; (bytes produced, problem or None)."""
+    import zlib  # like tempfile: only a compressed image needs it
+
     size = 0
     d = zlib.decompressobj(wbits=31)
     pending = b""

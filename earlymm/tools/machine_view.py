@@ -1,22 +1,25 @@
 """A CPU set up from an image's CPU note and/or explicit register values, for the inspection tools.
 
 Registers are programmed in architectural order (EFER, CR4, CR3, CR0) through the CPU's own checks, so a
-value that real hardware would refuse is refused here too, with the SDM's reason.
+value that real hardware would refuse is refused here too, with the SDM's reason. A tool that only reads
+tables (``ptdump``) checks them with ``check_registers``, the same rules without building a CPU: the CPU
+module brings exception delivery, the TLB and the event stream, which such a tool's start-up need not pay for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from earlymm.arch.flags import Cr0, Cr4, Efer
 from earlymm.arch.modes import Features
-from earlymm.hw.cpu import Cpu
-from earlymm.hw.faults import CpuException
+from earlymm.hw.control import ControlRegisterFile, RegisterRefused
 from earlymm.hw.memory import ZERO_FRAME, Buffer, FrameSource, PhysMem
-from earlymm.hw.tlb import Tlb
-from earlymm.images import CpuState
+
+if TYPE_CHECKING:
+    from earlymm.hw.cpu import Cpu
+    from earlymm.images import CpuState
 
 DEFAULT_LONG_CR0 = Cr0.PE | Cr0.MP | Cr0.ET | Cr0.NE | Cr0.WP | Cr0.AM | Cr0.PG
 
@@ -89,23 +92,43 @@ def infer_registers(cpu: CpuState | None, ov: RegOverrides) -> tuple[int, int, i
 def make_cpu(source: FrameSource, regs: tuple[int, int, int, int], features: Features, *,
              absent_zero: bool, tlb: bool = False, pkru: int = 0, pkrs: int = 0) -> Cpu:
     """A CPU over copy-on-write memory backed by ``source`` with the given (cr0, cr3, cr4, efer)."""
-    cr0, cr3, cr4, efer = regs
-    mem = PhysMem(source, absent_zero=absent_zero)
-    cpu = Cpu(mem, features, tlb=Tlb(enabled=tlb))
+    from earlymm.hw.cpu import Cpu  # not at module level: ptdump's start-up needs only check_registers
+    from earlymm.hw.faults import CpuException
+    from earlymm.hw.tlb import Tlb
+
+    cpu = Cpu(PhysMem(source, absent_zero=absent_zero), features, tlb=Tlb(enabled=tlb))
     try:
-        lme = efer & (Efer.LME | Efer.LMA)
-        cpu.write_efer((efer & ~int(Efer.LMA)) | (Efer.LME if lme else 0))
-        # PCIDE can only be set once IA-32e mode is active, with CR3[11:0] = 0 (spec §1.8).
-        cpu.write_cr4(cr4 & ~int(Cr4.PCIDE))
-        cpu.write_cr3(cr3 & 0xFFFF_FFFF if not (lme and cr0 & Cr0.PG) else 0)
-        cpu.write_cr0(cr0 & ~int(Cr0.PG) if lme else cr0)
-        if lme and cr0 & Cr0.PG:
-            cpu.write_cr0(cr0)
-            cpu.regs.cs_l = True
-            if cr4 & Cr4.PCIDE:
-                cpu.write_cr4(cr4)
-            cpu.write_cr3(cr3)
+        _program(cpu, regs)
     except CpuException as e:
         raise SetupError(f"register values rejected by the CPU: {getattr(e.fault, 'detail', e.fault)}") from None
     cpu.regs.pkru, cpu.regs.pkrs = pkru, pkrs
     return cpu
+
+
+def check_registers(source: FrameSource, regs: tuple[int, int, int, int], features: Features, *,
+                    absent_zero: bool) -> ControlRegisterFile:
+    """The registers (cr0, cr3, cr4, efer) programmed as ``make_cpu`` does, through the same rules, with no
+    CPU around them: a refused value raises ``SetupError`` with the SDM's reason."""
+    crs = ControlRegisterFile(PhysMem(source, absent_zero=absent_zero), features)
+    try:
+        _program(crs, regs)
+    except RegisterRefused as e:
+        raise SetupError(f"register values rejected by the CPU: {e}") from None
+    return crs
+
+
+def _program(crs: ControlRegisterFile, regs: tuple[int, int, int, int]) -> None:
+    """Write (cr0, cr3, cr4, efer) in the order a kernel entering that mode would."""
+    cr0, cr3, cr4, efer = regs
+    lme = efer & (Efer.LME | Efer.LMA)
+    crs.write_efer((efer & ~int(Efer.LMA)) | (Efer.LME if lme else 0))
+    # PCIDE can only be set once IA-32e mode is active, with CR3[11:0] = 0 (spec §1.8).
+    crs.write_cr4(cr4 & ~int(Cr4.PCIDE))
+    crs.write_cr3(cr3 & 0xFFFF_FFFF if not (lme and cr0 & Cr0.PG) else 0)
+    crs.write_cr0(cr0 & ~int(Cr0.PG) if lme else cr0)
+    if lme and cr0 & Cr0.PG:
+        crs.write_cr0(cr0)
+        crs.regs.cs_l = True
+        if cr4 & Cr4.PCIDE:
+            crs.write_cr4(cr4)
+        crs.write_cr3(cr3)

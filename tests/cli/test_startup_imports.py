@@ -59,6 +59,12 @@ def test_ptdump_qemu_tlb_loads_only_its_format(core: str) -> None:
     assert not unexpected(mods, ("earlymm.kernel", "earlymm.tools.ptdump.linux", "earlymm.tools.ptdump.regions",
                                  "earlymm.tools.ptdump.json_doc", "earlymm.tools.ptdump.audit",
                                  "earlymm.tools.symbols", "earlymm.tools.html", "json", "numpy"))
+    # Reading tables needs the control-register rules and the walk plan, not a CPU: no exception
+    # delivery, event stream, TLB, MMU or walker (and the fault types only they use).
+    assert "earlymm.hw.control" in mods
+    assert not unexpected(mods, ("earlymm.hw.cpu", "earlymm.hw.delivery", "earlymm.hw.events", "earlymm.hw.faults",
+                                 "earlymm.hw.mmu", "earlymm.hw.tlb", "earlymm.hw.fastwalk", "earlymm.hw.walk",
+                                 "earlymm.hw.rights", "earlymm.arch.cpuid", "zlib"))  # zlib: for gzipped cores only
 
 
 def test_boot_loads_no_xen_i386_html_image_reader_or_numpy() -> None:

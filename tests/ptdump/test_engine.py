@@ -20,6 +20,7 @@ from tests.ptdump.support import FIXTURE_IDS, FIXTURES, Built, build, core_of
 
 P, RW, US, PS, G = 1, 2, 4, 0x80, 0x100
 NX = 1 << 63
+REGS_MODES = (PagingMode.LEGACY32, PagingMode.PAE, PagingMode.LONG4, PagingMode.LONG5)
 
 
 @pytest.mark.parametrize("fixture", FIXTURES, ids=FIXTURE_IDS)
@@ -180,3 +181,31 @@ def test_espfix_aliases_are_listed_in_full_from_one_shared_subtree() -> None:
         espfix = [lf for lf in expand(tree) if 0xFFFF_FF00_0000_0000 <= lf[0] < 0xFFFF_FF80_0000_0000]
     assert len(espfix) == 65536 and len({e for _v, e, *_ in espfix}) == 1
     assert tree.tables < 200  # the 2048 aliased PTE-table uses are one table read
+
+
+@pytest.mark.parametrize("mode", list(REGS_MODES), ids=[m.value for m in REGS_MODES])
+def test_replayed_page_tables_print_as_the_line_by_line_listing(mode: PagingMode) -> None:
+    # ``tlb_text`` replays a last-level table's text at each base it is mapped from; the VAs it prints
+    # must be those ``expand`` lists, formatted one line at a time by ``info_tlb`` — for entries in every
+    # MiB of the table's span (32-bit paging's tables span 4 MiB), aliased at several bases, high-half too.
+    b = build(mode)
+    m = b.mapper
+    span = 1 << 22 if mode is PagingMode.LEGACY32 else 1 << 21
+    base = 0x4000_0000
+    for off in range(0, span, 0x4_1000):  # a page in each quarter MiB or so, up to the table's end
+        m.map_page(base + off, 0x20_0000 + off, 4096, RW | (NX if mode is not PagingMode.LEGACY32 else 0))
+    m.map_page(base + span - 0x1000, 0x9000, 4096, RW | US)
+    pd_level = Level.PD
+    pde = m.get_entry(base, pd_level)
+    assert pde
+    aliases = [base + 3 * span, 0x8000_0000 + span]
+    if mode.is_ia32e:
+        aliases.append((0xFFFF_8000_0000_0000 if mode is PagingMode.LONG4 else 0xFF00_0000_0000_0000) + 5 * span)
+    for va in aliases:
+        m.entry_addr(va, pd_level, create=True)
+        m.set_entry(va, pd_level, pde)
+    tree = b.space().tree("qemu")
+    fast = qemu.tlb_text(tree, crlf=True)
+    assert fast == qemu.info_tlb(tree.sem, expand(tree), crlf=True)
+    per_table = len(range(0, span, 0x4_1000)) + 1
+    assert fast.count("\r\n") == per_table * (1 + len(aliases))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 
 from earlymm.hw.memory import PhysMem
 from earlymm.tools.ptdump.semantics import Row, Semantics
@@ -54,6 +55,8 @@ class Note:
 
 @dataclass(slots=True)
 class Tree:
+    """The table DAG under one top-level table, as ``build`` read it with one tool's reading."""
+
     sem: Semantics
     root_addr: int
     root: Node | None  # None: the top table itself is unreadable
@@ -102,9 +105,9 @@ def build(mem: PhysMem, sem: Semantics, root_addr: int, *, keep_nonpresent: bool
         items: list[Item] = []
         count = 0
         leafsel, taddr, trsvd, lrsvd = row.leafsel, row.taddr, row.trsvd, row.lrsvd
-        for idx, e in enumerate(q):
-            if not e:
-                continue
+        # Most entries of a real table are zero: ``compress`` skips them in C (a Debian guest's 109 tables
+        # hold 9k non-zero entries among 56k).
+        for idx, e in zip(compress(range(len(q)), q), compress(q, q), strict=True):
             if not e & 1:
                 if keep_nonpresent:
                     items.append((idx, NONPRESENT, e, None))

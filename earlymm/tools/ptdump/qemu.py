@@ -15,9 +15,6 @@ Both walk the tables with QEMU's own reading (``semantics.tool_semantics("qemu",
 
 from __future__ import annotations
 
-import sys
-from array import array
-
 from earlymm.tools.ptdump.engine import (
     DEFAULT_MAX_LEAVES,
     LEAF,
@@ -60,14 +57,16 @@ def tlb_text(tree: Tree, crlf: bool = False, max_leaves: int = DEFAULT_MAX_LEAVE
 
 def _tlb_fast(tree: Tree, root: Node, nl: str) -> str:
     # QEMU prints ~74k lines for a small Linux guest, 65,536 of them for espfix's aliased tables. Each
-    # last-level table is formatted once (the text after the VA) and replayed at its bases; all VAs are
-    # turned to hex in one ``bytes.hex`` call and the lines interleaved by slice assignment.
+    # last-level table is formatted once and replayed at each of its bases with ``str.join`` (a C loop,
+    # nothing per line). A last-level table covers 2^21 or 2^22 bytes from an aligned base, so a line's
+    # VA is the base's bits above 20 OR-ed with the entry's offset: the table's lines are kept without
+    # the VA's top eleven hex digits, grouped by the offset's bits above 20 (``hi``), and a replay
+    # joins each group with the digits of ``(base >> 20) | hi``.
     sem, rows, notes = tree.sem, tree.sem.rows, tree.notes
     notes.clear()
     per = [(r.laddr, ~0x80 if r.leafsel == 1 else -1) for r in rows]
-    vas: list[int] = []
-    tails: list[str] = []
-    cache: dict[int, tuple[list[int], list[str]]] = {}
+    parts: list[str] = []
+    templates: dict[int, list[tuple[int, list[str]]]] = {}  # id(node) -> [(hi, lines without top digits)]
     canon_high, half = sem.canon_high, (rows[0].span * rows[0].entries) >> 1
     flags = FLAGS
 
@@ -75,6 +74,16 @@ def _tlb_fast(tree: Tree, root: Node, nl: str) -> str:
         laddr, keep = per[depth]
         e &= keep
         return f": {e & laddr:016x} {flags[((e >> 1) & 0xFF) | ((e >> 63) << 8)]}{nl}"
+
+    def template(node: Node) -> list[tuple[int, list[str]]]:
+        shift, (laddr, keep) = rows[node.depth].shift, per[node.depth]
+        groups: dict[int, list[str]] = {}
+        for i, k, e, _c in node.items:  # tail() inlined: this runs for every line of every such table
+            if k == LEAF:
+                off, e = i << shift, e & keep
+                groups.setdefault(off >> 20, []).append(
+                    f"{off & 0xFFFFF:05x}: {e & laddr:016x} {flags[((e >> 1) & 0xFF) | ((e >> 63) << 8)]}{nl}")
+        return list(groups.items())  # in offset order: items are in index order
 
     def walk(node: Node, base: int) -> None:
         depth = node.depth
@@ -85,33 +94,25 @@ def _tlb_fast(tree: Tree, root: Node, nl: str) -> str:
             if top and canon_high and va >= half:
                 va |= canon_high
             if kind == LEAF:
-                vas.append(va)
-                tails.append(tail(e, depth))
+                parts.append(f"{va:016x}{tail(e, depth)}")
             elif kind == TABLE:
                 assert child is not None
-                block = cache.get(id(child))
-                if block is None:
+                groups = templates.get(id(child))
+                if groups is None:
                     if rows[child.depth].leafsel != 1 or any(k > NONPRESENT for _i, k, _e, _c in child.items):
                         walk(child, va)
                         continue
-                    cs = rows[child.depth].shift
-                    block = cache[id(child)] = ([i << cs for i, k, _e, _c in child.items if k == LEAF],
-                                                [tail(ce, child.depth) for _i, k, ce, _c in child.items if k == LEAF])
-                vas.extend([va + r for r in block[0]])
-                tails.extend(block[1])
+                    groups = templates[id(child)] = template(child)
+                top_digits = va >> 20  # va is aligned to the child's span (1 << shift >= 2^21)
+                for hi, lines in groups:
+                    digits = f"{top_digits | hi:011x}"
+                    parts.append(digits)
+                    parts.append(digits.join(lines))
             elif kind != NONPRESENT:
                 item_note(notes, row, kind, e, va)
 
     walk(root, 0)
-    if not vas:
-        return ""
-    a = array("Q", vas)
-    if sys.byteorder == "little":
-        a.byteswap()
-    out = [""] * (2 * len(vas))
-    out[0::2] = a.tobytes().hex(" ", 8).split(" ")
-    out[1::2] = tails
-    return "".join(out)
+    return "".join(parts)
 
 
 def info_tlb(sem: Semantics, leaves: list[Leaf], crlf: bool = False) -> str:

@@ -26,6 +26,8 @@ class RenderError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
+    """What a dump or an audit prints, and the counts its exit status comes from."""
+
     parts: list[str]  # for stdout, in order: written part by part, a large dump is not copied again
     messages: list[str]  # for stderr: collapsed/unreadable ranges, audit logs
     findings: int = 0  # audit findings (expected PTI shares not counted)

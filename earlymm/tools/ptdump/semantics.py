@@ -23,7 +23,7 @@ from typing import Literal
 from earlymm.arch.entry import mask
 from earlymm.arch.flags import Cr4
 from earlymm.arch.modes import Level, PagingMode
-from earlymm.hw.walk import ALWAYS_LEAF, PS_SELECTS, WalkPlan
+from earlymm.hw.plan import ALWAYS_LEAF, PS_SELECTS, WalkPlan
 
 Reading = Literal["arch", "qemu", "linux", "gva2gpa"]
 PS = 0x80

@@ -1,6 +1,6 @@
 """An address space to dump: physical memory, the paging mode from the registers, and the top table.
 
-The registers go through the simulated CPU's own checks (``machine_view.make_cpu``), so values real
+The registers go through the simulated CPU's own rules (``machine_view.check_registers``), so values real
 hardware would refuse are refused here with the SDM's reason. Nothing is written to memory.
 """
 
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from earlymm.arch.entry import mask
 from earlymm.arch.modes import Features, PagingMode
 from earlymm.hw.memory import FrameSource, PhysMem
-from earlymm.hw.walk import WalkPlan
-from earlymm.tools.machine_view import SetupError, make_cpu
+from earlymm.hw.plan import WalkPlan, compile_plan
+from earlymm.tools.machine_view import SetupError, check_registers
 from earlymm.tools.ptdump.engine import DEFAULT_MAX_TABLES, Tree, build
 from earlymm.tools.ptdump.semantics import Reading, Semantics, arch_semantics, tool_semantics
 
@@ -69,8 +69,8 @@ def open_space(source: FrameSource, regs: tuple[int, int, int, int], features: F
     mem = PhysMem(source, absent_zero=absent_zero)
     # The CPU reads memory at the CR3 write only for PAE's PDPTE registers; reading a hole as zeros
     # there lets the dump itself report the unreadable PDPT.
-    cpu = make_cpu(source, regs, features, absent_zero=True)
-    plan = cpu.mmu.plan
+    r = check_registers(source, regs, features, absent_zero=True).regs
+    plan = compile_plan(r.cr0, r.cr4, r.efer, features)  # the plan the CPU's MMU would walk with
     if plan.mode is PagingMode.DISABLED:
         if regs[0] >> 31:
             raise SetupError("paging could not be enabled with these register values")
