@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from earlymm.hw.events import Event, ListTrace
 from earlymm.hw.faults import CpuException, Halt, SimulationError, describe
 from earlymm.hw.walk import OK, describe_levels
-from earlymm.kernel import decompressor
 from earlymm.kernel import invariants as inv
 from earlymm.kernel.context import KernelConfig, KernelContext
 from earlymm.kernel.events import PhaseEntered, RunEnded
@@ -83,6 +82,8 @@ def make_context(machine: MachineConfig, kernel: KernelConfig, *, trace: bool = 
         platform = load(machine, layout.image_size, trace=events)
         install_image(platform.mem, layout, machine.kernel_at)
         return KernelContext(platform, layout, kernel)
+    from earlymm.kernel import decompressor  # only a boot that starts in the decompressor (seed 003) loads it
+
     # the loader reserves init_size: the extracted kernel, then the decompressor working above it
     dlay = decompressor.Layout((machine.kernel_at + layout.image_size + 0xFFFF) & ~0xFFFF)
     size = dlay.base + decompressor.SIZE - machine.kernel_at
@@ -138,6 +139,8 @@ def run_path(ctx: KernelContext, path: Iterator[Phase], obs: Observer, until: Ph
 def native_x86_64(ctx: KernelContext, obs: Observer) -> Iterator[Phase]:
     """The native x86-64 boot path; yields each ``Phase`` as it completes (the caller may stop there)."""
     if ctx.config.decompressor is not None:
+        from earlymm.kernel import decompressor
+
         ctx.enter_phase(Phase.DECOMPRESSOR)
         decompressor.decompressor_stage(ctx, decompressor.Variant(ctx.config.decompressor), ctx.decompressor_layout)
         yield Phase.DECOMPRESSOR

@@ -76,7 +76,8 @@ def test_boot_loads_no_xen_i386_html_image_reader_or_numpy() -> None:
                           ("earlymm.kernel.xen", "earlymm.platform.xen", "earlymm.kernel.boot_xen",
                            "earlymm.tools.boot_report_xen", "earlymm.kernel.i386.boot", "earlymm.tools.html",
                            "earlymm.tools.midboot", "earlymm.images.qemu_core", "earlymm.images.core_writer", "json",
-                           "numpy"))
+                           "numpy", "earlymm.kernel.decompressor", "earlymm.kernel.trampoline",
+                           "earlymm.tools.e820_input"))
 
 
 def test_a_boot_compiles_no_specialised_walker() -> None:
