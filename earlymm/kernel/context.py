@@ -13,11 +13,11 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from earlymm.hw.cpu import Cpu
-from earlymm.hw.events import Event, FaultDelivered, FaultRaised, ListTrace
+from earlymm.hw.events import Event, FaultDelivered, FaultRaised
 from earlymm.kernel.consts import START_KERNEL_MAP, Profile
-from earlymm.kernel.events import ConsoleLine, HandlerOutcome, LowPageAlloc, PhaseEntered, PoolAlloc, PoolReset
+from earlymm.kernel.events import ConsoleLine, HandlerOutcome, LowPageAlloc, PoolAlloc, PoolReset
 from earlymm.kernel.layout import KernelLayout
+from earlymm.kernel.machine_access import MachineAccess
 from earlymm.kernel.paravirt.native import NativeCpuOps, NativeMmuOps
 from earlymm.kernel.paravirt.ops import PvOps
 from earlymm.kernel.pgtable import PgtableGeometry, x86_64
@@ -89,7 +89,7 @@ class BootStats:
 
 
 @dataclass
-class KernelContext:
+class KernelContext(MachineAccess):
     """The running kernel: the platform it runs on, its layout and config, and its state so far."""
 
     platform: Platform
@@ -122,26 +122,8 @@ class KernelContext:
         self.pv = PvOps(NativeMmuOps(self), NativeCpuOps(self))
 
     @property
-    def cpu(self) -> Cpu:
-        return self.platform.cpu
-
-    @property
-    def trace(self) -> ListTrace:
-        return self.platform.trace
-
-    @property
     def profile(self) -> Profile:
         return self.config.profile
-
-    def emit(self, event: Event) -> None:
-        self.platform.trace.emit(event)
-
-    def enter_phase(self, phase: Phase) -> None:
-        self.phase = phase
-        self.emit(PhaseEntered(phase.value))
-
-    def sym(self, name: str) -> int:
-        return self.layout[name]
 
     # -- memory at kernel virtual addresses, through the MMU ------------------------------------------
     def rd(self, va: int, size: int = 8) -> int:

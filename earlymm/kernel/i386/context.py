@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from earlymm.arch.modes import PagingMode
-from earlymm.hw.cpu import Cpu
-from earlymm.hw.events import Event, FaultRaised, ListTrace
+from earlymm.hw.events import Event, FaultRaised
 from earlymm.hw.walk import OK
-from earlymm.kernel.events import ConsoleLine, PhaseEntered
+from earlymm.kernel.events import ConsoleLine
 from earlymm.kernel.i386.consts import PAGE_OFFSET, U32, I386Profile, page_kernel, page_kernel_exec
 from earlymm.kernel.i386.events import BootmemAlloc, EntryStore, LeafRun, LiveEntryChanged, TablePage
 from earlymm.kernel.i386.layout import I386Layout
 from earlymm.kernel.i386.pvops import I386PvOps
+from earlymm.kernel.machine_access import MachineAccess
 from earlymm.kernel.pgtable import PgtableGeometry, i386
 from earlymm.kernel.phases import Phase
 from earlymm.platform.base import Platform
@@ -89,7 +89,7 @@ class I386Mm:
 
 
 @dataclass
-class I386Context:
+class I386Context(MachineAccess):
     platform: Platform
     layout: I386Layout
     config: I386Config
@@ -110,27 +110,12 @@ class I386Context:
         self.mm.page_kernel, self.mm.page_kernel_exec = page_kernel(pae), page_kernel_exec()
 
     @property
-    def cpu(self) -> Cpu:
-        return self.platform.cpu
-
-    @property
-    def trace(self) -> ListTrace:
-        return self.platform.trace
-
-    @property
     def profile(self) -> I386Profile:
         return self.kernel_profile or self.config.profile
 
     @property
     def pae(self) -> bool:
         return self.config.pae
-
-    def emit(self, event: Event) -> None:
-        self.platform.trace.emit(event)
-
-    def enter_phase(self, phase: Phase) -> None:
-        self.phase = phase
-        self.emit(PhaseEntered(phase.value))
 
     @contextlib.contextmanager
     def running(self, fn: str) -> Iterator[None]:
@@ -144,9 +129,6 @@ class I386Context:
     @property
     def fn(self) -> str:
         return self.calls[-1] if self.calls else "?"
-
-    def sym(self, name: str) -> int:
-        return self.layout[name]
 
     def print(self, text: str) -> None:
         """printk: the model's console."""
