@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from itertools import pairwise
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from earlymm.arch.addr import parse_int
 from earlymm.arch.cpuid import CpuIdentity, Vendor
@@ -15,6 +16,11 @@ from earlymm.cli.common import UsageError, parse_size, size_text
 from earlymm.hw.memory import Region, RegionMap, RegionType
 from earlymm.kernel.phases import Phase
 from earlymm.platform.pc import pc_e820
+
+if TYPE_CHECKING:
+    from earlymm.cli.trace_writes_args import TraceWrites
+
+R = TypeVar("R")
 
 # The most RAM the modelled 4-level kernel can map: MAXMEM = 1 << MAX_PHYSMEM_BITS (46), 64 TiB (spec §2
 # constants table; arch/x86/include/asm/sparsemem.h). The boot model runs 4-level paging only.
@@ -181,3 +187,28 @@ def write_core(path: str, write: Callable[[], None]) -> None:
         raise UsageError(str(e)) from None
     except (OSError, ValueError, ImageError) as e:
         raise UsageError(f"cannot write core {path}: {e}") from None
+
+
+def print_report(args: argparse.Namespace, result: R, crashed: bool, tw: TraceWrites | None,
+                 to_json: Callable[..., dict[str, Any]], render_text: Callable[..., str]) -> int:
+    """A boot's report on stdout — ``--json`` (with ``--trace-writes``' part), else the text (rich on a
+    terminal) — and the command's exit code: ``EXIT_CRASH`` when the machine crashed. Every boot path's."""
+    from earlymm.cli.common import EXIT_CRASH, EXIT_OK
+
+    if args.json:
+        import json
+
+        doc = to_json(result, events=args.trace)
+        if tw is not None:
+            tw.add_json(doc)
+        json.dump(doc, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        text = render_text(result, trace=args.trace)
+        if tw is not None:
+            text = tw.text(text)
+        if sys.stdout.isatty():
+            print_rich(text)
+        else:
+            sys.stdout.write(text + "\n")
+    return EXIT_CRASH if crashed else EXIT_OK

@@ -16,13 +16,13 @@ from earlymm.cli.boot_args import (
     cpu_identity,
     e820_arg,
     parse_until,
-    print_rich,
+    print_report,
     ramdisk_arg,
     read_e820,
     write_core,
 )
 from earlymm.cli.boot_xen_args import add_xen_options, check_combination, domain_config
-from earlymm.cli.common import EXIT_CRASH, EXIT_OK, Parser, UsageError, hexint, size_arg, size_text
+from earlymm.cli.common import Parser, UsageError, hexint, size_arg, size_text
 from earlymm.cli.trace_writes_args import TraceWrites, add_trace_writes_options, trace_writes
 from earlymm.images.safe_write import SYMLINK_POLICY, WriteError, check_target
 from earlymm.kernel.boot import BootResult, boot
@@ -272,20 +272,4 @@ def report(args: argparse.Namespace, result: BootResult, recorder: BootRecorder 
             write_boot_html(args.html, result, recorder)
         except WriteError as e:
             raise UsageError(str(e)) from None
-    if args.json:
-        import json
-
-        doc = to_json(result, events=args.trace)
-        if tw is not None:
-            tw.add_json(doc)
-        json.dump(doc, sys.stdout, indent=1)
-        sys.stdout.write("\n")
-        return EXIT_CRASH if result.outcome.crashed else EXIT_OK
-    text = render_text(result, trace=args.trace)
-    if tw is not None:
-        text = tw.text(text)
-    if sys.stdout.isatty():
-        print_rich(text)
-    else:
-        sys.stdout.write(text + "\n")
-    return EXIT_CRASH if result.outcome.crashed else EXIT_OK
+    return print_report(args, result, result.outcome.crashed, tw, to_json, render_text)

@@ -9,13 +9,12 @@ option of the x86-64 boot path is refused in one line (exit 2), never silently i
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from earlymm.arch.modes import Features
-from earlymm.cli.boot_args import cpu_identity, e820_arg, given, parse_until, print_rich, ramdisk_arg, write_core
+from earlymm.cli.boot_args import cpu_identity, e820_arg, given, parse_until, print_report, ramdisk_arg, write_core
 from earlymm.cli.boot_xen_args import NATIVE_ONLY, XEN417_ONLY, check_combination
-from earlymm.cli.common import EXIT_CRASH, EXIT_OK, UsageError, size_text
+from earlymm.cli.common import UsageError, size_text
 from earlymm.cli.trace_writes_args import trace_writes
 from earlymm.images import WriteError
 from earlymm.images.safe_write import check_target
@@ -137,17 +136,4 @@ def main_i386(args: argparse.Namespace) -> int:
     if args.save_core is not None:
         path = args.save_core
         write_core(path, lambda: save_core(result, path))
-    if args.json:
-        doc = to_json(result, events=args.trace)
-        if tw is not None:
-            tw.add_json(doc)
-        json.dump(doc, sys.stdout, indent=1)
-        sys.stdout.write("\n")
-        return EXIT_CRASH if result.outcome.crashed else EXIT_OK
-    text = render_text(result, trace=args.trace)
-    text = tw.text(text) if tw is not None else text
-    if sys.stdout.isatty():
-        print_rich(text)
-    else:
-        sys.stdout.write(text + "\n")
-    return EXIT_CRASH if result.outcome.crashed else EXIT_OK
+    return print_report(args, result, result.outcome.crashed, tw, to_json, render_text)
