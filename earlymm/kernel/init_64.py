@@ -10,6 +10,7 @@ from __future__ import annotations
 from array import array
 
 from earlymm.arch.addr import Pfn, VirtAddr
+from earlymm.arch.progression import progression_bytes
 from earlymm.kernel.consts import (
     __PAGE_KERNEL,
     __PAGE_KERNEL_LARGE,
@@ -21,7 +22,7 @@ from earlymm.kernel.context import KernelContext
 from earlymm.kernel.cpufeature import X86Feature, boot_cpu_has
 from earlymm.kernel.events import Note
 from earlymm.kernel.mm_state import MmState
-from earlymm.kernel.paravirt.ops import SetOp
+from earlymm.kernel.paravirt.ops import SetOp, entries_from_bytes
 from earlymm.kernel.pgtable import PgLevel, p4d_offset, pgd_offset_pgd
 from earlymm.kernel.table_run import TableRun
 
@@ -43,13 +44,14 @@ def pfn_ptes(ctx: KernelContext, st: MmState, base: int, step: int, n: int, prot
 
     Where no address bit of the run meets a bit of ``prot`` or a bit the mask drops — the builders' case:
     ``step``-aligned blocks, flags in the low 12 bits and bit 63 — ``(pa | prot) & mask`` is
-    ``pa + (prot & mask)``, so the run is an arithmetic progression that ``range`` yields without a Python
-    step per entry (a 64 TiB direct map in 2 MiB pages has 32 million)."""
+    ``pa + (prot & mask)``, so the run is an arithmetic progression, made without a Python step per entry
+    (``arch/progression.py``; a 64 TiB direct map in 2 MiB pages has 32 million)."""
     mask, top = st.supported_pte_mask, base + step * n
     pa_bits = ((1 << max(top - 1, 0).bit_length()) - 1) & -step if step & (step - 1) == 0 else -1
     if n and base % step == 0 and not pa_bits & (prot | ~mask):
-        first = base + (prot & mask)
-        return ctx.pv.mmu.make_entries(array("Q", range(first, first + step * n, step)))
+        run = progression_bytes(base + (prot & mask), step, n)
+        if run is not None:
+            return ctx.pv.mmu.make_entries(entries_from_bytes(run))
     return ctx.pv.mmu.make_entries(array("Q", [((base + step * k) | prot) & mask for k in range(n)]))
 
 

@@ -4,10 +4,10 @@ which change nothing), at the points the spec names."""
 from __future__ import annotations
 
 import bisect
-from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from earlymm.arch.progression import progression_bytes
 from earlymm.hw.memory import PhysMem
 from earlymm.hw.walk import OK
 from earlymm.kernel.consts import _PAGE_GLOBAL, _PAGE_PRESENT, _PAGE_PSE, PMD_SIZE, START_KERNEL_MAP
@@ -203,8 +203,8 @@ def table_leaves(ctx: KernelContext) -> Iterator[tuple[list[int] | tuple[int, in
             continue
         size = g.pud_size if levels[depth] is PgLevel.PUD else g.pmd_size
         e0, n = entries[0], len(entries)
-        if e0 & 0x81 == 0x81 and not e0 & (size - 1) & mask and e0 + (n - 1) * size < 1 << 64 \
-                and array("Q", range(e0, e0 + n * size, size)).tobytes() == entries.tobytes():
+        if e0 & 0x81 == 0x81 and not e0 & (size - 1) & mask \
+                and progression_bytes(e0, size, n) == entries.tobytes():
             lo = e0 & mask
             yield (lo, lo + n * size), size
             continue

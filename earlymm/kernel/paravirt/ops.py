@@ -44,6 +44,15 @@ def entry_bytes(vals: array[int], size: int) -> bytes:
     return out.tobytes()
 
 
+def entries_from_bytes(data: bytes) -> array[int]:
+    """Little-endian 64-bit entries (a table's bytes) as a run of entry values: ``entry_bytes``' inverse."""
+    out: array[int] = array("Q")
+    out.frombytes(data)
+    if sys.byteorder != "little":
+        out.byteswap()
+    return out
+
+
 class PvMmuOps(Protocol):
     """``pv_ops.mmu``. Every method may fault (it runs on the CPU model) or stop the machine."""
 
