@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from earlymm.arch.addr import parse_int
 from earlymm.arch.cpuid import CpuIdentity, Vendor
-from earlymm.cli.common import UsageError, parse_size, size_text
+from earlymm.cli.common import EXIT_CRASH, EXIT_OK, UsageError, parse_size, size_text
 from earlymm.hw.memory import Region, RegionMap, RegionType
 from earlymm.kernel.phases import Phase
 from earlymm.platform.pc import pc_e820
@@ -193,8 +193,6 @@ def print_report(args: argparse.Namespace, result: R, crashed: bool, tw: TraceWr
                  to_json: Callable[..., dict[str, Any]], render_text: Callable[..., str]) -> int:
     """A boot's report on stdout — ``--json`` (with ``--trace-writes``' part), else the text (rich on a
     terminal) — and the command's exit code: ``EXIT_CRASH`` when the machine crashed. Every boot path's."""
-    from earlymm.cli.common import EXIT_CRASH, EXIT_OK
-
     if args.json:
         import json
 

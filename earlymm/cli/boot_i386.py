@@ -13,7 +13,7 @@ import sys
 
 from earlymm.arch.modes import Features
 from earlymm.cli.boot_args import cpu_identity, e820_arg, given, parse_until, print_report, ramdisk_arg, write_core
-from earlymm.cli.boot_xen_args import NATIVE_ONLY, XEN417_ONLY, check_combination
+from earlymm.cli.boot_xen_args import XEN417_ONLY, check_combination, refuse_native_options
 from earlymm.cli.common import UsageError, size_text
 from earlymm.cli.trace_writes_args import trace_writes
 from earlymm.images import WriteError
@@ -43,12 +43,7 @@ def _flag(name: str) -> str:
 
 def check_xen_options(args: argparse.Namespace) -> None:
     """``--pv xen``: a 32-bit PV domU — no boot loader, BIOS or e820; none of the x86-64 guest's options."""
-    given = [flag for dest, (flag, default) in NATIVE_ONLY.items() if getattr(args, dest) != default]
-    if given:
-        raise UsageError(f"{given[0]} means nothing for a Xen PV domain (no boot loader, BIOS or e820 of its own; "
-                         "the domain builder places the kernel)")
-    if getattr(args, "html", None) is not None:
-        raise UsageError("--html draws native boots; a --pv xen boot is reported as text or --json")
+    refuse_native_options(args)
     for dest in ("xen_write_cr3", "xen_guest_bug", "xen_version", *XEN417_ONLY):
         if getattr(args, dest, None) is not None:
             raise UsageError(f"{_flag(dest)} belongs to the x86-64 Xen guest (v3.9, seed 004); --arch i386 --pv xen "

@@ -68,6 +68,16 @@ def add_xen_options(p: Parser) -> None:
                        f"{k}: {v}" for k, v in sorted(GUEST_BUGS.items())))
 
 
+def refuse_native_options(args: argparse.Namespace) -> None:
+    """A Xen PV domain (either architecture) has no boot loader, BIOS or e820 of its own, and no HTML view."""
+    given = [flag for dest, (flag, default) in NATIVE_ONLY.items() if getattr(args, dest) != default]
+    if given:
+        raise UsageError(f"{given[0]} means nothing for a Xen PV domain (no boot loader, BIOS or e820 of its own; "
+                         "the domain builder places the kernel)")
+    if getattr(args, "html", None) is not None:
+        raise UsageError("--html draws native boots; a --pv xen boot is reported as text or --json")
+
+
 def check_combination(args: argparse.Namespace) -> None:
     """One line, exit 2, for options the chosen backend cannot use."""
     if args.pv == "xen" and args.xen_version == "4.17":
@@ -86,12 +96,7 @@ def check_combination(args: argparse.Namespace) -> None:
         given = [XEN_ONLY[d][0] for d in XEN417_ONLY if getattr(args, d) is not None]
         if given:
             raise UsageError(f"{given[0]} needs --xen-version 4.17")
-        given = [flag for dest, (flag, default) in NATIVE_ONLY.items() if getattr(args, dest) != default]
-        if given:
-            raise UsageError(f"{given[0]} means nothing for a Xen PV domain (no boot loader, BIOS or e820 of its own; "
-                             "the domain builder places the kernel)")
-        if getattr(args, "html", None) is not None:
-            raise UsageError("--html draws native boots; a --pv xen boot is reported as text or --json")
+        refuse_native_options(args)
         if args.profile not in (None, "v3.9"):
             raise UsageError("--pv xen models the v3.9 kernel of seed 004 (--profile v3.9)")
         if args.mem is not None and args.mem < 64 << 20:

@@ -66,8 +66,8 @@ def walker_for(mem: PhysMem, plan: WalkPlan) -> Walker:
 def tiered_walker(mem: PhysMem, plan: WalkPlan, on_build: Callable[[Walker], None] | None = None) -> Walker:
     """``plan``'s walker over ``mem`` for a caller that may walk only a few times (the MMU): the specialised
     one if it exists, else the reference ``walk`` for the first ``TIER_UP`` walks — the same results —
-    after which the specialised one is built, kept with ``mem`` and handed to ``on_build`` (so the caller
-    can call it directly from then on)."""
+    after which the specialised one is built, kept with ``mem`` and handed once to ``on_build`` (so the
+    caller can call it directly from then on)."""
     fast: Walker | None = mem.walkers.get(plan)
     if fast is not None:
         return fast
@@ -77,13 +77,15 @@ def tiered_walker(mem: PhysMem, plan: WalkPlan, on_build: Callable[[Walker], Non
     def walk_tiered(root: int, va: int, kind: int = 0, user: bool = False, implicit: bool = False,
                     ac: bool = False, pkru: int = 0, pkrs: int = 0, pdptes: tuple[int, ...] = (), first: int = 0,
                     acc: int = ACC0) -> WalkResult:
-        if calls[0] < TIER_UP:
-            calls[0] += 1
-            return walk(mem, plan, root, va, kind, user, implicit, ac, pkru, pkrs, pdptes, first, acc)
-        w = walker_for(mem, plan)
-        if on_build is not None:
-            on_build(w)
-        return w(root, va, kind, user, implicit, ac, pkru, pkrs, pdptes, first, acc)
+        nonlocal fast
+        if fast is None:
+            if calls[0] < TIER_UP:
+                calls[0] += 1
+                return walk(mem, plan, root, va, kind, user, implicit, ac, pkru, pkrs, pdptes, first, acc)
+            fast = walker_for(mem, plan)
+            if on_build is not None:
+                on_build(fast)
+        return fast(root, va, kind, user, implicit, ac, pkru, pkrs, pdptes, first, acc)
     return walk_tiered
 
 

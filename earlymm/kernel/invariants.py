@@ -137,11 +137,12 @@ def _large_over_holes(ctx: KernelContext) -> list[str]:
     starts = [s for s, _ in ram]
     bad: list[str] = []
     for group, size in table_leaves(ctx):
-        pas: Sequence[int] = group if isinstance(group, list) else range(group[0], group[1], size)
+        pas: Sequence[int] = group
         if isinstance(group, tuple):  # a whole table of consecutive leaves [lo, hi): one range must hold it
             i = bisect.bisect_right(starts, group[0]) - 1
             if i >= 0 and group[1] <= ram[i][1]:
                 continue
+            pas = range(group[0], group[1], size)
         for a in pas:
             i = bisect.bisect_right(starts, a) - 1
             if (i < 0 or a + size > ram[i][1]) and len(bad) < 3:

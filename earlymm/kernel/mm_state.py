@@ -44,10 +44,7 @@ class MmState:
     def ram_run(self, base: int, size: int, limit: int) -> int:
         """How many consecutive ``size`` blocks from ``base`` (at most ``limit``) each overlap e820 RAM: the
         entries past a range's end that the builders leave alone, counted without asking block by block."""
-        spans = self._spans.get(E820_RAM)
-        if spans is None:
-            self.e820_any_mapped(0, 0)
-            spans = self._spans[E820_RAM]
+        spans = self._spans_of(E820_RAM)
         k = 0
         while k < limit:
             lo = base + k * size
@@ -64,10 +61,7 @@ class MmState:
     def hole_run(self, base: int, size: int, limit: int) -> int:
         """How many consecutive ``size`` blocks from ``base`` (at most ``limit``) overlap no e820 RAM: the
         entries past a range's end that the builders clear (``!e820_any_mapped``), counted at once."""
-        spans = self._spans.get(E820_RAM)
-        if spans is None:
-            self.e820_any_mapped(0, 0)
-            spans = self._spans[E820_RAM]
+        spans = self._spans_of(E820_RAM)
         i = bisect.bisect_right(spans, (base, 1 << 64)) - 1
         if i >= 0 and spans[i][1] > base:
             return 0
@@ -77,11 +71,16 @@ class MmState:
     def e820_any_mapped(self, start: int, end: int, kind: int = E820_RAM) -> bool:
         """``e820_any_mapped(start, end, type)`` over the kernel's e820 (E820_RESERVED_KERN is not
         modelled): a binary search, since the builders ask once per entry past a range's end."""
+        spans = self._spans_of(kind)
+        i = bisect.bisect_right(spans, (start, 1 << 64)) - 1
+        return (i >= 0 and spans[i][1] > start) or (i + 1 < len(spans) and spans[i + 1][0] < end)
+
+    def _spans_of(self, kind: int) -> list[tuple[int, int]]:
+        """The kernel's e820 ranges of ``kind``, merged and sorted (made on first use)."""
         spans = self._spans.get(kind)
         if spans is None:
             spans = self._spans[kind] = merge_ranges((a, a + n) for a, n, t in self.e820 if t == kind)
-        i = bisect.bisect_right(spans, (start, 1 << 64)) - 1
-        return (i >= 0 and spans[i][1] > start) or (i + 1 < len(spans) and spans[i + 1][0] < end)
+        return spans
 
     def alloc_low_page(self, ctx: KernelContext, level: str) -> int:
         """``alloc_low_pages(1)``: BRK buffer first, else memblock within the already-mapped range;
